@@ -1,0 +1,82 @@
+"""FastAPI dependencies: settings, database sessions, blob store, keys, the caller's role."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from control_plane.artifacts import BlobStore
+from control_plane.auth import find_token, has_role
+from control_plane.config import ServerSettings
+from control_plane.jobs import JobRunner
+from control_plane.keystore import KeyStore
+from control_plane.models import ApiToken, Role
+
+
+def get_settings(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.app.state.settings
+    return settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with Session(request.app.state.engine) as session:
+        yield session
+
+
+def get_blobs(request: Request) -> BlobStore:
+    blobs: BlobStore = request.app.state.blobs
+    return blobs
+
+
+def get_keys(request: Request) -> KeyStore:
+    keys: KeyStore = request.app.state.keys
+    return keys
+
+
+def get_jobs(request: Request) -> JobRunner:
+    jobs: JobRunner = request.app.state.jobs
+    return jobs
+
+
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+KeysDep = Annotated[KeyStore, Depends(get_keys)]
+JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+
+_bearer = HTTPBearer(
+    auto_error=False, description="An API token from `edgefleet init` or `POST /api/v1/tokens`."
+)
+
+
+def require(role: Role) -> Callable[..., ApiToken]:
+    """A dependency: the caller's token, which must have at least ``role``."""
+
+    def dependency(
+        session: SessionDep,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ApiToken:
+        token = find_token(session, credentials.credentials) if credentials else None
+        if token is None:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not has_role(token, role):
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"this needs the {role.value} role; the token has {token.role}",
+            )
+        return token
+
+    return dependency
+
+
+Viewer = Annotated[ApiToken, Depends(require(Role.VIEWER))]
+Operator = Annotated[ApiToken, Depends(require(Role.OPERATOR))]
+Admin = Annotated[ApiToken, Depends(require(Role.ADMIN))]

@@ -1,0 +1,45 @@
+"""API tokens (admin only)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from sqlmodel import col, select
+
+from control_plane.api.deps import Admin, SessionDep
+from control_plane.auth import issue_token
+from control_plane.errors import NotFoundError
+from control_plane.models import ApiToken, Role, utcnow
+from control_plane.schemas import TokenCreate, TokenIssued, TokenPublic
+
+router = APIRouter(prefix="/tokens", tags=["tokens"])
+
+
+def _public(row: ApiToken) -> TokenPublic:
+    return TokenPublic.model_validate(row, from_attributes=True)
+
+
+@router.post(
+    "", response_model=TokenIssued, status_code=status.HTTP_201_CREATED, summary="Issue a token"
+)
+def create_token(body: TokenCreate, session: SessionDep, _: Admin) -> TokenIssued:
+    """Issue a bearer token with a role. The secret is in this answer only."""
+    row, secret = issue_token(session, name=body.name, role=Role(body.role.value))
+    return TokenIssued(**_public(row).model_dump(), token=secret)
+
+
+@router.get("", response_model=list[TokenPublic], summary="List tokens (no secrets)")
+def list_tokens(session: SessionDep, _: Admin) -> list[TokenPublic]:
+    return [_public(r) for r in session.exec(select(ApiToken).order_by(col(ApiToken.id))).all()]
+
+
+@router.delete("/{token_id}", response_model=TokenPublic, summary="Revoke a token")
+def revoke_token(token_id: int, session: SessionDep, _: Admin) -> TokenPublic:
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no token {token_id}", loc=("path", "token_id"))
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.commit()
+        session.refresh(row)
+    return _public(row)

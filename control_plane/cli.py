@@ -1,0 +1,380 @@
+"""Control-plane commands: ``init``, ``server`` and the API client commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from control_plane.client import DEFAULT_URL, ApiClient, ApiError
+from control_plane.schemas import JobPublic, TrainRequest
+
+console = Console(stderr=True)
+out = Console()
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="EDGEFLEET_DATA_DIR",
+        help="Data directory [default: ./edgefleet-data].",
+        show_default=False,
+    ),
+]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Control-plane URL.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API token.", show_default=False),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _client(url: str, token: str | None) -> ApiClient:
+    if not token:
+        raise _fail(
+            "no API token: pass --token or set EDGEFLEET_TOKEN (printed by `edgefleet init`)", 2
+        )
+    return ApiClient(url, token)
+
+
+# --- init / server -------------------------------------------------------------------------
+
+init_app = typer.Typer()
+
+
+@init_app.command("init")
+def init_command(data_dir: DataDirOpt = None) -> None:
+    """Create a data directory: config, model- and deployment-signing keys (0600), database,
+    and an admin API token, printed once as the last line (EDGEFLEET_TOKEN=...). Running it
+    again keeps existing keys and issues another admin token."""
+    from control_plane.config import load_settings
+    from control_plane.datadir import init_data_dir
+
+    result = init_data_dir(load_settings(data_dir))
+    out.print(f"data dir        {result.data_dir}", highlight=False)
+    for role, key_id in (("model", result.model_key_id), ("deployment", result.deployment_key_id)):
+        state = "created" if any(r.value == role for r in result.created_keys) else "kept"
+        label = f"{role} key"
+        out.print(f"{label:<16}{key_id[:16]}… ({state})", highlight=False)
+    out.print(
+        f"admin token     {result.token_name} (shown once, stored only as a hash)", highlight=False
+    )
+    print(f"EDGEFLEET_TOKEN={result.token}")
+
+
+server_app = typer.Typer()
+
+
+@server_app.command("server")
+def server_command(
+    data_dir: DataDirOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: 127.0.0.1].", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [default: 8000].", show_default=False)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Settings file [default: DATA_DIR/config.toml].", show_default=False),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve the REST API (migrates the database first). Needs `edgefleet init`."""
+    import uvicorn
+
+    from control_plane.config import load_settings
+    from control_plane.errors import NotInitialisedError
+    from control_plane.keystore import load_keys
+    from control_plane.main import create_app
+
+    settings = load_settings(data_dir, config, host=host, port=port)
+    try:
+        load_keys(settings.keys_dir)
+    except NotInitialisedError as exc:
+        raise _fail(exc.message, 2) from exc
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
+    )
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+datasets_app = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file.")],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    label: Annotated[str, typer.Option(help="Label column.")],
+    nan_policy: Annotated[
+        str, typer.Option(help="Missing values: reject, drop or impute.")
+    ] = "reject",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Upload a CSV (numeric features + a label column). Prints the dataset id last."""
+    with _client(url, token) as client:
+        try:
+            ds = client.upload_dataset(file, name=name, label=label, nan_policy=nan_policy)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(
+        f"dataset {ds.name} v{ds.version}: {ds.rows} rows, {len(ds.features)} "
+        f"features, label {ds.label_column!r} ({ds.label_kind}), sha256 "
+        f"{ds.sha256[:16]}…",
+        highlight=False,
+    )
+    print(ds.id)
+
+
+@datasets_app.command("list")
+def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List datasets."""
+    with _client(url, token) as client:
+        try:
+            rows = client.datasets()
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    table = Table("id", "name", "version", "rows", "features", "label", "sha256")
+    for ds in rows:
+        table.add_row(
+            str(ds.id),
+            ds.name,
+            str(ds.version),
+            str(ds.rows),
+            str(len(ds.features)),
+            ds.label_column,
+            ds.sha256[:12],
+        )
+    out.print(table)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+train_app = typer.Typer()
+
+
+def _parse_params(pairs: list[str]) -> dict[str, int | float | str | bool | None]:
+    params: dict[str, int | float | str | bool | None] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param takes NAME=VALUE, got {pair!r}", 2)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if not isinstance(value, int | float | str | bool) and value is not None:
+            raise _fail(f"--param {key}: a number, string, true/false or null", 2)
+        params[key] = value
+    return params
+
+
+def wait_for_job(
+    client: ApiClient, job: JobPublic, *, show: bool = True, poll: float = 0.3
+) -> JobPublic:
+    """Poll a job until it ends, showing a progress bar on stderr."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"job {job.id}: {job.stage}", total=1.0)
+        while job.status in ("queued", "running"):
+            time.sleep(poll)
+            job = client.job(job.id)
+            progress.update(task, completed=job.progress, description=f"job {job.id}: {job.stage}")
+    return job
+
+
+@train_app.command("train")
+def train_command(
+    model: Annotated[str, typer.Option(help="Model name (versions accumulate under it).")],
+    dataset: Annotated[int, typer.Option(help="Dataset id.")],
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            help="logreg, random_forest or hist_gb (regression: ridge, random_forest, hist_gb)."
+        ),
+    ],
+    task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Algorithm parameter NAME=VALUE; repeatable.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = 0,
+    validation_fraction: Annotated[float, typer.Option(help="Held-out share.")] = 0.2,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Train, export, check parity, sign and register a version; waits for the job and
+    prints the new version number last."""
+    try:
+        request = TrainRequest.model_validate(
+            {
+                "dataset_id": dataset,
+                "algorithm": algorithm,
+                "task": task,
+                "params": _parse_params(param or []),
+                "seed": seed,
+                "validation_fraction": validation_fraction,
+            }
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    with _client(url, token) as client:
+        try:
+            job = wait_for_job(client, client.train(model, request))
+            if job.status != "succeeded" or job.result_version is None:
+                raise _fail(f"job {job.id} failed: {job.error}")
+            version = client.version(model, str(job.result_version))
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items())
+    console.print(
+        f"{model} v{version.version} ({version.algorithm}): {metrics}; parity max diff "
+        f"{version.parity_max_abs_diff:.2e}; {version.size} bytes, sha256 "
+        f"{version.sha256[:16]}…",
+        highlight=False,
+    )
+    print(version.version)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List models with their latest version and aliases."""
+    with _client(url, token) as client:
+        try:
+            rows = client.models()
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    table = Table("name", "task", "latest", "aliases")
+    for m in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
+        table.add_row(m.name, m.task, str(m.latest_version), aliases)
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version or alias: print that version's JSON with its signed manifest."),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Show a model's versions, or one version as JSON (with --version)."""
+    with _client(url, token) as client:
+        try:
+            if version is not None:
+                print(client.version(name, version).model_dump_json(indent=2))
+                return
+            rows = client.versions(name)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    table = Table("version", "algorithm", "dataset", "metrics", "parity diff", "size", "aliases")
+    for v in rows:
+        metrics = " ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
+        table.add_row(
+            str(v.version),
+            v.algorithm,
+            str(v.dataset_id),
+            metrics,
+            f"{v.parity_max_abs_diff:.1e}",
+            str(v.size),
+            ",".join(v.aliases),
+        )
+    out.print(table)
+
+
+@models_app.command("alias")
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Point an alias at a version."""
+    with _client(url, token) as client:
+        try:
+            row = client.set_alias(name, alias, version)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(f"{row.model_name}: {row.alias} → {row.version}", highlight=False)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Version or alias.")] = "latest",
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into.")] = Path("."),
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Download a version for offline checks: NAME-vN.manifest.json, NAME-vN.onnx and
+    trust-store.json (the server's public keys). Then run `edgefleet verify`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _client(url, token) as client:
+        try:
+            ref = version
+            if ref == "latest":
+                ref = str(max(v.version for v in client.versions(name)))
+            row = client.version(name, ref)
+            assert row.manifest is not None
+            stem = out_dir / f"{name}-v{row.version}"
+            manifest_path = stem.with_suffix(".manifest.json")
+            manifest_path.write_text(row.manifest.model_dump_json(indent=2))
+            client.download_artifact(row.sha256, stem.with_suffix(".onnx"))
+            (out_dir / "trust-store.json").write_text(
+                client.trust_store().model_dump_json(indent=2)
+            )
+        except (ApiError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+    for path in (manifest_path, stem.with_suffix(".onnx"), out_dir / "trust-store.json"):
+        print(path)
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+tokens_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="Who uses it.")],
+    role: Annotated[str, typer.Option(help="admin, operator or viewer.")] = "viewer",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Issue a token; prints EDGEFLEET_TOKEN=<secret> last (shown once)."""
+    with _client(url, token) as client:
+        try:
+            issued = client.create_token(name, role)
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+    console.print(f"token {issued.id} {issued.name!r} ({issued.role.value})", highlight=False)
+    print(f"EDGEFLEET_TOKEN={issued.token}")

@@ -1,0 +1,139 @@
+"""A typed client for the REST API (used by the CLI, the demo and tests). Needs only httpx
+and pydantic, so it runs without the server extra."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from control_plane.schemas import (
+    AliasPublic,
+    DatasetPublic,
+    Health,
+    JobPublic,
+    ModelPublic,
+    TokenIssued,
+    TrainRequest,
+    VersionPublic,
+)
+from shared.trust import TrustStore
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+M = TypeVar("M", bound=BaseModel)
+
+
+class ApiError(Exception):
+    """The API answered with an error status; ``str()`` gives its reasons."""
+
+    def __init__(self, status_code: int, detail: Any) -> None:
+        self.status_code = status_code
+        self.detail = detail
+        super().__init__(f"HTTP {status_code}: {self.describe(detail)}")
+
+    @staticmethod
+    def describe(detail: Any) -> str:
+        if isinstance(detail, list):
+            parts = []
+            for item in detail:
+                if isinstance(item, dict):
+                    loc = ".".join(str(p) for p in item.get("loc", []))
+                    parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+                else:
+                    parts.append(str(item))
+            return "; ".join(parts)
+        return str(detail)
+
+
+class ApiClient:
+    def __init__(
+        self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 60.0
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.is_error:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise ApiError(response.status_code, detail)
+        return response
+
+    def _get(self, path: str, model: type[M], **params: Any) -> M:
+        return model.model_validate_json(self._check(self._http.get(path, params=params)).content)
+
+    def _get_list(self, path: str, model: type[M], **params: Any) -> list[M]:
+        response = self._check(self._http.get(path, params=params))
+        return TypeAdapter(list[model]).validate_json(response.content)  # type: ignore[valid-type]
+
+    def health(self) -> Health:
+        return self._get("/healthz", Health)
+
+    def trust_store(self) -> TrustStore:
+        return self._get("/keys", TrustStore)
+
+    def upload_dataset(
+        self, path: Path, *, name: str, label: str, nan_policy: str = "reject"
+    ) -> DatasetPublic:
+        with path.open("rb") as handle:
+            response = self._http.post(
+                "/datasets",
+                params={"name": name, "label": label, "nan_policy": nan_policy},
+                content=handle,
+                headers={"Content-Type": "text/csv", "Content-Length": str(path.stat().st_size)},
+            )
+        return DatasetPublic.model_validate_json(self._check(response).content)
+
+    def datasets(self) -> list[DatasetPublic]:
+        return self._get_list("/datasets", DatasetPublic)
+
+    def dataset(self, dataset_id: int) -> DatasetPublic:
+        return self._get(f"/datasets/{dataset_id}", DatasetPublic)
+
+    def train(self, model: str, request: TrainRequest) -> JobPublic:
+        response = self._http.post(f"/models/{model}/train", json=request.model_dump(mode="json"))
+        return JobPublic.model_validate_json(self._check(response).content)
+
+    def job(self, job_id: int) -> JobPublic:
+        return self._get(f"/jobs/{job_id}", JobPublic)
+
+    def models(self) -> list[ModelPublic]:
+        return self._get_list("/models", ModelPublic)
+
+    def versions(self, model: str) -> list[VersionPublic]:
+        return self._get_list(f"/models/{model}/versions", VersionPublic)
+
+    def version(self, model: str, ref: str) -> VersionPublic:
+        return self._get(f"/models/{model}/versions/{ref}", VersionPublic)
+
+    def set_alias(self, model: str, alias: str, version: int) -> AliasPublic:
+        response = self._http.put(f"/models/{model}/aliases/{alias}", json={"version": version})
+        return AliasPublic.model_validate_json(self._check(response).content)
+
+    def download_artifact(self, sha256: str, destination: Path) -> None:
+        with self._http.stream("GET", f"/artifacts/{sha256}") as response:
+            if response.is_error:
+                response.read()
+                self._check(response)
+            with destination.open("wb") as handle:
+                for chunk in response.iter_bytes():
+                    handle.write(chunk)
+
+    def create_token(self, name: str, role: str) -> TokenIssued:
+        response = self._http.post("/tokens", json={"name": name, "role": role})
+        return TokenIssued.model_validate_json(self._check(response).content)

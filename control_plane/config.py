@@ -1,0 +1,119 @@
+"""Control-plane settings: defaults < ``DATA_DIR/config.toml`` < ``EDGEFLEET_*`` env < arguments."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_DATA_DIR = Path("edgefleet-data")
+CONFIG_FILE_NAME = "config.toml"
+MiB = 1024 * 1024
+
+
+class ServerSettings(BaseSettings):
+    """Settings of one control-plane process."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid")
+
+    data_dir: Path = Field(default=DEFAULT_DATA_DIR, description="Keys, database, artifacts.")
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL; default sqlite:///DATA_DIR/edgefleet.db. "
+        "PostgreSQL: postgresql+psycopg://user@host:5432/db",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_dataset_bytes: int = Field(default=100 * MiB, ge=1, description="Upload size cap.")
+    max_dataset_rows: int = Field(default=1_000_000, ge=10)
+    max_dataset_columns: int = Field(default=1_000, ge=2)
+    min_dataset_rows: int = Field(default=20, ge=2, description="Fewer rows cannot be split.")
+    max_classes: int = Field(default=100, ge=2)
+    parity_atol: float = Field(
+        default=1e-4,
+        gt=0,
+        description="Largest |sklearn - onnxruntime| probability/value difference accepted. "
+        "float32 arithmetic in ONNX gives ~1e-7; 1e-4 leaves 100x headroom and still "
+        "catches a wrong conversion (those differ by 1e-2 or more).",
+    )
+    parity_max_label_disagreement: float = Field(
+        default=0.001,
+        ge=0,
+        le=1,
+        description="Largest share of validation rows whose class may differ (near-ties only).",
+    )
+    golden_vectors: int = Field(default=8, ge=1, le=256)
+    reference_bins: int = Field(default=10, ge=2, le=100)
+    training_workers: int = Field(default=1, ge=1, le=32)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Resolved once, so worker processes and the server agree whatever their cwd.
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'edgefleet.db'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(
+    data_dir: Path | None = None, config_file: Path | None = None, **overrides: Any
+) -> ServerSettings:
+    """Build settings in an entry point. ``data_dir``: argument, else ``EDGEFLEET_DATA_DIR``,
+    else ``./edgefleet-data``; its ``config.toml`` is read when present."""
+    resolved_dir = data_dir or Path(os.environ.get("EDGEFLEET_DATA_DIR", DEFAULT_DATA_DIR))
+    toml_file = config_file or resolved_dir / CONFIG_FILE_NAME
+
+    class _FromFile(ServerSettings):
+        model_config = SettingsConfigDict(toml_file=toml_file if toml_file.is_file() else None)
+
+    values = {k: v for k, v in overrides.items() if v is not None}
+    loaded = _FromFile(data_dir=resolved_dir, **values)
+    # A plain ServerSettings (picklable, for worker processes) with the same values.
+    return ServerSettings.model_construct(**loaded.model_dump())
+
+
+CONFIG_TEMPLATE = """\
+# edgefleet control-plane settings. Environment variables EDGEFLEET_<NAME> override these,
+# command-line options override both. Uncomment to change a default.
+
+# database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/edgefleet"
+# host = "127.0.0.1"
+# port = 8000
+# max_dataset_bytes = 104857600   # 100 MiB upload cap
+# max_dataset_rows = 1000000
+# max_dataset_columns = 1000
+# parity_atol = 0.0001            # sklearn vs onnxruntime tolerance
+# parity_max_label_disagreement = 0.001
+# golden_vectors = 8
+# reference_bins = 10
+# training_workers = 1
+"""

@@ -1,0 +1,118 @@
+"""Database tables. API schemas live in ``schemas.py`` (plain pydantic, so the CLI client
+runs without the server extra); routes convert rows to them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Role(StrEnum):
+    """API roles, each including the rights of the ones after it."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    version: int
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    rows: int
+    label_column: str = Field(max_length=128)
+    label_kind: str = Field(max_length=16)
+    nan_policy: str = Field(max_length=16)
+    dropped_rows: int = 0
+    missing_values: int = 0
+    features: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    classes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16, default="train")
+    status: str = Field(max_length=16, default=JobStatus.QUEUED.value, index=True)
+    stage: str = Field(max_length=32, default="queued")
+    progress: float = 0.0
+    model_name: str = Field(max_length=64, index=True)
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    result_version: int | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Model(SQLModel, table=True):
+    __tablename__ = "model"
+
+    name: str = Field(max_length=64, primary_key=True)
+    task: str = Field(max_length=16)
+    latest_version: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=64, foreign_key="model.name", index=True)
+    version: int
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    algorithm: str = Field(max_length=32)
+    dataset_id: int = Field(foreign_key="dataset.id")
+    job_id: int | None = Field(default=None, foreign_key="job.id")
+    metrics: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
+    parity_max_abs_diff: float
+    parity_label_disagreements: int
+    manifest: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelAlias(SQLModel, table=True):
+    __tablename__ = "model_alias"
+
+    model_name: str = Field(max_length=64, foreign_key="model.name", primary_key=True)
+    alias: str = Field(max_length=32, primary_key=True)
+    version: int
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,154 @@
+"""REST API schemas (plain pydantic: the CLI client imports them without the server extra)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
+
+
+class ApiModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoleName(StrEnum):
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+
+
+class Health(ApiModel):
+    status: Literal["ok"] = Field(description="`ok` once the database answers.")
+    version: str = Field(description="edgefleet version of this server.")
+
+
+class DatasetPublic(ApiModel):
+    """A stored, validated dataset version."""
+
+    id: int = Field(description="Dataset id, used to train.")
+    name: str = Field(description="Dataset name; uploads under one name get versions 1, 2, …")
+    version: int
+    sha256: str = Field(description="sha256 of the uploaded CSV bytes.")
+    size: int = Field(description="Size of the uploaded CSV in bytes.")
+    rows: int = Field(description="Rows kept for training (after the NaN policy).")
+    label_column: str
+    label_kind: Literal["integer", "number", "string"] = Field(
+        description="`integer`/`string` labels suit classification, `number` regression."
+    )
+    nan_policy: NanPolicy = Field(description="`reject`, `drop` rows, or `impute` (median).")
+    dropped_rows: int = Field(description="Rows dropped for missing values (policy `drop`).")
+    missing_values: int = Field(description="Missing feature values kept (policy `impute`).")
+    features: list[str] = Field(description="Feature columns, in order.")
+    classes: list[str] | None = Field(description="Distinct labels, sorted; null if > 1000.")
+    created_at: datetime
+
+
+class TrainRequest(ApiModel):
+    """Train a new version of a model on a stored dataset."""
+
+    dataset_id: int = Field(ge=1, description="Id of the dataset to train on.")
+    algorithm: str = Field(
+        description="`logreg`, `random_forest`, `hist_gb` (classification); "
+        "`ridge`, `random_forest`, `hist_gb` (regression)."
+    )
+    task: Task = Field(default="classification", description="`classification` or `regression`.")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="Algorithm parameters; unknown names are refused."
+    )
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for split and model.")
+    validation_fraction: float = Field(
+        default=0.2, ge=0.05, le=0.5, description="Share of rows held out for validation."
+    )
+
+
+class JobPublic(ApiModel):
+    """A background job (training). Poll until `status` is `succeeded` or `failed`."""
+
+    id: int
+    kind: Literal["train"]
+    status: Literal["queued", "running", "succeeded", "failed"]
+    stage: str = Field(
+        description="Current step: queued, loading, training, exporting, "
+        "parity, signing, done, failed."
+    )
+    progress: float = Field(ge=0, le=1, description="0 … 1.")
+    model_name: str
+    request: TrainRequest
+    error: str | None = Field(description="Why the job failed, when it did.")
+    result_version: int | None = Field(description="The registered version, on success.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ModelPublic(ApiModel):
+    name: str
+    task: Task
+    latest_version: int = Field(description="Highest registered version (0: none yet).")
+    aliases: dict[str, int] = Field(description="Alias → version, e.g. champion → 3.")
+    created_at: datetime
+
+
+class VersionPublic(ApiModel):
+    """A registered model version. `manifest` is the signed manifest devices verify."""
+
+    model_name: str
+    version: int
+    sha256: str = Field(description="sha256 of the ONNX artifact.")
+    size: int = Field(description="Size of the ONNX artifact in bytes.")
+    algorithm: str
+    dataset_id: int
+    job_id: int | None
+    metrics: dict[str, float] = Field(description="Validation metrics.")
+    parity_max_abs_diff: float = Field(description="Measured max |sklearn − onnxruntime|.")
+    parity_label_disagreements: int
+    aliases: list[str]
+    artifact_url: str = Field(description="Path of the artifact download (Range supported).")
+    created_at: datetime
+    manifest: ModelManifest | None = Field(
+        default=None, description="The signed manifest (single-version reads only)."
+    )
+
+
+class AliasUpdate(ApiModel):
+    version: int = Field(ge=1, description="Version the alias points at.")
+
+
+class AliasPublic(ApiModel):
+    model_name: str
+    alias: str
+    version: int
+    updated_at: datetime
+
+
+class TokenCreate(ApiModel):
+    name: str = Field(min_length=1, max_length=64, description="Who or what uses the token.")
+    role: RoleName = Field(
+        description="`admin`, `operator` (train, upload, aliases) or `viewer` (read only)."
+    )
+
+
+class TokenPublic(ApiModel):
+    id: int
+    name: str
+    role: RoleName
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenIssued(TokenPublic):
+    token: str = Field(description="The bearer secret. Shown once; only its hash is stored.")
+
+
+class ErrorItem(ApiModel):
+    loc: list[str | int] = Field(description='Where: e.g. ["query", "label"].')
+    msg: str = Field(description="What rule was broken.")
+    type: str = Field(description="Stable error code.")
+
+
+class ErrorResponse(ApiModel):
+    detail: list[ErrorItem] | str

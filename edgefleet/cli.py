@@ -1,0 +1,87 @@
+"""The ``edgefleet`` command. Each subcommand is a typer app imported only when it runs, so a
+device with the base install runs ``edgefleet verify`` (and later ``agent``) without the
+server's dependencies, and ``edgefleet --help`` imports nothing heavy."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from edgefleet import __version__
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    module: str
+    attribute: str
+    help: str
+    extra: str | None = None  # the install extra whose packages the command imports
+
+
+COMMANDS: dict[str, LazyCommand] = {
+    "init": LazyCommand(
+        "control_plane.cli",
+        "init_app",
+        "Create a data directory: keys, config, database, admin token.",
+        "server",
+    ),
+    "server": LazyCommand(
+        "control_plane.cli", "server_app", "Serve the control-plane API.", "server"
+    ),
+    "datasets": LazyCommand("control_plane.cli", "datasets_app", "Upload and list datasets."),
+    "train": LazyCommand(
+        "control_plane.cli", "train_app", "Train, export, sign and register a model version."
+    ),
+    "models": LazyCommand(
+        "control_plane.cli", "models_app", "List, show, alias and pull model versions."
+    ),
+    "tokens": LazyCommand("control_plane.cli", "tokens_app", "Issue API tokens (admin)."),
+    "verify": LazyCommand("agent.cli", "verify_app", "Verify a signed model offline."),
+    "demo": LazyCommand("simulator.demo", "demo_app", "Run the whole loop on this machine.", "sim"),
+}
+
+USAGE = """\
+Usage: edgefleet COMMAND [OPTIONS] [ARGS]...
+
+  Train, sign and roll out ONNX models to fleets of edge devices.
+  Run `edgefleet COMMAND --help` for a command's options.
+
+Options:
+  --version   Show the version and exit.
+  -h, --help  Show this message and exit.
+
+Commands:
+"""
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS) + 2
+    return USAGE + "".join(
+        f"  {name:<{width}}{entry.help}\n" for name, entry in sorted(COMMANDS.items())
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        sys.stdout.write(_usage())
+        sys.exit(0 if args else 2)
+    if args[0] == "--version":
+        sys.stdout.write(f"edgefleet {__version__}\n")
+        sys.exit(0)
+    entry = COMMANDS.get(args[0])
+    if entry is None:
+        sys.stderr.write(f"edgefleet: unknown command {args[0]!r}\n\n{_usage()}")
+        sys.exit(2)
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        extra = entry.extra or "server"
+        sys.stderr.write(
+            f"edgefleet {args[0]}: needs the {extra!r} extra ({exc.name} is not "
+            f"installed): pip install 'edgefleet[{extra}]'\n"
+        )
+        sys.exit(2)
+    app = getattr(module, entry.attribute)
+    app(args=args[1:], prog_name=f"edgefleet {args[0]}")

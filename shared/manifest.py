@@ -1,0 +1,212 @@
+"""The signed model manifest: everything a device needs to trust, load, check and watch a model.
+
+Signed by the model-signing (registry) key over ``canonical_json`` of every field except
+``signature`` (``key_id`` included, so a signature cannot be re-attributed).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, AwareDatetime, Field, model_validator
+
+from shared.canonical import canonical_json
+from shared.messages import SCHEMA_VERSION, WireModel
+from shared.signing import SigningKey, VerifyKey
+
+MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+Task = Literal["classification", "regression"]
+NanPolicy = Literal["reject", "drop", "impute"]
+ParamValue = int | float | str | bool | None
+
+
+def _check_model_name(value: str) -> str:
+    if not MODEL_NAME_RE.match(value):
+        raise ValueError("model names match ^[a-z0-9][a-z0-9_-]{0,63}$")
+    return value
+
+
+def _check_sha256(value: str) -> str:
+    if not re.match(r"^[0-9a-f]{64}$", value):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return value
+
+
+ModelName = Annotated[str, AfterValidator(_check_model_name)]
+Sha256Hex = Annotated[str, AfterValidator(_check_sha256)]
+
+
+class TensorSpec(WireModel):
+    """One ONNX input or output tensor."""
+
+    name: str = Field(description="Tensor name in the ONNX graph.")
+    dtype: Literal["float32", "float64", "int64", "string"] = Field(description="Element type.")
+    shape: list[int | None] = Field(description="Shape; `null` marks the batch dimension.")
+
+
+class InputSchema(WireModel):
+    """The single float32 input tensor and the features it holds, in column order."""
+
+    tensor: TensorSpec
+    features: list[str] = Field(min_length=1, description="Feature names, in column order.")
+    nan_policy: NanPolicy = Field(
+        description="`impute`: NaN (missing) inputs are accepted and imputed by the model; "
+        "otherwise a request with a missing feature is refused."
+    )
+
+
+class OutputSchema(WireModel):
+    """What the model returns."""
+
+    task: Task
+    outputs: list[TensorSpec] = Field(description="All ONNX outputs, in graph order.")
+    label_output: str | None = Field(
+        default=None, description="Classification: int64 output holding class indices."
+    )
+    probabilities_output: str | None = Field(
+        default=None, description="Classification: float32 [batch, n_classes] probabilities."
+    )
+    value_output: str | None = Field(
+        default=None, description="Regression: float32 [batch, 1] predicted values."
+    )
+    classes: list[str] = Field(
+        default_factory=list,
+        description="Classification: class names; index i of a label or probability row is "
+        "classes[i].",
+    )
+
+
+class FeatureReference(WireModel):
+    """Reference distribution of one feature on the training rows (telemetry bins over these)."""
+
+    name: str
+    bin_edges: list[float] = Field(
+        min_length=2,
+        description="Increasing edges; bin i is [edges[i], edges[i+1]), the last bin closed. "
+        "Values below the first or above the last edge count as out of range.",
+    )
+    counts: list[int] = Field(description="Training rows per bin (len(bin_edges) - 1 entries).")
+    below: int = Field(ge=0, description="Rows below the first edge (0 on training data).")
+    above: int = Field(ge=0, description="Rows above the last edge (0 on training data).")
+    missing: int = Field(ge=0, description="Rows where the feature was missing (NaN).")
+    mean: float
+    variance: float = Field(ge=0)
+    min: float
+    max: float
+
+    @model_validator(mode="after")
+    def _shape(self) -> FeatureReference:
+        if len(self.counts) != len(self.bin_edges) - 1:
+            raise ValueError("counts must have len(bin_edges) - 1 entries")
+        if any(b <= a for a, b in zip(self.bin_edges, self.bin_edges[1:], strict=False)):
+            raise ValueError("bin_edges must be strictly increasing")
+        return self
+
+
+class PredictionReference(WireModel):
+    """Reference distribution of the model's predictions on the validation rows."""
+
+    class_counts: list[int] = Field(
+        default_factory=list, description="Classification: predicted rows per class index."
+    )
+    bin_edges: list[float] = Field(
+        default_factory=list, description="Regression: edges over predicted values."
+    )
+    counts: list[int] = Field(default_factory=list, description="Regression: rows per bin.")
+
+
+class Reference(WireModel):
+    """Reference statistics for drift detection."""
+
+    rows: int = Field(ge=1, description="Training rows the feature statistics come from.")
+    features: list[FeatureReference]
+    prediction: PredictionReference
+
+
+class GoldenVector(WireModel):
+    """An input row and the outputs the exported model gave for it on the control plane."""
+
+    input: list[float | None] = Field(description="Feature values; `null` is a missing value.")
+    label: int | None = Field(default=None, description="Classification: class index.")
+    probabilities: list[float] | None = Field(default=None, description="Classification.")
+    value: float | None = Field(default=None, description="Regression: predicted value.")
+
+
+class Golden(WireModel):
+    """Golden vectors a device reproduces before it activates the model."""
+
+    atol: float = Field(gt=0, description="Absolute tolerance on probabilities and values.")
+    vectors: list[GoldenVector] = Field(min_length=1)
+
+
+class Parity(WireModel):
+    """The parity gate's measurement: scikit-learn vs onnxruntime on the validation rows."""
+
+    rows: int
+    max_abs_diff: float = Field(description="Largest |sklearn − onnx| over probabilities/values.")
+    label_disagreements: int = Field(description="Rows whose predicted class differs.")
+    atol: float = Field(description="Tolerance the gate applied to max_abs_diff.")
+    max_label_disagreement: float = Field(
+        description="Largest share of disagreeing labels allowed."
+    )
+
+
+class Lineage(WireModel):
+    """Where the model came from, so training can be reproduced and audited."""
+
+    dataset_id: int
+    dataset_name: str
+    dataset_version: int
+    dataset_sha256: Sha256Hex
+    label_column: str
+    algorithm: str
+    params: dict[str, ParamValue]
+    seed: int
+    validation_fraction: float
+    train_rows: int
+    validation_rows: int
+    metrics: dict[str, float]
+    parity: Parity
+    code_version: str = Field(description="edgefleet version that trained and exported it.")
+    library_versions: dict[str, str] = Field(description="scikit-learn, skl2onnx, onnx, ...")
+    job_id: int
+
+
+class ModelManifest(WireModel):
+    """A model version as devices see it. Signed by the model-signing key."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: ModelName
+    version: int = Field(ge=1)
+    format: Literal["onnx"] = "onnx"
+    sha256: Sha256Hex = Field(description="sha256 of the ONNX file.")
+    size: int = Field(ge=1, description="Size of the ONNX file in bytes.")
+    opset: dict[str, int] = Field(description="ONNX opset per domain ('' is the default domain).")
+    input: InputSchema
+    output: OutputSchema
+    reference: Reference
+    golden: Golden
+    created_at: AwareDatetime
+    lineage: Lineage
+    key_id: str = Field(description="Key id of the model-signing key.")
+    signature: str = Field(description="Ed25519 over the canonical JSON of all other fields.")
+
+    def signed_payload(self) -> bytes:
+        """The canonical bytes the signature covers."""
+        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
+
+    def signed_with(self, key: SigningKey) -> ModelManifest:
+        """A copy carrying ``key``'s id and signature."""
+        unsigned = self.model_copy(update={"key_id": key.key_id, "signature": ""})
+        return unsigned.model_copy(update={"signature": key.sign(unsigned.signed_payload())})
+
+    def verify_signature(self, key: VerifyKey) -> None:
+        """Raise ``SignatureError`` unless the signature holds under ``key``."""
+        key.verify(self.signed_payload(), self.signature)
+
+
+def utc_seconds(moment: datetime) -> datetime:
+    """Timestamps in signed documents carry whole seconds, so their JSON form is short."""
+    return moment.replace(microsecond=0)

@@ -1,0 +1,1 @@
+"""Runs many real agents in one process, and the demo."""

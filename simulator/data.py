@@ -1,0 +1,58 @@
+"""Synthetic tabular data: sensor readings of a machine → fault class, with noise.
+
+Deterministic from a seed. ``shift`` moves feature means (in units of each feature's
+standard deviation) to simulate drift in later issues.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+FEATURES = ["temperature_c", "vibration_mm_s", "current_a", "pressure_bar", "rpm", "humidity_pct"]
+CLASSES = ["normal", "overheating", "bearing_wear", "clogged_filter"]
+_BASE_MEAN = np.array([60.0, 2.0, 12.0, 4.0, 1500.0, 45.0])
+_BASE_STD = np.array([6.0, 0.6, 1.5, 0.4, 60.0, 10.0])
+# Mean offset per class, in standard deviations of each feature.
+_CLASS_OFFSET = np.array(
+    [
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],  # normal
+        [2.2, 0.3, 1.2, 0.0, -0.3, 0.0],  # overheating
+        [0.6, 2.5, 0.4, 0.0, -0.8, 0.0],  # bearing_wear
+        [0.5, 0.2, 0.8, -2.4, -0.4, 0.0],  # clogged_filter
+    ]
+)
+_CLASS_WEIGHTS = np.array([0.55, 0.15, 0.15, 0.15])
+
+
+def sensor_rows(
+    n: int, seed: int, shift: npt.ArrayLike | None = None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """``n`` rows of (features, class index)."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(len(CLASSES), size=n, p=_CLASS_WEIGHTS)
+    z = rng.normal(size=(n, len(FEATURES))) * 1.1 + _CLASS_OFFSET[y]
+    if shift is not None:
+        z = z + np.asarray(shift, dtype=np.float64)
+    X = _BASE_MEAN + z * _BASE_STD
+    return np.round(X, 3), y.astype(np.int64)
+
+
+def sensor_csv(n: int, seed: int, shift: npt.ArrayLike | None = None) -> str:
+    """A dataset CSV with a ``fault`` label column."""
+    X, y = sensor_rows(n, seed, shift)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*FEATURES, "fault"])
+    for row, label in zip(X, y, strict=True):
+        writer.writerow([*(f"{v:.3f}" for v in row), CLASSES[label]])
+    return buffer.getvalue()
+
+
+def write_sensor_csv(path: Path, n: int, seed: int) -> Path:
+    path.write_text(sensor_csv(n, seed))
+    return path
