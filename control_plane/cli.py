@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.table import Table
 
 from control_plane.client import DEFAULT_URL, ApiClient, ApiError
 from control_plane.schemas import JobPublic, TrainRequest
+
+if TYPE_CHECKING:
+    from control_plane.config import ServerSettings
 
 console = Console(stderr=True)
 out = Console()
@@ -39,6 +42,23 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _settings(
+    data_dir: Path | None, config: Path | None = None, **overrides: Any
+) -> ServerSettings:
+    """Settings for a local command; a bad config file or env value is a clean error."""
+    from pydantic import ValidationError
+
+    from control_plane.config import load_settings
+
+    try:
+        return load_settings(data_dir, config, **overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}", 2) from exc
+
+
 def _client(url: str, token: str | None) -> ApiClient:
     if not token:
         raise _fail(
@@ -57,10 +77,9 @@ def init_command(data_dir: DataDirOpt = None) -> None:
     """Create a data directory: config, model- and deployment-signing keys (0600), database,
     and an admin API token, printed once as the last line (EDGEFLEET_TOKEN=...). Running it
     again keeps existing keys and issues another admin token."""
-    from control_plane.config import load_settings
     from control_plane.datadir import init_data_dir
 
-    result = init_data_dir(load_settings(data_dir))
+    result = init_data_dir(_settings(data_dir))
     out.print(f"data dir        {result.data_dir}", highlight=False)
     for role, key_id in (("model", result.model_key_id), ("deployment", result.deployment_key_id)):
         state = "created" if any(r.value == role for r in result.created_keys) else "kept"
@@ -93,12 +112,11 @@ def server_command(
     """Serve the REST API (migrates the database first). Needs `edgefleet init`."""
     import uvicorn
 
-    from control_plane.config import load_settings
     from control_plane.errors import NotInitialisedError
     from control_plane.keystore import load_keys
     from control_plane.main import create_app
 
-    settings = load_settings(data_dir, config, host=host, port=port)
+    settings = _settings(data_dir, config, host=host, port=port)
     try:
         load_keys(settings.keys_dir)
     except NotInitialisedError as exc:

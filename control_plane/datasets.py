@@ -17,10 +17,11 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from control_plane.artifacts import BlobStore
-from control_plane.errors import InvalidInputError
+from control_plane.errors import ConflictError, InvalidInputError
 from control_plane.models import Dataset
 from shared.manifest import NanPolicy
 
@@ -250,10 +251,15 @@ def store_dataset(
         )
         session.add(row)
         session.commit()
-    except Exception:
+    except Exception as exc:
         session.rollback()
         if newly_written:  # nothing half-stored: no blob without its row
             blobs.delete(sha)
+        if isinstance(exc, IntegrityError):
+            raise ConflictError(
+                f"another upload to {name!r} took version {row.version}; upload again",
+                loc=("query", "name"),
+            ) from exc
         raise
     session.refresh(row)
     return row, True

@@ -31,11 +31,11 @@ class DatasetPublic(ApiModel):
 
     id: int = Field(description="Dataset id, used to train.")
     name: str = Field(description="Dataset name; uploads under one name get versions 1, 2, …")
-    version: int
+    version: int = Field(description="Version under this name (1, 2, …).")
     sha256: str = Field(description="sha256 of the uploaded CSV bytes.")
     size: int = Field(description="Size of the uploaded CSV in bytes.")
     rows: int = Field(description="Rows kept for training (after the NaN policy).")
-    label_column: str
+    label_column: str = Field(description="Name of the label column.")
     label_kind: Literal["integer", "number", "string"] = Field(
         description="`integer`/`string` labels suit classification, `number` regression."
     )
@@ -44,7 +44,7 @@ class DatasetPublic(ApiModel):
     missing_values: int = Field(description="Missing feature values kept (policy `impute`).")
     features: list[str] = Field(description="Feature columns, in order.")
     classes: list[str] | None = Field(description="Distinct labels, sorted; null if > 1000.")
-    created_at: datetime
+    created_at: datetime = Field(description="Upload time (UTC).")
 
 
 class TrainRequest(ApiModel):
@@ -68,47 +68,51 @@ class TrainRequest(ApiModel):
 class JobPublic(ApiModel):
     """A background job (training). Poll until `status` is `succeeded` or `failed`."""
 
-    id: int
-    kind: Literal["train"]
-    status: Literal["queued", "running", "succeeded", "failed"]
+    id: int = Field(description="Job id.")
+    kind: Literal["train"] = Field(description="Job kind (`train`).")
+    status: Literal["queued", "running", "succeeded", "failed"] = Field(
+        description="`queued`, `running`, `succeeded` or `failed`."
+    )
     stage: str = Field(
         description="Current step: queued, loading, training, exporting, "
         "parity, signing, done, failed."
     )
     progress: float = Field(ge=0, le=1, description="0 … 1.")
-    model_name: str
-    request: TrainRequest
+    model_name: str = Field(description="Model the job trains a version of.")
+    request: TrainRequest = Field(description="The training request as submitted.")
     error: str | None = Field(description="Why the job failed, when it did.")
     result_version: int | None = Field(description="The registered version, on success.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: datetime = Field(description="When the job was queued (UTC).")
+    started_at: datetime | None = Field(description="When a worker started it.")
+    finished_at: datetime | None = Field(description="When it ended.")
 
 
 class ModelPublic(ApiModel):
-    name: str
-    task: Task
+    name: str = Field(description="Model name.")
+    task: Task = Field(description="`classification` or `regression`, fixed by the first version.")
     latest_version: int = Field(description="Highest registered version (0: none yet).")
     aliases: dict[str, int] = Field(description="Alias → version, e.g. champion → 3.")
-    created_at: datetime
+    created_at: datetime = Field(description="When the first version was registered.")
 
 
 class VersionPublic(ApiModel):
     """A registered model version. `manifest` is the signed manifest devices verify."""
 
-    model_name: str
-    version: int
+    model_name: str = Field(description="Model name.")
+    version: int = Field(description="Version number (monotonic per model).")
     sha256: str = Field(description="sha256 of the ONNX artifact.")
     size: int = Field(description="Size of the ONNX artifact in bytes.")
-    algorithm: str
-    dataset_id: int
-    job_id: int | None
+    algorithm: str = Field(description="Training algorithm.")
+    dataset_id: int = Field(description="Dataset it was trained on.")
+    job_id: int | None = Field(description="Training job.")
     metrics: dict[str, float] = Field(description="Validation metrics.")
     parity_max_abs_diff: float = Field(description="Measured max |sklearn − onnxruntime|.")
-    parity_label_disagreements: int
-    aliases: list[str]
+    parity_label_disagreements: int = Field(
+        description="Validation rows whose class differed between sklearn and onnxruntime."
+    )
+    aliases: list[str] = Field(description="Aliases pointing at this version.")
     artifact_url: str = Field(description="Path of the artifact download (Range supported).")
-    created_at: datetime
+    created_at: datetime = Field(description="Registration time (UTC).")
     manifest: ModelManifest | None = Field(
         default=None, description="The signed manifest (single-version reads only)."
     )
@@ -119,10 +123,10 @@ class AliasUpdate(ApiModel):
 
 
 class AliasPublic(ApiModel):
-    model_name: str
-    alias: str
-    version: int
-    updated_at: datetime
+    model_name: str = Field(description="Model name.")
+    alias: str = Field(description="Alias name.")
+    version: int = Field(description="Version the alias points at.")
+    updated_at: datetime = Field(description="When the alias last changed.")
 
 
 class TokenCreate(ApiModel):
@@ -133,11 +137,11 @@ class TokenCreate(ApiModel):
 
 
 class TokenPublic(ApiModel):
-    id: int
-    name: str
-    role: RoleName
-    created_at: datetime
-    revoked_at: datetime | None
+    id: int = Field(description="Token id (to revoke it).")
+    name: str = Field(description="Who or what uses the token.")
+    role: RoleName = Field(description="`admin`, `operator` or `viewer`.")
+    created_at: datetime = Field(description="When it was issued.")
+    revoked_at: datetime | None = Field(description="When it was revoked; null while valid.")
 
 
 class TokenIssued(TokenPublic):

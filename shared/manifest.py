@@ -49,7 +49,7 @@ class TensorSpec(WireModel):
 class InputSchema(WireModel):
     """The single float32 input tensor and the features it holds, in column order."""
 
-    tensor: TensorSpec
+    tensor: TensorSpec = Field(description="The ONNX input tensor.")
     features: list[str] = Field(min_length=1, description="Feature names, in column order.")
     nan_policy: NanPolicy = Field(
         description="`impute`: NaN (missing) inputs are accepted and imputed by the model; "
@@ -60,7 +60,7 @@ class InputSchema(WireModel):
 class OutputSchema(WireModel):
     """What the model returns."""
 
-    task: Task
+    task: Task = Field(description="`classification` or `regression`.")
     outputs: list[TensorSpec] = Field(description="All ONNX outputs, in graph order.")
     label_output: str | None = Field(
         default=None, description="Classification: int64 output holding class indices."
@@ -81,7 +81,7 @@ class OutputSchema(WireModel):
 class FeatureReference(WireModel):
     """Reference distribution of one feature on the training rows (telemetry bins over these)."""
 
-    name: str
+    name: str = Field(description="Feature name.")
     bin_edges: list[float] = Field(
         min_length=2,
         description="Increasing edges; bin i is [edges[i], edges[i+1]), the last bin closed. "
@@ -91,10 +91,10 @@ class FeatureReference(WireModel):
     below: int = Field(ge=0, description="Rows below the first edge (0 on training data).")
     above: int = Field(ge=0, description="Rows above the last edge (0 on training data).")
     missing: int = Field(ge=0, description="Rows where the feature was missing (NaN).")
-    mean: float
-    variance: float = Field(ge=0)
-    min: float
-    max: float
+    mean: float = Field(description="Mean over non-missing training rows.")
+    variance: float = Field(ge=0, description="Variance over non-missing training rows.")
+    min: float = Field(description="Smallest training value.")
+    max: float = Field(description="Largest training value.")
 
     @model_validator(mode="after")
     def _shape(self) -> FeatureReference:
@@ -121,8 +121,10 @@ class Reference(WireModel):
     """Reference statistics for drift detection."""
 
     rows: int = Field(ge=1, description="Training rows the feature statistics come from.")
-    features: list[FeatureReference]
-    prediction: PredictionReference
+    features: list[FeatureReference] = Field(description="One entry per feature, in input order.")
+    prediction: PredictionReference = Field(
+        description="Distribution of predictions on the validation rows."
+    )
 
 
 class GoldenVector(WireModel):
@@ -138,13 +140,15 @@ class Golden(WireModel):
     """Golden vectors a device reproduces before it activates the model."""
 
     atol: float = Field(gt=0, description="Absolute tolerance on probabilities and values.")
-    vectors: list[GoldenVector] = Field(min_length=1)
+    vectors: list[GoldenVector] = Field(
+        min_length=1, description="Input rows with their expected outputs."
+    )
 
 
 class Parity(WireModel):
     """The parity gate's measurement: scikit-learn vs onnxruntime on the validation rows."""
 
-    rows: int
+    rows: int = Field(description="Validation rows compared.")
     max_abs_diff: float = Field(description="Largest |sklearn − onnx| over probabilities/values.")
     label_disagreements: int = Field(description="Rows whose predicted class differs.")
     atol: float = Field(description="Tolerance the gate applied to max_abs_diff.")
@@ -156,40 +160,44 @@ class Parity(WireModel):
 class Lineage(WireModel):
     """Where the model came from, so training can be reproduced and audited."""
 
-    dataset_id: int
-    dataset_name: str
-    dataset_version: int
-    dataset_sha256: Sha256Hex
-    label_column: str
-    algorithm: str
-    params: dict[str, ParamValue]
-    seed: int
-    validation_fraction: float
-    train_rows: int
-    validation_rows: int
-    metrics: dict[str, float]
-    parity: Parity
+    dataset_id: int = Field(description="Dataset id.")
+    dataset_name: str = Field(description="Dataset name.")
+    dataset_version: int = Field(description="Dataset version.")
+    dataset_sha256: Sha256Hex = Field(description="sha256 of the dataset CSV.")
+    label_column: str = Field(description="Label column.")
+    algorithm: str = Field(description="Training algorithm.")
+    params: dict[str, ParamValue] = Field(description="Algorithm parameters, defaults included.")
+    seed: int = Field(description="Seed of the split and the model.")
+    validation_fraction: float = Field(description="Share of rows held out.")
+    train_rows: int = Field(description="Rows trained on.")
+    validation_rows: int = Field(description="Rows validated on.")
+    metrics: dict[str, float] = Field(description="Validation metrics (scikit-learn model).")
+    parity: Parity = Field(description="The parity gate's measurement.")
     code_version: str = Field(description="edgefleet version that trained and exported it.")
     library_versions: dict[str, str] = Field(description="scikit-learn, skl2onnx, onnx, ...")
-    job_id: int
+    job_id: int = Field(description="Training job id.")
 
 
 class ModelManifest(WireModel):
     """A model version as devices see it. Signed by the model-signing key."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
-    name: ModelName
-    version: int = Field(ge=1)
-    format: Literal["onnx"] = "onnx"
+    schema_version: Literal[1] = Field(
+        default=SCHEMA_VERSION, description="Manifest format version."
+    )
+    name: ModelName = Field(description="Model name.")
+    version: int = Field(ge=1, description="Version number, monotonic per model.")
+    format: Literal["onnx"] = Field(default="onnx", description="Artifact format.")
     sha256: Sha256Hex = Field(description="sha256 of the ONNX file.")
     size: int = Field(ge=1, description="Size of the ONNX file in bytes.")
     opset: dict[str, int] = Field(description="ONNX opset per domain ('' is the default domain).")
-    input: InputSchema
-    output: OutputSchema
-    reference: Reference
-    golden: Golden
-    created_at: AwareDatetime
-    lineage: Lineage
+    input: InputSchema = Field(description="Input tensor and features.")
+    output: OutputSchema = Field(description="Outputs and classes.")
+    reference: Reference = Field(
+        description="Feature and prediction distributions of the training data (drift baseline)."
+    )
+    golden: Golden = Field(description="Golden vectors to reproduce before activation.")
+    created_at: AwareDatetime = Field(description="Registration time (UTC, whole seconds).")
+    lineage: Lineage = Field(description="Training lineage.")
     key_id: str = Field(description="Key id of the model-signing key.")
     signature: str = Field(description="Ed25519 over the canonical JSON of all other fields.")
 

@@ -30,14 +30,23 @@ def edgefleet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "edgefleet", *args]
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the `edgefleet` CLI as a user would, in a subprocess."""
-    result = subprocess.run(edgefleet_cmd(*args), capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=timeout, cwd=REPO)
+    result = subprocess.run(
+        edgefleet_cmd(*args),
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        cwd=REPO,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"edgefleet {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
+        raise AssertionError(
+            f"edgefleet {' '.join(args)} exited {result.returncode}:\n"
+            f"{result.stdout}\n{result.stderr}"
+        )
     return result
 
 
@@ -75,8 +84,11 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
 
     def client(self, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=self.url + "/api/v1", timeout=60,
-                            headers={"Authorization": f"Bearer {token or self.token}"})
+        return httpx.Client(
+            base_url=self.url + "/api/v1",
+            timeout=60,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -90,9 +102,14 @@ def start_server(data_dir: Path, env: dict[str, str] | None = None) -> ServerPro
     port = free_port()
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(
-        edgefleet_cmd("server", "--data-dir", str(data_dir), "--port", str(port),
-                      "--log-level", "warning"),
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO)
+        edgefleet_cmd(
+            "server", "--data-dir", str(data_dir), "--port", str(port), "--log-level", "warning"
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

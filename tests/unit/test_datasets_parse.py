@@ -2,14 +2,19 @@ import math
 
 import pytest
 
-from control_plane.datasets import DatasetLimits, parse_csv
+from control_plane.datasets import DatasetLimits, ParsedDataset, parse_csv
 from control_plane.errors import InvalidInputError
 
 LIMITS = DatasetLimits(max_rows=100, max_columns=5, min_rows=2)
 
 
-def parse(text: str | bytes, *, label: str = "y", nan_policy: str = "reject",
-          limits: DatasetLimits = LIMITS):  # type: ignore[no-untyped-def]
+def parse(
+    text: str | bytes,
+    *,
+    label: str = "y",
+    nan_policy: str = "reject",
+    limits: DatasetLimits = LIMITS,
+) -> ParsedDataset:
     data = text.encode() if isinstance(text, str) else text
     return parse_csv(data, label=label, nan_policy=nan_policy, limits=limits)  # type: ignore[arg-type]
 
@@ -29,26 +34,30 @@ def test_integer_labels_sort_numerically() -> None:
     assert parsed.classes == ["9", "10"]
 
 
-@pytest.mark.parametrize(("text", "loc", "code", "message"), [
-    ("", "file", "empty", "empty"),
-    ("   \n", "file", "empty", "empty"),
-    ("a,b\n1,2\n2,3\n", "label", "missing_label_column", "'y' is not in the header"),
-    ("y\n1\n2\n", "file", "no_features", "no feature columns"),
-    ("a,y\n1,x\nabc,y\n", "file", "non_numeric", "line 3, column 'a': 'abc'"),
-    ("a,y\n1,x\ninf,y\n", "file", "non_numeric", "not a finite number"),
-    ("a,y\n1,x\n,y\n", "file", "missing_value", "line 3, column 'a': missing value"),
-    ("a,y\n1,x\n2,\n", "label", "missing_label", "line 3: the label 'y' is missing"),
-    ("a,y\n1,x\n2,y,3\n", "file", "ragged_row", "line 3: 3 fields"),
-    ("a,a,y\n1,2,x\n", "file", "header", "duplicate column names: a"),
-    ("a,,y\n1,2,x\n", "file", "header", "empty column name"),
-    ("a,b,c,d,e,y\n" + "1,2,3,4,5,x\n" * 3, "file", "too_many_columns", "6 columns"),
-    ("a,y\n" + "1,x\n" * 101, "file", "too_many_rows", "more than 100 rows"),
-    ("a,y\n1,x\n", "file", "too_few_rows", "1 usable rows"),
-    (b"a,y\n1,\xff\n2,x\n", "file", "encoding", "not UTF-8"),
-    (b"\x00\x01\x02", "file", "encoding", "NUL"),
-])
-def test_bad_input_is_refused_naming_the_rule(text: str | bytes, loc: str, code: str,
-                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "loc", "code", "message"),
+    [
+        ("", "file", "empty", "empty"),
+        ("   \n", "file", "empty", "empty"),
+        ("a,b\n1,2\n2,3\n", "label", "missing_label_column", "'y' is not in the header"),
+        ("y\n1\n2\n", "file", "no_features", "no feature columns"),
+        ("a,y\n1,x\nabc,y\n", "file", "non_numeric", "line 3, column 'a': 'abc'"),
+        ("a,y\n1,x\ninf,y\n", "file", "non_numeric", "not a finite number"),
+        ("a,y\n1,x\n,y\n", "file", "missing_value", "line 3, column 'a': missing value"),
+        ("a,y\n1,x\n2,\n", "label", "missing_label", "line 3: the label 'y' is missing"),
+        ("a,y\n1,x\n2,y,3\n", "file", "ragged_row", "line 3: 3 fields"),
+        ("a,a,y\n1,2,x\n", "file", "header", "duplicate column names: a"),
+        ("a,,y\n1,2,x\n", "file", "header", "empty column name"),
+        ("a,b,c,d,e,y\n" + "1,2,3,4,5,x\n" * 3, "file", "too_many_columns", "6 columns"),
+        ("a,y\n" + "1,x\n" * 101, "file", "too_many_rows", "more than 100 rows"),
+        ("a,y\n1,x\n", "file", "too_few_rows", "1 usable rows"),
+        (b"a,y\n1,\xff\n2,x\n", "file", "encoding", "not UTF-8"),
+        (b"\x00\x01\x02", "file", "encoding", "NUL"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_rule(
+    text: str | bytes, loc: str, code: str, message: str
+) -> None:
     with pytest.raises(InvalidInputError) as info:
         parse(text)
     assert info.value.loc == ("body", loc)

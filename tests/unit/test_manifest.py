@@ -21,24 +21,31 @@ def trust(key: SigningKey) -> TrustStore:
     return TrustStore(keys=[TrustedKey.from_verify_key(KeyRole.MODEL, key.verify_key)])
 
 
-def test_signed_manifest_verifies_after_a_json_round_trip(key: SigningKey,
-                                                          trust: TrustStore) -> None:
+def test_signed_manifest_verifies_after_a_json_round_trip(
+    key: SigningKey, trust: TrustStore
+) -> None:
     manifest = make_manifest(key)
     assert manifest.key_id == key.key_id
     # Re-indented, re-ordered JSON still verifies: the signature is over the canonical form.
-    reordered = json.dumps(dict(reversed(json.loads(manifest.model_dump_json()).items())),
-                           indent=3)
+    reordered = json.dumps(dict(reversed(json.loads(manifest.model_dump_json()).items())), indent=3)
     verify_manifest(ModelManifest.model_validate_json(reordered), trust)
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("version",), 2), (("sha256",), "cd" * 32), (("size",), 1235),
-    (("input", "features"), ["a", "c"]), (("golden", "atol"), 1.0),
-    (("reference", "features", 0, "bin_edges"), [0.0, 0.6, 1.0]),
-    (("golden", "vectors", 0, "input"), [0.1, 0.30000001192092899]),
-])
-def test_any_edit_after_signing_is_detected(key: SigningKey, trust: TrustStore,
-                                            path: tuple[str | int, ...], value: object) -> None:
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("version",), 2),
+        (("sha256",), "cd" * 32),
+        (("size",), 1235),
+        (("input", "features"), ["a", "c"]),
+        (("golden", "atol"), 1.0),
+        (("reference", "features", 0, "bin_edges"), [0.0, 0.6, 1.0]),
+        (("golden", "vectors", 0, "input"), [0.1, 0.30000001192092899]),
+    ],
+)
+def test_any_edit_after_signing_is_detected(
+    key: SigningKey, trust: TrustStore, path: tuple[str | int, ...], value: object
+) -> None:
     data = json.loads(make_manifest(key).model_dump_json())
     target = data
     for part in path[:-1]:
@@ -54,8 +61,9 @@ def test_signature_by_unknown_key_is_refused(trust: TrustStore) -> None:
 
 
 def test_deployment_key_cannot_sign_models(key: SigningKey) -> None:
-    only_deployment = TrustStore(keys=[TrustedKey.from_verify_key(KeyRole.DEPLOYMENT,
-                                                                  key.verify_key)])
+    only_deployment = TrustStore(
+        keys=[TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, key.verify_key)]
+    )
     with pytest.raises(SignatureError, match="untrusted_key"):
         verify_manifest(make_manifest(key), only_deployment)
 

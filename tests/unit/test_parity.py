@@ -8,9 +8,14 @@ from shared.stats import bin_counts
 
 def test_parity_passes_within_tolerance_and_records_the_difference() -> None:
     sk = np.array([[0.2, 0.8], [0.6, 0.4]])
-    parity = check_parity(sk_values=sk, onnx_values=(sk + 3e-7).astype(np.float32),
-                          sk_labels=np.array([1, 0]), onnx_labels=np.array([1, 0]),
-                          atol=1e-4, max_label_disagreement=0.001)
+    parity = check_parity(
+        sk_values=sk,
+        onnx_values=(sk + 3e-7).astype(np.float32),
+        sk_labels=np.array([1, 0]),
+        onnx_labels=np.array([1, 0]),
+        atol=1e-4,
+        max_label_disagreement=0.001,
+    )
     assert parity.max_abs_diff == pytest.approx(3e-7, rel=0.2)
     assert parity.label_disagreements == 0
     assert parity.rows == 2
@@ -19,8 +24,14 @@ def test_parity_passes_within_tolerance_and_records_the_difference() -> None:
 def test_parity_fails_beyond_tolerance() -> None:
     sk = np.array([[0.2, 0.8]])
     with pytest.raises(JobFailedError, match="differ by 0.01"):
-        check_parity(sk_values=sk, onnx_values=sk + 0.01, sk_labels=None, onnx_labels=None,
-                     atol=1e-4, max_label_disagreement=0.0)
+        check_parity(
+            sk_values=sk,
+            onnx_values=sk + 0.01,
+            sk_labels=None,
+            onnx_labels=None,
+            atol=1e-4,
+            max_label_disagreement=0.0,
+        )
 
 
 def test_parity_fails_on_label_disagreement() -> None:
@@ -29,17 +40,35 @@ def test_parity_fails_on_label_disagreement() -> None:
     onnx_labels = sk_labels.copy()
     onnx_labels[:2] = 1  # 0.2% > 0.1%
     with pytest.raises(JobFailedError, match="2 of 1000"):
-        check_parity(sk_values=values, onnx_values=values, sk_labels=sk_labels,
-                     onnx_labels=onnx_labels, atol=1e-4, max_label_disagreement=0.001)
+        check_parity(
+            sk_values=values,
+            onnx_values=values,
+            sk_labels=sk_labels,
+            onnx_labels=onnx_labels,
+            atol=1e-4,
+            max_label_disagreement=0.001,
+        )
     onnx_labels[1] = 0  # 0.1% is allowed
-    check_parity(sk_values=values, onnx_values=values, sk_labels=sk_labels,
-                 onnx_labels=onnx_labels, atol=1e-4, max_label_disagreement=0.001)
+    check_parity(
+        sk_values=values,
+        onnx_values=values,
+        sk_labels=sk_labels,
+        onnx_labels=onnx_labels,
+        atol=1e-4,
+        max_label_disagreement=0.001,
+    )
 
 
 def test_parity_fails_on_nan_output() -> None:
     with pytest.raises(JobFailedError, match="NaN"):
-        check_parity(sk_values=np.array([1.0]), onnx_values=np.array([np.nan]), sk_labels=None,
-                     onnx_labels=None, atol=1e-4, max_label_disagreement=0)
+        check_parity(
+            sk_values=np.array([1.0]),
+            onnx_values=np.array([np.nan]),
+            sk_labels=None,
+            onnx_labels=None,
+            atol=1e-4,
+            max_label_disagreement=0,
+        )
 
 
 def test_quantile_edges_are_increasing_and_cover_the_data() -> None:
@@ -72,7 +101,8 @@ def test_bin_counts_edges_and_out_of_range() -> None:
 
 def test_golden_vectors_keep_missing_as_null() -> None:
     X = np.array([[np.nan, 1.0]], dtype=np.float32)
-    vectors = golden_vectors(X, values=np.array([[0.3, 0.7]], dtype=np.float32),
-                             labels=np.array([1]), count=5)
+    vectors = golden_vectors(
+        X, values=np.array([[0.3, 0.7]], dtype=np.float32), labels=np.array([1]), count=5
+    )
     assert vectors[0].input == [None, 1.0]
     assert vectors[0].label == 1

@@ -34,8 +34,11 @@ def test_garbage_signature_is_a_signature_error() -> None:
 
 def test_key_id_is_hash_of_raw_public_key_and_pem_round_trips() -> None:
     key = SigningKey.generate()
-    assert key.key_id == key_id_of(key.verify_key.public_raw) == sha256_bytes(
-        key.verify_key.public_raw)
+    assert (
+        key.key_id
+        == key_id_of(key.verify_key.public_raw)
+        == sha256_bytes(key.verify_key.public_raw)
+    )
     again = SigningKey.from_pem(key.to_pem())
     assert again.key_id == key.key_id
     assert "PRIVATE" not in repr(key)
@@ -43,9 +46,12 @@ def test_key_id_is_hash_of_raw_public_key_and_pem_round_trips() -> None:
 
 def test_trust_store_lookup_by_role_and_id() -> None:
     model, deployment = SigningKey.generate(), SigningKey.generate()
-    store = TrustStore(keys=[TrustedKey.from_verify_key(KeyRole.MODEL, model.verify_key),
-                             TrustedKey.from_verify_key(KeyRole.DEPLOYMENT,
-                                                        deployment.verify_key)])
+    store = TrustStore(
+        keys=[
+            TrustedKey.from_verify_key(KeyRole.MODEL, model.verify_key),
+            TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, deployment.verify_key),
+        ]
+    )
     assert store.key_for(KeyRole.MODEL, model.key_id) == model.verify_key
     with pytest.raises(SignatureError, match="untrusted_key"):
         store.key_for(KeyRole.MODEL, deployment.key_id)  # right key, wrong role
@@ -67,5 +73,5 @@ def test_verify_key_must_be_32_bytes() -> None:
 
 def test_streaming_hash_matches_one_shot() -> None:
     data = bytes(range(256)) * 1000
-    digest, size = sha256_chunks(data[i:i + 4096] for i in range(0, len(data), 4096))
+    digest, size = sha256_chunks(data[i : i + 4096] for i in range(0, len(data), 4096))
     assert (digest, size) == (sha256_bytes(data), len(data))

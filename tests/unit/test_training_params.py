@@ -18,14 +18,17 @@ def test_params_are_merged_and_typed() -> None:
     assert params["max_depth"] is None
 
 
-@pytest.mark.parametrize(("params", "message"), [
-    ({"n_trees": 5}, "unknown parameter 'n_trees'"),
-    ({"n_estimators": 0}, "outside [1, 500]"),
-    ({"n_estimators": 2.5}, "must be an integer"),
-    ({"n_estimators": "5"}, "must be a number"),
-    ({"n_estimators": True}, "must be a number"),
-    ({"min_samples_leaf": None}, "may not be null"),
-])
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"n_trees": 5}, "unknown parameter 'n_trees'"),
+        ({"n_estimators": 0}, "outside [1, 500]"),
+        ({"n_estimators": 2.5}, "must be an integer"),
+        ({"n_estimators": "5"}, "must be a number"),
+        ({"n_estimators": True}, "must be a number"),
+        ({"min_samples_leaf": None}, "may not be null"),
+    ],
+)
 def test_bad_params_name_the_parameter(params: dict, message: str) -> None:  # type: ignore[type-arg]
     rf = get_algorithm("classification", "random_forest")
     with pytest.raises(InvalidInputError, match=re.escape(message)) as info:

@@ -16,15 +16,25 @@ from shared.hashing import is_sha256
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 
 
-@router.api_route(
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    200: {"content": {"application/octet-stream": {}}},
+    206: {"description": "Partial content (Range request)."},
+}
+
+
+@router.head(
     "/{sha256}",
-    methods=["GET", "HEAD"],
     response_class=FileResponse,
+    operation_id="head_artifact",
+    summary="Size and ETag of a model artifact",
+    responses=_RESPONSES,
+)
+@router.get(
+    "/{sha256}",
+    response_class=FileResponse,
+    operation_id="get_artifact",
     summary="Download a model artifact by sha256",
-    responses={
-        200: {"content": {"application/octet-stream": {}}},
-        206: {"description": "Partial content (Range request)."},
-    },
+    responses=_RESPONSES,
 )
 def get_artifact(
     sha256: Annotated[str, Path(description="sha256 of the artifact.")],

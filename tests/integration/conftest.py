@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from control_plane.config import ServerSettings, load_settings
+from control_plane.datadir import init_data_dir
+from control_plane.main import create_app
+
+
+@dataclass
+class Api:
+    client: TestClient
+    settings: ServerSettings
+    token: str
+
+    def auth(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.token}"}
+
+    def get(self, path: str, **kw: Any) -> Any:
+        kw.setdefault("headers", self.auth())
+        return self.client.get("/api/v1" + path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Any:
+        kw.setdefault("headers", self.auth())
+        return self.client.post("/api/v1" + path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Any:
+        kw.setdefault("headers", self.auth())
+        return self.client.put("/api/v1" + path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        kw.setdefault("headers", self.auth())
+        return self.client.delete("/api/v1" + path, **kw)
+
+    def upload(
+        self,
+        data: bytes | str,
+        *,
+        name: str = "sensors",
+        label: str = "fault",
+        nan_policy: str = "reject",
+        token: str | None = None,
+    ) -> Any:
+        body = data.encode() if isinstance(data, str) else data
+        return self.post(
+            "/datasets",
+            params={"name": name, "label": label, "nan_policy": nan_policy},
+            content=body,
+            headers={**self.auth(token), "Content-Type": "text/csv"},
+        )
+
+    def token_for(self, role: str) -> str:
+        response = self.post("/tokens", json={"name": f"test-{role}", "role": role})
+        assert response.status_code == 201, response.text
+        return str(response.json()["token"])
+
+    def train(self, model: str, **body: Any) -> Any:
+        return self.post(f"/models/{model}/train", json=body)
+
+    def wait_job(self, job_id: int, timeout: float = 180) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job: dict[str, Any] = self.get(f"/jobs/{job_id}").json()
+            if job["status"] in ("succeeded", "failed"):
+                return job
+            time.sleep(0.1)
+        raise AssertionError(f"job {job_id} did not finish in {timeout} s")
+
+    def train_ok(self, model: str, **body: Any) -> dict[str, Any]:
+        response = self.train(model, **body)
+        assert response.status_code == 202, response.text
+        job = self.wait_job(response.json()["id"])
+        assert job["status"] == "succeeded", job["error"]
+        return job
+
+    def blob_files(self) -> list[Path]:
+        root = self.settings.blobs_dir
+        return [p for p in root.rglob("*") if p.is_file() and p.parent.name != "tmp"]
+
+
+MakeApi = Callable[..., Api]
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest) -> str | None:
+    if request.param == "postgres":
+        return str(request.getfixturevalue("postgres_url"))
+    return None
+
+
+@pytest.fixture
+def make_api(tmp_path: Path) -> Iterator[MakeApi]:
+    """Build a control plane (real app, real worker processes) with settings overrides."""
+    clients: list[TestClient] = []
+
+    def make(database_url: str | None = None, **overrides: Any) -> Api:
+        settings = load_settings(
+            tmp_path / f"data{len(clients)}", database_url=database_url, **overrides
+        )
+        token = init_data_dir(settings).token
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        return Api(client, settings, token)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_api: MakeApi) -> Api:
+    return make_api()
