@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -59,12 +61,18 @@ def _settings(
         raise _fail(f"invalid settings: {problems}", 2) from exc
 
 
-def _client(url: str, token: str | None) -> ApiClient:
+@contextlib.contextmanager
+def _api(url: str, token: str | None) -> Iterator[ApiClient]:
+    """A client for a command; an API error ends the command with its reasons (exit 1)."""
     if not token:
         raise _fail(
             "no API token: pass --token or set EDGEFLEET_TOKEN (printed by `edgefleet init`)", 2
         )
-    return ApiClient(url, token)
+    with ApiClient(url, token) as client:
+        try:
+            yield client
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
 
 
 # --- init / server -------------------------------------------------------------------------
@@ -143,11 +151,8 @@ def datasets_upload(
     token: TokenOpt = None,
 ) -> None:
     """Upload a CSV (numeric features + a label column). Prints the dataset id last."""
-    with _client(url, token) as client:
-        try:
-            ds = client.upload_dataset(file, name=name, label=label, nan_policy=nan_policy)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        ds = client.upload_dataset(file, name=name, label=label, nan_policy=nan_policy)
     console.print(
         f"dataset {ds.name} v{ds.version}: {ds.rows} rows, {len(ds.features)} "
         f"features, label {ds.label_column!r} ({ds.label_kind}), sha256 "
@@ -160,11 +165,8 @@ def datasets_upload(
 @datasets_app.command("list")
 def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """List datasets."""
-    with _client(url, token) as client:
-        try:
-            rows = client.datasets()
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        rows = client.datasets()
     table = Table("id", "name", "version", "rows", "features", "label", "sha256")
     for ds in rows:
         table.add_row(
@@ -256,14 +258,11 @@ def train_command(
         )
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
-    with _client(url, token) as client:
-        try:
-            job = wait_for_job(client, client.train(model, request))
-            if job.status != "succeeded" or job.result_version is None:
-                raise _fail(f"job {job.id} failed: {job.error}")
-            version = client.version(model, str(job.result_version))
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        job = wait_for_job(client, client.train(model, request))
+        if job.status != "succeeded" or job.result_version is None:
+            raise _fail(f"job {job.id} failed: {job.error}")
+        version = client.version(model, str(job.result_version))
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items())
     console.print(
         f"{model} v{version.version} ({version.algorithm}): {metrics}; parity max diff "
@@ -282,11 +281,8 @@ models_app = typer.Typer(help="Registered models and versions.", no_args_is_help
 @models_app.command("list")
 def models_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
     """List models with their latest version and aliases."""
-    with _client(url, token) as client:
-        try:
-            rows = client.models()
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        rows = client.models()
     table = Table("name", "task", "latest", "aliases")
     for m in rows:
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
@@ -305,14 +301,11 @@ def models_show(
     token: TokenOpt = None,
 ) -> None:
     """Show a model's versions, or one version as JSON (with --version)."""
-    with _client(url, token) as client:
-        try:
-            if version is not None:
-                print(client.version(name, version).model_dump_json(indent=2))
-                return
-            rows = client.versions(name)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        if version is not None:
+            print(client.version(name, version).model_dump_json(indent=2))
+            return
+        rows = client.versions(name)
     table = Table("version", "algorithm", "dataset", "metrics", "parity diff", "size", "aliases")
     for v in rows:
         metrics = " ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
@@ -337,11 +330,8 @@ def models_alias(
     token: TokenOpt = None,
 ) -> None:
     """Point an alias at a version."""
-    with _client(url, token) as client:
-        try:
-            row = client.set_alias(name, alias, version)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        row = client.set_alias(name, alias, version)
     console.print(f"{row.model_name}: {row.alias} → {row.version}", highlight=False)
 
 
@@ -356,22 +346,17 @@ def models_pull(
     """Download a version for offline checks: NAME-vN.manifest.json, NAME-vN.onnx and
     trust-store.json (the server's public keys). Then run `edgefleet verify`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _client(url, token) as client:
-        try:
-            ref = version
-            if ref == "latest":
-                ref = str(max(v.version for v in client.versions(name)))
-            row = client.version(name, ref)
-            assert row.manifest is not None
-            stem = out_dir / f"{name}-v{row.version}"
-            manifest_path = stem.with_suffix(".manifest.json")
-            manifest_path.write_text(row.manifest.model_dump_json(indent=2))
-            client.download_artifact(row.sha256, stem.with_suffix(".onnx"))
-            (out_dir / "trust-store.json").write_text(
-                client.trust_store().model_dump_json(indent=2)
-            )
-        except (ApiError, ValueError) as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        ref = version
+        if ref == "latest":
+            ref = str(max((v.version for v in client.versions(name)), default=0))
+        row = client.version(name, ref)
+        assert row.manifest is not None
+        stem = out_dir / f"{name}-v{row.version}"
+        manifest_path = stem.with_suffix(".manifest.json")
+        manifest_path.write_text(row.manifest.model_dump_json(indent=2))
+        client.download_artifact(row.sha256, stem.with_suffix(".onnx"))
+        (out_dir / "trust-store.json").write_text(client.trust_store().model_dump_json(indent=2))
     for path in (manifest_path, stem.with_suffix(".onnx"), out_dir / "trust-store.json"):
         print(path)
 
@@ -389,10 +374,7 @@ def tokens_create(
     token: TokenOpt = None,
 ) -> None:
     """Issue a token; prints EDGEFLEET_TOKEN=<secret> last (shown once)."""
-    with _client(url, token) as client:
-        try:
-            issued = client.create_token(name, role)
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+    with _api(url, token) as client:
+        issued = client.create_token(name, role)
     console.print(f"token {issued.id} {issued.name!r} ({issued.role.value})", highlight=False)
     print(f"EDGEFLEET_TOKEN={issued.token}")

@@ -8,6 +8,7 @@ thresholds (measured: 0.32 probability difference on HistGradientBoosting).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -38,66 +39,26 @@ class Algorithm:
     build: Callable[[dict[str, ParamValue], int], Any]
 
 
-def _logreg(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.linear_model import LogisticRegression
+def _estimator(
+    module: str, name: str, **fixed: object
+) -> Callable[[dict[str, ParamValue], int], Any]:
+    """A builder for scikit-learn's ``module.name``: our parameter names are its keyword
+    arguments; ``fixed`` are settings we do not expose (single-threaded fits, no early
+    stopping, so a seed fully determines the model)."""
 
-    return LogisticRegression(C=p["C"], max_iter=p["max_iter"], random_state=seed)
+    def build(params: dict[str, ParamValue], seed: int) -> Any:
+        estimator = getattr(importlib.import_module(module), name)
+        return estimator(**params, random_state=seed, **fixed)
 
-
-def _rf_clf(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.ensemble import RandomForestClassifier
-
-    return RandomForestClassifier(
-        n_estimators=p["n_estimators"],
-        max_depth=p["max_depth"],
-        min_samples_leaf=p["min_samples_leaf"],
-        random_state=seed,
-        n_jobs=1,
-    )
+    return build
 
 
-def _hgb_clf(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    return HistGradientBoostingClassifier(
-        max_iter=p["max_iter"],
-        learning_rate=p["learning_rate"],
-        max_depth=p["max_depth"],
-        max_leaf_nodes=p["max_leaf_nodes"],
-        random_state=seed,
-        early_stopping=False,
-    )
-
-
-def _ridge(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.linear_model import Ridge
-
-    return Ridge(alpha=p["alpha"], random_state=seed)
-
-
-def _rf_reg(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.ensemble import RandomForestRegressor
-
-    return RandomForestRegressor(
-        n_estimators=p["n_estimators"],
-        max_depth=p["max_depth"],
-        min_samples_leaf=p["min_samples_leaf"],
-        random_state=seed,
-        n_jobs=1,
-    )
-
-
-def _hgb_reg(p: dict[str, ParamValue], seed: int) -> Any:
-    from sklearn.ensemble import HistGradientBoostingRegressor
-
-    return HistGradientBoostingRegressor(
-        max_iter=p["max_iter"],
-        learning_rate=p["learning_rate"],
-        max_depth=p["max_depth"],
-        max_leaf_nodes=p["max_leaf_nodes"],
-        random_state=seed,
-        early_stopping=False,
-    )
+_logreg = _estimator("sklearn.linear_model", "LogisticRegression")
+_ridge = _estimator("sklearn.linear_model", "Ridge")
+_rf_clf = _estimator("sklearn.ensemble", "RandomForestClassifier", n_jobs=1)
+_rf_reg = _estimator("sklearn.ensemble", "RandomForestRegressor", n_jobs=1)
+_hgb_clf = _estimator("sklearn.ensemble", "HistGradientBoostingClassifier", early_stopping=False)
+_hgb_reg = _estimator("sklearn.ensemble", "HistGradientBoostingRegressor", early_stopping=False)
 
 
 _FOREST_RULES = {
