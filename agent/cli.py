@@ -1,12 +1,19 @@
-"""Device-side commands. ``edgefleet verify`` checks a model offline, on a base install."""
+"""Device-side commands, on a base install: ``edgefleet agent`` runs the device agent,
+``edgefleet verify`` checks a model offline."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from agent.config import AgentSettings
 
 from shared.errors import VerificationError
 from shared.hashing import Sha256Stream
@@ -76,3 +83,58 @@ def verify_command(
         f"OK {checked.name} v{checked.version}: signature by key {checked.key_id[:16]}…, "
         f"{checked.size} bytes, sha256 {checked.sha256}"
     )
+
+
+agent_app = typer.Typer()
+
+
+@agent_app.command("agent")
+def agent_command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Agent config (TOML); EDGEFLEET_AGENT_* env variables override it.",
+            show_default=False,
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print a commented default config.")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Run the device agent: follow this device's desired state over MQTT, install verified
+    models, serve local inference, report telemetry. Stops cleanly on SIGTERM/SIGINT."""
+    from agent.config import DEFAULT_CONFIG, load_agent_settings
+
+    if print_config:
+        typer.echo(DEFAULT_CONFIG, nl=False)
+        return
+    if config is not None and not config.is_file():
+        typer.echo(f"error: config file {config} not found", err=True)
+        raise typer.Exit(2)
+    try:
+        settings = load_agent_settings(config)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"error: invalid agent config: {problems}", err=True)
+        raise typer.Exit(2) from exc
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(_run_agent(settings))
+    except (OSError, ValidationError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+async def _run_agent(settings: AgentSettings) -> None:
+    from agent.runtime import Agent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await Agent(settings).run(stop)

@@ -16,7 +16,8 @@ from functools import partial
 
 import numpy as np
 
-from control_plane.export import INPUT_NAME, export_onnx, session_for
+from agent.inference import session_for
+from control_plane.export import INPUT_NAME, export_onnx
 from control_plane.training import ALGORITHMS, build_pipeline
 from simulator.data import sensor_rows
 

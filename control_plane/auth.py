@@ -16,10 +16,12 @@ def hash_token(token: str) -> str:
     return sha256_bytes(token.encode("utf-8"))
 
 
-def issue_token(session: Session, *, name: str, role: Role) -> tuple[ApiToken, str]:
+def issue_token(
+    session: Session, *, name: str, role: Role, device_id: str | None = None
+) -> tuple[ApiToken, str]:
     """Create a token; return the row and the secret, which is shown once and not stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, role=role.value, token_hash=hash_token(secret))
+    row = ApiToken(name=name, role=role.value, token_hash=hash_token(secret), device_id=device_id)
     session.add(row)
     session.commit()
     session.refresh(row)
@@ -35,4 +37,7 @@ def find_token(session: Session, secret: str) -> ApiToken | None:
 
 
 def has_role(token: ApiToken, needed: Role) -> bool:
+    """Device tokens carry only the device role; the others include the weaker roles."""
+    if needed is Role.DEVICE or token.role == Role.DEVICE:
+        return token.role == needed
     return ROLE_RANK[Role(token.role)] >= ROLE_RANK[needed]

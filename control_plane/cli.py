@@ -115,16 +115,25 @@ def server_command(
         Path | None,
         typer.Option(help="Settings file [default: DATA_DIR/config.toml].", show_default=False),
     ] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEFLEET_MQTT_URL",
+            show_default=False,
+            help="Broker for device traffic, mqtt://user:pass@host:port.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
-    """Serve the REST API (migrates the database first). Needs `edgefleet init`."""
+    """Serve the REST API (migrates the database first) and, with --mqtt-url, talk to devices:
+    ingest their state and telemetry, publish signed desired states. Needs `edgefleet init`."""
     import uvicorn
 
     from control_plane.errors import NotInitialisedError
     from control_plane.keystore import load_keys
     from control_plane.main import create_app
 
-    settings = _settings(data_dir, config, host=host, port=port)
+    settings = _settings(data_dir, config, host=host, port=port, mqtt_url=mqtt_url)
     try:
         load_keys(settings.keys_dir)
     except NotInitialisedError as exc:
@@ -378,3 +387,91 @@ def tokens_create(
         issued = client.create_token(name, role)
     console.print(f"token {issued.id} {issued.name!r} ({issued.role.value})", highlight=False)
     print(f"EDGEFLEET_TOKEN={issued.token}")
+
+
+# --- devices and deployments -------------------------------------------------------------------
+
+devices_app = typer.Typer(help="Devices.", no_args_is_help=True)
+
+
+def _parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
+        labels[key] = value
+    return labels
+
+
+@devices_app.command("add")
+def devices_add(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id (its MQTT username).")],
+    label: Annotated[
+        list[str] | None, typer.Option(help="Label KEY=VALUE; repeatable.", show_default=False)
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Register a device; prints its device token last (shown once). The token goes into the
+    agent's config and, as the password of user ID, into the broker's password file."""
+    labels = _parse_labels(label or [])
+    with _api(url, token) as client:
+        registered = client.register_device(device_id, labels)
+    console.print(
+        f"device {registered.device.id} registered with labels {registered.device.labels}",
+        highlight=False,
+    )
+    print(registered.token)
+
+
+@devices_app.command("list")
+def devices_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List devices with what they serve."""
+    with _api(url, token) as client:
+        rows = client.devices()
+    table = Table("id", "online", "labels", "models (active)", "phase", "last error", "seq")
+    for d in rows:
+        models = d.state.models if d.state else []
+        active = ", ".join(f"{m.name} v{m.active.version}" for m in models if m.active)
+        phases = ", ".join(f"{m.name}:{m.phase.value}" for m in models)
+        errors = [
+            e
+            for e in [d.state.last_error if d.state else None, *(m.last_error for m in models)]
+            if e is not None
+        ]
+        table.add_row(
+            d.id,
+            "yes" if d.online else "no",
+            ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
+            active,
+            phases,
+            errors[-1].reason if errors else "",
+            str(d.deployment_seq),
+        )
+    out.print(table)
+
+
+deploy_app = typer.Typer()
+
+
+@deploy_app.command("deploy")
+def deploy_command(
+    target: Annotated[
+        str, typer.Argument(metavar="MODEL:VERSION", help="Model and version (or alias).")
+    ],
+    device: Annotated[str, typer.Option(help="Device id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Sign and publish a desired state that puts MODEL:VERSION on one device."""
+    model, sep, version = target.partition(":")
+    if not sep or not model or not version:
+        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
+    with _api(url, token) as client:
+        deployment = client.deploy(device, model, version)
+    state = "published" if deployment.published else "stored (not yet published: no broker)"
+    console.print(
+        f"{model}:{version} → {device}: desired state {deployment.seq} {state}", highlight=False
+    )
+    print(deployment.seq)

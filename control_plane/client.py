@@ -12,6 +12,10 @@ from pydantic import BaseModel, TypeAdapter
 from control_plane.schemas import (
     AliasPublic,
     DatasetPublic,
+    DeploymentCreate,
+    DeploymentPublic,
+    DevicePublic,
+    DeviceRegistered,
     Health,
     JobPublic,
     ModelPublic,
@@ -137,3 +141,18 @@ class ApiClient:
     def create_token(self, name: str, role: str) -> TokenIssued:
         response = self._http.post("/tokens", json={"name": name, "role": role})
         return TokenIssued.model_validate_json(self._check(response).content)
+
+    def register_device(self, device_id: str, labels: dict[str, str]) -> DeviceRegistered:
+        response = self._http.post("/devices", json={"id": device_id, "labels": labels})
+        return DeviceRegistered.model_validate_json(self._check(response).content)
+
+    def devices(self) -> list[DevicePublic]:
+        return self._get_list("/devices", DevicePublic)
+
+    def device(self, device_id: str) -> DevicePublic:
+        return self._get(f"/devices/{device_id}", DevicePublic)
+
+    def deploy(self, device_id: str, model: str, version: str) -> DeploymentPublic:
+        body = DeploymentCreate(device_id=device_id, model=model, version=version)
+        response = self._http.post("/deployments", json=body.model_dump())
+        return DeploymentPublic.model_validate_json(self._check(response).content)

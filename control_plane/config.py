@@ -53,6 +53,24 @@ class ServerSettings(BaseSettings):
     golden_vectors: int = Field(default=8, ge=1, le=256)
     reference_bins: int = Field(default=10, ge=2, le=100)
     training_workers: int = Field(default=1, ge=1, le=32)
+    mqtt_url: str | None = Field(
+        default=None,
+        description="Broker for devices, mqtt://user:pass@host:port (user "
+        "edgefleet-control-plane); unset: no device traffic.",
+    )
+    topic_root: str = Field(default="edgefleet/v1", description="MQTT topic root.")
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        description="Consume device messages through $share/GROUP/… so several control-plane "
+        "processes split them.",
+    )
+    desired_ttl_seconds: float = Field(
+        default=7 * 24 * 3600,
+        gt=60,
+        description="Signed desired states expire after this; "
+        "they are re-signed when half of it is left.",
+    )
+    ingest_batch_max: int = Field(default=500, ge=1, description="Messages per ingest commit.")
 
     @field_validator("data_dir")
     @classmethod
@@ -116,4 +134,7 @@ CONFIG_TEMPLATE = """\
 # golden_vectors = 8
 # reference_bins = 10
 # training_workers = 1
+# mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1883"
+# topic_root = "edgefleet/v1"
+# desired_ttl_seconds = 604800          # 7 days; re-signed when half is left
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,13 +11,22 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from control_plane.api.routes import artifacts, datasets, jobs, models, system, tokens
+from control_plane.api.routes import (
+    artifacts,
+    datasets,
+    devices,
+    jobs,
+    models,
+    system,
+    tokens,
+)
 from control_plane.artifacts import BlobStore
 from control_plane.config import ServerSettings
 from control_plane.db import create_db_engine, migrate
 from control_plane.errors import ControlPlaneError
 from control_plane.jobs import JobRunner
 from control_plane.keystore import load_keys
+from control_plane.mqtt_bridge import MqttBridge
 from edgefleet import __version__
 
 log = logging.getLogger(__name__)
@@ -32,6 +43,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         engine = create_db_engine(settings.resolved_database_url)
         migrate(engine)
         runner = JobRunner(settings, engine)
+        bridge = MqttBridge(settings, engine, keys) if settings.mqtt_url else None
+        bridge_task = asyncio.create_task(bridge.run()) if bridge else None
+        app.state.bridge = bridge
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = keys
@@ -42,6 +56,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
+            if bridge_task is not None:
+                bridge_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bridge_task
             runner.shutdown()
             engine.dispose()
 
@@ -62,6 +80,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             content={"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.code}]},
         )
 
-    for module in (system, tokens, datasets, models, jobs, artifacts):
+    for module in (system, tokens, datasets, models, jobs, artifacts, devices):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

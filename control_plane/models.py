@@ -16,14 +16,16 @@ def utcnow() -> datetime:
 
 
 class Role(StrEnum):
-    """API roles, each including the rights of the ones after it."""
+    """API roles. admin ⊃ operator ⊃ viewer; ``device`` stands apart: a device token may only
+    download artifacts (and later post its own feedback)."""
 
     ADMIN = "admin"
     OPERATOR = "operator"
     VIEWER = "viewer"
+    DEVICE = "device"
 
 
-ROLE_RANK = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+ROLE_RANK = {Role.DEVICE: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 class JobStatus(StrEnum):
@@ -40,6 +42,7 @@ class ApiToken(SQLModel, table=True):
     name: str = Field(max_length=64)
     role: str = Field(max_length=16)
     token_hash: str = Field(max_length=64, unique=True, index=True)
+    device_id: str | None = Field(default=None, max_length=64, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     revoked_at: datetime | None = None
 
@@ -116,3 +119,52 @@ class ModelAlias(SQLModel, table=True):
     alias: str = Field(max_length=32, primary_key=True)
     version: int
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Device(SQLModel, table=True):
+    """A device: registered by an operator, or first seen through its MQTT messages."""
+
+    __tablename__ = "device"
+
+    id: str = Field(max_length=64, primary_key=True)
+    labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    registered: bool = False
+    online: bool = False
+    last_seen: datetime | None = None
+    state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    deployment_seq: int = 0
+    desired: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    desired_expires_at: datetime | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TelemetryRecord(SQLModel, table=True):
+    """One telemetry window, stored once per (device, seq) however often it arrives."""
+
+    __tablename__ = "telemetry_window"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64, index=True)
+    seq: int
+    window_start: datetime
+    window_end: datetime = Field(index=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class SampleRecord(SQLModel, table=True):
+    """One batch of opt-in sampled rows, stored once per (device, seq). Joined with labels
+    for retraining later."""
+
+    __tablename__ = "sample_batch"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64, index=True)
+    seq: int
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int
+    rows: int
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
+from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
 
 class ApiModel(BaseModel):
@@ -146,6 +147,57 @@ class TokenPublic(ApiModel):
 
 class TokenIssued(TokenPublic):
     token: str = Field(description="The bearer secret. Shown once; only its hash is stored.")
+
+
+class DeviceCreate(ApiModel):
+    """Register a device."""
+
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id; also its MQTT username.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels, e.g. site=berlin.")
+
+
+class DevicePublic(ApiModel):
+    """A device and what it last reported."""
+
+    id: str = Field(description="Device id.")
+    labels: dict[str, str] = Field(description="Labels.")
+    registered: bool = Field(description="Registered by an operator (else only seen on MQTT).")
+    online: bool = Field(description="From its retained online message and Last Will.")
+    last_seen: datetime | None = Field(description="Last message from the device.")
+    deployment_seq: int = Field(description="Sequence of the last desired state signed for it.")
+    desired_expires_at: datetime | None = Field(description="When that desired state expires.")
+    state: DeviceState | None = Field(description="Its last retained state report.")
+
+
+class DeviceRegistered(ApiModel):
+    device: DevicePublic = Field(description="The registered device.")
+    token: str = Field(
+        description="Device token (role `device`), shown once. It is also the "
+        "device's MQTT password (username = device id)."
+    )
+
+
+class DeploymentCreate(ApiModel):
+    """Deploy one model version to one device (the rollout engine does this at scale)."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Target device.")
+    model: str = Field(description="Model name.")
+    version: str = Field(description="Version number or alias.")
+
+
+class DeploymentPublic(ApiModel):
+    device_id: str = Field(description="Target device.")
+    seq: int = Field(description="Sequence of the signed desired state.")
+    expires_at: datetime = Field(description="When it expires unless re-signed.")
+    published: bool = Field(
+        description="The broker acknowledged the retained publish; if "
+        "false it is stored and published once the broker is reachable."
+    )
+
+
+class TelemetryPublic(ApiModel):
+    received_at: datetime = Field(description="When the control plane stored it.")
+    window: TelemetryWindow = Field(description="The window as the device sent it.")
 
 
 class ErrorItem(ApiModel):

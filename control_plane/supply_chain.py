@@ -13,12 +13,13 @@ import numpy as np
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from agent.inference import describe, session_for
 from control_plane.artifacts import BlobStore
 from control_plane.config import ServerSettings
 from control_plane.datasets import DatasetLimits, parse_csv
 from control_plane.db import create_db_engine
 from control_plane.errors import ControlPlaneError, JobFailedError
-from control_plane.export import describe, export_onnx, opset_of, run_onnx, session_for
+from control_plane.export import export_onnx, opset_of, run_onnx
 from control_plane.keystore import load_keys
 from control_plane.models import Dataset, Job, JobStatus, utcnow
 from control_plane.parity import (
@@ -200,7 +201,7 @@ def _train(settings: ServerSettings, session: Session, job_id: int) -> int:
         prediction = prediction_reference_values(onnx_out.values, settings.reference_bins)
 
     set_progress(session, job_id, "signing", 0.9)
-    input_spec, output_specs = describe(onnx_session)
+    input_specs, output_specs = describe(onnx_session)
     output = OutputSchema(
         task=request.task,
         outputs=output_specs,
@@ -251,7 +252,7 @@ def _train(settings: ServerSettings, session: Session, job_id: int) -> int:
             size=len(model_bytes),
             opset=opset_of(model_bytes),
             input=InputSchema(
-                tensor=input_spec,
+                tensor=input_specs[0],
                 features=parsed.features,
                 nan_policy="impute" if nan_policy == "impute" else "reject",
             ),

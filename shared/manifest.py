@@ -12,9 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, Field, model_validator
 
-from shared.canonical import canonical_json
-from shared.messages import SCHEMA_VERSION, WireModel
-from shared.signing import SigningKey, VerifyKey
+from shared.wire import SCHEMA_VERSION, SignedDocument, WireModel
 
 MODEL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 Task = Literal["classification", "regression"]
@@ -178,7 +176,7 @@ class Lineage(WireModel):
     job_id: int = Field(description="Training job id.")
 
 
-class ModelManifest(WireModel):
+class ModelManifest(SignedDocument):
     """A model version as devices see it. Signed by the model-signing key."""
 
     schema_version: Literal[1] = Field(
@@ -198,21 +196,6 @@ class ModelManifest(WireModel):
     golden: Golden = Field(description="Golden vectors to reproduce before activation.")
     created_at: AwareDatetime = Field(description="Registration time (UTC, whole seconds).")
     lineage: Lineage = Field(description="Training lineage.")
-    key_id: str = Field(description="Key id of the model-signing key.")
-    signature: str = Field(description="Ed25519 over the canonical JSON of all other fields.")
-
-    def signed_payload(self) -> bytes:
-        """The canonical bytes the signature covers."""
-        return canonical_json(self.model_dump(mode="json", exclude={"signature"}))
-
-    def signed_with(self, key: SigningKey) -> ModelManifest:
-        """A copy carrying ``key``'s id and signature."""
-        unsigned = self.model_copy(update={"key_id": key.key_id, "signature": ""})
-        return unsigned.model_copy(update={"signature": key.sign(unsigned.signed_payload())})
-
-    def verify_signature(self, key: VerifyKey) -> None:
-        """Raise ``SignatureError`` unless the signature holds under ``key``."""
-        key.verify(self.signed_payload(), self.signature)
 
 
 def utc_seconds(moment: datetime) -> datetime:

@@ -1,19 +1,193 @@
-"""Base classes for everything that crosses a process boundary.
+"""Wire documents: every payload on MQTT is one of these, as JSON.
 
-Every wire document is a pydantic model that refuses unknown fields and is immutable;
-top-level documents carry ``schema_version`` so a reader can refuse what it does not know.
+Every document is a strict, immutable pydantic model (unknown fields are an error);
+top-level documents carry ``schema_version`` so a reader refuses what it does not know.
+Signed documents are signed over ``canonical_json`` of every field except ``signature``.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AwareDatetime, Field, model_validator
 
-SCHEMA_VERSION: Literal[1] = 1
+from shared.manifest import ModelManifest
+from shared.wire import SCHEMA_VERSION, SignedDocument, WireModel
+
+KiB = 1024
+MiB = 1024 * KiB
+# Size caps, checked before parsing. A desired state holds whole manifests (reference
+# statistics, golden vectors) for a few models: tens of KiB each.
+MAX_DESIRED_BYTES = 1 * MiB
+MAX_STATE_BYTES = 256 * KiB
+MAX_TELEMETRY_BYTES = 1 * MiB
+MAX_SAMPLES_BYTES = 1 * MiB
+MAX_ACK_BYTES = 64 * KiB
+DEVICE_ID_PATTERN = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
 
-class WireModel(BaseModel):
-    """A strict, immutable wire model: unknown fields are an error."""
+class ModelRef(WireModel):
+    """Identity of one model version."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(description="Model name.")
+    version: int = Field(description="Version number.")
+    sha256: str = Field(description="sha256 of its ONNX file.")
+
+
+class DeploymentModel(WireModel):
+    """One model a device should serve, with the rollout that put it there."""
+
+    manifest: ModelManifest = Field(description="The signed model manifest.")
+    rollout_id: str | None = Field(default=None, description="Rollout, if any.")
+    stage: str | None = Field(default=None, description="Rollout stage, if any.")
+
+
+class DesiredState(SignedDocument):
+    """What one device should serve. Signed by the deployment key; published retained on
+    ``{root}/devices/{id}/desired``. A device applies it only if the signature holds, the
+    device id is its own, ``seq`` is greater than the last it accepted, and it has not
+    expired. Models it does not name keep serving as they are."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="The device it is for.")
+    seq: int = Field(ge=1, description="Per-device deployment sequence; only ever grows.")
+    models: list[DeploymentModel] = Field(description="Models to serve, at most one per name.")
+    issued_at: AwareDatetime = Field(description="When it was signed.")
+    expires_at: AwareDatetime = Field(description="After this, devices ignore it.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> DesiredState:
+        names = [m.manifest.name for m in self.models]
+        if len(names) != len(set(names)):
+            raise ValueError("a desired state names each model at most once")
+        if self.expires_at <= self.issued_at:
+            raise ValueError("expires_at must be after issued_at")
+        return self
+
+
+class Phase(StrEnum):
+    """Where a device is with one model."""
+
+    IDLE = "idle"  # nothing to do
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    PROBATION = "probation"  # active, watched; may revert by itself
+    SERVING = "serving"  # active and committed
+    FAILED = "failed"  # the last update was refused; the previous model serves
+    REVERTED = "reverted"  # probation failed; back on the previous model
+
+
+class ErrorInfo(WireModel):
+    """Why something was refused, machine-readable."""
+
+    reason: str = Field(description="Stable reason code, e.g. `sha256_mismatch`.")
+    message: str = Field(description="Human-readable detail.")
+    at: AwareDatetime = Field(description="When it happened.")
+    model: str | None = Field(default=None, description="Model it concerns, if any.")
+    seq: int | None = Field(default=None, description="Desired-state sequence it concerns.")
+
+
+class ModelStatus(WireModel):
+    """A device's status for one model name."""
+
+    name: str = Field(description="Model name.")
+    active: ModelRef | None = Field(description="The version serving requests now.")
+    previous: ModelRef | None = Field(description="The rollback slot.")
+    target: ModelRef | None = Field(default=None, description="The version being installed.")
+    phase: Phase = Field(description="Install phase.")
+    rollout_id: str | None = Field(default=None, description="Rollout of the active version.")
+    stage: str | None = Field(default=None, description="Rollout stage of the active version.")
+    last_error: ErrorInfo | None = Field(default=None, description="Last refusal for this model.")
+
+
+class DeviceState(WireModel):
+    """What a device serves; retained on ``{root}/devices/{id}/state``."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id.")
+    agent_version: str = Field(description="edgefleet version of the agent.")
+    labels: dict[str, str] = Field(description="Labels from the device's config.")
+    deployment_seq: int = Field(ge=0, description="Last accepted desired-state sequence.")
+    models: list[ModelStatus] = Field(description="One entry per model name.")
+    last_error: ErrorInfo | None = Field(
+        default=None, description="Last refused desired state (bad signature, replay, …)."
+    )
+    dropped_messages: int = Field(ge=0, description="Invalid MQTT messages dropped.")
+    outbox_dropped: int = Field(ge=0, description="Telemetry windows lost to outbox overflow.")
+    updated_at: AwareDatetime = Field(description="When this state was written.")
+
+
+class OnlineStatus(WireModel):
+    """Retained on ``{root}/devices/{id}/online``; the offline form is the Last Will."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id.")
+    online: bool = Field(description="False when the device went away.")
+
+
+class FeatureWindow(WireModel):
+    """One feature's inputs over a window, binned over the manifest's reference edges."""
+
+    counts: list[int] = Field(description="Rows per reference bin.")
+    below: int = Field(ge=0, description="Rows below the first edge.")
+    above: int = Field(ge=0, description="Rows above the last edge.")
+    missing: int = Field(ge=0, description="Rows where the feature was missing.")
+    n: int = Field(ge=0, description="Non-missing rows.")
+    sum: float = Field(description="Sum of non-missing values (mean = sum / n).")
+    sum_sq: float = Field(description="Sum of squares (variance = sum_sq / n − mean²).")
+
+
+class ModelWindow(WireModel):
+    """One model version's traffic over a window. All counts merge by addition."""
+
+    name: str = Field(description="Model name.")
+    version: int = Field(description="Version that served.")
+    sha256: str = Field(description="sha256 of that version.")
+    requests: int = Field(ge=0, description="Rows predicted.")
+    errors: int = Field(ge=0, description="Rows that failed.")
+    latency_counts: list[int] = Field(
+        description="Requests per latency bucket (shared.stats.LATENCY_BOUNDS_US)."
+    )
+    features: list[FeatureWindow] = Field(description="Per feature, in input order.")
+    predictions: list[int] = Field(
+        description="Predicted rows per class (classification) or per reference bin."
+    )
+
+
+class TelemetryWindow(WireModel):
+    """A closed telemetry window; ingest is idempotent on (device_id, seq)."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id.")
+    seq: int = Field(ge=1, description="Per-device window sequence number.")
+    window_start: AwareDatetime = Field(description="Start of the window.")
+    window_end: AwareDatetime = Field(description="End of the window.")
+    models: list[ModelWindow] = Field(description="One entry per model version that served.")
+    outbox_dropped: int = Field(ge=0, description="Windows this device lost to overflow so far.")
+
+
+class SampleRow(WireModel):
+    """One sampled inference row."""
+
+    request_id: str = Field(description="The id the inference response carried.")
+    features: list[float | None] = Field(description="Inputs; null is missing.")
+    prediction: int | float = Field(description="Class index or predicted value.")
+
+
+class SampleBatch(WireModel):
+    """Opt-in sampled rows for retraining, on ``{root}/devices/{id}/samples``."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id.")
+    seq: int = Field(ge=1, description="Per-device sample batch sequence number.")
+    model: ModelRef = Field(description="Version that predicted.")
+    rows: list[SampleRow] = Field(description="Sampled rows.")
+
+
+class Ack(WireModel):
+    """Sequence numbers the control plane stored durably; sent on ``{root}/devices/{id}/ack``."""
+
+    schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
+    channel: Literal["telemetry", "samples"] = Field(description="What the numbers refer to.")
+    seqs: list[int] = Field(description="Stored sequence numbers.")

@@ -7,6 +7,7 @@ Counts over the same edges merge by addition, exactly.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,3 +36,34 @@ def bin_counts(values: npt.ArrayLike, edges: npt.ArrayLike) -> BinCounts:
     idx = np.minimum(idx, n_bins - 1)  # the last edge belongs to the last bin
     counts = np.bincount(idx, minlength=n_bins).astype(np.int64)
     return BinCounts(counts=counts, below=below, above=above, missing=int(missing_mask.sum()))
+
+
+# Latency buckets: 4 per doubling from 10 µs to ~10.5 s, plus one overflow bucket, so a
+# p95 read from merged counts is within 19% of the true value; every device uses the same
+# bounds, so histograms of many devices merge by addition.
+LATENCY_BOUNDS_US: tuple[float, ...] = tuple(10.0 * 2 ** (i / 4) for i in range(81))
+LATENCY_BUCKETS = len(LATENCY_BOUNDS_US) + 1
+
+
+def latency_counts(latencies_us: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """Counts per latency bucket: bucket i holds (bounds[i-1], bounds[i]]; the last, overflow."""
+    x = np.asarray(latencies_us, dtype=np.float64).ravel()
+    idx = np.searchsorted(np.asarray(LATENCY_BOUNDS_US), x, side="left")
+    return np.bincount(idx, minlength=LATENCY_BUCKETS).astype(np.int64)
+
+
+def latency_bucket(latency_us: float) -> int:
+    """The bucket of one latency (same rule as ``latency_counts``); bisect, not numpy: this
+    runs once per request."""
+    return bisect.bisect_left(LATENCY_BOUNDS_US, latency_us)
+
+
+def histogram_quantile(counts: npt.ArrayLike, q: float) -> float | None:
+    """Upper bound (µs) of the latency bucket holding quantile ``q``; ``None`` when empty.
+    The overflow bucket reports infinity."""
+    c = np.asarray(counts, dtype=np.int64)
+    total = int(c.sum())
+    if total == 0:
+        return None
+    index = int(np.searchsorted(np.cumsum(c), q * total, side="left"))
+    return LATENCY_BOUNDS_US[index] if index < len(LATENCY_BOUNDS_US) else float("inf")

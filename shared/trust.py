@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from shared.errors import SignatureError
-from shared.messages import SCHEMA_VERSION, WireModel
 from shared.signing import KeyRole, VerifyKey, b64decode_strict, b64encode, key_id_of
+from shared.wire import SCHEMA_VERSION, WireModel
 
 
 class TrustedKey(WireModel):

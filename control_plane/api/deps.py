@@ -15,6 +15,7 @@ from control_plane.config import ServerSettings
 from control_plane.jobs import JobRunner
 from control_plane.keystore import KeyStore
 from control_plane.models import ApiToken, Role
+from control_plane.mqtt_bridge import MqttBridge
 
 
 def get_settings(request: Request) -> ServerSettings:
@@ -37,6 +38,11 @@ def get_keys(request: Request) -> KeyStore:
     return keys
 
 
+def get_bridge(request: Request) -> MqttBridge | None:
+    bridge: MqttBridge | None = request.app.state.bridge
+    return bridge
+
+
 def get_jobs(request: Request) -> JobRunner:
     jobs: JobRunner = request.app.state.jobs
     return jobs
@@ -47,14 +53,15 @@ SessionDep = Annotated[Session, Depends(get_session)]
 BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
 KeysDep = Annotated[KeyStore, Depends(get_keys)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
+BridgeDep = Annotated[MqttBridge | None, Depends(get_bridge)]
 
 _bearer = HTTPBearer(
     auto_error=False, description="An API token from `edgefleet init` or `POST /api/v1/tokens`."
 )
 
 
-def require(role: Role) -> Callable[..., ApiToken]:
-    """A dependency: the caller's token, which must have at least ``role``."""
+def require(role: Role, *also: Role) -> Callable[..., ApiToken]:
+    """A dependency: the caller's token, which must have ``role`` (or one of ``also``)."""
 
     def dependency(
         session: SessionDep,
@@ -67,7 +74,7 @@ def require(role: Role) -> Callable[..., ApiToken]:
                 "missing or invalid bearer token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        if not has_role(token, role):
+        if not any(has_role(token, r) for r in (role, *also)):
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"this needs the {role.value} role; the token has {token.role}",
@@ -80,3 +87,4 @@ def require(role: Role) -> Callable[..., ApiToken]:
 Viewer = Annotated[ApiToken, Depends(require(Role.VIEWER))]
 Operator = Annotated[ApiToken, Depends(require(Role.OPERATOR))]
 Admin = Annotated[ApiToken, Depends(require(Role.ADMIN))]
+ViewerOrDevice = Annotated[ApiToken, Depends(require(Role.VIEWER, Role.DEVICE))]

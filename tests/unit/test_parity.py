@@ -106,3 +106,21 @@ def test_golden_vectors_keep_missing_as_null() -> None:
     )
     assert vectors[0].input == [None, 1.0]
     assert vectors[0].label == 1
+
+
+def test_latency_histogram_merges_and_reads_quantiles() -> None:
+    from shared.stats import LATENCY_BUCKETS, histogram_quantile, latency_bucket, latency_counts
+
+    rng = np.random.default_rng(1)
+    a, b = rng.lognormal(5, 0.5, 5000), rng.lognormal(5, 0.5, 5000)
+    merged = latency_counts(a) + latency_counts(b)
+    assert merged.shape == (LATENCY_BUCKETS,)
+    assert (merged == latency_counts(np.concatenate([a, b]))).all()
+    true_p95 = float(np.percentile(np.concatenate([a, b]), 95))
+    estimate = histogram_quantile(merged, 0.95)
+    assert estimate is not None
+    assert true_p95 <= estimate <= true_p95 * 1.19
+    assert histogram_quantile(np.zeros(LATENCY_BUCKETS), 0.95) is None
+    assert latency_bucket(5.0) == 0
+    assert latency_bucket(1e9) == LATENCY_BUCKETS - 1
+    assert latency_counts([1e9])[-1] == 1

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path
 from fastapi.responses import FileResponse
 from sqlmodel import select
 
-from control_plane.api.deps import BlobsDep, SessionDep, Viewer
+from control_plane.api.deps import BlobsDep, SessionDep, ViewerOrDevice
 from control_plane.errors import NotFoundError
 from control_plane.models import ModelVersion
 from shared.hashing import is_sha256
@@ -40,7 +40,7 @@ def get_artifact(
     sha256: Annotated[str, Path(description="sha256 of the artifact.")],
     session: SessionDep,
     blobs: BlobsDep,
-    _: Viewer,
+    _: ViewerOrDevice,
 ) -> FileResponse:
     """The ONNX file of a registered version. `Range: bytes=N-` resumes a download."""
     registered = (

@@ -1,0 +1,164 @@
+"""Agent settings: defaults < the TOML file given by ``--config`` < ``EDGEFLEET_AGENT_*`` env.
+
+Everything an agent needs comes from one ``AgentSettings`` object (no globals), so many
+agents can run in one process (the simulator does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from shared.messages import DEVICE_ID_PATTERN
+from shared.topics import DEFAULT_ROOT
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_broker_url(url: str) -> BrokerAddress:
+    """``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS; default port 8883)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError("broker_url must look like mqtt://user:pass@host:1883 or mqtts://…")
+    tls = parts.scheme == "mqtts"
+    return BrokerAddress(
+        host=parts.hostname,
+        port=parts.port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+    )
+
+
+class AgentSettings(BaseSettings):
+    """Settings of one device agent."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This device's id.")
+    broker_url: str = Field(description="mqtt://user:pass@host:port or mqtts://…")
+    control_plane_url: str = Field(description="Base URL of the control plane (artifacts).")
+    token: SecretStr = Field(description="Device token (edgefleet devices add).")
+    trust_store: Path = Field(description="Trusted public keys (GET /api/v1/keys).")
+    data_dir: Path = Field(description="Model store, outbox, accepted sequence.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Device labels.")
+    api_host: str = Field(default="127.0.0.1", description="Local inference API address.")
+    api_port: int = Field(default=8500, ge=0, le=65535, description="0 turns the API off.")
+    window_seconds: float = Field(default=60.0, gt=0, description="Telemetry window length.")
+    topic_root: str = Field(default=DEFAULT_ROOT, description="MQTT topic root.")
+    tls_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts.")
+    tls_cert_file: Path | None = Field(default=None, description="Client certificate.")
+    tls_key_file: Path | None = Field(default=None, description="Client key.")
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    reconnect_min_seconds: float = Field(default=0.5, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    outbox_max_messages: int = Field(default=10_000, ge=10, description="Outbox cap.")
+    max_artifact_bytes: int = Field(default=512 * MiB, ge=1, description="Download cap.")
+    download_deadline_seconds: float = Field(default=900.0, gt=0)
+    download_min_bytes_per_second: int = Field(
+        default=16 * 1024, ge=0, description="Slower (after the grace time) aborts."
+    )
+    download_attempts: int = Field(default=5, ge=1, description="Tries per artifact.")
+    download_grace_seconds: float = Field(
+        default=10.0, gt=0, description="Stall timeout, and time before the speed rule."
+    )
+    probation_requests: int = Field(default=50, ge=0, description="Requests watched.")
+    probation_seconds: float = Field(default=30.0, ge=0, description="Time watched.")
+    probation_latency_budget_ms: float = Field(default=250.0, gt=0)
+    probation_max_error_rate: float = Field(default=0.0, ge=0, le=1)
+    sample_rate: float = Field(default=0.0, ge=0, le=1, description="Share of rows sampled.")
+    samples_per_window: int = Field(default=100, ge=0, description="Cap on sampled rows.")
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @field_validator("control_plane_url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("control_plane_url must be http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("data_dir", "trust_store")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def broker(self) -> BrokerAddress:
+        return parse_broker_url(self.broker_url)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_agent_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
+    """Settings from ``config_file`` (TOML), env ``EDGEFLEET_AGENT_*`` and ``overrides``."""
+
+    class _FromFile(AgentSettings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    loaded = _FromFile(**overrides)
+    return AgentSettings.model_construct(**loaded.model_dump())
+
+
+DEFAULT_CONFIG = """\
+# edgefleet agent configuration. Environment variables EDGEFLEET_AGENT_<NAME> override it.
+
+device_id = "dev-001"                          # ^[a-z0-9][a-z0-9-]{0,63}$
+broker_url = "mqtt://dev-001:TOKEN@127.0.0.1:1883"   # username = device id; mqtts:// for TLS
+control_plane_url = "http://127.0.0.1:8000"    # artifacts are downloaded from here
+token = "TOKEN"                                # the device token (edgefleet devices add)
+trust_store = "/etc/edgefleet/trust-store.json"   # GET /api/v1/keys, saved once
+data_dir = "/var/lib/edgefleet-agent"          # models, outbox, accepted sequence
+api_host = "127.0.0.1"                         # local inference API (0.0.0.0 exposes it)
+api_port = 8500                                # 0 turns it off
+window_seconds = 60                            # telemetry window
+# topic_root = "edgefleet/v1"
+# tls_ca_file = "/etc/edgefleet/ca.pem"        # for mqtts://
+# tls_cert_file = "/etc/edgefleet/device.pem"  # client certificate, optional
+# tls_key_file = "/etc/edgefleet/device.key"
+# outbox_max_messages = 10000                  # oldest dropped (and counted) beyond this
+# max_artifact_bytes = 536870912               # 512 MiB download cap
+# download_deadline_seconds = 900
+# download_min_bytes_per_second = 16384        # after a 10 s grace
+# probation_requests = 50                      # a new model is watched for this many requests
+# probation_seconds = 30                       # ... or this long, then committed
+# probation_latency_budget_ms = 250
+# probation_max_error_rate = 0.0
+# sample_rate = 0.0                            # share of rows sent for retraining (opt-in)
+
+[labels]
+site = "berlin"
+hw = "rpi4"
+"""

@@ -1,0 +1,197 @@
+"""Loading a verified ONNX model and running it: input validation against the manifest,
+onnxruntime sessions, and the handful of checks done before a model may serve."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+
+from agent.verify import check_golden, check_io, golden_inputs
+from shared.errors import VerificationError
+from shared.manifest import ModelManifest, TensorSpec
+
+MAX_BATCH_ROWS = 10_000
+_DTYPES = {
+    "tensor(float)": "float32",
+    "tensor(double)": "float64",
+    "tensor(int64)": "int64",
+    "tensor(string)": "string",
+}
+
+
+Rows = Sequence[Sequence[float | None]] | npt.NDArray[Any]  # positional rows
+
+
+class InputError(ValueError):
+    """A request's inputs do not fit the model's schema (a 4xx, not a model failure)."""
+
+
+def session_for(model: bytes | Path, threads: int = 1) -> ort.InferenceSession:
+    """A CPU session; one intra-op thread suits single rows (more only help big tree batches)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def describe(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The session's inputs and outputs as manifest tensor specs."""
+
+    def spec(node: Any) -> TensorSpec:
+        shape = [d if isinstance(d, int) else None for d in node.shape]
+        return TensorSpec(name=node.name, dtype=_DTYPES.get(node.type, node.type), shape=shape)
+
+    return [spec(i) for i in session.get_inputs()], [spec(o) for o in session.get_outputs()]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """``values``: probabilities [n, classes] or predicted values [n]; ``labels``: class
+    indices (classification)."""
+
+    values: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.int64] | None
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model ready to serve. Immutable: a swap replaces the whole object, so a
+    request that started on one version finishes on it."""
+
+    manifest: ModelManifest
+    session: ort.InferenceSession
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @cached_property
+    def _indexes(self) -> tuple[int, int]:
+        """Positions of the label and probability outputs (computed once, not per request)."""
+        names = [o.name for o in self.manifest.output.outputs]
+        return (
+            names.index(self.manifest.output.label_output or "label"),
+            names.index(self.manifest.output.probabilities_output or "probabilities"),
+        )
+
+    def run(self, X: npt.NDArray[np.float32]) -> Outputs:
+        raw = self.session.run(None, {self.manifest.input.tensor.name: X})
+        if self.manifest.output.task == "classification":
+            label_i, proba_i = self._indexes
+            return Outputs(
+                values=np.asarray(raw[proba_i], dtype=np.float32),
+                labels=np.asarray(raw[label_i], dtype=np.int64),
+            )
+        return Outputs(values=np.asarray(raw[0], dtype=np.float32).reshape(-1), labels=None)
+
+    def rows_from_lists(self, rows: Rows) -> npt.NDArray[np.float32]:
+        """Validate positional rows against the schema: count, numbers, NaN policy."""
+        features = self.manifest.input.features
+        if len(rows) == 0:
+            raise InputError("no rows")
+        if len(rows) > MAX_BATCH_ROWS:
+            raise InputError(f"{len(rows)} rows; at most {MAX_BATCH_ROWS} per request")
+        fast = _bulk_rows(rows, len(features))
+        if fast is not None:
+            return fast
+        out = np.empty((len(rows), len(features)), dtype=np.float32)
+        for i, row in enumerate(rows):
+            if not isinstance(row, Sequence) or isinstance(row, str | bytes):
+                raise InputError(f"row {i}: a list of {len(features)} numbers is expected")
+            if len(row) != len(features):
+                raise InputError(
+                    f"row {i}: {len(row)} values; the model takes {len(features)} "
+                    f"({', '.join(features)})"
+                )
+            for j, value in enumerate(row):
+                out[i, j] = self._number(value, i, features[j])
+        return out
+
+    def rows_from_named(self, rows: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
+        """Validate rows given as {feature: value}: every feature present, none unknown."""
+        features = self.manifest.input.features
+        known = set(features)
+        lists: list[list[float | None]] = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise InputError(f"row {i}: an object of feature values is expected")
+            unknown = sorted(set(row) - known)
+            if unknown:
+                raise InputError(f"row {i}: unknown features {unknown}; the model takes {features}")
+            missing = [f for f in features if f not in row]
+            if missing and self.manifest.input.nan_policy != "impute":
+                raise InputError(f"row {i}: missing features {missing}")
+            lists.append([row.get(f) for f in features])
+        return self.rows_from_lists(lists)
+
+    def _number(self, value: Any, row: int, feature: str) -> float:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            if self.manifest.input.nan_policy != "impute":
+                raise InputError(
+                    f"row {row}: {feature} is missing and this model does not accept missing values"
+                )
+            return math.nan
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(f"row {row}: {feature} must be a number, got {value!r}")
+        if not math.isfinite(value) or abs(value) > 3.4e38:
+            raise InputError(f"row {row}: {feature}={value} is not a finite float32")
+        return float(value)
+
+
+def _bulk_rows(rows: Rows, width: int) -> npt.NDArray[np.float32] | None:
+    """The common case in one numpy conversion: a rectangle of finite float32-range numbers
+    (no missing values, no bools, no strings). ``None`` sends the rows through the per-value
+    checks, which name the offending row and feature."""
+    try:
+        if isinstance(rows, np.ndarray):
+            if rows.dtype.kind not in "fiu":
+                return None
+        elif any(type(v) is not float and type(v) is not int for row in rows for v in row):
+            return None  # bools, strings, None: the slow path explains
+        X = np.asarray(rows, dtype=np.float64)
+    except (TypeError, ValueError):  # rows that are not sequences, ragged rows
+        return None
+    if X.ndim != 2 or X.shape[1] != width or not np.all(np.abs(X) <= 3.4e38):
+        return None  # NaN fails the comparison too
+    return X.astype(np.float32)
+
+
+def load_model(path: Path, manifest: ModelManifest) -> LoadedModel:
+    """Load in a fresh session and check it against the manifest before it may serve:
+    inputs/outputs match, golden vectors reproduce within tolerance."""
+    try:
+        session = session_for(path)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VerificationError(
+            "load_failed",
+            f"onnxruntime cannot load the model: {type(exc).__name__}: {str(exc)[:300]}",
+        ) from exc
+    inputs, outputs = describe(session)
+    check_io(manifest, inputs, outputs)
+    model = LoadedModel(manifest=manifest, session=session)
+    try:
+        result = model.run(golden_inputs(manifest))
+    except Exception as exc:
+        raise VerificationError(
+            "golden_mismatch",
+            f"the golden vectors fail to run: {type(exc).__name__}: {str(exc)[:300]}",
+        ) from exc
+    check_golden(manifest, result.labels, result.values)
+    return model
+
+
+def timed_run(model: LoadedModel, X: npt.NDArray[np.float32]) -> tuple[Outputs, float]:
+    """Outputs and the latency in µs."""
+    start = time.perf_counter_ns()
+    outputs = model.run(X)
+    return outputs, (time.perf_counter_ns() - start) / 1000

@@ -1,0 +1,254 @@
+"""The device agent: wires the MQTT session, the updater, telemetry and the local inference
+API together. Everything comes from one ``AgentSettings``; nothing is global, so many
+``Agent`` objects can run in one process (the simulator runs hundreds)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from pydantic import ValidationError
+
+from agent.config import AgentSettings
+from agent.inference import LoadedModel, Rows
+from agent.model_store import ModelStore
+from agent.mqtt import DeviceSession
+from agent.outbox import Outbox
+from agent.slot import ModelUnavailableError, Prediction
+from agent.updater import Updater
+from edgefleet import __version__
+from shared.messages import (
+    MAX_ACK_BYTES,
+    Ack,
+    DeviceState,
+    ModelRef,
+    SampleBatch,
+    SampleRow,
+    TelemetryWindow,
+)
+from shared.topics import Channel, Topics
+from shared.trust import TrustStore
+
+log = logging.getLogger(__name__)
+REPUBLISH_BATCH = 200
+
+
+def load_trust_store(settings: AgentSettings) -> TrustStore:
+    return TrustStore.model_validate_json(settings.trust_store.read_bytes())
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, trust: TrustStore | None = None) -> None:
+        self.settings = settings
+        self.trust = trust if trust is not None else load_trust_store(settings)
+        self.topics = Topics(settings.topic_root)
+        self.store = ModelStore(settings.data_dir)
+        self.outbox = Outbox(settings.data_dir / "outbox.db", settings.outbox_max_messages)
+        self.http = httpx.AsyncClient(
+            headers={"Authorization": f"Bearer {settings.token.get_secret_value()}"}
+        )
+        self.updater = Updater(settings, self.trust, self.store, self.http, self.publish_state)
+        self.session = DeviceSession(
+            settings, self.topics, on_message=self._on_message, on_connect=self._on_connect
+        )
+        self.updater.load_from_disk()
+        self._window_start = datetime.now(UTC)
+        self._samples: list[tuple[LoadedModel, SampleRow]] = []
+        self._rng = random.Random()  # noqa: S311  (sampling, not security)
+
+    # --- inference (thread-safe: called from HTTP threads and the event loop) -----------------
+
+    def model_names(self) -> list[str]:
+        return sorted(n for n, s in self.updater.slots.items() if s.current is not None)
+
+    def model(self, name: str) -> LoadedModel:
+        slot = self.updater.slots.get(name)
+        if slot is None or slot.current is None:
+            raise ModelUnavailableError(f"no model {name!r} is serving on this device")
+        return slot.current
+
+    def predict(
+        self, name: str, X: npt.NDArray[np.float32], model: LoadedModel | None = None
+    ) -> Prediction:
+        """Run model ``name`` on validated float32 rows; records telemetry and probation.
+        Pass the ``model`` the rows were validated against, so a swap in between cannot run
+        them on a version with other inputs."""
+        slot = self.updater.slots.get(name)
+        if slot is None:
+            raise ModelUnavailableError(f"no model {name!r} is serving on this device")
+        prediction = slot.predict(X, model)
+        if self.settings.sample_rate and self._rng.random() < self.settings.sample_rate:
+            self._sample(prediction, X)
+        return prediction
+
+    def predict_rows(self, name: str, rows: Rows) -> Prediction:
+        """Positional rows, validated against the model's schema (``InputError`` if not)."""
+        model = self.model(name)
+        return self.predict(name, model.rows_from_lists(rows), model)
+
+    def predict_named(self, name: str, rows: Sequence[Mapping[str, Any]]) -> Prediction:
+        """Rows as {feature: value}, validated against the model's schema."""
+        model = self.model(name)
+        return self.predict(name, model.rows_from_named(rows), model)
+
+    def _sample(self, prediction: Prediction, X: npt.NDArray[np.float32]) -> None:
+        if len(self._samples) >= self.settings.samples_per_window:
+            return
+        outputs = prediction.outputs
+        value = int(outputs.labels[0]) if outputs.labels is not None else float(outputs.values[0])
+        row = [None if np.isnan(v) else float(v) for v in X[0]]
+        self._samples.append(
+            (
+                prediction.model,
+                SampleRow(request_id=prediction.request_id, features=row, prediction=value),
+            )
+        )
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state(self) -> DeviceState:
+        updater = self.updater
+        return DeviceState(
+            device_id=self.settings.device_id,
+            agent_version=__version__,
+            labels=self.settings.labels,
+            deployment_seq=updater.accepted.seq if updater.accepted else 0,
+            models=[slot.status() for _, slot in sorted(updater.slots.items())],
+            last_error=updater.last_error,
+            dropped_messages=updater.dropped_messages,
+            outbox_dropped=self.outbox.dropped,
+            updated_at=datetime.now(UTC),
+        )
+
+    async def publish_state(self) -> None:
+        await self.session.publish(Channel.STATE, self.state().model_dump_json(), retain=True)
+
+    # --- MQTT --------------------------------------------------------------------------------
+
+    def _on_message(self, channel: Channel, payload: bytes) -> None:
+        """Never raises: a bad message is dropped and counted."""
+        try:
+            if channel is Channel.DESIRED:
+                self.updater.submit(payload)
+            elif channel is Channel.ACK:
+                if len(payload) > MAX_ACK_BYTES:
+                    raise ValueError("ack too large")
+                ack = Ack.model_validate_json(payload)
+                self.outbox.ack(ack.channel, ack.seqs)
+        except (ValidationError, ValueError) as exc:
+            self.updater.dropped_messages += 1
+            log.warning(
+                "%s: dropped a bad %s message: %s",
+                self.settings.device_id,
+                channel.value,
+                str(exc)[:200],
+            )
+
+    async def _on_connect(self) -> None:
+        await self.publish_state()
+        await self._republish_outbox()
+
+    async def _republish_outbox(self) -> None:
+        """Send everything not yet acknowledged (oldest first). Duplicates are harmless: the
+        control plane stores each (device, seq) once."""
+        for item in await asyncio.to_thread(self.outbox.pending, REPUBLISH_BATCH):
+            if not await self.session.publish(Channel(item.channel), item.payload):
+                return
+
+    # --- telemetry ---------------------------------------------------------------------------
+
+    async def close_window(self) -> TelemetryWindow | None:
+        """Close the current window: store it in the outbox, then publish what is pending."""
+        end = datetime.now(UTC)
+        start, self._window_start = self._window_start, end
+        models = [
+            window
+            for slot in self.updater.slots.values()
+            for accumulator in slot.close_windows()
+            if (window := accumulator.close()) is not None
+        ]
+        telemetry = None
+        if models:
+            dropped = self.outbox.dropped
+
+            def make(seq: int) -> bytes:
+                nonlocal telemetry
+                telemetry = TelemetryWindow(
+                    device_id=self.settings.device_id,
+                    seq=seq,
+                    window_start=start,
+                    window_end=end,
+                    models=models,
+                    outbox_dropped=dropped,
+                )
+                return telemetry.model_dump_json().encode()
+
+            await asyncio.to_thread(self.outbox.append, Channel.TELEMETRY.value, make)
+        await self._store_samples()
+        await self._republish_outbox()
+        return telemetry
+
+    async def _store_samples(self) -> None:
+        samples, self._samples = self._samples, []
+        by_model: dict[str, tuple[LoadedModel, list[SampleRow]]] = {}
+        for model, row in samples:
+            by_model.setdefault(model.manifest.sha256, (model, []))[1].append(row)
+        for model, rows in by_model.values():
+            m = model.manifest
+            ref = ModelRef(name=m.name, version=m.version, sha256=m.sha256)
+
+            def make(seq: int, rows: list[SampleRow] = rows, ref: ModelRef = ref) -> bytes:
+                return (
+                    SampleBatch(device_id=self.settings.device_id, seq=seq, model=ref, rows=rows)
+                    .model_dump_json()
+                    .encode()
+                )
+
+            await asyncio.to_thread(self.outbox.append, Channel.SAMPLES.value, make)
+
+    async def _telemetry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.window_seconds)
+            try:
+                await self.close_window()
+            except Exception:  # a failed window must not stop the next ones
+                log.exception("%s: closing a telemetry window failed", self.settings.device_id)
+
+    # --- life cycle --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set (or the task is cancelled); then go offline cleanly."""
+        stop = stop or asyncio.Event()
+        server = None
+        if self.settings.api_port:
+            from agent.server import InferenceServer
+
+            server = InferenceServer(self, self.settings.api_host, self.settings.api_port)
+            server.start()
+            log.info("%s: local inference API on %s", self.settings.device_id, server.url)
+        tasks = [
+            asyncio.create_task(coro)
+            for coro in (self.session.run(), self.updater.run(), self._telemetry_loop())
+        ]
+        try:
+            await stop.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self.close_window()
+                    await self.session.go_offline()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if server is not None:
+                server.stop()
+            await self.http.aclose()
+            self.outbox.close()

@@ -1,0 +1,585 @@
+"""The agent's local inference HTTP API: a subset of the Open Inference Protocol (v2 REST, as
+KServe and Triton define it) plus a small ``/v1/predict`` for named features.
+
+Standard library only (``http.server``), so the agent's base install needs no web framework.
+Every connection is handled in its own thread, off the agent's asyncio loop; inference itself
+goes through an :class:`InferenceBackend` (the agent's model slots).
+
+Routes::
+
+    GET  /v2/health/live            {"live": true}
+    GET  /v2/health/ready           {"ready": bool}; 503 while no model serves
+    GET  /v2/models/{name}          model metadata
+    GET  /v2/models/{name}/ready    200, or 404 when it does not serve
+    POST /v2/models/{name}/infer    v2 inference request → v2 inference response
+    POST /v1/predict                {"model"?, "features": {...}} or {"model"?, "rows": [...]}
+
+Errors answer ``{"error": "..."}``: 400 malformed request, 404 unknown model or route, 405 wrong
+method, 411 no Content-Length, 413 body over 8 MiB, 422 inputs that do not fit the model,
+503 model withdrawn, 500 inference failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol, cast
+from urllib.parse import unquote, urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.inference import InputError, LoadedModel, Outputs
+from agent.slot import ModelUnavailableError, Prediction
+from shared.manifest import ModelManifest
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 8 * 1024 * 1024
+IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection holds a thread; free it eventually
+DRAIN_TIMEOUT_S = 5.0  # stop() waits this long for requests in flight
+_POLL_INTERVAL_S = 0.1  # how soon stop() is noticed (the default 0.5 s slows every stop)
+_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
+_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<action>/ready|/infer)?$")
+
+Json = dict[str, Any]
+
+
+class InferenceBackend(Protocol):
+    """What the server needs from the agent: the serving models, and inference on them."""
+
+    def model_names(self) -> list[str]:
+        """Names that have a serving model."""
+        ...
+
+    def model(self, name: str) -> LoadedModel:
+        """The serving version; raises ModelUnavailableError."""
+        ...
+
+    def predict(
+        self, name: str, X: npt.NDArray[np.float32], model: LoadedModel | None = None
+    ) -> Prediction:
+        """Run ``model`` (the version the rows were validated against; default: the serving
+        one); raises ModelUnavailableError, anything else is a failure."""
+        ...
+
+
+class InferenceServer:
+    """The local inference API on ``host:port`` (port 0 picks a free port). The socket is bound
+    at construction, so :attr:`port` is known before :meth:`start`."""
+
+    def __init__(
+        self, backend: InferenceBackend, host: str = "127.0.0.1", port: int = 8500
+    ) -> None:
+        self._httpd = _HTTPServer((host, port), backend)
+        self._host = host
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        return int(self._httpd.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:8500``."""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    def start(self) -> None:
+        """Serve in a daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("the inference server is already started")
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": _POLL_INTERVAL_S},
+            name=f"inference-server:{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("local inference API listening on %s", self.url)
+
+    def stop(self) -> None:
+        """Stop accepting, end keep-alive connections, close the socket. Requests in flight
+        finish and get their response (waiting up to ``DRAIN_TIMEOUT_S`` for them)."""
+        self._httpd.stopping = True
+        if self._thread is not None:
+            self._httpd.shutdown()  # blocks until serve_forever returns: only when started
+            self._thread.join()
+        self._httpd.close_connections(DRAIN_TIMEOUT_S)
+        self._httpd.server_close()
+
+    def __enter__(self) -> InferenceServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # bursts of new connections from several local apps
+
+    def __init__(self, address: tuple[str, int], backend: InferenceBackend) -> None:
+        self.backend = backend
+        self._connections: set[socket.socket] = set()
+        self._connections_changed = threading.Condition()
+        self.stopping = False
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_changed:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)
+        with self._connections_changed:
+            self._connections.discard(request)
+            self._connections_changed.notify_all()
+
+    def close_connections(self, timeout: float) -> None:
+        """End keep-alive connections, whose threads would otherwise go on serving them, and
+        wait for their threads to finish. SHUT_RD lets a response being written complete;
+        the thread's next read sees EOF."""
+        with self._connections_changed:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # closed by its thread meanwhile
+                connection.shutdown(socket.SHUT_RD)
+        with self._connections_changed:
+            if not self._connections_changed.wait_for(lambda: not self._connections, timeout):
+                logger.warning("%d connections still open at stop", len(self._connections))
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Only reached when writing a response fails (errors in routes become 500s); the
+        # default prints a traceback to stderr.
+        logger.debug("connection from %s failed", client_address, exc_info=True)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: HTTPStatus, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+@dataclass
+class _Response:
+    status: HTTPStatus
+    body: Json
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    server_version = "edgefleet-agent"
+    sys_version = ""  # no Python version in the Server header
+    protocol_version = "HTTP/1.1"  # keep-alive: every response carries Content-Length
+    disable_nagle_algorithm = True  # otherwise ~40 ms per request (delayed ACK × Nagle)
+    # Buffered writes: headers and body leave in one send (handle_one_request flushes).
+    wbufsize = 64 * 1024
+    timeout = IDLE_TIMEOUT_S
+    _body_pending = False
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.address_string(), format % args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # http.server's own refusals (bad request line, unknown method, oversized headers)
+        # answer JSON like ours; the connection's state is unknown, so it closes.
+        self.close_connection = True
+        self._send(_Response(HTTPStatus(code), {"error": message or HTTPStatus(code).phrase}))
+
+    def _dispatch(self) -> None:
+        self._body_pending = bool(
+            self.headers.get("Transfer-Encoding") or self.headers.get("Content-Length", "0") != "0"
+        )
+        try:
+            response = self._route()
+        except _HttpError as exc:
+            response = _Response(exc.status, {"error": exc.message}, exc.headers)
+        except InputError as exc:
+            response = _Response(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc)})
+        except ModelUnavailableError as exc:
+            response = _Response(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+        except Exception:
+            logger.exception("%s %s failed", self.command, self.path)
+            response = _Response(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                {"error": "inference failed; the agent log has the details"},
+            )
+        self._send(response)
+
+    def _route(self) -> _Response:
+        if self.server.stopping:  # a request that came in on a kept-alive connection
+            self.close_connection = True
+            raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "the agent is shutting down")
+        path = urlsplit(self.path).path
+        routes: dict[str, Callable[[], _Response]]
+        if path == "/v2/health/live":
+            routes = {"GET": lambda: _Response(HTTPStatus.OK, {"live": True})}
+        elif path == "/v2/health/ready":
+            routes = {"GET": self._ready}
+        elif path == "/v1/predict":
+            routes = {"POST": lambda: self._predict(self._json_body())}
+        elif match := _MODEL_PATH.match(path):
+            name, action = unquote(match["name"]), match["action"]
+            if action == "/infer":
+                routes = {"POST": lambda: self._infer(name, self._json_body())}
+            elif action == "/ready":
+                routes = {"GET": lambda: self._model_ready(name)}
+            else:
+                routes = {"GET": lambda: _Response(HTTPStatus.OK, _metadata(self._model(name)))}
+        else:
+            raise _HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
+        handler = routes.get(self.command)
+        if handler is None:
+            allowed = ", ".join(routes)
+            raise _HttpError(
+                HTTPStatus.METHOD_NOT_ALLOWED,
+                f"{self.command} is not allowed on {path}; use {allowed}",
+                {"Allow": allowed},
+            )
+        return handler()
+
+    def _ready(self) -> _Response:
+        if self.server.backend.model_names():
+            return _Response(HTTPStatus.OK, {"ready": True})
+        return _Response(HTTPStatus.SERVICE_UNAVAILABLE, {"ready": False})
+
+    def _model_ready(self, name: str) -> _Response:
+        self._model(name)
+        return _Response(HTTPStatus.OK, {"name": name, "ready": True})
+
+    def _model(self, name: str) -> LoadedModel:
+        try:
+            return self.server.backend.model(name)
+        except ModelUnavailableError:
+            serving = ", ".join(self.server.backend.model_names()) or "none"
+            raise _HttpError(
+                HTTPStatus.NOT_FOUND,
+                f"no model {name!r} is serving on this device (serving: {serving})",
+            ) from None
+
+    def _infer(self, name: str, body: Json) -> _Response:
+        request = _V2Request.parse(body)
+        prediction = self._run(name, request.rows)
+        model = prediction.model
+        tensors = _output_tensors(model.manifest, prediction.outputs)
+        if request.outputs is not None:
+            tensors = [t for t in tensors if t["name"] in request.outputs]
+        return _Response(
+            HTTPStatus.OK,
+            {
+                "model_name": model.name,
+                "model_version": str(model.manifest.version),
+                "id": request.id if request.id is not None else prediction.request_id,
+                "parameters": {"request_id": prediction.request_id},
+                "outputs": tensors,
+            },
+            {"X-Request-Id": prediction.request_id},
+        )
+
+    def _predict(self, body: Json) -> _Response:
+        name = body.get("model")
+        if name is None:
+            names = self.server.backend.model_names()
+            if not names:
+                raise ModelUnavailableError("no model is serving on this device")
+            if len(names) > 1:
+                raise _HttpError(
+                    HTTPStatus.BAD_REQUEST,
+                    f'several models serve ({", ".join(names)}); name one with "model"',
+                )
+            name = names[0]
+        elif not isinstance(name, str):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, '"model" must be a string')
+        if ("features" in body) == ("rows" in body):
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST,
+                'give either "features" (one row) or "rows" (a list of rows), not both',
+            )
+        if "features" in body:
+            if not isinstance(body["features"], dict):
+                raise _HttpError(HTTPStatus.BAD_REQUEST, '"features" must be an object')
+            rows = [body["features"]]
+        else:
+            rows = body["rows"]
+            if not isinstance(rows, list):
+                raise _HttpError(HTTPStatus.BAD_REQUEST, '"rows" must be a list of objects')
+        prediction = self._run(name, lambda model: model.rows_from_named(rows))
+        manifest = prediction.model.manifest
+        return _Response(
+            HTTPStatus.OK,
+            {
+                "request_id": prediction.request_id,
+                "model": manifest.name,
+                "version": manifest.version,
+                "predictions": _named_predictions(manifest, prediction.outputs),
+            },
+            {"X-Request-Id": prediction.request_id},
+        )
+
+    def _run(self, name: str, rows: Callable[[LoadedModel], npt.NDArray[np.float32]]) -> Prediction:
+        """Validate against the serving version and run on that same version, even if a swap
+        lands in between."""
+        model = self._model(name)
+        return self.server.backend.predict(name, rows(model), model)
+
+    def _json_body(self) -> Json:
+        if self.headers.get("Transfer-Encoding"):
+            raise _HttpError(
+                HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length"
+            )
+        declared = self.headers.get("Content-Length")
+        if declared is None:
+            raise _HttpError(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
+        try:
+            length = int(declared)
+        except ValueError:
+            length = -1
+        if length < 0:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"invalid Content-Length {declared!r}")
+        if length > MAX_BODY_BYTES:
+            raise _HttpError(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"body of {length} bytes; at most {MAX_BODY_BYTES} per request",
+            )
+        raw = self.rfile.read(length)
+        if len(raw) < length:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body shorter than its Content-Length")
+        self._body_pending = False
+        try:
+            body = json.loads(raw, parse_constant=_refuse_constant)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, NaN
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+        return body
+
+    def _send(self, response: _Response) -> None:
+        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        if self._body_pending:
+            # An unread body would be parsed as the next request: end the connection instead.
+            self.close_connection = True
+        self.send_response(response.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in response.headers.items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+@dataclass(frozen=True)
+class _V2Request:
+    """A v2 inference request, checked for structure; the model-specific checks (tensor name,
+    feature count, values) happen in ``rows`` against the version that serves."""
+
+    id: str | None
+    outputs: list[str] | None
+    name: str
+    shape: tuple[int, int]
+    data: list[Any]
+
+    @classmethod
+    def parse(cls, body: Json) -> _V2Request:
+        request_id = body.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, '"id" must be a string')
+        inputs = body.get("inputs")
+        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, '"inputs" must be a list of one input tensor')
+        tensor = inputs[0]
+        missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+        if missing:
+            raise _HttpError(HTTPStatus.BAD_REQUEST, f"the input tensor lacks {missing}")
+        name, shape, datatype, data = (tensor[k] for k in ("name", "shape", "datatype", "data"))
+        if not isinstance(name, str):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "the input tensor's name must be a string")
+        if datatype != "FP32":
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST, f"input datatype {datatype!r} is not supported; use FP32"
+            )
+        if (
+            not isinstance(shape, list)
+            or len(shape) != 2
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
+        ):
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST, f"input shape {shape!r} must be [rows, features]"
+            )
+        if not isinstance(data, list):
+            raise _HttpError(HTTPStatus.BAD_REQUEST, "input data must be a list")
+        n, width = shape
+        nested = bool(data) and isinstance(data[0], list)
+        if nested and len(data) != n:
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST, f"shape {shape} has {n} rows but data has {len(data)}"
+            )
+        if not nested and len(data) != n * width:
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST,
+                f"shape {shape} needs {n * width} values but data has {len(data)}",
+            )
+        outputs = body.get("outputs")
+        names: list[str] | None = None
+        if outputs is not None:
+            if not isinstance(outputs, list) or not all(
+                isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
+            ):
+                raise _HttpError(
+                    HTTPStatus.BAD_REQUEST, '"outputs" must be a list of {"name": ...} objects'
+                )
+            names = [o["name"] for o in outputs]
+        return cls(request_id, names, name, (n, width), data)
+
+    def rows(self, model: LoadedModel) -> npt.NDArray[np.float32]:
+        """The float32 batch for ``model``, checked against its input tensor and features
+        (and its outputs, when the request names some)."""
+        spec = model.manifest.input
+        if self.outputs is not None:
+            unknown = sorted(set(self.outputs) - {o.name for o in model.manifest.output.outputs})
+            if unknown:
+                raise _HttpError(
+                    HTTPStatus.BAD_REQUEST, f"model {model.name!r} has no outputs {unknown}"
+                )
+        if self.name != spec.tensor.name:
+            raise _HttpError(
+                HTTPStatus.BAD_REQUEST,
+                f"model {model.name!r} takes the input tensor {spec.tensor.name!r}, "
+                f"not {self.name!r}",
+            )
+        n, width = self.shape
+        if width != len(spec.features):
+            raise InputError(
+                f"shape {[n, width]}: the model takes {len(spec.features)} features "
+                f"({', '.join(spec.features)})"
+            )
+        data = self.data
+        if not (data and isinstance(data[0], list)):
+            data = [data[i * width : (i + 1) * width] for i in range(n)]
+        return model.rows_from_lists(data)
+
+
+def _refuse_constant(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON; send null for a missing value")
+
+
+def _metadata(model: LoadedModel) -> Json:
+    manifest = model.manifest
+    return {
+        "name": manifest.name,
+        "versions": [str(manifest.version)],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {
+                "name": manifest.input.tensor.name,
+                "datatype": "FP32",
+                "shape": [-1, len(manifest.input.features)],
+            }
+        ],
+        "outputs": [
+            {
+                "name": spec.name,
+                "datatype": _V2_DATATYPES[spec.dtype],
+                "shape": [-1 if d is None else d for d in spec.shape],
+            }
+            for spec in manifest.output.outputs
+        ],
+        "parameters": {
+            "features": manifest.input.features,
+            "nan_policy": manifest.input.nan_policy,
+            "task": manifest.output.task,
+            "classes": manifest.output.classes,
+            "sha256": manifest.sha256,
+        },
+    }
+
+
+def _output_tensors(manifest: ModelManifest, outputs: Outputs) -> list[Json]:
+    """Every output the model gives, in the manifest's order, data flattened row-major."""
+    spec = manifest.output
+    n = int(outputs.values.shape[0])
+    if spec.task == "regression":
+        name = spec.value_output or spec.outputs[0].name
+        return [
+            {"name": name, "datatype": "FP32", "shape": [n, 1], "data": _floats(outputs.values)}
+        ]
+    assert outputs.labels is not None  # LoadedModel.run gives labels for classification
+    label_name = spec.label_output or "label"
+    proba_name = spec.probabilities_output or "probabilities"
+    tensors = {
+        label_name: {
+            "name": label_name,
+            "datatype": "INT64",
+            "shape": [n],
+            "data": outputs.labels.tolist(),
+        },
+        proba_name: {
+            "name": proba_name,
+            "datatype": "FP32",
+            "shape": [n, int(outputs.values.shape[1])],
+            "data": _floats(outputs.values),
+        },
+    }
+    order = [o.name for o in spec.outputs if o.name in tensors]
+    return [tensors[name] for name in order]
+
+
+def _named_predictions(manifest: ModelManifest, outputs: Outputs) -> list[Json]:
+    if manifest.output.task == "regression":
+        return [{"value": value} for value in _floats(outputs.values)]
+    assert outputs.labels is not None
+    classes = manifest.output.classes
+    k = int(outputs.values.shape[1])
+    names = [classes[j] if j < len(classes) else str(j) for j in range(k)]
+    probabilities = _floats(outputs.values)
+    return [
+        {
+            "class": names[label] if 0 <= label < k else str(label),
+            "class_index": label,
+            "probabilities": dict(zip(names, probabilities[i * k : (i + 1) * k], strict=True)),
+        }
+        for i, label in enumerate(outputs.labels.tolist())
+    ]
+
+
+def _floats(values: npt.NDArray[np.float32]) -> list[float | None]:
+    """Flattened row-major; NaN and infinities become null (JSON has no such numbers)."""
+    flat = cast(list[float | None], values.reshape(-1).tolist())
+    if np.isfinite(values).all():
+        return flat
+    return [v if v is not None and math.isfinite(v) else None for v in flat]

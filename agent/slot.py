@@ -1,0 +1,150 @@
+"""One model name on a device: the version serving requests, its telemetry, its probation.
+
+Requests read ``slot.current`` once and run on that object, so a swap (a plain reference
+assignment) never fails or splits a request: in-flight requests finish on the old version.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from agent.inference import LoadedModel, Outputs, timed_run
+from agent.telemetry import WindowAccumulator
+from shared.manifest import ModelManifest
+from shared.messages import ErrorInfo, ModelRef, ModelStatus, Phase
+
+
+class ModelUnavailableError(LookupError):
+    """No verified model of that name is serving on this device."""
+
+
+@dataclass
+class Probation:
+    """Watches a newly activated version; failures make the agent revert by itself."""
+
+    sha256: str
+    min_requests: int
+    min_seconds: float
+    latency_budget_us: float
+    max_error_rate: float
+    started: float = field(default_factory=time.monotonic)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # HTTP threads observe
+    requests: int = 0
+    errors: int = 0
+    nan_outputs: int = 0
+    slow: int = 0
+
+    def observe(self, *, ok: bool, nan: bool = False, latency_us: float = 0.0) -> None:
+        with self.lock:
+            self.requests += 1
+            self.errors += 0 if ok else 1
+            self.nan_outputs += int(nan)
+            self.slow += int(latency_us > self.latency_budget_us)
+
+    def failure(self) -> str | None:
+        """Why probation failed, or None while it holds."""
+        if self.nan_outputs:
+            return f"{self.nan_outputs} of {self.requests} requests returned NaN"
+        if self.requests and self.errors / self.requests > self.max_error_rate:
+            return f"{self.errors} of {self.requests} requests failed"
+        if self.requests >= 5 and self.slow / self.requests > 0.1:
+            return (
+                f"{self.slow} of {self.requests} requests took longer than "
+                f"{self.latency_budget_us / 1000:g} ms"
+            )
+        return None
+
+    def passed(self) -> bool:
+        return (
+            self.requests >= self.min_requests
+            and time.monotonic() - self.started >= self.min_seconds
+        )
+
+
+@dataclass(frozen=True)
+class Prediction:
+    request_id: str
+    model: LoadedModel
+    outputs: Outputs
+
+
+class ModelSlot:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.current: LoadedModel | None = None
+        self.previous: ModelRef | None = None
+        self.target: ModelRef | None = None
+        self.phase = Phase.IDLE
+        self.rollout_id: str | None = None
+        self.stage: str | None = None
+        self.last_error: ErrorInfo | None = None
+        self.probation: Probation | None = None
+        self._accumulators: dict[str, WindowAccumulator] = {}
+        self._lock = threading.Lock()
+
+    def activate(self, model: LoadedModel, probation: Probation | None) -> None:
+        with self._lock:
+            self._accumulators.setdefault(model.manifest.sha256, WindowAccumulator(model.manifest))
+            self.probation = probation
+            self.current = model  # the swap: one reference assignment
+
+    def _accumulator(self, manifest: ModelManifest) -> WindowAccumulator:
+        accumulator = self._accumulators.get(manifest.sha256)
+        if accumulator is None:  # a request on a version swapped out since the last window
+            with self._lock:
+                accumulator = self._accumulators.setdefault(
+                    manifest.sha256, WindowAccumulator(manifest)
+                )
+        return accumulator
+
+    def predict(self, X: npt.NDArray[np.float32], model: LoadedModel | None = None) -> Prediction:
+        """Run ``model`` (default: the serving version) on validated rows."""
+        model = model or self.current
+        if model is None:
+            raise ModelUnavailableError(f"no model {self.name!r} is serving on this device")
+        accumulator = self._accumulator(model.manifest)
+        probation = self.probation
+        watched = probation is not None and probation.sha256 == model.manifest.sha256
+        try:
+            outputs, latency_us = timed_run(model, X)
+        except Exception:
+            accumulator.record_error(X.shape[0])
+            if watched and probation is not None:
+                probation.observe(ok=False)
+            raise
+        accumulator.record(X, outputs, latency_us)
+        if watched and probation is not None:
+            probation.observe(
+                ok=True, nan=bool(np.isnan(outputs.values).any()), latency_us=latency_us
+            )
+        return Prediction(request_id=uuid.uuid4().hex, model=model, outputs=outputs)
+
+    def close_windows(self) -> list[WindowAccumulator]:
+        """Accumulators to close this window; ones of versions no longer serving are dropped
+        after their last window."""
+        with self._lock:
+            accumulators = list(self._accumulators.values())
+            serving = self.current.manifest.sha256 if self.current else None
+            self._accumulators = {k: v for k, v in self._accumulators.items() if k == serving}
+        return accumulators
+
+    def status(self) -> ModelStatus:
+        active = self.current.manifest if self.current else None
+        return ModelStatus(
+            name=self.name,
+            active=ModelRef(name=active.name, version=active.version, sha256=active.sha256)
+            if active
+            else None,
+            previous=self.previous,
+            target=self.target,
+            phase=self.phase,
+            rollout_id=self.rollout_id,
+            stage=self.stage,
+            last_error=self.last_error,
+        )

@@ -1,0 +1,118 @@
+"""Devices and deployments."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from control_plane.api.deps import BridgeDep, KeysDep, Operator, SessionDep, SettingsDep, Viewer
+from control_plane.deployments import deploy_version
+from control_plane.devices import get_device, list_devices, register_device
+from control_plane.ingest import stored_windows
+from control_plane.models import Device
+from control_plane.schemas import (
+    DeploymentCreate,
+    DeploymentPublic,
+    DeviceCreate,
+    DevicePublic,
+    DeviceRegistered,
+    TelemetryPublic,
+)
+from shared.messages import DeviceState, TelemetryWindow
+
+router = APIRouter(tags=["devices"])
+DeviceIdPath = Annotated[str, Path(description="Device id.")]
+
+
+def device_public(device: Device) -> DevicePublic:
+    return DevicePublic(
+        id=device.id,
+        labels=device.labels,
+        registered=device.registered,
+        online=device.online,
+        last_seen=device.last_seen,
+        deployment_seq=device.deployment_seq,
+        desired_expires_at=device.desired_expires_at,
+        state=DeviceState.model_validate_json(device.state) if device.state else None,
+    )
+
+
+@router.post(
+    "/devices",
+    response_model=DeviceRegistered,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register a device and issue its token",
+)
+def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> DeviceRegistered:
+    """The token is shown once. Give it to the device (config `token`) and to the broker as
+    the device's password (username = device id)."""
+    device, token = register_device(session, body.id, body.labels)
+    return DeviceRegistered(device=device_public(device), token=token)
+
+
+@router.get("/devices", response_model=list[DevicePublic], summary="List devices")
+def get_devices(session: SessionDep, _: Viewer) -> list[DevicePublic]:
+    return [device_public(d) for d in list_devices(session)]
+
+
+@router.get("/devices/{device_id}", response_model=DevicePublic, summary="One device")
+def get_one_device(device_id: DeviceIdPath, session: SessionDep, _: Viewer) -> DevicePublic:
+    return device_public(get_device(session, device_id))
+
+
+@router.get(
+    "/devices/{device_id}/telemetry",
+    response_model=list[TelemetryPublic],
+    summary="Stored telemetry windows of a device, by sequence",
+)
+def get_telemetry(
+    device_id: DeviceIdPath,
+    session: SessionDep,
+    _: Viewer,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[TelemetryPublic]:
+    get_device(session, device_id)
+    return [
+        TelemetryPublic(
+            received_at=r.received_at, window=TelemetryWindow.model_validate_json(r.payload)
+        )
+        for r in stored_windows(session, device_id, limit)
+    ]
+
+
+@router.post(
+    "/deployments",
+    response_model=DeploymentPublic,
+    status_code=status.HTTP_201_CREATED,
+    summary="Sign and publish a desired state putting a version on a device",
+)
+async def create_deployment(
+    body: DeploymentCreate,
+    session: SessionDep,
+    keys: KeysDep,
+    settings: SettingsDep,
+    bridge: BridgeDep,
+    _: Operator,
+) -> DeploymentPublic:
+    """Signs the device's next desired state (its other models unchanged), stores it, and
+    publishes it retained at QoS 1, waiting for the broker's acknowledgement."""
+    from fastapi.concurrency import run_in_threadpool
+
+    desired = await run_in_threadpool(
+        deploy_version,
+        session,
+        keys.deployment,
+        device_id=body.device_id,
+        model=body.model,
+        version=body.version,
+        ttl=timedelta(seconds=settings.desired_ttl_seconds),
+    )
+    published = await bridge.publish_desired(desired) if bridge is not None else False
+    return DeploymentPublic(
+        device_id=desired.device_id,
+        seq=desired.seq,
+        expires_at=desired.expires_at,
+        published=published,
+    )

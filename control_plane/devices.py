@@ -1,0 +1,84 @@
+"""The device registry: registration (with a device token), and what devices report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from control_plane.auth import issue_token
+from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
+from control_plane.models import Device, Role
+from shared.messages import DeviceState
+from shared.topics import is_device_id
+
+MAX_LABELS = 32
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidInputError(f"at most {MAX_LABELS} labels", loc=("body", "labels"))
+    for key, value in labels.items():
+        if not key or len(key) > 63 or len(value) > 63 or "," in key + value or "=" in key:
+            raise InvalidInputError(
+                f"label {key}={value}: keys and values are 1-63 characters "
+                "without ',' (and no '=' in keys)",
+                loc=("body", "labels"),
+            )
+
+
+def register_device(session: Session, device_id: str, labels: dict[str, str]) -> tuple[Device, str]:
+    """Register a device and issue its token (role ``device``); the token is also the
+    device's MQTT password (username = device id)."""
+    if not is_device_id(device_id):
+        raise InvalidInputError("device ids match ^[a-z0-9][a-z0-9-]{0,63}$", loc=("body", "id"))
+    check_labels(labels)
+    device = session.get(Device, device_id)
+    if device is not None and device.registered:
+        raise ConflictError(f"device {device_id!r} is already registered", loc=("body", "id"))
+    if device is None:
+        device = Device(id=device_id, labels=labels)
+    device.registered = True
+    device.labels = {**device.labels, **labels}
+    session.add(device)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(
+            f"device {device_id!r} is already registered", loc=("body", "id")
+        ) from exc
+    _, token = issue_token(
+        session, name=f"device:{device_id}", role=Role.DEVICE, device_id=device_id
+    )
+    session.refresh(device)
+    return device, token
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}", loc=("path", "device_id"))
+    return device
+
+
+def list_devices(session: Session) -> list[Device]:
+    return list(session.exec(select(Device).order_by(col(Device.id))).all())
+
+
+def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
+    """Record a device's retained state (creating the device if it was never registered)."""
+    device = session.get(Device, state.device_id) or Device(id=state.device_id, labels={})
+    device.state = state.model_dump_json()
+    if not device.registered:
+        device.labels = state.labels
+    device.last_seen = seen
+    session.add(device)
+
+
+def apply_online(session: Session, device_id: str, online: bool, seen: datetime) -> None:
+    device = session.get(Device, device_id) or Device(id=device_id, labels={})
+    device.online = online
+    device.last_seen = seen
+    session.add(device)

@@ -1,0 +1,108 @@
+"""Ingest of device messages: parsed once at the MQTT edge, written in batches (one commit
+per batch, not per message), idempotent on (device id, seq)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, col, select
+
+from control_plane.devices import apply_online, apply_state
+from control_plane.models import SampleRecord, TelemetryRecord
+from shared.messages import DeviceState, OnlineStatus, SampleBatch, TelemetryWindow
+
+Incoming = DeviceState | OnlineStatus | TelemetryWindow | SampleBatch
+
+
+@dataclass
+class BatchResult:
+    acks: dict[str, list[int]] = field(default_factory=dict)  # device → telemetry seqs stored
+    sample_acks: dict[str, list[int]] = field(default_factory=dict)  # device → sample seqs
+    inserted: int = 0
+    duplicates: int = 0
+
+
+def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
+    """Write one batch in one transaction; return what to acknowledge (after the commit)."""
+    now = datetime.now(UTC)
+    result = BatchResult()
+    windows = [m for m in messages if isinstance(m, TelemetryWindow)]
+    samples = [m for m in messages if isinstance(m, SampleBatch)]
+    with Session(engine) as session:
+        for message in messages:
+            if isinstance(message, DeviceState):
+                apply_state(session, message, now)
+            elif isinstance(message, OnlineStatus):
+                apply_online(session, message.device_id, message.online, now)
+        if windows:
+            result.inserted, result.duplicates = _insert_once(
+                session,
+                TelemetryRecord,
+                [
+                    {
+                        "device_id": w.device_id,
+                        "seq": w.seq,
+                        "window_start": w.window_start,
+                        "window_end": w.window_end,
+                        "payload": w.model_dump_json(),
+                        "received_at": now,
+                    }
+                    for w in windows
+                ],
+            )
+        if samples:
+            _insert_once(
+                session,
+                SampleRecord,
+                [
+                    {
+                        "device_id": b.device_id,
+                        "seq": b.seq,
+                        "model_name": b.model.name,
+                        "model_version": b.model.version,
+                        "rows": len(b.rows),
+                        "payload": b.model_dump_json(),
+                        "received_at": now,
+                    }
+                    for b in samples
+                ],
+            )
+        session.commit()
+    for window in windows:
+        result.acks.setdefault(window.device_id, []).append(window.seq)
+    for batch in samples:
+        result.sample_acks.setdefault(batch.device_id, []).append(batch.seq)
+    return result
+
+
+def _insert_once(
+    session: Session,
+    model: type[TelemetryRecord] | type[SampleRecord],
+    rows: list[dict[str, object]],
+) -> tuple[int, int]:
+    """Insert, skipping (device_id, seq) pairs already stored; ``(inserted, duplicates)``."""
+    table = model.__table__  # type: ignore[union-attr]
+    keys = ["device_id", "seq"]
+    dialect = session.get_bind().dialect.name
+    statement = (
+        postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+        if dialect == "postgresql"
+        else sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+    )
+    outcome = session.execute(statement, rows)
+    inserted = max(0, outcome.rowcount or 0)  # type: ignore[attr-defined]
+    return inserted, len(rows) - inserted
+
+
+def stored_windows(session: Session, device_id: str, limit: int = 1000) -> list[TelemetryRecord]:
+    return list(
+        session.exec(
+            select(TelemetryRecord)
+            .where(TelemetryRecord.device_id == device_id)
+            .order_by(col(TelemetryRecord.seq))
+            .limit(limit)
+        ).all()
+    )

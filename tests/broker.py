@@ -1,0 +1,354 @@
+"""A real mosquitto broker for tests, configured from `deploy/mosquitto/`.
+
+`MosquittoBroker` renders the production template `deploy/mosquitto/mosquitto.conf` (same
+ACL file, same persistence and autosave settings) into a work directory, with a free port on
+127.0.0.1, its own password file, persistence directory and log file, and runs
+`mosquitto -c` on it. Plain class, no pytest fixtures, so it can also serve scripts.
+
+Behaviour of mosquitto 2.0.11 this helper relies on (checked by
+tests/integration/test_broker.py):
+
+* SIGHUP reloads the password file and the ACL file without dropping anyone: clients
+  already connected stay connected (a client whose user was *removed* from the password file
+  is disconnected, which is how a device is revoked). The reload is asynchronous: the signal
+  only sets a flag that the broker's main loop acts on (within milliseconds), so `reload`
+  (and `add_user`/`remove_user`, which use it) waits until it has taken effect.
+* Persistence: mosquitto writes `mosquitto.db` on a clean shutdown (SIGTERM) and every
+  `autosave_interval` seconds (1 in the template, with `autosave_on_changes false`; the
+  broker saves once more than one whole second has passed, so in practice every ~2 s). A
+  SIGKILL therefore loses whatever changed since the last autosave; a retained message
+  survives a SIGKILL once one autosave has completed after it (`wait_for_autosave`).
+* ACLs are never checked at SUBSCRIBE time (the default ACL check returns success for
+  subscriptions; every SUBACK grants the QoS): read access is checked per message, at
+  delivery, against the message's topic. Shared subscriptions (`$share/<group>/<filter>`)
+  therefore need no ACL entries of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import string
+import struct
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+CONTROL_PLANE_USER = "edgefleet-control-plane"
+DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+TEMPLATE = DEPLOY_DIR / "mosquitto.conf"
+ACL_TEMPLATE = DEPLOY_DIR / "acl"
+# A password-file entry `reload()` rewrites to detect that a SIGHUP has taken effect. It has no
+# rights beyond the device patterns for a device of that name.
+RELOAD_MARKER_USER = "edgefleet-test-reload-marker"
+
+# Debian/Ubuntu put the broker in /usr/sbin, which is not on a normal user's PATH.
+_SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin", "/opt/homebrew/sbin")
+
+
+def find_tool(name: str) -> str | None:
+    """Path of a mosquitto executable (`mosquitto`, `mosquitto_passwd`), or None."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for directory in _SEARCH_DIRS:
+        candidate = Path(directory) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def mosquitto_available() -> bool:
+    return find_tool("mosquitto") is not None and find_tool("mosquitto_passwd") is not None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _require_tool(name: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        raise FileNotFoundError(f"{name} not found (apt-get install mosquitto)")
+    return path
+
+
+def _mqtt_string(value: str) -> bytes:
+    data = value.encode()
+    return struct.pack("!H", len(data)) + data
+
+
+def _remaining_length(length: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, length = length % 128, length // 128
+        out.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
+
+
+def connack_code(
+    host: str, port: int, username: str | None, password: str | None, timeout: float = 2.0
+) -> int:
+    """Send a bare MQTT 3.1.1 CONNECT and return the CONNACK return code (0 = accepted,
+    5 = not authorised). Raises OSError when the broker does not answer."""
+    flags = 0x02  # clean session
+    payload = _mqtt_string(f"edgefleet-probe-{secrets.token_hex(4)}")
+    if username is not None:
+        flags |= 0x80
+        payload += _mqtt_string(username)
+        if password is not None:
+            flags |= 0x40
+            payload += _mqtt_string(password)
+    variable_header = _mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", 10)
+    body = variable_header + payload
+    packet = bytes([0x10]) + _remaining_length(len(body)) + body
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(packet)
+        answer = b""
+        while len(answer) < 4:
+            chunk = sock.recv(4 - len(answer))
+            if not chunk:
+                raise ConnectionError(f"broker closed the connection after {answer!r}")
+            answer += chunk
+        if answer[0] != 0x20 or answer[1] != 2:
+            raise ConnectionError(f"not a CONNACK: {answer!r}")
+        code = answer[3]
+        if code == 0:
+            sock.sendall(b"\xe0\x00")  # DISCONNECT: no will, no "unexpected disconnect" log
+        return code
+
+
+class MosquittoBroker:
+    """One mosquitto process configured like production, confined to `workdir`."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, bind_address: str = "127.0.0.1"
+    ) -> None:
+        self.workdir = Path(workdir).resolve()
+        if any(ch.isspace() for ch in str(self.workdir)):
+            # mosquitto.conf values end at the first blank.
+            raise ValueError(f"mosquitto cannot use a path with blanks: {self.workdir}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.bind_address = bind_address
+        self._port = port if port is not None else free_port(self.host)
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.password_file = self.workdir / "passwd"
+        self.acl_file = self.workdir / "acl"
+        self.persistence_dir = self.workdir / "persist"
+        self.log_path = self.workdir / "mosquitto.log"
+        self.output_path = self.workdir / "mosquitto.out"  # stdout/stderr of the process
+        self._process: subprocess.Popen[bytes] | None = None
+        self.persistence_dir.mkdir(exist_ok=True)
+        shutil.copyfile(ACL_TEMPLATE, self.acl_file)
+        self.config_path.write_text(self.render_config())
+
+    # -- configuration -------------------------------------------------------------------
+
+    def render_config(self) -> str:
+        text = string.Template(TEMPLATE.read_text()).substitute(
+            port=self._port,
+            bind_address=self.bind_address,
+            password_file=self.password_file,
+            acl_file=self.acl_file,
+            persistence_location=self.persistence_dir,
+            log_dest=f"file {self.log_path}",
+        )
+        # Run as root, mosquitto would switch to the "mosquitto" user, which cannot read a
+        # pytest tmp_path (mode 0700). Ignored when not running as root.
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return text + f"\n# Added by tests/broker.py: keep the current user.\nuser {user}\n"
+
+    @property
+    def host(self) -> str:
+        """Address clients connect to."""
+        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "", "::") else self.bind_address
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self._port}"
+
+    @property
+    def persistence_file(self) -> Path:
+        return self.persistence_dir / "mosquitto.db"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self.running and self._process is not None else None
+
+    def log_text(self) -> str:
+        parts = []
+        for path in (self.log_path, self.output_path):
+            if path.exists():
+                parts.append(f"--- {path.name}\n{path.read_text(errors='replace')}")
+        return "\n".join(parts)
+
+    # -- users ---------------------------------------------------------------------------
+
+    def add_user(self, username: str, password: str, timeout: float = 10.0) -> None:
+        """Add (or re-password) a user with `mosquitto_passwd -b`; if the broker is running,
+        reload it (SIGHUP) and return once the reload has taken effect."""
+        create = not self.password_file.exists() or self.password_file.stat().st_size == 0
+        args = ["-c", "-b"] if create else ["-b"]
+        self._passwd(*args, str(self.password_file), username, password)
+        if self.running:
+            self.reload(timeout)
+
+    def remove_user(self, username: str, timeout: float = 10.0) -> None:
+        """Delete a user (`mosquitto_passwd -D`); if the broker is running, reload it: the
+        user's live connections are dropped and it can no longer connect."""
+        self._passwd("-D", str(self.password_file), username)
+        if self.running:
+            self.reload(timeout)
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP: mosquitto rereads the password file, the ACL file and the reloadable
+        options. The signal only sets a flag for the broker's main loop, so to know when the
+        reload has happened this gives a marker user a new random password first and waits
+        until a CONNECT with it is accepted (the whole file is read in one go)."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise RuntimeError("mosquitto is not running")
+        marker_password = secrets.token_hex(16)
+        self._passwd("-b", str(self.password_file), RELOAD_MARKER_USER, marker_password)
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while code := connack_code(self.host, self._port, RELOAD_MARKER_USER, marker_password):
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"mosquitto did not reload within {timeout} s (CONNACK {code})\n"
+                    f"{self.log_text()}"
+                )
+            time.sleep(0.01)
+
+    def _passwd(self, *args: str) -> None:
+        result = subprocess.run(
+            [_require_tool("mosquitto_passwd"), *args], capture_output=True, text=True, timeout=30
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"mosquitto_passwd {args[0]} failed ({result.returncode}): "
+                f"{result.stdout}{result.stderr}"
+            )
+
+    # -- process -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Launch mosquitto and wait until its port accepts TCP connections."""
+        if self.running:
+            raise RuntimeError("mosquitto is already running")
+        if not self.password_file.exists():
+            self.password_file.touch(mode=0o600)  # no users yet: nobody can connect
+        with self.output_path.open("ab") as output:
+            self._process = subprocess.Popen(
+                [_require_tool("mosquitto"), "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise RuntimeError(f"mosquitto exited with {code} on start\n{self.log_text()}")
+            try:
+                with socket.create_connection((self.host, self._port), timeout=0.5):
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"mosquitto did not listen on {self.url} within {timeout} s\n{self.log_text()}"
+                )
+            time.sleep(0.02)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (mosquitto saves its persistence database on the way out) and wait; SIGKILL
+        if it does not exit within `timeout`."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self._process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: nothing is saved beyond the last autosave."""
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        self._process = None
+
+    def restart(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop (or kill) and start again on the same port, with the same persistence."""
+        if kill:
+            self.kill()
+        else:
+            self.stop(timeout)
+        self.start(timeout)
+
+    def wait_for_autosave(self, timeout: float = 10.0) -> None:
+        """Wait until mosquitto has written its persistence database once more: everything
+        the broker had processed when this was called is then on disk and survives `kill()`.
+        (mosquitto writes mosquitto.db.new and renames it, so a changed stat is a finished
+        save.)"""
+
+        def stamp() -> tuple[int, int, int] | None:
+            try:
+                st = self.persistence_file.stat()
+            except FileNotFoundError:
+                return None
+            return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+        before = stamp()
+        deadline = time.monotonic() + timeout
+        while stamp() == before:
+            if not self.running:
+                raise RuntimeError(f"mosquitto is not running\n{self.log_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no autosave within {timeout} s\n{self.log_text()}")
+            time.sleep(0.01)
+
+    def __enter__(self) -> MosquittoBroker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(Exception):
+            self.stop()
+        self.kill()
+
+    def __repr__(self) -> str:
+        state = f"pid {self.pid}" if self.running else "stopped"
+        return f"<MosquittoBroker {self.url} {state} in {self.workdir}>"

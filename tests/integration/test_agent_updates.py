@@ -1,0 +1,442 @@
+"""The device agent against a real mosquitto: verified installs, every refusal with a
+reason, and the serving model byte-identical after each."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.messages import DesiredState, Phase
+from shared.signing import KeyRole, SigningKey
+from shared.trust import TrustedKey, TrustStore
+from simulator.data import sensor_rows
+from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
+from tests.conftest import REPO, edgefleet_cmd
+from tests.fleet import (
+    CP_PASSWORD,
+    AgentThread,
+    ArtifactServer,
+    Publisher,
+    agent_settings,
+    sign_desired,
+    wait_until,
+)
+from tests.models import make_model
+
+pytestmark = pytest.mark.integration
+DEVICE = "dev-a"
+TOKEN = "ef_device-token-a"
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: MosquittoBroker
+    artifacts: ArtifactServer
+    publisher: Publisher
+    model_key: SigningKey
+    deploy_key: SigningKey
+    trust_path: Path
+    agents: list[AgentThread]
+    processes: list[subprocess.Popen[bytes]]
+
+    def start_agent(self, **overrides: object) -> AgentThread:
+        settings = agent_settings(
+            self.tmp,
+            device_id=DEVICE,
+            broker=self.broker,
+            token=TOKEN,
+            control_plane_url=self.artifacts.url,
+            trust_store=self.trust_path,
+            **overrides,
+        )
+        agent = AgentThread(settings)
+        self.agents.append(agent)
+        return agent
+
+    def start_agent_process(self, **overrides: object) -> subprocess.Popen[bytes]:
+        """``edgefleet agent --config`` in its own process, so it can be killed with -9."""
+        settings = agent_settings(
+            self.tmp,
+            device_id=DEVICE,
+            broker=self.broker,
+            token=TOKEN,
+            control_plane_url=self.artifacts.url,
+            trust_store=self.trust_path,
+            **overrides,
+        )
+        config = self.tmp / "agent.toml"
+        values = settings.model_dump(mode="json", exclude={"labels"})
+        values["token"] = TOKEN
+        config.write_text(
+            "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None)
+        )
+        log = (self.tmp / "agent.log").open("ab")
+        process = subprocess.Popen(
+            edgefleet_cmd("agent", "--config", str(config)),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        self.processes.append(process)
+        return process
+
+    def reported_version(self) -> int | None:
+        """The active version in the device's latest state message."""
+        states = [json.loads(p) for t, p in self.publisher.received if t.endswith("/state")]
+        if not states or not states[-1]["models"]:
+            return None
+        active = states[-1]["models"][0]["active"]
+        return int(active["version"]) if active else None
+
+    def publish(self, desired: DesiredState | bytes | str) -> None:
+        payload = desired.model_dump_json() if isinstance(desired, DesiredState) else desired
+        self.publisher.desired(DEVICE, payload)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_user(DEVICE, TOKEN)
+    broker.start()
+    model_key, deploy_key = SigningKey.generate(), SigningKey.generate()
+    trust = TrustStore(
+        keys=[
+            TrustedKey.from_verify_key(KeyRole.MODEL, model_key.verify_key),
+            TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, deploy_key.verify_key),
+        ]
+    )
+    trust_path = tmp_path / "trust.json"
+    trust_path.write_text(trust.model_dump_json())
+    artifacts = ArtifactServer(token=TOKEN)
+    publisher = Publisher(broker)
+    rig = Rig(tmp_path, broker, artifacts, publisher, model_key, deploy_key, trust_path, [], [])
+    try:
+        yield rig
+    finally:  # the broker and servers go even if an agent fails to stop
+        try:
+            for agent in rig.agents:
+                agent.stop()
+        finally:
+            for process in rig.processes:
+                process.kill()
+                process.wait(10)
+            publisher.close()
+            artifacts.close()
+            broker.stop()
+
+
+def serving(agent: AgentThread, name: str = "fault") -> int | None:
+    slot = agent.a.updater.slots.get(name)
+    if slot is None or slot.current is None:
+        return None
+    return slot.current.manifest.version
+
+
+def install_v1(rig: Rig, agent: AgentThread) -> bytes:
+    manifest, data = make_model(rig.model_key, version=1)
+    rig.artifacts.add(manifest.sha256, data)
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 1, [manifest]))
+    wait_until(
+        lambda: serving(agent) == 1 and agent.a.updater.slots["fault"].phase is Phase.SERVING,
+        what="v1 serving",
+    )
+    return data
+
+
+def active_bytes(agent: AgentThread) -> bytes:
+    slot = agent.a.updater.slots["fault"]
+    assert slot.current is not None
+    return agent.a.store.artifact_path("fault", slot.current.manifest.sha256).read_bytes()
+
+
+def refused(agent: AgentThread, reason: str, *, model_level: bool) -> bool:
+    updater = agent.a.updater
+    error = updater.slots["fault"].last_error if model_level else updater.last_error
+    return error is not None and error.reason == reason
+
+
+def predict_ok(agent: AgentThread) -> None:
+    X, _ = sensor_rows(3, seed=9)
+    prediction = agent.a.predict_rows("fault", X.tolist())
+    assert prediction.outputs.labels is not None
+    assert len(prediction.outputs.labels) == 3
+
+
+def test_install_then_update_keeps_previous_as_rollback_slot(rig: Rig) -> None:
+    agent = rig.start_agent()
+    v1 = install_v1(rig, agent)
+    assert hashlib.sha256(active_bytes(agent)).hexdigest() == hashlib.sha256(v1).hexdigest()
+    predict_ok(agent)
+    manifest2, data2 = make_model(
+        rig.model_key, version=2, algorithm="random_forest", params={"n_estimators": 5}
+    )
+    rig.artifacts.add(manifest2.sha256, data2)
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 2, [manifest2]))
+    wait_until(lambda: serving(agent) == 2, what="v2 serving")
+    status = agent.a.updater.slots["fault"].status()
+    assert status.previous is not None
+    assert status.previous.version == 1
+    # The state reaches the control plane's side of the broker, retained.
+    wait_until(
+        lambda: any(
+            json.loads(p)["deployment_seq"] == 2
+            for t, p in rig.publisher.received
+            if t.endswith("/state")
+        ),
+        what="state seq 2",
+    )
+    predict_ok(agent)
+
+
+@pytest.mark.parametrize(
+    ("attack", "reason", "model_level"),
+    [
+        ("flipped_artifact", "sha256_mismatch", True),
+        ("manifest_edited", "bad_model_signature", True),
+        ("unknown_model_key", "untrusted_model_key", True),
+        ("unknown_deployment_key", "untrusted_key", False),
+        ("desired_edited", "bad_signature", False),
+        ("replay", "replay", False),
+        ("other_device", "wrong_device", False),
+        ("expired", "expired", False),
+        ("oversize_artifact", "too_large", True),
+        ("endless_stream", "too_large", True),
+        ("declared_too_large", "too_large", True),
+        ("unloadable_onnx", "load_failed", True),
+        ("golden_mismatch", "golden_mismatch", True),
+        ("malformed_json", "malformed", False),
+        ("wrong_schema_version", "schema_version", False),
+        ("ten_megabytes", "too_large", False),
+    ],
+)
+def test_attack_is_refused_and_v1_keeps_serving(
+    rig: Rig, attack: str, reason: str, model_level: bool
+) -> None:
+    agent = rig.start_agent(max_artifact_bytes=5_000_000)
+    v1 = install_v1(rig, agent)
+    manifest, data = make_model(rig.model_key, version=2, seed=5)
+    desired_key, seq = rig.deploy_key, 2
+    payload: str | bytes | None = None
+    if attack == "flipped_artifact":
+        rig.artifacts.add(manifest.sha256, data, mode="flip")
+    elif attack == "manifest_edited":
+        manifest = manifest.model_copy(update={"version": 3})
+        rig.artifacts.add(manifest.sha256, data)
+    elif attack == "unknown_model_key":
+        manifest, data = make_model(SigningKey.generate(), version=2, seed=5)
+        rig.artifacts.add(manifest.sha256, data)
+    elif attack == "unknown_deployment_key":
+        desired_key = SigningKey.generate()
+        rig.artifacts.add(manifest.sha256, data)
+    elif attack == "desired_edited":
+        signed = sign_desired(rig.deploy_key, DEVICE, 2, [manifest])
+        payload = signed.model_copy(update={"seq": 3}).model_dump_json()
+    elif attack == "replay":
+        seq = 1  # valid signatures, sequence not above the accepted one
+        rig.artifacts.add(manifest.sha256, data)
+    elif attack == "other_device":
+        payload = sign_desired(rig.deploy_key, "dev-b", 2, [manifest]).model_dump_json()
+    elif attack == "expired":
+        payload = sign_desired(
+            rig.deploy_key, DEVICE, 2, [manifest], expires_in=timedelta(milliseconds=500)
+        ).model_dump_json()
+    elif attack == "oversize_artifact":
+        rig.artifacts.add(manifest.sha256, data, mode="oversize")
+    elif attack == "endless_stream":
+        rig.artifacts.add(manifest.sha256, data, mode="endless")
+    elif attack == "declared_too_large":
+        manifest = manifest.model_copy(update={"size": 6_000_000}).signed_with(rig.model_key)
+        rig.artifacts.add(manifest.sha256, data)
+    elif attack == "unloadable_onnx":
+        junk = b"this is not an onnx graph" * 10
+        manifest = manifest.model_copy(
+            update={"size": len(junk), "sha256": hashlib.sha256(junk).hexdigest()}
+        ).signed_with(rig.model_key)
+        rig.artifacts.add(manifest.sha256, junk)
+    elif attack == "golden_mismatch":
+        other, other_data = make_model(
+            rig.model_key, version=2, algorithm="random_forest", params={"n_estimators": 3}
+        )
+        manifest = manifest.model_copy(
+            update={"size": other.size, "sha256": other.sha256}
+        ).signed_with(rig.model_key)
+        rig.artifacts.add(manifest.sha256, other_data)
+    elif attack == "malformed_json":
+        payload = b'{"schema_version": 1, "device_id": '
+    elif attack == "wrong_schema_version":
+        document = json.loads(sign_desired(rig.deploy_key, DEVICE, 2, [manifest]).model_dump_json())
+        document["schema_version"] = 2
+        payload = json.dumps(document).encode()
+    elif attack == "ten_megabytes":
+        payload = b"{" + b" " * (10 * 1024 * 1024) + b"}"
+    if attack == "expired":
+        import time
+
+        time.sleep(1.1)
+    rig.publish(
+        payload if payload is not None else sign_desired(desired_key, DEVICE, seq, [manifest])
+    )
+    wait_until(lambda: refused(agent, reason, model_level=model_level), what=f"refusal {reason}")
+    assert serving(agent) == 1
+    assert active_bytes(agent) == v1  # byte-identical
+    predict_ok(agent)  # and still serving
+    if not model_level:
+        assert agent.a.updater.accepted is not None
+        assert agent.a.updater.accepted.seq == 1
+    state = agent.a.state()
+    errors = [state.last_error, *(m.last_error for m in state.models)]
+    assert any(e is not None and e.reason == reason for e in errors)
+    staged = list((agent.settings.data_dir / "staging").iterdir())
+    assert staged == []  # nothing half-downloaded is left behind
+
+
+def test_trickle_server_is_abandoned(rig: Rig) -> None:
+    agent = rig.start_agent(
+        download_min_bytes_per_second=10_000, download_grace_seconds=1.0, download_attempts=1
+    )
+    v1 = install_v1(rig, agent)
+    manifest, data = make_model(rig.model_key, version=2, seed=6)
+    rig.artifacts.add(manifest.sha256, data, mode="trickle")
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 2, [manifest]))
+    wait_until(lambda: refused(agent, "download_failed", model_level=True), what="abandon")
+    assert "too slow" in (agent.a.updater.slots["fault"].last_error.message)  # type: ignore[union-attr]
+    assert active_bytes(agent) == v1
+
+
+def test_interrupted_download_resumes_with_range(rig: Rig) -> None:
+    agent = rig.start_agent()
+    install_v1(rig, agent)
+    manifest, data = make_model(
+        rig.model_key, version=2, algorithm="random_forest", params={"n_estimators": 20}
+    )
+    rig.artifacts.add(manifest.sha256, data, mode="cut")
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 2, [manifest]))
+    wait_until(lambda: serving(agent) == 2, what="v2 after a resumed download")
+    ranges = [r for s, r in rig.artifacts.requests if s == manifest.sha256]
+    assert ranges[0] is None
+    assert ranges[1] == f"bytes={len(data) // 2}-"
+
+
+def test_probation_failure_reverts_by_itself(rig: Rig) -> None:
+    agent = rig.start_agent(
+        probation_requests=5, probation_seconds=30, probation_latency_budget_ms=0.001
+    )  # every request is "too slow"
+    v1 = install_v1(rig, agent) if False else None
+    del v1
+    manifest, data = make_model(rig.model_key, version=1)
+    rig.artifacts.add(manifest.sha256, data)
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 1, [manifest]))
+    wait_until(lambda: serving(agent) == 1, what="v1 on probation")
+    for _ in range(6):
+        try:
+            predict_ok(agent)
+        except LookupError:
+            break
+    wait_until(lambda: agent.a.updater.slots["fault"].phase is Phase.REVERTED, what="revert")
+    assert refused(agent, "probation_failed", model_level=True)
+    assert serving(agent) is None  # nothing to go back to: v1 was the first model
+
+
+def test_restart_serves_verified_model_and_refuses_replay(rig: Rig) -> None:
+    agent = rig.start_agent()
+    v1 = install_v1(rig, agent)
+    agent.stop()
+    again = rig.start_agent()
+    assert serving(again) == 1  # from disk, re-verified, before any message
+    assert active_bytes(again) == v1
+    wait_until(again.a.session.connected.is_set, what="reconnect")
+    # The retained desired state (seq 1) arrives again: re-applied silently, not a replay.
+    assert again.a.updater.last_error is None
+    predict_ok(again)
+
+
+def test_tampered_store_is_not_served_after_restart(rig: Rig) -> None:
+    agent = rig.start_agent()
+    install_v1(rig, agent)
+    sha = agent.a.updater.slots["fault"].current.manifest.sha256  # type: ignore[union-attr]
+    agent.stop()
+    path = agent.settings.data_dir / "models" / "fault" / f"{sha}.onnx"
+    data = bytearray(path.read_bytes())
+    data[20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    again = rig.start_agent()
+    assert serving(again) is None
+    assert refused(again, "store_corrupt", model_level=True)
+
+
+def test_two_models_have_their_own_slots(rig: Rig) -> None:
+    agent = rig.start_agent()
+    fault, fault_data = make_model(rig.model_key, name="fault")
+    other, other_data = make_model(rig.model_key, name="other", seed=3)
+    rig.artifacts.add(fault.sha256, fault_data)
+    rig.artifacts.add(other.sha256, other_data)
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 1, [fault, other]))
+    wait_until(
+        lambda: serving(agent, "fault") == 1 and serving(agent, "other") == 1, what="both models"
+    )
+    X, _ = sensor_rows(2, seed=1)
+    assert agent.a.predict_rows("other", X.tolist()).model.name == "other"
+    assert np.asarray(agent.a.model_names()).tolist() == ["fault", "other"]
+
+
+def test_kill_9_mid_download_resumes_after_restart(rig: Rig) -> None:
+    process = rig.start_agent_process()
+    v1, v1_data = make_model(rig.model_key, version=1)
+    rig.artifacts.add(v1.sha256, v1_data)
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 1, [v1]))
+    wait_until(lambda: rig.reported_version() == 1, what="v1 reported")
+    v2, v2_data = make_model(
+        rig.model_key,
+        version=2,
+        algorithm="random_forest",
+        params={"n_estimators": 40, "max_depth": 10},
+        rows=2000,
+    )
+    assert len(v2_data) > 500_000  # seconds at 320 KiB/s
+    rig.artifacts.add(v2.sha256, v2_data, mode="slow")
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 2, [v2]))
+    part = rig.tmp / DEVICE / "staging" / f"{v2.sha256}.part"
+    wait_until(lambda: part.exists() and part.stat().st_size > 64_000, what="partial download")
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    had = part.stat().st_size
+    assert 0 < had < len(v2_data)
+    rig.artifacts.modes[v2.sha256] = "normal"
+    rig.start_agent_process()
+    wait_until(lambda: rig.reported_version() == 2, what="v2 after restart")
+    resumed = [r for s, r in rig.artifacts.requests if s == v2.sha256][-1]
+    assert resumed is not None
+    assert int(resumed.removeprefix("bytes=").rstrip("-")) >= had  # resumed, not restarted
+    store = rig.tmp / DEVICE / "models" / "fault"
+    assert (store / f"{v2.sha256}.onnx").read_bytes() == v2_data
+    assert not part.exists()
+
+
+def test_crash_between_write_and_rename_converges(rig: Rig) -> None:
+    agent = rig.start_agent()
+    v1_data = install_v1(rig, agent)
+    v2, v2_data = make_model(rig.model_key, version=2, seed=8)
+    desired = sign_desired(rig.deploy_key, DEVICE, 2, [v2])
+    agent.stop()
+    # The state a kill -9 leaves between writing the download and renaming it into place:
+    # desired state 2 accepted, the artifact complete in staging, v1 still active.
+    (rig.tmp / DEVICE / "staging" / f"{v2.sha256}.part").write_bytes(v2_data)
+    (rig.tmp / DEVICE / "state.json").write_text(
+        json.dumps({"seq": 2, "desired": json.loads(desired.model_dump_json())})
+    )
+    again = rig.start_agent()
+    assert serving(again) == 1  # a verified model serves from the first moment
+    assert active_bytes(again) == v1_data
+    wait_until(lambda: serving(again) == 2, what="v2 from the staged file")
+    assert not any(s == v2.sha256 for s, _ in rig.artifacts.requests)  # nothing downloaded
