@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.messages import DesiredState, Phase
+from shared.messages import Ack, DesiredState, Phase, SampleBatch
 from shared.signing import KeyRole, SigningKey
+from shared.topics import Channel
 from shared.trust import TrustedKey, TrustStore
 from simulator.data import sensor_rows
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
@@ -440,3 +441,38 @@ def test_crash_between_write_and_rename_converges(rig: Rig) -> None:
     assert active_bytes(again) == v1_data
     wait_until(lambda: serving(again) == 2, what="v2 from the staged file")
     assert not any(s == v2.sha256 for s, _ in rig.artifacts.requests)  # nothing downloaded
+
+
+def test_telemetry_and_samples_wait_in_the_outbox_until_acked(rig: Rig) -> None:
+    agent = rig.start_agent(sample_rate=1.0, samples_per_window=2)
+    install_v1(rig, agent)
+    for _ in range(5):
+        predict_ok(agent)  # 3 rows each
+    window = agent.call(agent.a.close_window())
+    assert window is not None
+    (model,) = window.models
+    assert (model.requests, model.errors, model.version) == (15, 0, 1)
+    assert sum(model.latency_counts) == 5
+    for feature in model.features:
+        assert sum(feature.counts) + feature.below + feature.above + feature.missing == 15
+        assert feature.n == 15
+    assert sum(model.predictions) == 15
+    pending = {(i.channel, i.seq): i.payload for i in agent.a.outbox.pending()}
+    assert set(pending) == {("telemetry", 1), ("samples", 1)}
+    batch = SampleBatch.model_validate_json(pending[("samples", 1)])
+    assert len(batch.rows) == 2  # capped per window
+    # Published, but only an application-level ack removes them.
+    wait_until(
+        lambda: any(t.endswith("/telemetry") for t, _ in rig.publisher.received),
+        what="telemetry published",
+    )
+    assert len(agent.a.outbox) == 2
+    topic = rig.publisher.topics.device(DEVICE, Channel.ACK)
+    for channel in ("telemetry", "samples"):
+        rig.publisher.client.publish(
+            topic, Ack(channel=channel, seqs=[1]).model_dump_json(), qos=1
+        ).wait_for_publish(10)
+    wait_until(lambda: len(agent.a.outbox) == 0, what="acked windows removed")
+    # A malformed ack is dropped and counted, nothing else happens.
+    rig.publisher.client.publish(topic, b"{nope", qos=1).wait_for_publish(10)
+    wait_until(lambda: agent.a.updater.dropped_messages == 1, what="bad ack counted")

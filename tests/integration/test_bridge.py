@@ -1,0 +1,171 @@
+"""The control plane's MQTT side against a real mosquitto: ingest is batched, idempotent on
+(device, seq) and acknowledged after the commit; garbage changes nothing; deployments are
+signed desired states published retained."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from control_plane.mqtt_bridge import MqttBridge
+from shared.messages import DesiredState, DeviceState, TelemetryWindow
+from shared.signing import KeyRole
+from shared.trust import TrustStore
+from simulator.data import sensor_csv
+from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
+from tests.fleet import CP_PASSWORD, wait_until
+from tests.integration.conftest import Api, MakeApi
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def broker(tmp_path: object) -> Iterator[MosquittoBroker]:
+    from pathlib import Path
+
+    running = MosquittoBroker(Path(str(tmp_path)) / "broker")
+    running.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+class Device:
+    """A device's broker connection (paho, as any client would)."""
+
+    def __init__(self, broker: MosquittoBroker, device_id: str, token: str) -> None:
+        self.id = device_id
+        self.received: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, token)
+        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        for channel in ("desired", "ack"):
+            self.client.subscribe(f"edgefleet/v1/devices/{device_id}/{channel}", qos=1)
+
+    def send(self, channel: str, payload: str | bytes) -> None:
+        self.client.publish(
+            f"edgefleet/v1/devices/{self.id}/{channel}", payload, qos=1
+        ).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def window(device_id: str, seq: int) -> str:
+    now = datetime.now(UTC)
+    return TelemetryWindow(
+        device_id=device_id, seq=seq, window_start=now, window_end=now, models=[], outbox_dropped=0
+    ).model_dump_json()
+
+
+def bridge_of(api: Api) -> MqttBridge:
+    bridge = api.client.app.state.bridge  # type: ignore[attr-defined]
+    assert isinstance(bridge, MqttBridge)
+    return bridge
+
+
+def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> None:
+    api = make_api(mqtt_url=f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}")
+    bridge = bridge_of(api)
+    wait_until(bridge.connected.is_set, what="bridge connected")
+    token = api.post("/devices", json={"id": "dev-a", "labels": {"site": "x"}}).json()["token"]
+    broker.add_user("dev-a", token)
+    device = Device(broker, "dev-a", token)
+    try:
+        device.send("state", b"{garbage")
+        forged = DeviceState(
+            device_id="dev-b",
+            agent_version="x",
+            labels={},
+            deployment_seq=0,
+            models=[],
+            dropped_messages=0,
+            outbox_dropped=0,
+            updated_at=datetime.now(UTC),
+        )
+        device.send("state", forged.model_dump_json())  # another device's id in the payload
+        device.send("telemetry", window("dev-a", 1))
+        device.send("telemetry", window("dev-a", 1))  # at-least-once: a duplicate
+        device.send("telemetry", window("dev-a", 2))
+        device.send("state", forged.model_copy(update={"device_id": "dev-a"}).model_dump_json())
+        wait_until(
+            lambda: api.get("/devices/dev-a").json()["state"] is not None, what="state stored"
+        )
+        wait_until(
+            lambda: (
+                sorted(
+                    s
+                    for _, p in device.received
+                    if _.endswith("/ack")
+                    for s in json.loads(p)["seqs"]
+                )
+                == [1, 1, 2]
+            ),
+            what="acks",
+        )
+        assert bridge.counters.dropped == 2
+        stored = api.get("/devices/dev-a/telemetry").json()
+        assert [w["window"]["seq"] for w in stored] == [1, 2]  # stored exactly once
+        assert api.get("/devices/dev-b").status_code == 404  # the forgery changed nothing
+        assert bridge.counters.duplicate_windows == 1
+    finally:
+        device.close()
+
+
+def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoBroker) -> None:
+    api = make_api(mqtt_url=f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}")
+    wait_until(bridge_of(api).connected.is_set, what="bridge connected")
+    dataset = api.upload(sensor_csv(200, seed=2)).json()
+    api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")
+    token = api.post("/devices", json={"id": "dev-c"}).json()["token"]
+    broker.add_user("dev-c", token)
+    assert (
+        api.post(
+            "/deployments", json={"device_id": "dev-x", "model": "fault", "version": "1"}
+        ).status_code
+        == 404
+    )
+    assert (
+        api.post(
+            "/deployments", json={"device_id": "dev-c", "model": "fault", "version": "7"}
+        ).status_code
+        == 404
+    )
+    first = api.post("/deployments", json={"device_id": "dev-c", "model": "fault", "version": "1"})
+    assert first.status_code == 201, first.text
+    assert first.json()["published"] is True
+    second = api.post(
+        "/deployments", json={"device_id": "dev-c", "model": "fault", "version": "1"}
+    ).json()
+    assert second["seq"] == first.json()["seq"] + 1  # a sequence that only grows
+
+    device = Device(broker, "dev-c", token)  # connects later: the retained state waits
+    try:
+        wait_until(
+            lambda: any(t.endswith("/desired") for t, _ in device.received),
+            what="retained desired state",
+        )
+        payload = next(p for t, p in device.received if t.endswith("/desired"))
+        desired = DesiredState.model_validate_json(payload)
+        trust = TrustStore.model_validate_json(api.client.get("/api/v1/keys").content)
+        desired.verify_signature(trust.key_for(KeyRole.DEPLOYMENT, desired.key_id))
+        assert desired.seq == second["seq"]
+        assert desired.models[0].manifest.version == 1
+        # A device token reaches its artifacts and nothing else.
+        headers = {"Authorization": f"Bearer {token}"}
+        sha = desired.models[0].manifest.sha256
+        assert api.client.get(f"/api/v1/artifacts/{sha}", headers=headers).status_code == 200
+        assert api.client.get("/api/v1/models", headers=headers).status_code == 403
+        assert api.client.get("/api/v1/devices", headers=headers).status_code == 403
+    finally:
+        device.close()
