@@ -48,9 +48,8 @@ from agent.fetch import hash_file  # noqa: E402
 from agent.inference import load_model, session_for  # noqa: E402
 from shared.manifest import ModelManifest  # noqa: E402
 from shared.messages import Phase  # noqa: E402
-from shared.signing import KeyRole, SigningKey  # noqa: E402
+from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Channel  # noqa: E402
-from shared.trust import TrustedKey, TrustStore  # noqa: E402
 from simulator.data import FEATURES, sensor_rows  # noqa: E402
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port  # noqa: E402
 from tests.fleet import (  # noqa: E402
@@ -60,6 +59,7 @@ from tests.fleet import (  # noqa: E402
     Publisher,
     agent_settings,
     sign_desired,
+    trusted_keys,
     wait_until,
 )
 from tests.models import make_model  # noqa: E402
@@ -198,15 +198,7 @@ def rig() -> Iterator[Rig]:
         stack.callback(broker.kill)
         broker.start()
         stack.callback(broker.stop)
-        model_key, deploy_key = SigningKey.generate(), SigningKey.generate()
-        trust = TrustStore(
-            keys=[
-                TrustedKey.from_verify_key(KeyRole.MODEL, model_key.verify_key),
-                TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, deploy_key.verify_key),
-            ]
-        )
-        trust_path = tmp / "trust.json"
-        trust_path.write_text(trust.model_dump_json())
+        model_key, deploy_key, trust_path = trusted_keys(tmp)
         artifacts = ArtifactServer(token=TOKEN)
         stack.callback(artifacts.close)
         publisher = Publisher(broker)

@@ -23,8 +23,9 @@ from agent.config import AgentSettings
 from agent.runtime import Agent
 from shared.manifest import ModelManifest
 from shared.messages import DeploymentModel, DesiredState
-from shared.signing import SigningKey
+from shared.signing import KeyRole, SigningKey
 from shared.topics import Channel, Topics
+from shared.trust import TrustedKey, TrustStore
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
 
 T = TypeVar("T")
@@ -273,3 +274,17 @@ def agent_settings(
     }
     values.update(overrides)
     return AgentSettings.model_validate(values)
+
+
+def trusted_keys(tmp: Path) -> tuple[SigningKey, SigningKey, Path]:
+    """Fresh model-signing and deployment-signing keys, and a trust-store file for them."""
+    model_key, deploy_key = SigningKey.generate(), SigningKey.generate()
+    trust = TrustStore(
+        keys=[
+            TrustedKey.from_verify_key(KeyRole.MODEL, model_key.verify_key),
+            TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, deploy_key.verify_key),
+        ]
+    )
+    path = tmp / "trust.json"
+    path.write_text(trust.model_dump_json())
+    return model_key, deploy_key, path

@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 
 from shared.messages import Ack, DesiredState, Phase, SampleBatch
-from shared.signing import KeyRole, SigningKey
+from shared.signing import SigningKey
 from shared.topics import Channel
-from shared.trust import TrustedKey, TrustStore
 from simulator.data import sensor_rows
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
 from tests.conftest import REPO, edgefleet_cmd
@@ -29,6 +28,7 @@ from tests.fleet import (
     Publisher,
     agent_settings,
     sign_desired,
+    trusted_keys,
     wait_until,
 )
 from tests.models import make_model
@@ -110,15 +110,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
     broker.add_user(DEVICE, TOKEN)
     broker.start()
-    model_key, deploy_key = SigningKey.generate(), SigningKey.generate()
-    trust = TrustStore(
-        keys=[
-            TrustedKey.from_verify_key(KeyRole.MODEL, model_key.verify_key),
-            TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, deploy_key.verify_key),
-        ]
-    )
-    trust_path = tmp_path / "trust.json"
-    trust_path.write_text(trust.model_dump_json())
+    model_key, deploy_key, trust_path = trusted_keys(tmp_path)
     artifacts = ArtifactServer(token=TOKEN)
     publisher = Publisher(broker)
     rig = Rig(tmp_path, broker, artifacts, publisher, model_key, deploy_key, trust_path, [], [])
