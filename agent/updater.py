@@ -240,9 +240,8 @@ class Updater:
                 f"downloaded sha256 {digest[:16]}… differs from the manifest's {sha[:16]}…",
             )
         model = await asyncio.to_thread(load_model, path, manifest)
-        if path == self.store.staging_path(sha):
+        if path == self.store.staging_path(sha):  # verified: move it into the store
             await asyncio.to_thread(self.store.install, manifest, path)
-            model = LoadedModel(manifest=manifest, session=model.session)
         return model
 
     async def _activate(

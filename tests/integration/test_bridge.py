@@ -169,3 +169,32 @@ def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoB
         assert api.client.get("/api/v1/devices", headers=headers).status_code == 403
     finally:
         device.close()
+
+
+def test_expiring_desired_states_are_resigned_with_a_new_sequence(make_api: MakeApi) -> None:
+    from datetime import timedelta
+
+    from sqlmodel import Session
+
+    from control_plane.db import create_db_engine
+    from control_plane.deployments import refresh_expiring
+    from control_plane.keystore import load_keys
+
+    api = make_api()
+    dataset = api.upload(sensor_csv(200, seed=3)).json()
+    api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")
+    api.post("/devices", json={"id": "dev-d"})
+    deployed = api.post(
+        "/deployments", json={"device_id": "dev-d", "model": "fault", "version": "1"}
+    ).json()
+    assert deployed["published"] is False  # no broker configured: stored for later
+    engine = create_db_engine(api.settings.resolved_database_url)
+    key = load_keys(api.settings.keys_dir).deployment
+    with Session(engine) as session:
+        assert refresh_expiring(session, key, timedelta(days=7)) == []  # plenty of time left
+        refreshed = refresh_expiring(session, key, timedelta(days=30))  # half of 30 d > 7 d
+    engine.dispose()
+    assert [d.seq for d in refreshed] == [deployed["seq"] + 1]
+    assert refreshed[0].expires_at - refreshed[0].issued_at == timedelta(days=30)
+    assert refreshed[0].models[0].manifest.version == 1
+    assert api.get("/devices/dev-d").json()["deployment_seq"] == deployed["seq"] + 1
