@@ -67,3 +67,20 @@ def histogram_quantile(counts: npt.ArrayLike, q: float) -> float | None:
         return None
     index = int(np.searchsorted(np.cumsum(c), q * total, side="left"))
     return LATENCY_BOUNDS_US[index] if index < len(LATENCY_BOUNDS_US) else float("inf")
+
+
+def js_distance(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike) -> float | None:
+    """Jensen–Shannon distance (base 2, so within [0, 1]) between two histograms over the
+    same bins; ``None`` when either is empty."""
+    p = np.asarray(p_counts, dtype=np.float64)
+    q = np.asarray(q_counts, dtype=np.float64)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        return None
+    p, q = p / p.sum(), q / q.sum()
+    m = (p + q) / 2
+
+    def kl(a: npt.NDArray[np.float64]) -> float:
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
+    return float(np.sqrt(max(0.0, (kl(p) + kl(q)) / 2)))
