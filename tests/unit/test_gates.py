@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from control_plane.gates import Installs, Traffic, evaluate
+from control_plane.gates import GateResult, Installs, Traffic, evaluate
 from control_plane.plans import GateSpec
 from shared.messages import ModelWindow
 from shared.stats import LATENCY_BUCKETS, js_distance, latency_bucket
@@ -34,7 +34,7 @@ def traffic(*windows: ModelWindow) -> Traffic:
     return merged
 
 
-def status(results: list, name: str) -> str:  # type: ignore[type-arg]
+def status(results: list[GateResult], name: str) -> str:
     return next(r.status for r in results if r.name == name)
 
 

@@ -29,7 +29,7 @@ def gate(status: str) -> GateResult:
         name="install",
         status=status,
         value=1.0,
-        threshold=1.0,  # type: ignore[arg-type]
+        threshold=1.0,
         detail="x",
     )
 
