@@ -71,6 +71,9 @@ class ServerSettings(BaseSettings):
         "they are re-signed when half of it is left.",
     )
     ingest_batch_max: int = Field(default=500, ge=1, description="Messages per ingest commit.")
+    rollout_tick_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="How often rollouts are evaluated."
+    )
 
     @field_validator("data_dir")
     @classmethod

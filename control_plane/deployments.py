@@ -66,18 +66,15 @@ def deploy_version(
     rollout_id: str | None = None,
     stage: str | None = None,
 ) -> DesiredState:
-    """The device's desired state with ``model`` set to ``version`` (other models unchanged)."""
+    """The device's next desired state with ``model`` set to ``version`` (other models
+    unchanged); the caller commits."""
     device = get_device(session, device_id)
     row = resolve_version(session, model, version)
     manifest = ModelManifest.model_validate_json(row.manifest)
     current = current_desired(device)
     models = [m for m in (current.models if current else []) if m.manifest.name != model]
     models.append(DeploymentModel(manifest=manifest, rollout_id=rollout_id, stage=stage))
-    desired = sign_desired(
-        session, key, device_id, sorted(models, key=lambda m: m.manifest.name), ttl
-    )
-    session.commit()
-    return desired
+    return sign_desired(session, key, device_id, sorted(models, key=lambda m: m.manifest.name), ttl)
 
 
 def refresh_expiring(session: Session, key: SigningKey, ttl: timedelta) -> list[DesiredState]:
@@ -97,3 +94,12 @@ def refresh_expiring(session: Session, key: SigningKey, ttl: timedelta) -> list[
 def all_desired(session: Session) -> list[DesiredState]:
     rows = session.exec(select(Device.desired).where(col(Device.desired).is_not(None))).all()
     return [DesiredState.model_validate_json(r) for r in rows if r]
+
+
+def desired_version(device: Device, model: str) -> int | None:
+    """The version of ``model`` the device was last told to serve."""
+    current = current_desired(device)
+    for deployment in current.models if current else []:
+        if deployment.manifest.name == model:
+            return deployment.manifest.version
+    return None

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -17,6 +18,7 @@ from control_plane.api.routes import (
     devices,
     jobs,
     models,
+    rollouts,
     system,
     tokens,
 )
@@ -27,6 +29,7 @@ from control_plane.errors import ControlPlaneError
 from control_plane.jobs import JobRunner
 from control_plane.keystore import load_keys
 from control_plane.mqtt_bridge import MqttBridge
+from control_plane.rollout_engine import RolloutEngine
 from edgefleet import __version__
 
 log = logging.getLogger(__name__)
@@ -45,6 +48,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         runner = JobRunner(settings, engine)
         bridge = MqttBridge(settings, engine, keys) if settings.mqtt_url else None
         bridge_task = asyncio.create_task(bridge.run()) if bridge else None
+        rollouts = RolloutEngine(
+            engine,
+            keys,
+            timedelta(seconds=settings.desired_ttl_seconds),
+            bridge.publish_desired if bridge else None,
+        )
+        rollouts_task = asyncio.create_task(rollouts.run(settings.rollout_tick_seconds))
+        app.state.rollouts = rollouts
         app.state.bridge = bridge
         app.state.settings = settings
         app.state.engine = engine
@@ -56,10 +67,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         try:
             yield
         finally:
-            if bridge_task is not None:
-                bridge_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await bridge_task
+            for task in (rollouts_task, bridge_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             runner.shutdown()
             engine.dispose()
 
@@ -80,6 +92,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             content={"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.code}]},
         )
 
-    for module in (system, tokens, datasets, models, jobs, artifacts, devices):
+    for module in (system, tokens, datasets, models, jobs, artifacts, devices, rollouts):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -168,3 +168,63 @@ class SampleRecord(SQLModel, table=True):
     rows: int
     payload: str = Field(sa_column=Column(Text, nullable=False))
     received_at: datetime = Field(default_factory=utcnow)
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of one model version to the devices a selector matched."""
+
+    __tablename__ = "rollout"
+
+    id: str = Field(max_length=32, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    version: int
+    selector: str = Field(max_length=1024)
+    plan: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=16, index=True)
+    stage: int = -1
+    stage_started_at: datetime | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    gates: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RolloutDevice(SQLModel, table=True):
+    """A device of a rollout: its place in the cohort order and what it got."""
+
+    __tablename__ = "rollout_device"
+
+    rollout_id: str = Field(max_length=32, foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(max_length=64, primary_key=True)
+    rank: int
+    assigned_stage: int | None = None
+    assigned_seq: int | None = None
+    previous_version: int | None = None
+    reverted: bool = False
+
+
+class RolloutEvent(SQLModel, table=True):
+    """Everything that happened to a rollout (also the audit log)."""
+
+    __tablename__ = "rollout_event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    rollout_id: str = Field(max_length=32, index=True)
+    at: datetime = Field(default_factory=utcnow)
+    type: str = Field(max_length=32, index=True)
+    message: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DefaultVersion(SQLModel, table=True):
+    """The version devices matching a selector get when they join (set by a finished rollout)."""
+
+    __tablename__ = "default_version"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    selector: str = Field(max_length=1024, primary_key=True)
+    version: int
+    rollout_id: str = Field(max_length=32)
+    updated_at: datetime = Field(default_factory=utcnow)

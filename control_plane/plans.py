@@ -170,7 +170,11 @@ def resolve(plan: PlanSpec, devices: int) -> list[Stage]:
         )
         if stages and target <= stages[-1].target:
             continue
-        label = f"{spec.percent:g}%" if spec.percent is not None else f"{spec.count} devices"
+        label = (
+            f"{spec.percent:g}%"
+            if spec.percent is not None
+            else f"{spec.count} device{'' if spec.count == 1 else 's'}"
+        )
         stages.append(
             Stage(len(stages), target, spec.soak_seconds, spec.gates or plan.gates, label)
         )

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from control_plane.gates import GateResult
+from control_plane.plans import PlanSpec
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
@@ -198,6 +200,86 @@ class DeploymentPublic(ApiModel):
 class TelemetryPublic(ApiModel):
     received_at: datetime = Field(description="When the control plane stored it.")
     window: TelemetryWindow = Field(description="The window as the device sent it.")
+
+
+class DeviceUpdate(ApiModel):
+    labels: dict[str, str] = Field(description="The device's labels (replaces them).")
+
+
+class RolloutCreate(ApiModel):
+    """Roll a model version out to the devices a selector matches, in stages."""
+
+    model: str = Field(description="Model name.")
+    version: str = Field(description="Version number or alias.")
+    selector: str = Field(
+        default="", description="Label selector, e.g. `site=berlin,hw!=rpi3`; empty: every device."
+    )
+    plan: PlanSpec = Field(
+        default_factory=lambda: PlanSpec(preset="canary"),
+        description="Stages, gates and failure policy (default: canary).",
+    )
+    id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]{6,32}$",
+        description="Rollout id; pass the `rollout_id` of a dry run to get "
+        "exactly the cohorts it showed (cohorts hash the rollout id).",
+    )
+
+
+class PlannedDevice(ApiModel):
+    id: str = Field(description="Device id.")
+    current_version: int | None = Field(description="Version it reports serving now.")
+
+
+class StagePublic(ApiModel):
+    index: int = Field(description="Stage number, from 0.")
+    label: str = Field(description="What the plan said: a count or a percentage.")
+    target: int = Field(description="Devices with the version once the stage starts (cumulative).")
+    soak_seconds: float = Field(description="Watch time before going on.")
+    devices: list[PlannedDevice] | None = Field(
+        default=None, description="Devices the stage adds (dry run only)."
+    )
+
+
+class RolloutPlanPublic(ApiModel):
+    """A dry run: the blast radius per stage; nothing was changed."""
+
+    rollout_id: str = Field(description="Create the rollout with this id to get these cohorts.")
+    model: str = Field(description="Model name.")
+    version: int = Field(description="Version number.")
+    selector: str = Field(description="Selector.")
+    devices: int = Field(description="Devices the selector matches.")
+    stages: list[StagePublic] = Field(description="Stages with the devices each adds.")
+
+
+class RolloutPublic(ApiModel):
+    """A rollout and where it is."""
+
+    id: str = Field(description="Rollout id.")
+    model: str = Field(description="Model name.")
+    version: int = Field(description="Version rolled out.")
+    selector: str = Field(description="Selector of its devices.")
+    plan: PlanSpec = Field(description="Its plan.")
+    status: str = Field(description="running, paused, succeeded, rolled_back or aborted.")
+    stage: int = Field(description="Current stage (-1 before the first).")
+    stages: list[StagePublic] = Field(description="Resolved stages.")
+    reason: str | None = Field(description="Why it paused, rolled back or aborted.")
+    gates: list[GateResult] = Field(description="The current stage's last gate readings.")
+    devices: int = Field(description="Devices in the rollout.")
+    assigned: int = Field(description="Devices given the version so far.")
+    created_by: str = Field(description="Who started it.")
+    created_at: datetime = Field(description="When.")
+    updated_at: datetime = Field(description="Last change.")
+
+
+class EventPublic(ApiModel):
+    at: datetime = Field(description="When.")
+    rollout_id: str = Field(description="Rollout.")
+    type: str = Field(
+        description="created, stage_started, stage_passed, gate_failed, paused, "
+        "resume, promote, abort, rollback, rolled_back, succeeded, late_joiner, …"
+    )
+    message: str = Field(description="What happened.")
 
 
 class ErrorItem(ApiModel):

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Query, status
 
 from control_plane.api.deps import BridgeDep, KeysDep, Operator, SessionDep, SettingsDep, Viewer
 from control_plane.deployments import deploy_version
-from control_plane.devices import get_device, list_devices, register_device
+from control_plane.devices import check_labels, get_device, list_devices, register_device
 from control_plane.ingest import stored_windows
 from control_plane.models import Device
 from control_plane.schemas import (
@@ -18,9 +18,11 @@ from control_plane.schemas import (
     DeviceCreate,
     DevicePublic,
     DeviceRegistered,
+    DeviceUpdate,
     TelemetryPublic,
 )
-from shared.messages import DeviceState, TelemetryWindow
+from control_plane.selectors import parse_selector
+from shared.messages import DesiredState, DeviceState, TelemetryWindow
 
 router = APIRouter(tags=["devices"])
 DeviceIdPath = Annotated[str, Path(description="Device id.")]
@@ -53,8 +55,30 @@ def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> Devic
 
 
 @router.get("/devices", response_model=list[DevicePublic], summary="List devices")
-def get_devices(session: SessionDep, _: Viewer) -> list[DevicePublic]:
-    return [device_public(d) for d in list_devices(session)]
+def get_devices(
+    session: SessionDep,
+    _: Viewer,
+    selector: Annotated[
+        str, Query(description="Label selector, e.g. `site=berlin,hw!=rpi3`.")
+    ] = "",
+) -> list[DevicePublic]:
+    parsed = parse_selector(selector)
+    return [device_public(d) for d in list_devices(session) if parsed.matches(d.labels)]
+
+
+@router.patch("/devices/{device_id}", response_model=DevicePublic, summary="Set a device's labels")
+def patch_device(
+    device_id: DeviceIdPath, body: DeviceUpdate, session: SessionDep, _: Operator
+) -> DevicePublic:
+    """Labels set here win over the labels the device reports."""
+    device = get_device(session, device_id)
+    check_labels(body.labels)
+    device.labels = body.labels
+    device.registered = True
+    session.add(device)
+    session.commit()
+    session.refresh(device)
+    return device_public(device)
 
 
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="One device")
@@ -100,15 +124,19 @@ async def create_deployment(
     publishes it retained at QoS 1, waiting for the broker's acknowledgement."""
     from fastapi.concurrency import run_in_threadpool
 
-    desired = await run_in_threadpool(
-        deploy_version,
-        session,
-        keys.deployment,
-        device_id=body.device_id,
-        model=body.model,
-        version=body.version,
-        ttl=timedelta(seconds=settings.desired_ttl_seconds),
-    )
+    def deploy() -> DesiredState:
+        desired = deploy_version(
+            session,
+            keys.deployment,
+            device_id=body.device_id,
+            model=body.model,
+            version=body.version,
+            ttl=timedelta(seconds=settings.desired_ttl_seconds),
+        )
+        session.commit()
+        return desired
+
+    desired = await run_in_threadpool(deploy)
     published = await bridge.publish_desired(desired) if bridge is not None else False
     return DeploymentPublic(
         device_id=desired.device_id,

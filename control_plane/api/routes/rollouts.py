@@ -1,0 +1,182 @@
+"""Rollouts."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import col, select
+
+from control_plane.api.deps import Operator, SessionDep, Viewer
+from control_plane.models import Rollout, RolloutDevice, RolloutEvent
+from control_plane.rollout_engine import (
+    RolloutEngine,
+    create_rollout,
+    get_rollout,
+    new_rollout_id,
+    plan_rollout,
+    stages_of,
+)
+from control_plane.schemas import (
+    EventPublic,
+    PlannedDevice,
+    RolloutCreate,
+    RolloutPlanPublic,
+    RolloutPublic,
+    StagePublic,
+)
+
+router = APIRouter(prefix="/rollouts", tags=["rollouts"])
+RolloutIdPath = Annotated[str, Path(description="Rollout id.")]
+
+
+def rollout_public(session: SessionDep, rollout: Rollout) -> RolloutPublic:
+    members = session.exec(
+        select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
+    ).all()
+    return RolloutPublic.model_validate(
+        {
+            "id": rollout.id,
+            "model": rollout.model_name,
+            "version": rollout.version,
+            "selector": rollout.selector,
+            "plan": rollout.plan,
+            "status": rollout.status,
+            "stage": rollout.stage,
+            "reason": rollout.reason,
+            "gates": rollout.gates,
+            "stages": [
+                StagePublic(
+                    index=s.index, label=s.label, target=s.target, soak_seconds=s.soak_seconds
+                )
+                for s in stages_of(session, rollout)
+            ],
+            "devices": len(members),
+            "assigned": sum(m.assigned_stage is not None for m in members),
+            "created_by": rollout.created_by,
+            "created_at": rollout.created_at,
+            "updated_at": rollout.updated_at,
+        }
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    summary="Start a rollout (or dry-run it)",
+    response_model=RolloutPublic | RolloutPlanPublic,
+    responses={
+        200: {"model": RolloutPlanPublic, "description": "Dry run."},
+        409: {"description": "Devices already in a rollout of this model."},
+        422: {
+            "description": "Bad plan or selector, unknown version, or the "
+            "selector matches no device."
+        },
+    },
+)
+def post_rollout(
+    body: RolloutCreate,
+    session: SessionDep,
+    token: Operator,
+    response: Response,
+    dry_run: Annotated[
+        bool, Query(description="Only show the stages and their devices; change nothing.")
+    ] = False,
+) -> RolloutPublic | RolloutPlanPublic:
+    """The engine starts the first stage within a second. The version must be registered;
+    devices of the selector must not be in another active rollout of the same model."""
+    if dry_run:
+        rollout_id = body.id or new_rollout_id()
+        number, ordered, planned = plan_rollout(
+            session,
+            model=body.model,
+            version=body.version,
+            selector=body.selector,
+            plan=body.plan,
+            rollout_id=rollout_id,
+        )
+        response.status_code = status.HTTP_200_OK
+        return RolloutPlanPublic(
+            rollout_id=rollout_id,
+            model=body.model,
+            version=number,
+            selector=body.selector,
+            devices=len(ordered),
+            stages=[
+                StagePublic(
+                    index=p.stage.index,
+                    label=p.stage.label,
+                    target=p.stage.target,
+                    soak_seconds=p.stage.soak_seconds,
+                    devices=[PlannedDevice(id=d, current_version=v) for d, v in p.devices],
+                )
+                for p in planned
+            ],
+        )
+    rollout = create_rollout(
+        session,
+        rollout_id=body.id,
+        model=body.model,
+        version=body.version,
+        selector=body.selector,
+        plan=body.plan,
+        actor=token.name,
+    )
+    return rollout_public(session, rollout)
+
+
+@router.get("", response_model=list[RolloutPublic], summary="List rollouts")
+def list_rollouts(
+    session: SessionDep,
+    _: Viewer,
+    status_filter: Annotated[
+        str | None, Query(alias="status", description="Only this status.")
+    ] = None,
+) -> list[RolloutPublic]:
+    query = select(Rollout).order_by(col(Rollout.created_at).desc())
+    if status_filter:
+        query = query.where(Rollout.status == status_filter)
+    return [rollout_public(session, r) for r in session.exec(query).all()]
+
+
+@router.get("/{rollout_id}", response_model=RolloutPublic, summary="One rollout")
+def one_rollout(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) -> RolloutPublic:
+    return rollout_public(session, get_rollout(session, rollout_id))
+
+
+@router.get(
+    "/{rollout_id}/events",
+    response_model=list[EventPublic],
+    summary="What happened to a rollout, oldest first",
+)
+def rollout_events(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) -> list[EventPublic]:
+    get_rollout(session, rollout_id)
+    rows = session.exec(
+        select(RolloutEvent)
+        .where(RolloutEvent.rollout_id == rollout_id)
+        .order_by(col(RolloutEvent.id))
+    ).all()
+    return [
+        EventPublic(at=r.at, rollout_id=r.rollout_id, type=r.type, message=r.message) for r in rows
+    ]
+
+
+@router.post(
+    "/{rollout_id}/{command}",
+    response_model=RolloutPublic,
+    summary="pause, resume, promote (skip the soak), abort, or rollback",
+    responses={409: {"description": "Not possible in the rollout's state."}},
+)
+async def rollout_command(
+    rollout_id: RolloutIdPath,
+    command: Annotated[
+        Literal["pause", "resume", "promote", "abort", "rollback"], Path(description="What to do.")
+    ],
+    request: Request,
+    session: SessionDep,
+    token: Operator,
+) -> RolloutPublic:
+    engine: RolloutEngine = request.app.state.rollouts
+    rollout = await engine.command(rollout_id, command, token.name)
+    return await run_in_threadpool(rollout_public, session, rollout)

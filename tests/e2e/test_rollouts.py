@@ -1,0 +1,199 @@
+"""Staged rollouts end to end: a real `edgefleet server`, a real mosquitto, real agents
+(in-process, each with its own loop) downloading over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from simulator.data import write_sensor_csv
+from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
+from tests.conftest import ServerProcess, start_server, stop_server
+from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
+
+pytestmark = pytest.mark.integration
+OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 60}
+
+
+@dataclass
+class Fleet:
+    tmp: Path
+    broker: MosquittoBroker
+    server: ServerProcess
+    api: httpx.Client
+    trust: Path
+    agents: dict[str, AgentThread]
+
+    def add(self, device_id: str, site: str) -> AgentThread:
+        response = self.api.post("/devices", json={"id": device_id, "labels": {"site": site}})
+        assert response.status_code == 201, response.text
+        token = response.json()["token"]
+        self.broker.add_user(device_id, token)
+        agent = AgentThread(
+            agent_settings(
+                self.tmp,
+                device_id=device_id,
+                broker=self.broker,
+                token=token,
+                control_plane_url=self.server.url,
+                trust_store=self.trust,
+                window_seconds=0.5,
+                labels={"site": site},
+            )
+        )
+        self.agents[device_id] = agent
+        return agent
+
+    def train(self, dataset_id: int, seed: int) -> int:
+        job = self.api.post(
+            "/models/fault/train",
+            json={"dataset_id": dataset_id, "algorithm": "logreg", "seed": seed},
+        ).json()
+        wait_until(
+            lambda: self.api.get(f"/jobs/{job['id']}").json()["status"] == "succeeded",
+            timeout=120,
+            what="training",
+        )
+        return int(self.api.get(f"/jobs/{job['id']}").json()["result_version"])
+
+    def rollout(
+        self, version: int, plan: dict[str, Any], selector: str = "", **extra: Any
+    ) -> dict[str, Any]:
+        response = self.api.post(
+            "/rollouts",
+            json={
+                "model": "fault",
+                "version": str(version),
+                "selector": selector,
+                "plan": plan,
+                **extra,
+            },
+        )
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait_status(self, rollout_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
+        wait_until(
+            lambda: self.api.get(f"/rollouts/{rollout_id}").json()["status"] == status,
+            timeout=timeout,
+            what=f"rollout {status}",
+        )
+        result: dict[str, Any] = self.api.get(f"/rollouts/{rollout_id}").json()
+        return result
+
+    def serving(self, device_id: str) -> int | None:
+        slot = self.agents[device_id].a.updater.slots.get("fault")
+        return slot.current.manifest.version if slot and slot.current else None
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.start()
+    server = start_server(
+        tmp_path / "cp",
+        env={
+            "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:"
+            f"{broker.port}",
+            "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+        },
+    )
+    api = server.client()
+    trust = tmp_path / "trust.json"
+    trust.write_text(api.get("/keys").text)
+    fleet = Fleet(tmp_path, broker, server, api, trust, {})
+    try:
+        yield fleet
+    finally:
+        try:
+            for agent in fleet.agents.values():
+                agent.stop()
+        finally:
+            api.close()
+            stop_server(server)
+            broker.stop()
+
+
+def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
+    csv = write_sensor_csv(fleet.tmp / "s.csv", 400, seed=1)
+    dataset = fleet.api.post(
+        "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
+    ).json()
+    v1, v2 = fleet.train(dataset["id"], 0), fleet.train(dataset["id"], 1)
+    for i in range(8):
+        fleet.add(f"dev-{i}", "berlin" if i % 2 else "paris")
+
+    first = fleet.rollout(v1, {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN_GATES})
+    fleet.wait_status(first["id"], "succeeded")
+    wait_until(lambda: all(fleet.serving(d) == v1 for d in fleet.agents), what="v1 everywhere")
+
+    plan = {"stages": [{"count": 1}, {"percent": 50}], "gates": OPEN_GATES}
+    dry = fleet.api.post(
+        "/rollouts",
+        params={"dry_run": "true"},
+        json={"model": "fault", "version": str(v2), "plan": plan},
+    )
+    assert dry.status_code == 200, dry.text
+    planned = dry.json()
+    assert [s["target"] for s in planned["stages"]] == [1, 4, 8]
+    assert all(d["current_version"] == v1 for s in planned["stages"] for d in s["devices"])
+    assert fleet.api.get("/rollouts", params={"status": "running"}).json() == []  # nothing ran
+
+    second = fleet.rollout(v2, plan, id=planned["rollout_id"])
+    done = fleet.wait_status(second["id"], "succeeded")
+    assert done["assigned"] == 8
+    events = fleet.api.get(f"/rollouts/{second['id']}/events").json()
+    started = [e["message"] for e in events if e["type"] == "stage_started"]
+    assert len(started) == 3
+    wait_until(lambda: all(fleet.serving(d) == v2 for d in fleet.agents), what="v2 everywhere")
+    # The dry run showed the cohorts that actually ran: the canary was its first device.
+    canary = planned["stages"][0]["devices"][0]["id"]
+    state = fleet.agents[canary].a.updater.slots["fault"]
+    assert state.stage == "1 device"
+
+    # A device joining after the rollout gets the version it made the default.
+    late = fleet.add("dev-late", "berlin")
+    wait_until(lambda: fleet.serving("dev-late") == v2, timeout=30, what="late joiner")
+    del late
+
+    # Overlapping rollouts and bad requests are refused with reasons.
+    busy = fleet.rollout(v1, {"preset": "canary", "soak_seconds": 3600}, selector="site=paris")
+    conflict = fleet.api.post(
+        "/rollouts", json={"model": "fault", "version": str(v1), "selector": "site=paris"}
+    )
+    assert conflict.status_code == 409
+    assert fleet.api.post(f"/rollouts/{busy['id']}/abort").status_code == 200
+    for body, status in [
+        ({"model": "fault", "version": "99"}, 404),
+        ({"model": "fault", "version": str(v1), "selector": "site=mars"}, 422),
+        ({"model": "fault", "version": str(v1), "selector": "site=="}, 422),
+        (
+            {
+                "model": "fault",
+                "version": str(v1),
+                "plan": {"stages": [{"percent": 50}, {"percent": 10}]},
+            },
+            422,
+        ),
+        ({"model": "fault", "version": str(v1), "plan": {"stages": [{"percent": 150}]}}, 422),
+        (
+            {
+                "model": "fault",
+                "version": str(v1),
+                "plan": {"preset": "canary", "soak_seconds": -5},
+            },
+            422,
+        ),
+    ]:
+        response = fleet.api.post("/rollouts", json=body)
+        assert response.status_code == status, (body, response.text)
+    finished = fleet.api.post(f"/rollouts/{second['id']}/promote")
+    assert finished.status_code == 409
+    assert "cannot promote" in finished.text
