@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.data import write_sensor_csv
+from simulator.data import sensor_rows, write_sensor_csv
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
@@ -197,3 +199,108 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     finished = fleet.api.post(f"/rollouts/{second['id']}/promote")
     assert finished.status_code == 409
     assert "cannot promote" in finished.text
+
+
+def register_slow_version(data_dir: Path, base_version: int) -> int:
+    """Register, with the server's own registry code and key, a version of the model that
+    answers the same but ~100x slower (see ``slow_variant``)."""
+    from sqlmodel import Session
+
+    from control_plane.artifacts import BlobStore
+    from control_plane.config import load_settings
+    from control_plane.db import create_db_engine
+    from control_plane.keystore import load_keys
+    from control_plane.registry import register_version, resolve_version
+    from shared.hashing import sha256_bytes
+    from shared.manifest import ModelManifest
+    from tests.models import slow_variant
+
+    settings = load_settings(data_dir)
+    engine = create_db_engine(settings.resolved_database_url)
+    blobs = BlobStore(settings.blobs_dir)
+    try:
+        with Session(engine) as session:
+            base = resolve_version(session, "fault", str(base_version))
+            manifest = ModelManifest.model_validate_json(base.manifest)
+            slow = slow_variant(blobs.read_bytes(base.sha256))
+            row = register_version(
+                session,
+                blobs,
+                load_keys(settings.keys_dir).model,
+                name="fault",
+                task="classification",
+                model_bytes=slow,
+                algorithm=base.algorithm,
+                dataset_id=base.dataset_id,
+                job_id=None,
+                make_manifest=lambda v: manifest.model_copy(
+                    update={"version": v, "sha256": sha256_bytes(slow), "size": len(slow)}
+                ),
+            )
+            return row.version
+    finally:
+        engine.dispose()
+
+
+def keep_busy(fleet: Fleet, stop: threading.Event) -> None:
+    """Traffic on every device, so every window has requests on both versions."""
+    X, _ = sensor_rows(1, seed=3)
+    rows = X.tolist()
+    while not stop.is_set():
+        for agent in list(fleet.agents.values()):
+            with contextlib.suppress(LookupError, ValueError):
+                agent.a.predict_rows("fault", rows)
+        stop.wait(0.005)
+
+
+def test_latency_regression_is_stopped_at_the_canary_and_rolled_back(fleet: Fleet) -> None:
+    csv = write_sensor_csv(fleet.tmp / "s.csv", 400, seed=1)
+    dataset = fleet.api.post(
+        "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
+    ).json()
+    v1 = fleet.train(dataset["id"], 0)
+    for i in range(6):
+        fleet.add(f"dev-{i}", "berlin")
+    first = fleet.rollout(v1, {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN_GATES})
+    fleet.wait_status(first["id"], "succeeded")
+    wait_until(lambda: all(fleet.serving(d) == v1 for d in fleet.agents), what="v1 everywhere")
+
+    bad = register_slow_version(fleet.server.data_dir, v1)
+    stop = threading.Event()
+    load = threading.Thread(target=keep_busy, args=(fleet, stop), daemon=True)
+    load.start()
+    try:
+        rollout = fleet.rollout(
+            bad,
+            {
+                "stages": [{"count": 1, "soak_seconds": 60}, {"percent": 50, "soak_seconds": 60}],
+                "gates": {
+                    "min_requests": 20,
+                    "min_devices_reporting": 1,
+                    "max_latency_p95_ratio": 2.0,
+                },
+            },
+        )
+        done = fleet.wait_status(rollout["id"], "rolled_back", timeout=60)
+    finally:
+        stop.set()
+        load.join(10)
+    assert "latency_p95_ratio" in (done["reason"] or "")
+    assert done["assigned"] == 1  # only the canary ever got it
+    events = [e["type"] for e in fleet.api.get(f"/rollouts/{rollout['id']}/events").json()]
+    assert events.count("stage_started") == 1
+    assert "gate_failed" in events
+    assert "rolled_back" in events
+    wait_until(lambda: all(fleet.serving(d) == v1 for d in fleet.agents), what="all on v1")
+    bad_sha = fleet.api.get(f"/models/fault/versions/{bad}").json()["sha256"]
+    holders = [
+        d
+        for d, a in fleet.agents.items()
+        if (a.settings.data_dir / "models" / "fault" / f"{bad_sha}.onnx").exists()
+        or (a.settings.data_dir / "staging" / f"{bad_sha}.part").exists()
+    ]
+    canary = [
+        d for d, a in fleet.agents.items() if a.a.updater.slots["fault"].rollout_id == rollout["id"]
+    ]
+    assert len(canary) == 1
+    assert set(holders) <= set(canary)  # nobody outside the canary downloaded it
