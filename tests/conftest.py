@@ -95,11 +95,17 @@ class ServerProcess:
         return {"EDGEFLEET_URL": self.url, "EDGEFLEET_TOKEN": self.token}
 
 
-def start_server(data_dir: Path, env: dict[str, str] | None = None) -> ServerProcess:
-    """`edgefleet init` then `edgefleet server` on a free port; waits for /healthz."""
-    token_line = run_cli("init", "--data-dir", str(data_dir), env=env).stdout.strip()
-    token = token_line.splitlines()[-1].split("=", 1)[1]
-    port = free_port()
+def start_server(
+    data_dir: Path, env: dict[str, str] | None = None, *, restart: ServerProcess | None = None
+) -> ServerProcess:
+    """`edgefleet init` then `edgefleet server` on a free port; waits for /healthz. With
+    ``restart``: the same data dir, port and token again, without init."""
+    if restart is None:
+        token_line = run_cli("init", "--data-dir", str(data_dir), env=env).stdout.strip()
+        token = token_line.splitlines()[-1].split("=", 1)[1]
+        port = free_port()
+    else:
+        token, port = restart.token, int(restart.url.rsplit(":", 1)[1])
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(
         edgefleet_cmd(

@@ -19,6 +19,7 @@ from tests.conftest import ServerProcess, start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
 
 pytestmark = pytest.mark.integration
+FLEET = 20
 OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 60}
 
 
@@ -30,6 +31,7 @@ class Fleet:
     api: httpx.Client
     trust: Path
     agents: dict[str, AgentThread]
+    env: dict[str, str]
 
     def add(self, device_id: str, site: str) -> AgentThread:
         response = self.api.post("/devices", json={"id": device_id, "labels": {"site": site}})
@@ -99,18 +101,15 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
     broker.start()
-    server = start_server(
-        tmp_path / "cp",
-        env={
-            "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:"
-            f"{broker.port}",
-            "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
-        },
-    )
+    env = {
+        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}",
+        "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+    }
+    server = start_server(tmp_path / "cp", env=env)
     api = server.client()
     trust = tmp_path / "trust.json"
     trust.write_text(api.get("/keys").text)
-    fleet = Fleet(tmp_path, broker, server, api, trust, {})
+    fleet = Fleet(tmp_path, broker, server, api, trust, {}, env)
     try:
         yield fleet
     finally:
@@ -119,7 +118,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
                 agent.stop()
         finally:
             api.close()
-            stop_server(server)
+            stop_server(fleet.server)
             broker.stop()
 
 
@@ -129,14 +128,20 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
         "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
     ).json()
     v1, v2 = fleet.train(dataset["id"], 0), fleet.train(dataset["id"], 1)
-    for i in range(8):
+    for i in range(FLEET):
         fleet.add(f"dev-{i}", "berlin" if i % 2 else "paris")
 
     first = fleet.rollout(v1, {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN_GATES})
     fleet.wait_status(first["id"], "succeeded")
     wait_until(lambda: all(fleet.serving(d) == v1 for d in fleet.agents), what="v1 everywhere")
 
-    plan = {"stages": [{"count": 1}, {"percent": 50}], "gates": OPEN_GATES}
+    away = f"dev-{FLEET - 1}"
+    offline = fleet.agents[away]
+    offline.stop()  # this device is away for the whole rollout
+    plan = {
+        "stages": [{"count": 1}, {"percent": 50}],
+        "gates": {**OPEN_GATES, "install_timeout_seconds": 3, "min_install_success": 0.8},
+    }
     dry = fleet.api.post(
         "/rollouts",
         params={"dry_run": "true"},
@@ -144,17 +149,21 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     )
     assert dry.status_code == 200, dry.text
     planned = dry.json()
-    assert [s["target"] for s in planned["stages"]] == [1, 4, 8]
+    assert [s["target"] for s in planned["stages"]] == [1, FLEET // 2, FLEET]
     assert all(d["current_version"] == v1 for s in planned["stages"] for d in s["devices"])
     assert fleet.api.get("/rollouts", params={"status": "running"}).json() == []  # nothing ran
 
     second = fleet.rollout(v2, plan, id=planned["rollout_id"])
     done = fleet.wait_status(second["id"], "succeeded")
-    assert done["assigned"] == 8
+    assert done["assigned"] == FLEET
     events = fleet.api.get(f"/rollouts/{second['id']}/events").json()
     started = [e["message"] for e in events if e["type"] == "stage_started"]
     assert len(started) == 3
-    wait_until(lambda: all(fleet.serving(d) == v2 for d in fleet.agents), what="v2 everywhere")
+    online = [d for d in fleet.agents if d != away]
+    wait_until(lambda: all(fleet.serving(d) == v2 for d in online), what="v2 everywhere")
+    # The device that was away comes back and converges to what the rollout gave it.
+    fleet.agents[away] = AgentThread(offline.settings)
+    wait_until(lambda: fleet.serving(away) == v2, timeout=30, what="returning device")
     # The dry run showed the cohorts that actually ran: the canary was its first device.
     canary = planned["stages"][0]["devices"][0]["id"]
     state = fleet.agents[canary].a.updater.slots["fault"]
@@ -304,3 +313,34 @@ def test_latency_regression_is_stopped_at_the_canary_and_rolled_back(fleet: Flee
     ]
     assert len(canary) == 1
     assert set(holders) <= set(canary)  # nobody outside the canary downloaded it
+
+
+def test_control_plane_killed_mid_rollout_resumes_without_repeating_a_stage(fleet: Fleet) -> None:
+    csv = write_sensor_csv(fleet.tmp / "s.csv", 400, seed=1)
+    dataset = fleet.api.post(
+        "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
+    ).json()
+    v1, v2 = fleet.train(dataset["id"], 0), fleet.train(dataset["id"], 1)
+    for i in range(6):
+        fleet.add(f"dev-{i}", "berlin")
+    first = fleet.rollout(v1, {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN_GATES})
+    fleet.wait_status(first["id"], "succeeded")
+    rollout = fleet.rollout(
+        v2,
+        {
+            "stages": [{"count": 1, "soak_seconds": 3}, {"percent": 50, "soak_seconds": 3}],
+            "gates": OPEN_GATES,
+        },
+    )
+    wait_until(
+        lambda: fleet.api.get(f"/rollouts/{rollout['id']}").json()["assigned"] >= 1,
+        what="canary started",
+    )
+    fleet.server.process.kill()  # kill -9 mid-rollout
+    fleet.server.process.wait(10)
+    fleet.server = start_server(fleet.server.data_dir, env=fleet.env, restart=fleet.server)
+    fleet.wait_status(rollout["id"], "succeeded", timeout=60)
+    events = [e["type"] for e in fleet.api.get(f"/rollouts/{rollout['id']}/events").json()]
+    assert events.count("stage_started") == 3  # each stage started exactly once
+    assert events.count("stage_passed") == 3
+    wait_until(lambda: all(fleet.serving(d) == v2 for d in fleet.agents), what="v2 everywhere")
