@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from control_plane.client import DEFAULT_URL, ApiClient, ApiError
-from control_plane.schemas import JobPublic, TrainRequest
+from control_plane.schemas import JobPublic, RolloutCreate, RolloutPublic, TrainRequest
 
 if TYPE_CHECKING:
     from control_plane.config import ServerSettings
@@ -425,11 +425,28 @@ def devices_add(
     print(registered.token)
 
 
+@devices_app.command("label")
+def devices_label(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+    label: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="The labels.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Replace a device's labels (they then win over what the device reports)."""
+    with _api(url, token) as client:
+        device = client.set_labels(device_id, _parse_labels(label))
+    console.print(f"{device.id}: {device.labels}", highlight=False)
+
+
 @devices_app.command("list")
-def devices_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def devices_list(
+    selector: Annotated[str, typer.Option(help="Label selector, e.g. site=berlin,hw!=rpi3.")] = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
     """List devices with what they serve."""
     with _api(url, token) as client:
-        rows = client.devices()
+        rows = client.devices(selector)
     table = Table("id", "online", "labels", "models (active)", "phase", "last error", "seq")
     for d in rows:
         models = d.state.models if d.state else []
@@ -475,3 +492,185 @@ def deploy_command(
         f"{model}:{version} → {device}: desired state {deployment.seq} {state}", highlight=False
     )
     print(deployment.seq)
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
+
+
+def _plan(
+    preset: str | None, stages: str | None, soak: float, on_failure: str, min_requests: int | None
+) -> dict[str, object]:
+    plan: dict[str, object] = {"on_failure": on_failure}
+    if stages:
+        specs: list[dict[str, object]] = []
+        for part in (p.strip() for p in stages.split(",")):
+            try:
+                specs.append(
+                    {"percent": float(part[:-1])} if part.endswith("%") else {"count": int(part)}
+                )
+            except ValueError as exc:
+                raise _fail(f"--stages: {part!r} is neither a count nor a percentage", 2) from exc
+            specs[-1]["soak_seconds"] = soak
+        plan["stages"] = specs
+    else:
+        plan["preset"], plan["soak_seconds"] = preset or "canary", soak
+    if min_requests is not None:
+        plan["gates"] = {
+            "min_requests": min_requests,
+            "min_devices_reporting": 1 if min_requests else 0,
+        }
+    return plan
+
+
+def _show_rollout(rollout: RolloutPublic) -> None:
+    stage = (
+        f"stage {rollout.stage + 1}/{len(rollout.stages)} ({rollout.stages[rollout.stage].label})"
+        if rollout.stage >= 0
+        else "not started"
+    )
+    out.print(
+        f"rollout {rollout.id}: {rollout.model} v{rollout.version} → "
+        f"{rollout.selector or 'all devices'} ({rollout.devices} devices): "
+        f"[bold]{rollout.status}[/bold], {stage}, {rollout.assigned} assigned"
+    )
+    if rollout.reason:
+        out.print(f"  reason: {rollout.reason}", highlight=False)
+    if rollout.gates:
+        table = Table("gate", "status", "value", "threshold", "detail")
+        for gate in rollout.gates:
+            value = "" if gate.value is None else f"{gate.value:.4g}"
+            table.add_row(gate.name, gate.status, value, f"{gate.threshold:g}", gate.detail)
+        out.print(table)
+
+
+@rollout_app.command("create")
+def rollout_create(
+    target: Annotated[str, typer.Argument(metavar="MODEL:VERSION", help="Version or alias.")],
+    selector: Annotated[str, typer.Option(help="Label selector (default: every device).")] = "",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="canary (1 device → 10% → 50% → 100%) or all-at-once.", show_default=False
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help='Explicit stages, e.g. "1,10%,50%" (counts or percentages; 100% is implied).',
+            show_default=False,
+        ),
+    ] = None,
+    soak: Annotated[float, typer.Option(help="Soak seconds per stage.")] = 300,
+    on_failure: Annotated[str, typer.Option(help="rollback or pause.")] = "rollback",
+    min_requests: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests on the new version before gates judge (default 50).", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the devices of each stage; change nothing.")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Start a staged rollout; prints its id last (with --dry-run: the stages and an id that
+    reproduces those cohorts)."""
+    model, sep, version = target.partition(":")
+    if not sep or not model or not version:
+        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
+    try:
+        body = RolloutCreate.model_validate(
+            {
+                "model": model,
+                "version": version,
+                "selector": selector,
+                "plan": _plan(preset, stages, soak, on_failure, min_requests),
+            }
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    with _api(url, token) as client:
+        if dry_run:
+            planned = client.plan_rollout(body)
+            for stage in planned.stages:
+                devices = ", ".join(f"{d.id} (v{d.current_version})" for d in stage.devices or [])
+                out.print(
+                    f"stage {stage.index + 1} ({stage.label}, {stage.target} devices, "
+                    f"soak {stage.soak_seconds:g} s): + {devices}",
+                    highlight=False,
+                )
+            print(planned.rollout_id)
+            return
+        rollout = client.create_rollout(body)
+    _show_rollout(rollout)
+    print(rollout.id)
+
+
+@rollout_app.command("list")
+def rollout_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List rollouts, newest first."""
+    with _api(url, token) as client:
+        rows = client.rollouts()
+    table = Table("id", "model", "version", "selector", "status", "stage", "assigned")
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.model,
+            str(r.version),
+            r.selector or "*",
+            r.status,
+            f"{r.stage + 1}/{len(r.stages)}",
+            f"{r.assigned}/{r.devices}",
+        )
+    out.print(table)
+
+
+@rollout_app.command("show")
+def rollout_show(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """A rollout's stage and its gates' latest readings."""
+    with _api(url, token) as client:
+        _show_rollout(client.rollout(rollout_id))
+
+
+@rollout_app.command("events")
+def rollout_events(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """What happened to a rollout."""
+    with _api(url, token) as client:
+        for event in client.rollout_events(rollout_id):
+            out.print(
+                f"{event.at:%Y-%m-%d %H:%M:%S}  {event.type:<14} {event.message}", highlight=False
+            )
+
+
+def _command(name: str, doc: str) -> None:
+    def command(
+        rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+        url: UrlOpt = DEFAULT_URL,
+        token: TokenOpt = None,
+    ) -> None:
+        with _api(url, token) as client:
+            _show_rollout(client.rollout_command(rollout_id, name))
+
+    command.__doc__ = doc
+    rollout_app.command(name)(command)
+
+
+for _name, _doc in (
+    ("pause", "Pause: no stage advances until resumed."),
+    ("resume", "Resume a paused rollout."),
+    ("promote", "Skip the current stage's soak and start the next."),
+    ("abort", "Stop here; devices keep what they have."),
+    ("rollback", "Every device of the rollout back to its previous version."),
+):
+    _command(_name, _doc)

@@ -16,9 +16,13 @@ from control_plane.schemas import (
     DeploymentPublic,
     DevicePublic,
     DeviceRegistered,
+    EventPublic,
     Health,
     JobPublic,
     ModelPublic,
+    RolloutCreate,
+    RolloutPlanPublic,
+    RolloutPublic,
     TokenIssued,
     TrainRequest,
     VersionPublic,
@@ -146,8 +150,39 @@ class ApiClient:
         response = self._http.post("/devices", json={"id": device_id, "labels": labels})
         return DeviceRegistered.model_validate_json(self._check(response).content)
 
-    def devices(self) -> list[DevicePublic]:
-        return self._get_list("/devices", DevicePublic)
+    def devices(self, selector: str = "") -> list[DevicePublic]:
+        return self._get_list("/devices", DevicePublic, selector=selector)
+
+    def set_labels(self, device_id: str, labels: dict[str, str]) -> DevicePublic:
+        response = self._http.patch(f"/devices/{device_id}", json={"labels": labels})
+        return DevicePublic.model_validate_json(self._check(response).content)
+
+    def create_rollout(self, body: RolloutCreate) -> RolloutPublic:
+        response = self._http.post(
+            "/rollouts", json=body.model_dump(mode="json", exclude_none=True)
+        )
+        return RolloutPublic.model_validate_json(self._check(response).content)
+
+    def plan_rollout(self, body: RolloutCreate) -> RolloutPlanPublic:
+        response = self._http.post(
+            "/rollouts",
+            params={"dry_run": "true"},
+            json=body.model_dump(mode="json", exclude_none=True),
+        )
+        return RolloutPlanPublic.model_validate_json(self._check(response).content)
+
+    def rollouts(self) -> list[RolloutPublic]:
+        return self._get_list("/rollouts", RolloutPublic)
+
+    def rollout(self, rollout_id: str) -> RolloutPublic:
+        return self._get(f"/rollouts/{rollout_id}", RolloutPublic)
+
+    def rollout_events(self, rollout_id: str) -> list[EventPublic]:
+        return self._get_list(f"/rollouts/{rollout_id}/events", EventPublic)
+
+    def rollout_command(self, rollout_id: str, command: str) -> RolloutPublic:
+        response = self._http.post(f"/rollouts/{rollout_id}/{command}")
+        return RolloutPublic.model_validate_json(self._check(response).content)
 
     def device(self, device_id: str) -> DevicePublic:
         return self._get(f"/devices/{device_id}", DevicePublic)

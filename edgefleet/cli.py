@@ -39,6 +39,12 @@ COMMANDS: dict[str, LazyCommand] = {
     "tokens": LazyCommand("control_plane.cli", "tokens_app", "Issue API tokens (admin)."),
     "devices": LazyCommand("control_plane.cli", "devices_app", "Register and list devices."),
     "deploy": LazyCommand("control_plane.cli", "deploy_app", "Put a model version on a device."),
+    "rollout": LazyCommand(
+        "control_plane.cli",
+        "rollout_app",
+        "Staged rollouts: create (or dry "
+        "run), show, events, pause, resume, promote, abort, rollback.",
+    ),
     "verify": LazyCommand("agent.cli", "verify_app", "Verify a signed model offline."),
     "agent": LazyCommand("agent.cli", "agent_app", "Run the device agent."),
     "demo": LazyCommand("simulator.demo", "demo_app", "Run the whole loop on this machine.", "sim"),

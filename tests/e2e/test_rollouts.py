@@ -344,3 +344,87 @@ def test_control_plane_killed_mid_rollout_resumes_without_repeating_a_stage(flee
     assert events.count("stage_started") == 3  # each stage started exactly once
     assert events.count("stage_passed") == 3
     wait_until(lambda: all(fleet.serving(d) == v2 for d in fleet.agents), what="v2 everywhere")
+
+
+def test_operator_cli(fleet: Fleet) -> None:
+    from tests.conftest import run_cli
+
+    env = fleet.server.env
+    csv = write_sensor_csv(fleet.tmp / "s.csv", 300, seed=1)
+    dataset = run_cli(
+        "datasets", "upload", str(csv), "--name", "s", "--label", "fault", env=env
+    ).stdout.split()[-1]
+    run_cli("train", "--model", "fault", "--dataset", dataset, "--algorithm", "logreg", env=env)
+    for i in range(3):
+        fleet.add(f"dev-{i}", "berlin")
+    run_cli("devices", "label", "dev-2", "site=paris", "hw=rpi4", env=env)
+    paris = run_cli("devices", "list", "--selector", "site=paris", env=env).stdout
+    assert "dev-2" in paris
+    assert "dev-0" not in paris
+
+    dry = run_cli(
+        "rollout",
+        "create",
+        "fault:1",
+        "--stages",
+        "1,50%",
+        "--soak",
+        "0",
+        "--min-requests",
+        "0",
+        "--dry-run",
+        env=env,
+    )
+    rollout_id = dry.stdout.split()[-1]
+    assert "stage 1 (1 device" in dry.stdout
+    created = run_cli(
+        "rollout",
+        "create",
+        "fault:1",
+        "--stages",
+        "1,50%",
+        "--soak",
+        "0",
+        "--min-requests",
+        "0",
+        env=env,
+    )
+    assert created.stdout.split()[-1] != rollout_id  # a new id unless the dry run's is passed
+    fleet.wait_status(created.stdout.split()[-1], "succeeded")
+    shown = run_cli("rollout", "show", created.stdout.split()[-1], env=env).stdout
+    assert "succeeded" in shown
+    events = run_cli("rollout", "events", created.stdout.split()[-1], env=env).stdout
+    assert "stage_started" in events
+    assert "succeeded" in events
+
+    run_cli(
+        "train",
+        "--model",
+        "fault",
+        "--dataset",
+        dataset,
+        "--algorithm",
+        "logreg",
+        "--seed",
+        "2",
+        env=env,
+    )
+    slow = run_cli(
+        "rollout",
+        "create",
+        "fault:2",
+        "--preset",
+        "canary",
+        "--soak",
+        "3600",
+        "--min-requests",
+        "0",
+        env=env,
+    ).stdout.split()[-1]
+    assert "paused" in run_cli("rollout", "pause", slow, env=env).stdout
+    refused = run_cli("rollout", "pause", slow, env=env, check=False)
+    assert refused.returncode == 1
+    assert "already paused" in refused.stderr
+    assert "running" in run_cli("rollout", "resume", slow, env=env).stdout
+    assert "rolled_back" in run_cli("rollout", "rollback", slow, env=env).stdout
+    assert slow in run_cli("rollout", "list", env=env).stdout
