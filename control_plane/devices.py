@@ -9,7 +9,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.auth import issue_token
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
-from control_plane.models import Device, Role
+from control_plane.models import Device, Event, Role
 from shared.messages import DeviceState
 from shared.topics import is_device_id
 
@@ -67,9 +67,30 @@ def list_devices(session: Session) -> list[Device]:
     return list(session.exec(select(Device).order_by(col(Device.id))).all())
 
 
+def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[str, str]]:
+    """Events worth recording between two state reports: versions, refusals, reverts."""
+    events = []
+    before = {m.name: m for m in old.models} if old else {}
+    for model in new.models:
+        was = before.get(model.name)
+        old_active = was.active.version if was and was.active else None
+        new_active = model.active.version if model.active else None
+        if new_active != old_active:
+            events.append(("device_model", f"{model.name}: v{old_active} → v{new_active}"))
+        error = model.last_error
+        if error and (was is None or was.last_error != error):
+            events.append(("device_refusal", f"{model.name}: {error.reason}: {error.message}"))
+    if new.last_error and (old is None or old.last_error != new.last_error):
+        events.append(("device_refusal", f"{new.last_error.reason}: {new.last_error.message}"))
+    return events
+
+
 def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
     """Record a device's retained state (creating the device if it was never registered)."""
     device = session.get(Device, state.device_id) or Device(id=state.device_id, labels={})
+    old = DeviceState.model_validate_json(device.state) if device.state else None
+    for kind, message in _changes(old, state):
+        session.add(Event(type=kind, device_id=state.device_id, message=message))
     device.state = state.model_dump_json()
     if not device.registered:
         device.labels = state.labels
@@ -79,6 +100,14 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
 
 def apply_online(session: Session, device_id: str, online: bool, seen: datetime) -> None:
     device = session.get(Device, device_id) or Device(id=device_id, labels={})
+    if device.online != online:
+        session.add(
+            Event(
+                type="device_online" if online else "device_offline",
+                device_id=device_id,
+                message="online" if online else "offline",
+            )
+        )
     device.online = online
     device.last_seen = seen
     session.add(device)

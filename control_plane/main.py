@@ -16,6 +16,7 @@ from control_plane.api.routes import (
     artifacts,
     datasets,
     devices,
+    events,
     jobs,
     models,
     rollouts,
@@ -92,6 +93,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
             content={"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.code}]},
         )
 
-    for module in (system, tokens, datasets, models, jobs, artifacts, devices, rollouts):
+    for module in (system, tokens, datasets, models, jobs, artifacts, devices, rollouts, events):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

@@ -206,15 +206,16 @@ class RolloutDevice(SQLModel, table=True):
     reverted: bool = False
 
 
-class RolloutEvent(SQLModel, table=True):
-    """Everything that happened to a rollout (also the audit log)."""
+class Event(SQLModel, table=True):
+    """The audit log: every state change of a rollout or a device."""
 
-    __tablename__ = "rollout_event"
+    __tablename__ = "event"
 
     id: int | None = Field(default=None, primary_key=True)
-    rollout_id: str = Field(max_length=32, index=True)
-    at: datetime = Field(default_factory=utcnow)
+    at: datetime = Field(default_factory=utcnow, index=True)
     type: str = Field(max_length=32, index=True)
+    rollout_id: str | None = Field(default=None, max_length=32, index=True)
+    device_id: str | None = Field(default=None, max_length=64, index=True)
     message: str = Field(sa_column=Column(Text, nullable=False))
 
 

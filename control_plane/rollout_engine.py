@@ -29,9 +29,9 @@ from control_plane.keystore import KeyStore
 from control_plane.models import (
     DefaultVersion,
     Device,
+    Event,
     Rollout,
     RolloutDevice,
-    RolloutEvent,
     TelemetryRecord,
     utcnow,
 )
@@ -157,7 +157,7 @@ def create_rollout(
         RolloutDevice(rollout_id=rollout_id, device_id=d, rank=i) for i, d in enumerate(ordered)
     )
     session.add(
-        RolloutEvent(
+        Event(
             rollout_id=rollout_id,
             type="created",
             message=f"{model} v{number} to {len(ordered)} devices "
@@ -317,9 +317,7 @@ class RolloutEngine:
         ).all()
         for action in actions:
             if isinstance(action, Record):
-                session.add(
-                    RolloutEvent(rollout_id=rollout.id, type=action.type, message=action.message)
-                )
+                session.add(Event(rollout_id=rollout.id, type=action.type, message=action.message))
                 log.info(
                     "rollout %s (%s v%s): %s",
                     rollout.id,
@@ -374,7 +372,7 @@ class RolloutEngine:
             session.add(member)
             if member.previous_version is None:
                 session.add(
-                    RolloutEvent(
+                    Event(
                         rollout_id=rollout.id,
                         type="no_previous_version",
                         message=f"{member.device_id} had no earlier version "
@@ -424,7 +422,7 @@ class RolloutEngine:
                         )
                     )
                     session.add(
-                        RolloutEvent(
+                        Event(
                             rollout_id=default.rollout_id,
                             type="late_joiner",
                             message=f"{device.id} joined; given "

@@ -274,11 +274,13 @@ class RolloutPublic(ApiModel):
 
 class EventPublic(ApiModel):
     at: datetime = Field(description="When.")
-    rollout_id: str = Field(description="Rollout.")
     type: str = Field(
         description="created, stage_started, stage_passed, gate_failed, paused, "
-        "resume, promote, abort, rollback, rolled_back, succeeded, late_joiner, …"
+        "resume, promote, abort, rollback, rolled_back, succeeded, late_joiner, "
+        "device_online, device_offline, device_model, device_refusal, …"
     )
+    rollout_id: str | None = Field(description="Rollout it concerns, if any.")
+    device_id: str | None = Field(description="Device it concerns, if any.")
     message: str = Field(description="What happened.")
 
 

@@ -164,6 +164,13 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     # The device that was away comes back and converges to what the rollout gave it.
     fleet.agents[away] = AgentThread(offline.settings)
     wait_until(lambda: fleet.serving(away) == v2, timeout=30, what="returning device")
+    # Rollout and device changes are in the audit log.
+    audit = fleet.api.get("/events", params={"rollout_id": second["id"]}).json()
+    assert {"created", "stage_started", "stage_passed", "succeeded"} <= {e["type"] for e in audit}
+    offline_events = fleet.api.get("/events", params={"type": "device_offline"}).json()
+    assert any(e["device_id"] == away for e in offline_events)
+    changes = fleet.api.get("/events", params={"type": "device_model", "device_id": away}).json()
+    assert any(f"v{v1} → v{v2}" in e["message"] for e in changes)
     # The dry run showed the cohorts that actually ran: the canary was its first device.
     canary = planned["stages"][0]["devices"][0]["id"]
     state = fleet.agents[canary].a.updater.slots["fault"]

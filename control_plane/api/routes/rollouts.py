@@ -9,7 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from control_plane.api.deps import Operator, SessionDep, Viewer
-from control_plane.models import Rollout, RolloutDevice, RolloutEvent
+from control_plane.models import Event, Rollout, RolloutDevice
 from control_plane.rollout_engine import (
     RolloutEngine,
     create_rollout,
@@ -153,13 +153,9 @@ def one_rollout(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) -> Ro
 def rollout_events(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) -> list[EventPublic]:
     get_rollout(session, rollout_id)
     rows = session.exec(
-        select(RolloutEvent)
-        .where(RolloutEvent.rollout_id == rollout_id)
-        .order_by(col(RolloutEvent.id))
+        select(Event).where(Event.rollout_id == rollout_id).order_by(col(Event.id))
     ).all()
-    return [
-        EventPublic(at=r.at, rollout_id=r.rollout_id, type=r.type, message=r.message) for r in rows
-    ]
+    return [EventPublic.model_validate(r, from_attributes=True) for r in rows]
 
 
 @router.post(

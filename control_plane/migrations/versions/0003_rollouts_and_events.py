@@ -1,4 +1,4 @@
-"""rollouts
+"""rollouts and events
 
 Revision ID: 0003
 Revises: 0002
@@ -25,6 +25,22 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("model_name", "selector"),
     )
     op.create_table(
+        "event",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("at", sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("type", sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("rollout_id", sqltypes.AutoString(length=32), nullable=True),
+        sa.Column("device_id", sqltypes.AutoString(length=64), nullable=True),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("event", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_event_at"), ["at"], unique=False)
+        batch_op.create_index(batch_op.f("ix_event_device_id"), ["device_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_event_rollout_id"), ["rollout_id"], unique=False)
+        batch_op.create_index(batch_op.f("ix_event_type"), ["type"], unique=False)
+
+    op.create_table(
         "rollout",
         sa.Column("id", sqltypes.AutoString(length=32), nullable=False),
         sa.Column("model_name", sqltypes.AutoString(length=64), nullable=False),
@@ -46,21 +62,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_rollout_status"), ["status"], unique=False)
 
     op.create_table(
-        "rollout_event",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("rollout_id", sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("at", sqltypes.UTCDateTime(), nullable=False),
-        sa.Column("type", sqltypes.AutoString(length=32), nullable=False),
-        sa.Column("message", sa.Text(), nullable=False),
-        sa.PrimaryKeyConstraint("id"),
-    )
-    with op.batch_alter_table("rollout_event", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_rollout_event_rollout_id"), ["rollout_id"], unique=False
-        )
-        batch_op.create_index(batch_op.f("ix_rollout_event_type"), ["type"], unique=False)
-
-    op.create_table(
         "rollout_device",
         sa.Column("rollout_id", sqltypes.AutoString(length=32), nullable=False),
         sa.Column("device_id", sqltypes.AutoString(length=64), nullable=False),
@@ -79,14 +80,16 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rollout_device")
-    with op.batch_alter_table("rollout_event", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_rollout_event_type"))
-        batch_op.drop_index(batch_op.f("ix_rollout_event_rollout_id"))
-
-    op.drop_table("rollout_event")
     with op.batch_alter_table("rollout", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rollout_status"))
         batch_op.drop_index(batch_op.f("ix_rollout_model_name"))
 
     op.drop_table("rollout")
+    with op.batch_alter_table("event", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_event_type"))
+        batch_op.drop_index(batch_op.f("ix_event_rollout_id"))
+        batch_op.drop_index(batch_op.f("ix_event_device_id"))
+        batch_op.drop_index(batch_op.f("ix_event_at"))
+
+    op.drop_table("event")
     op.drop_table("default_version")

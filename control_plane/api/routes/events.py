@@ -1,0 +1,38 @@
+"""The audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from sqlmodel import col, select
+
+from control_plane.api.deps import SessionDep, Viewer
+from control_plane.models import Event
+from control_plane.schemas import EventPublic
+
+router = APIRouter(tags=["events"])
+
+
+@router.get("/events", response_model=list[EventPublic], summary="The audit log, newest first")
+def list_events(
+    session: SessionDep,
+    _: Viewer,
+    type_filter: Annotated[
+        str | None,
+        Query(alias="type", description="Only this type, e.g. gate_failed, device_offline."),
+    ] = None,
+    device_id: Annotated[str | None, Query(description="Only this device.")] = None,
+    rollout_id: Annotated[str | None, Query(description="Only this rollout.")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
+) -> list[EventPublic]:
+    """State changes of rollouts (created, stages, gates, commands) and of devices (online,
+    offline, model versions, refusals)."""
+    query = select(Event).order_by(col(Event.id).desc()).limit(limit)
+    if type_filter:
+        query = query.where(Event.type == type_filter)
+    if device_id:
+        query = query.where(Event.device_id == device_id)
+    if rollout_id:
+        query = query.where(Event.rollout_id == rollout_id)
+    return [EventPublic.model_validate(e, from_attributes=True) for e in session.exec(query).all()]
