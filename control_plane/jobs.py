@@ -8,9 +8,10 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane.config import ServerSettings
+from control_plane.leadership import Leadership
 from control_plane.models import Job, JobStatus
 from control_plane.supply_chain import finish_job, run_training_job
 
@@ -65,3 +66,31 @@ class JobRunner:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def recover_orphans(self, leadership: Leadership) -> None:
+        """Several processes on PostgreSQL: jobs whose owning process stopped heartbeating
+        failed (running) or move to this process (queued)."""
+        with Session(self._engine) as session:
+            alive = leadership.live_processes(session)
+            orphans = session.exec(
+                select(Job).where(
+                    col(Job.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
+                )
+            ).all()
+            resubmit = []
+            for job in orphans:
+                if job.owner in alive or job.id is None:
+                    continue
+                if job.status == JobStatus.RUNNING:
+                    finish_job(
+                        session,
+                        job.id,
+                        error="interrupted: its control-plane process stopped; submit it again",
+                    )
+                else:
+                    job.owner = leadership.process_id
+                    session.add(job)
+                    session.commit()
+                    resubmit.append(job.id)
+        for job_id in resubmit:
+            self.submit(job_id)

@@ -29,12 +29,33 @@ from control_plane.db import create_db_engine, migrate
 from control_plane.errors import ControlPlaneError
 from control_plane.jobs import JobRunner
 from control_plane.keystore import load_keys
+from control_plane.leadership import Leadership
 from control_plane.mqtt_bridge import MqttBridge
 from control_plane.rollout_engine import RolloutEngine
 from edgefleet import __version__
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
+
+
+async def _lead(
+    leadership: Leadership, rollouts: RolloutEngine, runner: JobRunner, interval: float
+) -> None:
+    """Heartbeat always; while leading, drive rollouts every ``interval`` and, with several
+    processes, take over the jobs of processes that died."""
+    beats = 0
+    while True:
+        try:
+            if beats % max(1, int(5 / interval)) == 0:
+                await asyncio.to_thread(leadership.heartbeat)
+                if leadership.engine.dialect.name != "sqlite" and leadership.is_leader:
+                    await asyncio.to_thread(runner.recover_orphans, leadership)
+            if await asyncio.to_thread(leadership.try_lead):
+                await rollouts.tick()
+        except Exception:  # a bad tick must not stop the loop
+            log.exception("leader loop tick failed")
+        beats += 1
+        await asyncio.sleep(interval)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -47,7 +68,12 @@ def create_app(settings: ServerSettings) -> FastAPI:
         engine = create_db_engine(settings.resolved_database_url)
         migrate(engine)
         runner = JobRunner(settings, engine)
-        bridge = MqttBridge(settings, engine, keys) if settings.mqtt_url else None
+        leadership = Leadership(engine)
+        bridge = (
+            MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
+            if settings.mqtt_url
+            else None
+        )
         bridge_task = asyncio.create_task(bridge.run()) if bridge else None
         rollouts = RolloutEngine(
             engine,
@@ -55,25 +81,30 @@ def create_app(settings: ServerSettings) -> FastAPI:
             timedelta(seconds=settings.desired_ttl_seconds),
             bridge.publish_desired if bridge else None,
         )
-        rollouts_task = asyncio.create_task(rollouts.run(settings.rollout_tick_seconds))
+        leader_task = asyncio.create_task(
+            _lead(leadership, rollouts, runner, settings.rollout_tick_seconds)
+        )
         app.state.rollouts = rollouts
+        app.state.leadership = leadership
         app.state.bridge = bridge
         app.state.settings = settings
         app.state.engine = engine
         app.state.keys = keys
         app.state.blobs = BlobStore(settings.blobs_dir)
         app.state.jobs = runner
-        runner.recover()
+        if engine.dialect.name == "sqlite":
+            runner.recover()  # one process per SQLite file: whatever ran before is gone
         log.info("control plane ready (data dir %s)", settings.data_dir)
         try:
             yield
         finally:
-            for task in (rollouts_task, bridge_task):
+            for task in (leader_task, bridge_task):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
             runner.shutdown()
+            leadership.release()
             engine.dispose()
 
     app = FastAPI(

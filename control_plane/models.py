@@ -79,6 +79,7 @@ class Job(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     result_version: int | None = None
+    owner: str | None = Field(default=None, max_length=32, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -229,3 +230,15 @@ class DefaultVersion(SQLModel, table=True):
     version: int
     rollout_id: str = Field(max_length=32)
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ControlPlaneProcess(SQLModel, table=True):
+    """A running control-plane process, with its heartbeat (see ``leadership``)."""
+
+    __tablename__ = "control_plane_process"
+
+    id: str = Field(max_length=32, primary_key=True)
+    host: str = Field(max_length=64)
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime = Field(index=True)

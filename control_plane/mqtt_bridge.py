@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -60,12 +61,19 @@ class BridgeCounters:
 
 
 class MqttBridge:
-    def __init__(self, settings: ServerSettings, engine: Engine, keys: KeyStore) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        keys: KeyStore,
+        leads: Callable[[], bool] = lambda: True,
+    ) -> None:
         if settings.mqtt_url is None:
             raise ValueError("mqtt_url is not set")
         self.settings = settings
         self.engine = engine
         self.keys = keys
+        self._leads = leads  # only the leader re-signs expiring desired states
         self.topics = Topics(settings.topic_root)
         self.broker = parse_broker_url(settings.mqtt_url)
         self.counters = BridgeCounters()
@@ -170,6 +178,8 @@ class MqttBridge:
         interval = min(3600.0, self.settings.desired_ttl_seconds / 10)
         while True:
             await asyncio.sleep(interval)
+            if not self._leads():
+                continue
             with Session(self.engine) as session:
                 refreshed = await asyncio.to_thread(
                     refresh_expiring, session, self.keys.deployment, self._ttl

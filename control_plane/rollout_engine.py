@@ -195,14 +195,6 @@ class RolloutEngine:
 
     # --- driving ------------------------------------------------------------------------
 
-    async def run(self, interval: float = 1.0) -> None:
-        while True:
-            try:
-                await self.tick()
-            except Exception:  # one bad tick must not stop the engine
-                log.exception("rollout engine tick failed")
-            await asyncio.sleep(interval)
-
     async def tick(self) -> None:
         desired = await asyncio.to_thread(self._tick_all)
         await self._publish(desired)
@@ -335,15 +327,13 @@ class RolloutEngine:
                     member.previous_version = desired_version(
                         device, rollout.model_name
                     ) or reported_version(device, rollout.model_name)
-                    desired = deploy_version(
+                    desired = self._deploy(
                         session,
-                        self.keys.deployment,
-                        device_id=member.device_id,
-                        model=rollout.model_name,
-                        version=str(rollout.version),
-                        ttl=self.ttl,
-                        rollout_id=rollout.id,
-                        stage=label,
+                        member.device_id,
+                        rollout.model_name,
+                        str(rollout.version),
+                        rollout.id,
+                        label,
                     )
                     member.assigned_stage, member.assigned_seq = action.stage, desired.seq
                     session.add(member)
@@ -363,6 +353,27 @@ class RolloutEngine:
                 session.add(default)
         return out
 
+    def _deploy(
+        self,
+        session: Session,
+        device_id: str,
+        model: str,
+        version: str | int,
+        rollout_id: str,
+        stage: str,
+    ) -> DesiredState:
+        """The device's next desired state with ``model`` at ``version``, for a rollout."""
+        return deploy_version(
+            session,
+            self.keys.deployment,
+            device_id=device_id,
+            model=model,
+            version=str(version),
+            ttl=self.ttl,
+            rollout_id=rollout_id,
+            stage=stage,
+        )
+
     def _revert(self, session: Session, rollout: Rollout, members: Any) -> list[DesiredState]:
         out = []
         for member in members:
@@ -381,15 +392,13 @@ class RolloutEngine:
                 )
                 continue
             out.append(
-                deploy_version(
+                self._deploy(
                     session,
-                    self.keys.deployment,
-                    device_id=member.device_id,
-                    model=rollout.model_name,
-                    version=str(member.previous_version),
-                    ttl=self.ttl,
-                    rollout_id=rollout.id,
-                    stage="rollback",
+                    member.device_id,
+                    rollout.model_name,
+                    str(member.previous_version),
+                    rollout.id,
+                    "rollback",
                 )
             )
         return out
@@ -410,15 +419,13 @@ class RolloutEngine:
                     and desired_version(device, default.model_name) is None
                 ):
                     out.append(
-                        deploy_version(
+                        self._deploy(
                             session,
-                            self.keys.deployment,
-                            device_id=device.id,
-                            model=default.model_name,
-                            version=str(default.version),
-                            ttl=self.ttl,
-                            rollout_id=default.rollout_id,
-                            stage="default",
+                            device.id,
+                            default.model_name,
+                            str(default.version),
+                            default.rollout_id,
+                            "default",
                         )
                     )
                     session.add(

@@ -27,6 +27,10 @@ class RoleName(StrEnum):
 class Health(ApiModel):
     status: Literal["ok"] = Field(description="`ok` once the database answers.")
     version: str = Field(description="edgefleet version of this server.")
+    leader: bool = Field(
+        description="This process drives rollouts (one of several sharing "
+        "a PostgreSQL database; always true with SQLite)."
+    )
 
 
 class DatasetPublic(ApiModel):

@@ -369,7 +369,7 @@ def test_operator_cli(fleet: Fleet) -> None:
     assert "dev-2" in paris
     assert "dev-0" not in paris
 
-    dry = run_cli(
+    create = (
         "rollout",
         "create",
         "fault:1",
@@ -379,23 +379,11 @@ def test_operator_cli(fleet: Fleet) -> None:
         "0",
         "--min-requests",
         "0",
-        "--dry-run",
-        env=env,
     )
+    dry = run_cli(*create, "--dry-run", env=env)
     rollout_id = dry.stdout.split()[-1]
     assert "stage 1 (1 device" in dry.stdout
-    created = run_cli(
-        "rollout",
-        "create",
-        "fault:1",
-        "--stages",
-        "1,50%",
-        "--soak",
-        "0",
-        "--min-requests",
-        "0",
-        env=env,
-    )
+    created = run_cli(*create, env=env)
     assert created.stdout.split()[-1] != rollout_id  # a new id unless the dry run's is passed
     fleet.wait_status(created.stdout.split()[-1], "succeeded")
     shown = run_cli("rollout", "show", created.stdout.split()[-1], env=env).stdout

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, status
+from fastapi import APIRouter, Path, Request, status
 from sqlmodel import col, select
 
 from control_plane.api.deps import JobsDep, Operator, SessionDep, SettingsDep, Viewer
@@ -83,8 +83,10 @@ def train(
     settings: SettingsDep,
     jobs: JobsDep,
     _: Operator,
+    request: Request,
 ) -> JobPublic:
     """Check the request, queue a job and return it at once; poll `GET /jobs/{id}`."""
+    process_id: str = request.app.state.leadership.process_id
     check_model_name(name)
     dataset = session.get(Dataset, body.dataset_id)
     if dataset is None:
@@ -120,7 +122,7 @@ def train(
         raise ConflictError(
             exc.message, loc=("body", "dataset_id"), code="feature_mismatch"
         ) from exc
-    job = Job(model_name=name, request=body.model_dump(mode="json"))
+    job = Job(model_name=name, request=body.model_dump(mode="json"), owner=process_id)
     session.add(job)
     session.commit()
     session.refresh(job)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from control_plane.api.deps import KeysDep, SessionDep
 from control_plane.schemas import Health
@@ -13,10 +13,10 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz", response_model=Health, summary="Readiness (no auth)")
-def healthz(session: SessionDep) -> Health:
+def healthz(session: SessionDep, request: Request) -> Health:
     """200 once the server has migrated its database and loaded its keys."""
     session.connection()
-    return Health(status="ok", version=__version__)
+    return Health(status="ok", version=__version__, leader=request.app.state.leadership.is_leader)
 
 
 @router.get("/keys", response_model=TrustStore, summary="Public keys (the agents' trust store)")

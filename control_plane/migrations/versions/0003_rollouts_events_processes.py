@@ -1,4 +1,4 @@
-"""rollouts and events
+"""rollouts, events, processes
 
 Revision ID: 0003
 Revises: 0002
@@ -15,6 +15,20 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "control_plane_process",
+        sa.Column("id", sqltypes.AutoString(length=32), nullable=False),
+        sa.Column("host", sqltypes.AutoString(length=64), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", sqltypes.UTCDateTime(), nullable=False),
+        sa.Column("heartbeat_at", sqltypes.UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    with op.batch_alter_table("control_plane_process", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_control_plane_process_heartbeat_at"), ["heartbeat_at"], unique=False
+        )
+
     op.create_table(
         "default_version",
         sa.Column("model_name", sqltypes.AutoString(length=64), nullable=False),
@@ -76,9 +90,16 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("rollout_id", "device_id"),
     )
+    with op.batch_alter_table("job", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("owner", sqltypes.AutoString(length=32), nullable=True))
+        batch_op.create_index(batch_op.f("ix_job_owner"), ["owner"], unique=False)
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("job", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_job_owner"))
+        batch_op.drop_column("owner")
+
     op.drop_table("rollout_device")
     with op.batch_alter_table("rollout", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_rollout_status"))
@@ -93,3 +114,7 @@ def downgrade() -> None:
 
     op.drop_table("event")
     op.drop_table("default_version")
+    with op.batch_alter_table("control_plane_process", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_control_plane_process_heartbeat_at"))
+
+    op.drop_table("control_plane_process")

@@ -1,0 +1,696 @@
+"""Fleet scale: rollout convergence with N real agents in one process, and telemetry ingest.
+
+1. Rollout convergence. A private mosquitto and a real control plane (`edgefleet server` in a
+   subprocess, SQLite, rollout tick 0.2 s); one logreg model trained through the REST API in
+   two versions. Per fleet size N: N devices registered through the API (one broker reload
+   for all of them), N real ``agent.runtime.Agent`` objects in one ``SimulatedFleet`` (one
+   event loop, this process), then an all-at-once rollout of v1 and a canary rollout
+   (1 device → 10% → 50% → 100%) of v2, both soak 0 with open gates: seconds from
+   POST /rollouts until every agent serves the version, and until the rollout reads
+   "succeeded"; this process's RSS and file descriptors per agent.
+2. Telemetry ingest. ``control_plane.ingest.store_batch`` on realistic windows (6 features ×
+   10 bins, 4 classes, latency histogram), JSON parse included as the MQTT bridge does it:
+   batches of 500 vs one window per call (one transaction each), on SQLite and on PostgreSQL
+   when reachable at 127.0.0.1:5432.
+
+    .venv/bin/python benchmarks/fleet.py [--quick] [--sizes 100,1000]
+
+Everything it starts (mosquitto, the server, agents, temp dirs, a throw-away PostgreSQL
+database) is stopped and removed on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+# Not named after a top-level package: a script's directory comes first on sys.path.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests.* (broker, server helpers)
+
+import httpx  # noqa: E402
+from sqlalchemy import Engine, text  # noqa: E402
+
+from control_plane.db import create_db_engine, migrate  # noqa: E402
+from control_plane.ingest import Incoming, store_batch  # noqa: E402
+from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow  # noqa: E402
+from shared.stats import LATENCY_BUCKETS  # noqa: E402
+from simulator.data import write_sensor_csv  # noqa: E402
+from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
+from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, find_tool  # noqa: E402
+from tests.conftest import ServerProcess, start_server, stop_server  # noqa: E402
+from tests.fleet import CP_PASSWORD  # noqa: E402
+
+MiB = 1024 * 1024
+MODEL = "fault"
+OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0}
+PLANS: dict[str, dict[str, Any]] = {
+    "all-at-once": {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN_GATES},
+    "canary": {"preset": "canary", "soak_seconds": 0, "gates": OPEN_GATES},
+}
+# Agent settings of the fleet beyond simulator.fleet.device_settings' defaults: a new version
+# is committed (phase "serving", what the rollout gates count) 0.2 s after it went active,
+# since nothing sends it requests here.
+AGENT_OVERRIDES: dict[str, object] = {"probation_seconds": 0.2, "probation_requests": 0}
+PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+INGEST_BATCH = 500
+INGEST_DEVICES = 1000
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_info() -> str:
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    ram = 0.0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            ram = int(line.split()[1]) / MiB  # kB → GiB
+    mosquitto = find_tool("mosquitto")
+    version = "?"
+    if mosquitto:
+        out = subprocess.run([mosquitto, "-h"], capture_output=True, text=True, check=False)
+        version = (out.stdout or out.stderr).splitlines()[0].removeprefix("mosquitto version ")
+    return (
+        f"# {platform.node()}: {cpu}, {os.cpu_count()} CPUs, {ram:.1f} GiB RAM, "
+        f"Linux {platform.release()}\n"
+        f"# Python {platform.python_version()}, mosquitto {version}, httpx {httpx.__version__}"
+    )
+
+
+class LogTally(logging.Handler):
+    """Counts the agents' warnings and errors, and failed download attempts (logged at INFO
+    by agent.fetch), keeping one example of each."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.counts: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+        self._lock_tally = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            key = f"{record.name} {record.levelname.lower()}"
+        elif record.name == "agent.fetch" and "failed" in record.msg:
+            key = "download attempt failed"
+        else:
+            return
+        with self._lock_tally:  # worker threads log too
+            self.counts[key] += 1
+            self.examples.setdefault(key, record.getMessage()[:160])
+
+    def take(self) -> str:
+        with self._lock_tally:
+            text = "; ".join(
+                f"{n} × {k} (e.g. {self.examples[k]!r})" for k, n in sorted(self.counts.items())
+            )
+            self.counts.clear()
+            self.examples.clear()
+        return text or "none"
+
+
+# --- the rig: broker, control plane, two model versions ---------------------------------------
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    broker: MosquittoBroker
+    server: ServerProcess
+    api: httpx.Client
+    trust: Path
+    versions: tuple[int, int] = (0, 0)
+
+
+@contextlib.contextmanager
+def rig() -> Iterator[Rig]:
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-fleet-")))
+        broker = MosquittoBroker(tmp / "broker")
+        broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+        stack.callback(broker.kill)
+        broker.start()
+        stack.callback(broker.stop)
+        env = {
+            "EDGEFLEET_MQTT_URL": (
+                f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}"
+            ),
+            "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+        }
+        (tmp / "cp").mkdir()
+        server = start_server(tmp / "cp", env=env)
+        stack.callback(stop_server, server)
+        api = stack.enter_context(server.client())
+        trust = tmp / "trust.json"
+        trust.write_text(ok(api.get("/keys")).text)
+        try:
+            yield Rig(tmp, broker, server, api, trust)
+        except BaseException:
+            # The temp dir goes with the stack: show what the services said first.
+            server_log = (tmp / "cp" / "server.log").read_text(errors="replace")
+            print(f"--- server.log (last 6,000 chars)\n{server_log[-6000:]}", file=sys.stderr)
+            print(f"--- mosquitto (last 3,000)\n{broker.log_text()[-3000:]}", file=sys.stderr)
+            raise
+
+
+def ok(response: httpx.Response) -> httpx.Response:
+    if not response.is_success:
+        raise RuntimeError(f"{response.request.url}: HTTP {response.status_code} {response.text}")
+    return response
+
+
+def train_versions(r: Rig) -> float:
+    start = time.perf_counter()
+    csv = write_sensor_csv(r.tmp / "sensors.csv", 600, seed=3)
+    dataset = ok(
+        r.api.post("/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes())
+    ).json()
+    versions = []
+    for seed in (0, 1):
+        job = ok(
+            r.api.post(
+                f"/models/{MODEL}/train",
+                json={"dataset_id": dataset["id"], "algorithm": "logreg", "seed": seed},
+            )
+        ).json()
+        deadline = time.monotonic() + 120
+        while (body := ok(r.api.get(f"/jobs/{job['id']}")).json())["status"] != "succeeded":
+            if body["status"] == "failed" or time.monotonic() > deadline:
+                raise RuntimeError(f"training job {job['id']}: {body}")
+            time.sleep(0.1)
+        versions.append(int(body["result_version"]))
+    r.versions = (versions[0], versions[1])
+    return time.perf_counter() - start
+
+
+def add_broker_users(broker: MosquittoBroker, users: dict[str, str]) -> None:
+    """All users with one `mosquitto_passwd -U` (hashing a plaintext file in place) and one
+    reload: `add_user` runs mosquitto_passwd and a reload per user."""
+    tool = find_tool("mosquitto_passwd")
+    if tool is None:
+        raise FileNotFoundError("mosquitto_passwd not found")
+    plain = broker.workdir / "passwd.batch"
+    plain.touch(mode=0o600)
+    plain.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+    try:
+        subprocess.run([tool, "-U", str(plain)], check=True, capture_output=True, timeout=120)
+        hashed = plain.read_text()
+    finally:
+        plain.unlink()
+    existing = broker.password_file.read_text()
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    broker.password_file.write_text(existing + hashed)
+    broker.reload(timeout=30)
+
+
+# --- 1. rollout convergence -------------------------------------------------------------------
+
+
+@dataclass
+class RolloutRun:
+    plan: str
+    version: int
+    stages: int
+    serving_s: float  # POST /rollouts → every agent serves the version
+    succeeded_s: float  # POST /rollouts → status "succeeded"
+    cp_cpu_s: float
+    bench_cpu_s: float
+    logs: str
+    phases: str
+
+
+@dataclass
+class FleetRun:
+    n: int
+    register_s: float = 0.0
+    broker_users_s: float = 0.0
+    connect_s: float = 0.0  # SimulatedFleet.start → every agent connected
+    online_s: float = 0.0  # … → the control plane lists every device online
+    stop_s: float = 0.0
+    rss: dict[str, float] = field(default_factory=dict)
+    fds: dict[str, int] = field(default_factory=dict)
+    threads: dict[str, int] = field(default_factory=dict)
+    start_logs: str = ""
+    rollouts: list[RolloutRun] = field(default_factory=list)
+    errors: str = ""
+
+
+def register_devices(r: Rig, n: int, tag: str) -> tuple[dict[str, str], float, float]:
+    start = time.perf_counter()
+    tokens: dict[str, str] = {}
+    for i in range(n):
+        device_id = f"{tag}-{i:05d}"
+        response = ok(r.api.post("/devices", json={"id": device_id, "labels": {"fleet": tag}}))
+        tokens[device_id] = response.json()["token"]
+    registered = time.perf_counter()
+    add_broker_users(r.broker, tokens)
+    return tokens, registered - start, time.perf_counter() - registered
+
+
+def snapshot(run: FleetRun, label: str) -> None:
+    gc.collect()
+    run.rss[label] = rss_mib()
+    run.fds[label] = open_fds()
+    run.threads[label] = threading.active_count()
+
+
+def phase_summary(fleet: SimulatedFleet) -> str:
+    phases: Counter[str] = Counter()
+    for agent in fleet.agents.values():
+        slot = agent.updater.slots.get(MODEL)
+        phases[slot.phase.value if slot is not None else "no slot"] += 1
+    return ", ".join(f"{n} {p}" for p, n in phases.most_common())
+
+
+async def wait_online(api: httpx.AsyncClient, tag: str, n: int, limit_s: float) -> None:
+    deadline = time.monotonic() + limit_s
+    while True:
+        devices = (await api.get("/devices", params={"selector": f"fleet={tag}"})).json()
+        online = sum(bool(d["online"]) for d in devices)
+        if online == n:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the control plane lists {online} of {n} devices online")
+        await asyncio.sleep(0.25)
+
+
+async def timed_rollout(
+    api: httpx.AsyncClient,
+    r: Rig,
+    fleet: SimulatedFleet,
+    tally: LogTally,
+    *,
+    tag: str,
+    plan: str,
+    version: int,
+    limit_s: float,
+) -> RolloutRun:
+    cp_cpu0, cpu0 = proc_cpu_seconds(r.server.process.pid), time.process_time()
+    t0 = time.perf_counter()
+    body = {"model": MODEL, "version": str(version), "selector": f"fleet={tag}"}
+    response = ok(await api.post("/rollouts", json={**body, "plan": PLANS[plan]})).json()
+    rollout_id = response["id"]
+
+    async def all_serving() -> float:
+        await fleet.wait_serving(MODEL, version, limit_s)
+        return time.perf_counter() - t0
+
+    async def succeeded() -> float:
+        while True:
+            status = ok(await api.get(f"/rollouts/{rollout_id}")).json()
+            if status["status"] == "succeeded":
+                return time.perf_counter() - t0
+            if status["status"] not in ("running",):
+                raise RuntimeError(f"rollout {rollout_id} {status['status']}: {status['reason']}")
+            if time.perf_counter() - t0 > limit_s:
+                raise TimeoutError(f"rollout {rollout_id} still running: {status['gates']}")
+            await asyncio.sleep(0.2)
+
+    serving_s, succeeded_s = await asyncio.gather(all_serving(), succeeded())
+    return RolloutRun(
+        plan=plan,
+        version=version,
+        stages=len(response["stages"]),
+        serving_s=serving_s,
+        succeeded_s=succeeded_s,
+        cp_cpu_s=proc_cpu_seconds(r.server.process.pid) - cp_cpu0,
+        bench_cpu_s=time.process_time() - cpu0,
+        logs=tally.take(),
+        phases=phase_summary(fleet),
+    )
+
+
+async def run_fleet(
+    r: Rig, run: FleetRun, tag: str, tokens: dict[str, str], tally: LogTally, limit_s: float
+) -> None:
+    v1, v2 = r.versions
+    settings = [
+        device_settings(
+            device_id,
+            broker_host=r.broker.host,
+            broker_port=r.broker.port,
+            token=token,
+            control_plane_url=r.server.url,
+            trust_store=r.trust,
+            data_dir=r.tmp / "agents",
+            labels={"fleet": tag},
+            **AGENT_OVERRIDES,
+        )
+        for device_id, token in tokens.items()
+    ]
+    headers = {"Authorization": f"Bearer {r.server.token}"}
+    async with httpx.AsyncClient(
+        base_url=r.server.url + "/api/v1", headers=headers, timeout=60
+    ) as api:
+        fleet = SimulatedFleet()
+        snapshot(run, "before")
+        try:
+            start = time.perf_counter()
+            await fleet.start(settings)
+            await fleet.wait_connected(limit_s)
+            run.connect_s = time.perf_counter() - start
+            await wait_online(api, tag, run.n, limit_s)
+            run.online_s = time.perf_counter() - start
+            snapshot(run, "connected")
+            run.start_logs = tally.take()
+            for plan, version in (("all-at-once", v1), ("canary", v2)):
+                run.rollouts.append(
+                    await timed_rollout(
+                        api, r, fleet, tally, tag=tag, plan=plan, version=version, limit_s=limit_s
+                    )
+                )
+                snapshot(run, f"serving v{version}")
+        finally:
+            start = time.perf_counter()
+            await fleet.stop()
+            run.stop_s = time.perf_counter() - start
+            errors = Counter(f"{type(e).__name__}: {e}" for e in fleet.errors.values())
+            run.errors = "; ".join(f"{n} × {e}" for e, n in errors.items()) or "none"
+
+
+def bench_rollouts(r: Rig, sizes: list[int], tally: LogTally) -> list[FleetRun]:
+    runs = []
+    for n in sizes:
+        tag = f"n{n}"
+        run = FleetRun(n)
+        tokens, run.register_s, run.broker_users_s = register_devices(r, n, tag)
+        limit_s = 60 + n * 0.2
+        asyncio.run(run_fleet(r, run, tag, tokens, tally, limit_s))
+        runs.append(run)
+        print_fleet_run(run)
+    return runs
+
+
+def print_fleet_run(run: FleetRun) -> None:
+    n = run.n
+    print(f"\n### N = {n:,} agents in one process, one event loop")
+    print(
+        f"register {n:,} devices (POST /devices, one by one)   {run.register_s:8.2f} s"
+        f"   ({n / run.register_s:,.0f} devices/s)"
+    )
+    print(f"broker users (mosquitto_passwd -U + one reload)  {run.broker_users_s:8.2f} s")
+    print(
+        f"fleet.start → all {n:,} connected                   {run.connect_s:8.2f} s"
+        f"   ({n / run.connect_s:,.0f} agents/s)"
+    )
+    print(f"fleet.start → control plane lists all online     {run.online_s:8.2f} s")
+    print(f"fleet.stop (close window, offline, cleanup)      {run.stop_s:8.2f} s")
+    print(f"agent log while starting: {run.start_logs}")
+    print(
+        f"{'plan':<13}{'v':>3}{'stages':>7}{'→ all serve':>13}{'→ succeeded':>13}"
+        f"{'devices/s':>11}{'CP CPU':>9}{'bench CPU':>11}"
+    )
+    print(f"{'':<23}{'s':>13}{'s':>13}{'succeeded':>11}{'s':>9}{'s':>11}")
+    for ro in run.rollouts:
+        print(
+            f"{ro.plan:<13}{ro.version:>3}{ro.stages:>7}{ro.serving_s:>13.2f}"
+            f"{ro.succeeded_s:>13.2f}{n / ro.succeeded_s:>11,.0f}{ro.cp_cpu_s:>9.1f}"
+            f"{ro.bench_cpu_s:>11.1f}"
+        )
+    for ro in run.rollouts:
+        print(f"  {ro.plan}: agents now {ro.phases}; agent log: {ro.logs}")
+    base = run.rss["before"]
+    print(
+        f"{'this process':<22}{'RSS MiB':>9}{'Δ KiB/agent':>13}{'fds':>7}{'Δ fds/agent':>13}"
+        f"{'threads':>9}"
+    )
+    for label, rss in run.rss.items():
+        fds = run.fds[label]
+        print(
+            f"{label:<22}{rss:>9.1f}{(rss - base) / n * 1024:>13.0f}"
+            f"{fds:>7}{(fds - run.fds['before']) / n:>13.2f}{run.threads[label]:>9}"
+        )
+    print(f"agents ended early / had to be cancelled: {run.errors}")
+
+
+# --- 2. telemetry ingest ----------------------------------------------------------------------
+
+
+def window_template() -> TelemetryWindow:
+    """One device's window: one model, 6 features × 10 bins, 4 classes, ~1,000 requests."""
+    latency = [0] * LATENCY_BUCKETS
+    for bucket, count in ((12, 40), (13, 310), (14, 420), (15, 170), (16, 45), (20, 15)):
+        latency[bucket] = count
+    features = [
+        FeatureWindow(
+            counts=[3, 21, 64, 131, 197, 214, 182, 108, 51, 19],
+            below=4,
+            above=6,
+            missing=0,
+            n=1000,
+            sum=60_123.456 + i,
+            sum_sq=3_651_234.5 + i,
+        )
+        for i in range(6)
+    ]
+    model = ModelWindow(
+        name=MODEL,
+        version=3,
+        sha256="ab" * 32,
+        requests=1000,
+        errors=0,
+        latency_counts=latency,
+        features=features,
+        predictions=[552, 148, 151, 149],
+    )
+    end = datetime(2025, 1, 1, tzinfo=UTC)
+    return TelemetryWindow(
+        device_id="dev-00000",
+        seq=1,
+        window_start=end - timedelta(seconds=60),
+        window_end=end,
+        models=[model],
+        outbox_dropped=0,
+    )
+
+
+@dataclass
+class IngestRun:
+    database: str
+    mode: str
+    windows: int
+    seconds: float
+    reported: int  # what store_batch said it inserted
+
+    @property
+    def per_second(self) -> float:
+        return self.windows / self.seconds
+
+
+class WindowSource:
+    """Payloads as devices send them, each (device, seq) new, made outside the timed part."""
+
+    def __init__(self) -> None:
+        self.template = window_template()
+        self.next = 0
+
+    def payloads(self, count: int) -> list[bytes]:
+        out = []
+        for i in range(self.next, self.next + count):
+            window = self.template.model_copy(
+                update={
+                    "device_id": f"dev-{i % INGEST_DEVICES:05d}",
+                    "seq": 1 + i // INGEST_DEVICES,
+                }
+            )
+            out.append(window.model_dump_json().encode())
+        self.next += count
+        return out
+
+
+def stored_rows(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT count(*) FROM telemetry_window")).scalar_one())
+
+
+def measure_ingest(
+    engine: Engine, source: WindowSource, database: str, batch: int, budget: float
+) -> IngestRun:
+    """Parse + store chunks of 500 windows, either in one store_batch call or one call per
+    window, until ``budget`` seconds of timed work have passed. Stored rows are counted in
+    the table (untimed): store_batch's own count is what is being checked, not trusted."""
+    parse = TelemetryWindow.model_validate_json
+    windows, seconds, reported = 0, 0.0, 0
+    before = stored_rows(engine)
+    while seconds < budget:
+        payloads = source.payloads(INGEST_BATCH)
+        start = time.perf_counter()
+        if batch > 1:
+            messages: list[Incoming] = [parse(p) for p in payloads]
+            reported += store_batch(engine, messages).inserted
+        else:
+            for p in payloads:
+                reported += store_batch(engine, [parse(p)]).inserted
+        seconds += time.perf_counter() - start
+        windows += len(payloads)
+    stored = stored_rows(engine) - before
+    if stored != windows:
+        raise RuntimeError(f"{stored} of {windows} windows stored")
+    mode = f"batches of {batch}" if batch > 1 else "one per call"
+    return IngestRun(database, mode, windows, seconds, reported)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str | None]:
+    """A throw-away database (as tests/conftest.py's postgres_url), or None if unreachable."""
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, connect_timeout=3) as conn:
+            version = conn.info.server_version
+    except Exception as exc:
+        print(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {str(exc)[:120]}")
+        yield None
+        return
+    name = f"edgefleet_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    print(f"PostgreSQL {version // 10000}.{version % 10000} at {PG_ADMIN_URL} (throw-away {name})")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def bench_ingest(tmp: Path, budget: float) -> None:
+    source = WindowSource()
+    sample = source.payloads(1)[0]
+    parse_n = 2000
+    payloads = source.payloads(parse_n)
+    start = time.perf_counter()
+    for p in payloads:
+        TelemetryWindow.model_validate_json(p)
+    parse_us = (time.perf_counter() - start) / parse_n * 1e6
+    print("\n## 2. Telemetry ingest: TelemetryWindow.model_validate_json + store_batch")
+    print(
+        f"    one window = {len(sample):,} bytes of JSON (1 model, 6 features × 10 bins,\n"
+        f"    4 classes, {LATENCY_BUCKETS} latency buckets); {INGEST_DEVICES:,} devices, every "
+        f"(device, seq) new;\n    ~{budget:g} s timed per row; the parse alone costs "
+        f"{parse_us:.1f} µs/window"
+    )
+    runs: list[IngestRun] = []
+
+    def measure(database: str, make_engine: Callable[[], Engine]) -> None:
+        engine = make_engine()
+        try:
+            migrate(engine)
+            store_batch(engine, [TelemetryWindow.model_validate_json(sample)])  # warm-up
+            for batch in (INGEST_BATCH, 1):
+                runs.append(measure_ingest(engine, source, database, batch, budget))
+        finally:
+            engine.dispose()
+
+    measure("SQLite (WAL, NORMAL)", lambda: create_db_engine(f"sqlite:///{tmp / 'ingest.db'}"))
+    with postgres_database() as pg_url:
+        if pg_url is not None:
+            measure("PostgreSQL", lambda: create_db_engine(pg_url))
+
+    print(
+        f"{'database':<22}{'mode':<18}{'windows':>9}{'seconds':>9}{'windows/s':>11}"
+        f"{'µs/window':>11}{'batched ×':>11}"
+    )
+    for run in runs:
+        batched = next(b for b in runs if b.database == run.database and b.mode != "one per call")
+        ratio = "" if run is batched else f"{batched.per_second / run.per_second:>10.1f}x"
+        print(
+            f"{run.database:<22}{run.mode:<18}{run.windows:>9,}{run.seconds:>9.2f}"
+            f"{run.per_second:>11,.0f}{run.seconds / run.windows * 1e6:>11.0f}{ratio:>11}"
+        )
+    for run in runs:
+        if run.reported != run.windows:
+            print(
+                f"NOTE {run.database}, {run.mode}: store_batch reported {run.reported:,} "
+                f"inserted (so {run.windows - run.reported:,} duplicates), but the table "
+                f"gained all {run.windows:,} rows"
+            )
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="N = 50, 200; ~1 s per ingest row")
+    parser.add_argument("--sizes", help="fleet sizes, comma-separated (default 100,1000)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
+    sizes = sizes or ([50, 200] if args.quick else [100, 1000])
+    budget = 1.0 if args.quick else 3.0
+    # Before mosquitto starts, so the broker inherits the raised limit too.
+    fd_limit = raise_fd_limit()
+
+    began = time.perf_counter()
+    flags = (" --quick" if args.quick else "") + (f" --sizes {args.sizes}" if args.sizes else "")
+    print(f"# .venv/bin/python benchmarks/fleet.py{flags}")
+    print(machine_info())
+    print(f"# RLIMIT_NOFILE soft limit raised to {fd_limit:,}; all times wall clock")
+    tally = LogTally()
+    agent_log = logging.getLogger("agent")
+    agent_log.setLevel(logging.INFO)
+    agent_log.addHandler(tally)
+
+    print("\n## 1. Rollout convergence: real agents in one SimulatedFleet, real control plane")
+    print("    control plane: `edgefleet server` subprocess, SQLite, rollout tick 0.2 s;")
+    print("    mosquitto from deploy/mosquitto/mosquitto.conf; agents: api_port 0, window 3600 s,")
+    print("    probation 0.2 s / 0 requests; plans soak 0, gates min_requests 0,")
+    print("    min_devices_reporting 0; canary = 1 device → 10% → 50% → 100%.")
+    print("    → all serve: POST /rollouts until every agent's slot serves the version")
+    print("    (polled every 20 ms); → succeeded: until GET /rollouts/{id} says so (every 0.2 s).")
+    print("    CPU: utime+stime of the control plane process / this process during the rollout.")
+    with rig() as r:
+        train_s = train_versions(r)
+        v1, v2 = r.versions
+        artifact = ok(r.api.get(f"/models/{MODEL}/versions/{v1}")).json()
+        print(
+            f"trained {MODEL} v{v1} and v{v2} (logreg) through the REST API in {train_s:.1f} s; "
+            f"ONNX artifact {artifact.get('size', '?')} bytes"
+        )
+        bench_rollouts(r, sizes, tally)
+        bench_ingest(r.tmp, budget)
+    print(f"\n# total {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Two control-plane processes on one PostgreSQL: both serve the API and split device
+messages (shared subscription); exactly one drives rollouts, and when it is killed with -9
+the other takes over within seconds and finishes the rollout."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import httpx
+import pytest
+
+from simulator.data import write_sensor_csv
+from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
+from tests.conftest import start_server, stop_server
+from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+OPEN = {"min_requests": 0, "min_devices_reporting": 0}
+
+
+def leader_flags(urls: list[str]) -> list[bool]:
+    flags = []
+    for url in urls:
+        try:
+            flags.append(bool(httpx.get(url + "/api/v1/healthz", timeout=2).json()["leader"]))
+        except httpx.HTTPError:
+            flags.append(False)
+    return flags
+
+
+def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str) -> None:
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.start()
+    env = {
+        "EDGEFLEET_DATABASE_URL": postgres_url,
+        "EDGEFLEET_MQTT_SHARED_GROUP": "cp",
+        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}",
+        "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+    }
+    first = start_server(tmp_path / "cp", env=env)
+    second = start_server(
+        tmp_path / "cp",
+        env=env,
+        restart=dataclasses.replace(first, url=f"http://127.0.0.1:{free_port()}"),
+    )
+    servers, agents = [first, second], []
+    try:
+        wait_until(
+            lambda: sorted(leader_flags([first.url, second.url])) == [False, True],
+            what="exactly one leader",
+        )
+        leader_index = leader_flags([first.url, second.url]).index(True)
+        leader, follower = servers[leader_index], servers[1 - leader_index]
+        api = follower.client()
+        csv = write_sensor_csv(tmp_path / "s.csv", 300, seed=1)
+        dataset = api.post(
+            "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
+        ).json()
+        versions = []
+        for seed in (0, 1):
+            job = api.post(
+                "/models/fault/train",
+                json={"dataset_id": dataset["id"], "algorithm": "logreg", "seed": seed},
+            )
+            job_id = job.json()["id"]
+
+            def trained(job_id: int = job_id) -> bool:
+                return bool(api.get(f"/jobs/{job_id}").json()["status"] == "succeeded")
+
+            wait_until(trained, timeout=120, what="training")
+            versions.append(api.get(f"/jobs/{job_id}").json()["result_version"])
+        trust = tmp_path / "trust.json"
+        trust.write_text(api.get("/keys").text)
+        for i in range(4):
+            token = api.post("/devices", json={"id": f"dev-{i}"}).json()["token"]
+            broker.add_user(f"dev-{i}", token)
+            agents.append(
+                AgentThread(
+                    agent_settings(
+                        tmp_path,
+                        device_id=f"dev-{i}",
+                        broker=broker,
+                        token=token,
+                        control_plane_url=follower.url,
+                        trust_store=trust,
+                        window_seconds=0.5,
+                    )
+                )
+            )
+        first_rollout = api.post(
+            "/rollouts",
+            json={
+                "model": "fault",
+                "version": str(versions[0]),
+                "plan": {"preset": "all-at-once", "soak_seconds": 0, "gates": OPEN},
+            },
+        ).json()
+        wait_until(
+            lambda: api.get(f"/rollouts/{first_rollout['id']}").json()["status"] == "succeeded",
+            timeout=60,
+            what="v1 rollout",
+        )
+        rollout = api.post(
+            "/rollouts",
+            json={
+                "model": "fault",
+                "version": str(versions[1]),
+                "plan": {
+                    "stages": [{"count": 1, "soak_seconds": 3}, {"percent": 50, "soak_seconds": 3}],
+                    "gates": OPEN,
+                },
+            },
+        ).json()
+        wait_until(
+            lambda: api.get(f"/rollouts/{rollout['id']}").json()["assigned"] >= 1, what="canary"
+        )
+        leader.process.kill()  # kill -9 of the leader mid-rollout
+        leader.process.wait(10)
+        wait_until(
+            lambda: leader_flags([follower.url]) == [True],
+            timeout=15,
+            what="the follower takes over",
+        )
+        wait_until(
+            lambda: api.get(f"/rollouts/{rollout['id']}").json()["status"] == "succeeded",
+            timeout=60,
+            what="rollout finished by the new leader",
+        )
+        events = [e["type"] for e in api.get(f"/rollouts/{rollout['id']}/events").json()]
+        assert events.count("stage_started") == 3
+        wait_until(
+            lambda: all(
+                a.a.updater.slots["fault"].current is not None
+                and a.a.updater.slots["fault"].current.manifest.version == versions[1]
+                for a in agents
+            ),
+            what="v2 everywhere",
+        )
+        api.close()
+    finally:
+        for agent in agents:
+            agent.stop()
+        for server in servers:
+            if server.process.poll() is None:
+                stop_server(server)
+        broker.stop()
