@@ -32,6 +32,10 @@ from shared.verification import verify_manifest
 
 log = logging.getLogger(__name__)
 Report = Callable[[], Awaitable[None]]
+# Failures of the path, not of the artifact: retried with backoff, never recorded as refusals.
+TRANSIENT = frozenset({"download_failed", "download_timeout"})
+RETRY_MIN_SECONDS = 2.0
+RETRY_MAX_SECONDS = 120.0
 
 
 def _now() -> datetime:
@@ -62,6 +66,8 @@ class Updater:
         self.dropped_messages = 0
         self._pending: bytes | None = None
         self._wake = asyncio.Event()
+        self._retry_due = False
+        self._retry_delay = RETRY_MIN_SECONDS
         self.rules = DownloadRules(
             max_bytes=settings.max_artifact_bytes,
             deadline_seconds=settings.download_deadline_seconds,
@@ -139,7 +145,16 @@ class Updater:
         if resume is not None:  # finish what a previous run accepted (e.g. killed mid-download)
             await self.reconcile(resume)
         while True:
-            await self._wake.wait()
+            retry = self._retry_due
+            try:
+                async with asyncio.timeout(self._retry_delay if retry else None):
+                    await self._wake.wait()
+            except TimeoutError:  # a download failed for want of a network: try again
+                self._retry_due = False
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX_SECONDS)
+                if (desired := self.pending_desired()) is not None:
+                    await self.reconcile(desired)
+                continue
             self._wake.clear()
             payload, self._pending = self._pending, None
             if payload is not None:
@@ -204,6 +219,19 @@ class Updater:
         try:
             model = await self._fetch_and_verify(slot, manifest)
         except VerificationError as exc:
+            if exc.reason in TRANSIENT:
+                # The network, not the artifact: keep the partial download, try again later.
+                log.info(
+                    "model %s v%s: %s; retrying in %.0f s",
+                    name,
+                    manifest.version,
+                    exc,
+                    self._retry_delay,
+                )
+                slot.last_error = self._error(exc.reason, exc.message, name, seq)
+                slot.phase, self._retry_due = Phase.DOWNLOADING, True
+                await self.report()
+                return
             log.warning("model %s v%s refused: %s", name, manifest.version, exc)
             self.store.write_slots(
                 name,
@@ -214,6 +242,7 @@ class Updater:
             slot.phase, slot.target = Phase.FAILED, None
             await self.report()
             return
+        self._retry_delay = RETRY_MIN_SECONDS
         await self._activate(slot, slots, model, deployment, seq)
 
     async def _fetch_and_verify(self, slot: ModelSlot, manifest: ModelManifest) -> LoadedModel:

@@ -28,6 +28,8 @@ import gc
 import logging
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,6 +150,26 @@ class LogTally(logging.Handler):
         return text or "none"
 
 
+class ServerLog:
+    """Exceptions the control plane logged since the last ``take()``, by class."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def take(self) -> str:
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            text = handle.read().decode(errors="replace")
+            self.offset = handle.tell()
+        counts: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        for match in re.finditer(r"^([\w.]+(?:Error|Exception)): (.*)$", text, re.MULTILINE):
+            counts[match.group(1)] += 1
+            examples.setdefault(match.group(1), match.group(2)[:110])
+        return "; ".join(f"{n} × {k} ({examples[k]!r})" for k, n in counts.items()) or "none"
+
+
 # --- the rig: broker, control plane, two model versions ---------------------------------------
 
 
@@ -185,10 +207,12 @@ def rig() -> Iterator[Rig]:
         try:
             yield Rig(tmp, broker, server, api, trust)
         except BaseException:
-            # The temp dir goes with the stack: show what the services said first.
-            server_log = (tmp / "cp" / "server.log").read_text(errors="replace")
-            print(f"--- server.log (last 6,000 chars)\n{server_log[-6000:]}", file=sys.stderr)
-            print(f"--- mosquitto (last 3,000)\n{broker.log_text()[-3000:]}", file=sys.stderr)
+            # The temp dir goes with the stack: keep what the services said.
+            kept = Path(tempfile.gettempdir()) / f"edgefleet-fleet-{os.getpid()}"
+            kept.mkdir()
+            shutil.copy(tmp / "cp" / "server.log", kept / "server.log")
+            (kept / "mosquitto.log").write_text(broker.log_text())
+            print(f"--- failed; the services' logs are kept in {kept}", file=sys.stderr)
             raise
 
 
@@ -251,11 +275,14 @@ class RolloutRun:
     plan: str
     version: int
     stages: int
-    serving_s: float  # POST /rollouts → every agent serves the version
-    succeeded_s: float  # POST /rollouts → status "succeeded"
+    serving_s: float | None  # POST /rollouts → every agent serves the version
+    succeeded_s: float | None  # POST /rollouts → status "succeeded"
+    outcome: str
     cp_cpu_s: float
     bench_cpu_s: float
-    logs: str
+    logs: str  # the agents' warnings and failed download attempts
+    server_log: str  # exceptions in the control plane's log
+    poll_errors: str  # GET /rollouts/{id} answers other than 2xx
     phases: str
 
 
@@ -264,6 +291,7 @@ class FleetRun:
     n: int
     register_s: float = 0.0
     broker_users_s: float = 0.0
+    build_s: float = 0.0  # SimulatedFleet.start: every agent constructed and launched
     connect_s: float = 0.0  # SimulatedFleet.start → every agent connected
     online_s: float = 0.0  # … → the control plane lists every device online
     stop_s: float = 0.0
@@ -304,9 +332,11 @@ def phase_summary(fleet: SimulatedFleet) -> str:
 
 async def wait_online(api: httpx.AsyncClient, tag: str, n: int, limit_s: float) -> None:
     deadline = time.monotonic() + limit_s
+    online = 0
     while True:
-        devices = (await api.get("/devices", params={"selector": f"fleet={tag}"})).json()
-        online = sum(bool(d["online"]) for d in devices)
+        with contextlib.suppress(httpx.TransportError):
+            reply = await api.get("/devices", params={"selector": f"fleet={tag}"}, timeout=10)
+            online = sum(bool(d["online"]) for d in ok(reply).json())
         if online == n:
             return
         if time.monotonic() > deadline:
@@ -319,6 +349,7 @@ async def timed_rollout(
     r: Rig,
     fleet: SimulatedFleet,
     tally: LogTally,
+    server_log: ServerLog,
     *,
     tag: str,
     plan: str,
@@ -330,6 +361,7 @@ async def timed_rollout(
     body = {"model": MODEL, "version": str(version), "selector": f"fleet={tag}"}
     response = ok(await api.post("/rollouts", json={**body, "plan": PLANS[plan]})).json()
     rollout_id = response["id"]
+    poll_errors: Counter[str] = Counter()
 
     async def all_serving() -> float:
         await fleet.wait_serving(MODEL, version, limit_s)
@@ -337,32 +369,61 @@ async def timed_rollout(
 
     async def succeeded() -> float:
         while True:
-            status = ok(await api.get(f"/rollouts/{rollout_id}")).json()
-            if status["status"] == "succeeded":
+            try:
+                reply = await api.get(f"/rollouts/{rollout_id}", timeout=5)
+            except httpx.TransportError as exc:  # a timeout: the control plane is stuck
+                poll_errors[type(exc).__name__] += 1
+                continue
+            if not reply.is_success:  # counted and reported: the control plane is struggling
+                poll_errors[f"HTTP {reply.status_code}"] += 1
+            elif (status := reply.json())["status"] == "succeeded":
                 return time.perf_counter() - t0
-            if status["status"] not in ("running",):
-                raise RuntimeError(f"rollout {rollout_id} {status['status']}: {status['reason']}")
+            elif status["status"] != "running":
+                raise RuntimeError(f"{status['status']}: {status['reason']}")
             if time.perf_counter() - t0 > limit_s:
-                raise TimeoutError(f"rollout {rollout_id} still running: {status['gates']}")
+                raise TimeoutError(f"still running after {limit_s:g} s")
             await asyncio.sleep(0.2)
 
-    serving_s, succeeded_s = await asyncio.gather(all_serving(), succeeded())
+    serving = asyncio.create_task(all_serving())
+    outcome, succeeded_s, serving_s = "succeeded", None, None
+    try:
+        succeeded_s = await succeeded()
+    except (RuntimeError, TimeoutError) as exc:
+        outcome = f"{type(exc).__name__}: {exc}"
+        serving.cancel()
+        with contextlib.suppress(httpx.HTTPError):  # free the devices for the next plan
+            await api.post(f"/rollouts/{rollout_id}/abort")
+    await asyncio.wait([serving])
+    if not serving.cancelled():
+        if serving.exception() is None:
+            serving_s = serving.result()
+        else:
+            outcome += f"; {serving.exception()}"
     return RolloutRun(
         plan=plan,
         version=version,
         stages=len(response["stages"]),
         serving_s=serving_s,
         succeeded_s=succeeded_s,
+        outcome=outcome,
         cp_cpu_s=proc_cpu_seconds(r.server.process.pid) - cp_cpu0,
         bench_cpu_s=time.process_time() - cpu0,
         logs=tally.take(),
+        server_log=server_log.take(),
+        poll_errors=", ".join(f"{n} × {e}" for e, n in poll_errors.items()) or "none",
         phases=phase_summary(fleet),
     )
 
 
 async def run_fleet(
-    r: Rig, run: FleetRun, tag: str, tokens: dict[str, str], tally: LogTally, limit_s: float
+    r: Rig,
+    run: FleetRun,
+    tag: str,
+    tokens: dict[str, str],
+    logs: tuple[LogTally, ServerLog],
+    limit_s: float,
 ) -> None:
+    tally, server_log = logs
     v1, v2 = r.versions
     settings = [
         device_settings(
@@ -387,18 +448,28 @@ async def run_fleet(
         try:
             start = time.perf_counter()
             await fleet.start(settings)
+            run.build_s = time.perf_counter() - start
             await fleet.wait_connected(limit_s)
             run.connect_s = time.perf_counter() - start
             await wait_online(api, tag, run.n, limit_s)
             run.online_s = time.perf_counter() - start
             snapshot(run, "connected")
-            run.start_logs = tally.take()
+            run.start_logs = f"agents: {tally.take()}; control plane: {server_log.take()}"
             for plan, version in (("all-at-once", v1), ("canary", v2)):
-                run.rollouts.append(
-                    await timed_rollout(
-                        api, r, fleet, tally, tag=tag, plan=plan, version=version, limit_s=limit_s
-                    )
+                rollout = await timed_rollout(
+                    api,
+                    r,
+                    fleet,
+                    tally,
+                    server_log,
+                    tag=tag,
+                    plan=plan,
+                    version=version,
+                    limit_s=limit_s,
                 )
+                run.rollouts.append(rollout)
+                if rollout.succeeded_s is None:
+                    break  # the next plan would start from a half-updated fleet
                 snapshot(run, f"serving v{version}")
         finally:
             start = time.perf_counter()
@@ -409,13 +480,15 @@ async def run_fleet(
 
 
 def bench_rollouts(r: Rig, sizes: list[int], tally: LogTally) -> list[FleetRun]:
+    server_log = ServerLog(r.server.data_dir / "server.log")
+    server_log.take()  # start-up and training
     runs = []
     for n in sizes:
         tag = f"n{n}"
         run = FleetRun(n)
         tokens, run.register_s, run.broker_users_s = register_devices(r, n, tag)
         limit_s = 60 + n * 0.2
-        asyncio.run(run_fleet(r, run, tag, tokens, tally, limit_s))
+        asyncio.run(run_fleet(r, run, tag, tokens, (tally, server_log), limit_s))
         runs.append(run)
         print_fleet_run(run)
     return runs
@@ -430,25 +503,37 @@ def print_fleet_run(run: FleetRun) -> None:
     )
     print(f"broker users (mosquitto_passwd -U + one reload)  {run.broker_users_s:8.2f} s")
     print(
-        f"fleet.start → all {n:,} connected                   {run.connect_s:8.2f} s"
+        f"fleet.start returns (agents built, launched)     {run.build_s:8.2f} s"
+        f"   ({run.build_s / n * 1000:.1f} ms/agent)"
+    )
+    print(
+        f"fleet.start → all {n:,} connected{'':<{19 - len(f'{n:,}')}}{run.connect_s:8.2f} s"
         f"   ({n / run.connect_s:,.0f} agents/s)"
     )
     print(f"fleet.start → control plane lists all online     {run.online_s:8.2f} s")
     print(f"fleet.stop (close window, offline, cleanup)      {run.stop_s:8.2f} s")
-    print(f"agent log while starting: {run.start_logs}")
+    print(f"log while starting: {run.start_logs}")
     print(
         f"{'plan':<13}{'v':>3}{'stages':>7}{'→ all serve':>13}{'→ succeeded':>13}"
         f"{'devices/s':>11}{'CP CPU':>9}{'bench CPU':>11}"
     )
     print(f"{'':<23}{'s':>13}{'s':>13}{'succeeded':>11}{'s':>9}{'s':>11}")
+
+    def secs(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
     for ro in run.rollouts:
+        rate = f"{n / ro.succeeded_s:,.0f}" if ro.succeeded_s else "-"
         print(
-            f"{ro.plan:<13}{ro.version:>3}{ro.stages:>7}{ro.serving_s:>13.2f}"
-            f"{ro.succeeded_s:>13.2f}{n / ro.succeeded_s:>11,.0f}{ro.cp_cpu_s:>9.1f}"
-            f"{ro.bench_cpu_s:>11.1f}"
+            f"{ro.plan:<13}{ro.version:>3}{ro.stages:>7}{secs(ro.serving_s):>13}"
+            f"{secs(ro.succeeded_s):>13}{rate:>11}{ro.cp_cpu_s:>9.1f}{ro.bench_cpu_s:>11.1f}"
         )
     for ro in run.rollouts:
-        print(f"  {ro.plan}: agents now {ro.phases}; agent log: {ro.logs}")
+        print(f"  {ro.plan}: {ro.outcome}; agents now: {ro.phases}")
+        print(f"    agent log: {ro.logs}")
+        print(
+            f"    control plane log: {ro.server_log}; GET /rollouts/{{id}} errors: {ro.poll_errors}"
+        )
     base = run.rss["before"]
     print(
         f"{'this process':<22}{'RSS MiB':>9}{'Δ KiB/agent':>13}{'fds':>7}{'Δ fds/agent':>13}"

@@ -47,7 +47,8 @@ class ArtifactServer:
     """Serves artifacts like the control plane does (Range, bearer token), plus faults:
     ``flip`` (one byte changed), ``oversize`` (extra bytes), ``endless`` (no length, never
     ends), ``trickle`` (a few bytes a second), ``slow`` (320 KiB/s), ``cut`` (closes the
-    connection half way on the first request only, so a resume must finish it)."""
+    connection half way on the first request only, so a resume must finish it), ``down``
+    (503 until the mode changes)."""
 
     def __init__(self, token: str | None = None) -> None:
         self.blobs: dict[str, bytes] = {}
@@ -96,6 +97,11 @@ class ArtifactServer:
             return
         sha = match.group(1)
         data, mode = self.blobs[sha], self.modes[sha]
+        if mode == "down":  # the control plane is unreachable for now
+            request.send_response(503)
+            request.send_header("Content-Length", "0")
+            request.end_headers()
+            return
         range_header = request.headers.get("Range")
         first_request = not any(s == sha for s, _ in self.requests)
         self.requests.append((sha, range_header))

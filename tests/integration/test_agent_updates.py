@@ -468,3 +468,15 @@ def test_telemetry_and_samples_wait_in_the_outbox_until_acked(rig: Rig) -> None:
     # A malformed ack is dropped and counted, nothing else happens.
     rig.publisher.client.publish(topic, b"{nope", qos=1).wait_for_publish(10)
     wait_until(lambda: agent.a.updater.dropped_messages == 1, what="bad ack counted")
+
+
+def test_an_unreachable_control_plane_is_retried_not_refused(rig: Rig) -> None:
+    agent = rig.start_agent(download_attempts=1)
+    install_v1(rig, agent)
+    manifest, data = make_model(rig.model_key, version=2, seed=9)
+    rig.artifacts.add(manifest.sha256, data, mode="down")
+    rig.publish(sign_desired(rig.deploy_key, DEVICE, 2, [manifest]))
+    wait_until(lambda: refused(agent, "download_failed", model_level=True), what="first try")
+    assert agent.a.updater.slots["fault"].phase is Phase.DOWNLOADING  # not a refusal
+    rig.artifacts.modes[manifest.sha256] = "normal"
+    wait_until(lambda: serving(agent) == 2, what="v2 once the control plane is back")
