@@ -89,6 +89,11 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
     """Record a device's retained state (creating the device if it was never registered)."""
     device = session.get(Device, state.device_id) or Device(id=state.device_id, labels={})
     old = DeviceState.model_validate_json(device.state) if device.state else None
+    if old is not None and (state.updated_at, state.deployment_seq) < (
+        old.updated_at,
+        old.deployment_seq,
+    ):
+        return  # a report from the past (redelivered, reordered): changes nothing
     for kind, message in _changes(old, state):
         session.add(Event(type=kind, device_id=state.device_id, message=message))
     device.state = state.model_dump_json()

@@ -118,6 +118,19 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
         assert [w["window"]["seq"] for w in stored] == [1, 2]  # stored exactly once
         assert api.get("/devices/dev-b").status_code == 404  # the forgery changed nothing
         assert bridge.counters.duplicate_windows == 1
+        # A state report from the past changes nothing.
+        stored = api.get("/devices/dev-a").json()["state"]
+        stale = forged.model_copy(
+            update={
+                "device_id": "dev-a",
+                "agent_version": "stale",
+                "updated_at": datetime(2020, 1, 1, tzinfo=UTC),
+            }
+        )
+        device.send("state", stale.model_dump_json())
+        device.send("telemetry", window("dev-a", 3))  # processed after the stale state
+        wait_until(lambda: len(api.get("/devices/dev-a/telemetry").json()) == 3, what="window 3")
+        assert api.get("/devices/dev-a").json()["state"] == stored
     finally:
         device.close()
 
