@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import logging
 import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -57,7 +59,7 @@ from shared.stats import LATENCY_BUCKETS  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
 from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, find_tool  # noqa: E402
-from tests.conftest import ServerProcess, start_server, stop_server  # noqa: E402
+from tests.conftest import ServerProcess, start_server  # noqa: E402
 from tests.fleet import CP_PASSWORD  # noqa: E402
 
 MiB = 1024 * 1024
@@ -74,9 +76,17 @@ AGENT_OVERRIDES: dict[str, object] = {"probation_seconds": 0.2, "probation_reque
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 INGEST_BATCH = 500
 INGEST_DEVICES = 1000
+IDLE_SECONDS = 2.0
 
 
 # --- measuring --------------------------------------------------------------------------------
+
+_BEGAN = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """Where the run is, on stderr: the tables on stdout stay clean."""
+    print(f"[{time.perf_counter() - _BEGAN:6.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def rss_mib() -> float:
@@ -150,6 +160,36 @@ class LogTally(logging.Handler):
         return text or "none"
 
 
+class LoopLag:
+    """How late a 50 ms sleep wakes up in the fleet's event loop: the loop all agents share
+    is the first thing a big fleet in one process runs short of."""
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.samples = []
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            start = time.perf_counter()
+            await asyncio.sleep(self.TICK)
+            self.samples.append(time.perf_counter() - start - self.TICK)
+
+    async def stop(self) -> str:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+        if not self.samples:
+            return "-"
+        ordered = sorted(self.samples)
+        return f"p50 {ordered[len(ordered) // 2] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms"
+
+
 class ServerLog:
     """Exceptions the control plane logged since the last ``take()``, by class."""
 
@@ -180,7 +220,26 @@ class Rig:
     server: ServerProcess
     api: httpx.Client
     trust: Path
+    env: dict[str, str]
     versions: tuple[int, int] = (0, 0)
+
+    def stop_server(self) -> None:
+        """SIGTERM, then SIGKILL after 5 s: a stuck control plane does not finish its
+        graceful shutdown (uvicorn waits for the requests it holds)."""
+        process = self.server.process
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def restart_server(self) -> float:
+        """Stop the control plane and start it again on the same data, port and token."""
+        start = time.perf_counter()
+        self.stop_server()
+        self.server = start_server(self.server.data_dir, env=self.env, restart=self.server)
+        return time.perf_counter() - start
 
 
 @contextlib.contextmanager
@@ -200,12 +259,13 @@ def rig() -> Iterator[Rig]:
         }
         (tmp / "cp").mkdir()
         server = start_server(tmp / "cp", env=env)
-        stack.callback(stop_server, server)
         api = stack.enter_context(server.client())
         trust = tmp / "trust.json"
         trust.write_text(ok(api.get("/keys")).text)
+        r = Rig(tmp, broker, server, api, trust, env)
+        stack.callback(r.stop_server)  # the one running then (see restart_server)
         try:
-            yield Rig(tmp, broker, server, api, trust)
+            yield r
         except BaseException:
             # The temp dir goes with the stack: keep what the services said.
             kept = Path(tempfile.gettempdir()) / f"edgefleet-fleet-{os.getpid()}"
@@ -284,6 +344,7 @@ class RolloutRun:
     server_log: str  # exceptions in the control plane's log
     poll_errors: str  # GET /rollouts/{id} answers other than 2xx
     phases: str
+    loop_lag: str
 
 
 @dataclass
@@ -295,6 +356,13 @@ class FleetRun:
     connect_s: float = 0.0  # SimulatedFleet.start → every agent connected
     online_s: float = 0.0  # … → the control plane lists every device online
     stop_s: float = 0.0
+    recovery_s: float | None = None  # fleet stopped → the API answers a DB query again
+    recovery_log: str = ""
+    recovery_limit_s: float = 0.0
+    restart_s: float | None = None  # killed and restarted, when it did not recover
+    start_lag: str = ""
+    idle_cpu_pct: float = 0.0
+    idle_lag: str = ""
     rss: dict[str, float] = field(default_factory=dict)
     fds: dict[str, int] = field(default_factory=dict)
     threads: dict[str, int] = field(default_factory=dict)
@@ -313,6 +381,19 @@ def register_devices(r: Rig, n: int, tag: str) -> tuple[dict[str, str], float, f
     registered = time.perf_counter()
     add_broker_users(r.broker, tokens)
     return tokens, registered - start, time.perf_counter() - registered
+
+
+def wait_responsive(api: httpx.Client, limit_s: float) -> float | None:
+    """Seconds until the API answers a request that needs the database (None: not within
+    ``limit_s``). Requests a stuck server still holds are served first, so this measures how
+    long a stall outlives its cause."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        with contextlib.suppress(httpx.TransportError):
+            if api.get("/rollouts", params={"status": "running"}, timeout=5).is_success:
+                return time.perf_counter() - start
+        time.sleep(0.5)
+    return None
 
 
 def snapshot(run: FleetRun, label: str) -> None:
@@ -357,6 +438,8 @@ async def timed_rollout(
     limit_s: float,
 ) -> RolloutRun:
     cp_cpu0, cpu0 = proc_cpu_seconds(r.server.process.pid), time.process_time()
+    lag = LoopLag()
+    lag.start()
     t0 = time.perf_counter()
     body = {"model": MODEL, "version": str(version), "selector": f"fleet={tag}"}
     response = ok(await api.post("/rollouts", json={**body, "plan": PLANS[plan]})).json()
@@ -369,6 +452,10 @@ async def timed_rollout(
 
     async def succeeded() -> float:
         while True:
+            if serving.done() and not serving.cancelled() and serving.exception() is not None:
+                raise TimeoutError("the agents did not converge")
+            if time.perf_counter() - t0 > limit_s:
+                raise TimeoutError(f"not succeeded after {limit_s:g} s")
             try:
                 reply = await api.get(f"/rollouts/{rollout_id}", timeout=5)
             except httpx.TransportError as exc:  # a timeout: the control plane is stuck
@@ -380,8 +467,6 @@ async def timed_rollout(
                 return time.perf_counter() - t0
             elif status["status"] != "running":
                 raise RuntimeError(f"{status['status']}: {status['reason']}")
-            if time.perf_counter() - t0 > limit_s:
-                raise TimeoutError(f"still running after {limit_s:g} s")
             await asyncio.sleep(0.2)
 
     serving = asyncio.create_task(all_serving())
@@ -392,7 +477,7 @@ async def timed_rollout(
         outcome = f"{type(exc).__name__}: {exc}"
         serving.cancel()
         with contextlib.suppress(httpx.HTTPError):  # free the devices for the next plan
-            await api.post(f"/rollouts/{rollout_id}/abort")
+            await api.post(f"/rollouts/{rollout_id}/abort", timeout=3)
     await asyncio.wait([serving])
     if not serving.cancelled():
         if serving.exception() is None:
@@ -412,6 +497,7 @@ async def timed_rollout(
         server_log=server_log.take(),
         poll_errors=", ".join(f"{n} × {e}" for e, n in poll_errors.items()) or "none",
         phases=phase_summary(fleet),
+        loop_lag=await lag.stop(),
     )
 
 
@@ -446,6 +532,9 @@ async def run_fleet(
         fleet = SimulatedFleet()
         snapshot(run, "before")
         try:
+            progress(f"N={run.n}: starting the fleet")
+            lag = LoopLag()
+            lag.start()
             start = time.perf_counter()
             await fleet.start(settings)
             run.build_s = time.perf_counter() - start
@@ -453,9 +542,17 @@ async def run_fleet(
             run.connect_s = time.perf_counter() - start
             await wait_online(api, tag, run.n, limit_s)
             run.online_s = time.perf_counter() - start
+            run.start_lag = await lag.stop()
+            # Idle: keepalives and nothing else; what N agents cost when nothing happens.
+            lag.start()
+            cpu0 = time.process_time()
+            await asyncio.sleep(IDLE_SECONDS)
+            run.idle_cpu_pct = (time.process_time() - cpu0) / IDLE_SECONDS * 100
+            run.idle_lag = await lag.stop()
             snapshot(run, "connected")
             run.start_logs = f"agents: {tally.take()}; control plane: {server_log.take()}"
             for plan, version in (("all-at-once", v1), ("canary", v2)):
+                progress(f"N={run.n}: {plan} rollout of v{version}")
                 rollout = await timed_rollout(
                     api,
                     r,
@@ -472,6 +569,7 @@ async def run_fleet(
                     break  # the next plan would start from a half-updated fleet
                 snapshot(run, f"serving v{version}")
         finally:
+            progress(f"N={run.n}: stopping the fleet")
             start = time.perf_counter()
             await fleet.stop()
             run.stop_s = time.perf_counter() - start
@@ -479,16 +577,28 @@ async def run_fleet(
             run.errors = "; ".join(f"{n} × {e}" for e, n in errors.items()) or "none"
 
 
-def bench_rollouts(r: Rig, sizes: list[int], tally: LogTally) -> list[FleetRun]:
+def bench_rollouts(
+    r: Rig, sizes: list[int], tally: LogTally, recovery_limit_s: float
+) -> list[FleetRun]:
     server_log = ServerLog(r.server.data_dir / "server.log")
     server_log.take()  # start-up and training
     runs = []
     for n in sizes:
         tag = f"n{n}"
         run = FleetRun(n)
+        progress(f"N={n}: registering devices")
         tokens, run.register_s, run.broker_users_s = register_devices(r, n, tag)
-        limit_s = 60 + n * 0.2
+        # Bounds a stuck control plane; unstuck, 50 agents converge in under 2 s here.
+        limit_s = 20 + n * 0.05
         asyncio.run(run_fleet(r, run, tag, tokens, (tally, server_log), limit_s))
+        progress(f"N={n}: waiting for the control plane to answer again")
+        run.recovery_s = wait_responsive(r.api, recovery_limit_s)
+        run.recovery_limit_s = recovery_limit_s
+        run.recovery_log = server_log.take()
+        if run.recovery_s is None and n != sizes[-1]:
+            progress(f"N={n}: restarting the stuck control plane")
+            run.restart_s = r.restart_server()
+            server_log.offset = 0  # start_server truncates the log
         runs.append(run)
         print_fleet_run(run)
     return runs
@@ -497,21 +607,44 @@ def bench_rollouts(r: Rig, sizes: list[int], tally: LogTally) -> list[FleetRun]:
 def print_fleet_run(run: FleetRun) -> None:
     n = run.n
     print(f"\n### N = {n:,} agents in one process, one event loop")
-    print(
-        f"register {n:,} devices (POST /devices, one by one)   {run.register_s:8.2f} s"
-        f"   ({n / run.register_s:,.0f} devices/s)"
+
+    def row(label: str, seconds: float, rate: str = "") -> None:
+        print(f"{label:<50}{seconds:8.2f} s{rate}")
+
+    row(
+        "register devices (POST /devices, one by one)",
+        run.register_s,
+        f"   ({n / run.register_s:,.0f} devices/s)",
     )
-    print(f"broker users (mosquitto_passwd -U + one reload)  {run.broker_users_s:8.2f} s")
-    print(
-        f"fleet.start returns (agents built, launched)     {run.build_s:8.2f} s"
-        f"   ({run.build_s / n * 1000:.1f} ms/agent)"
+    row("broker users (mosquitto_passwd -U, one reload)", run.broker_users_s)
+    row(
+        "fleet.start returns (agents built and launched)",
+        run.build_s,
+        f"   ({run.build_s / n * 1000:.1f} ms/agent)",
     )
-    print(
-        f"fleet.start → all {n:,} connected{'':<{19 - len(f'{n:,}')}}{run.connect_s:8.2f} s"
-        f"   ({n / run.connect_s:,.0f} agents/s)"
+    row(
+        "fleet.start → every agent connected",
+        run.connect_s,
+        f"   ({n / run.connect_s:,.0f} agents/s)",
     )
-    print(f"fleet.start → control plane lists all online     {run.online_s:8.2f} s")
-    print(f"fleet.stop (close window, offline, cleanup)      {run.stop_s:8.2f} s")
+    row("fleet.start → the control plane lists all online", run.online_s)
+    row("fleet.stop (close window, say offline, clean up)", run.stop_s)
+    if run.recovery_s is not None:
+        row("fleet stopped → the API answers GET /rollouts again", run.recovery_s)
+    else:
+        print(
+            f"fleet stopped → the API answers GET /rollouts again: not within "
+            f"{run.recovery_limit_s:g} s"
+        )
+    if run.recovery_log != "none":
+        print(f"  control plane log meanwhile: {run.recovery_log}")
+    if run.restart_s is not None:
+        row("so: control plane killed and restarted (same data)", run.restart_s)
+    print(f"event-loop lag while starting: {run.start_lag}")
+    print(
+        f"idle fleet over {IDLE_SECONDS:g} s: this process {run.idle_cpu_pct:.1f} % of one core, "
+        f"event-loop lag {run.idle_lag}"
+    )
     print(f"log while starting: {run.start_logs}")
     print(
         f"{'plan':<13}{'v':>3}{'stages':>7}{'→ all serve':>13}{'→ succeeded':>13}"
@@ -530,10 +663,15 @@ def print_fleet_run(run: FleetRun) -> None:
         )
     for ro in run.rollouts:
         print(f"  {ro.plan}: {ro.outcome}; agents now: {ro.phases}")
+        print(f"    event-loop lag during the rollout: {ro.loop_lag}")
         print(f"    agent log: {ro.logs}")
         print(
             f"    control plane log: {ro.server_log}; GET /rollouts/{{id}} errors: {ro.poll_errors}"
         )
+    for plan in list(PLANS)[len(run.rollouts) :]:
+        print(f"  {plan}: not run: the fleet is half-updated after the plan above failed")
+    print("RSS, descriptors and threads of this process; Δ per agent from 'before' (for a second")
+    print("fleet in one process the allocator reuses what the first one freed: Δ reads low)")
     base = run.rss["before"]
     print(
         f"{'this process':<22}{'RSS MiB':>9}{'Δ KiB/agent':>13}{'fds':>7}{'Δ fds/agent':>13}"
@@ -745,6 +883,9 @@ def main() -> None:
     budget = 1.0 if args.quick else 3.0
     # Before mosquitto starts, so the broker inherits the raised limit too.
     fd_limit = raise_fd_limit()
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so everything started is stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` shows where a hang is
 
     began = time.perf_counter()
     flags = (" --quick" if args.quick else "") + (f" --sizes {args.sizes}" if args.sizes else "")
@@ -772,8 +913,12 @@ def main() -> None:
             f"trained {MODEL} v{v1} and v{v2} (logreg) through the REST API in {train_s:.1f} s; "
             f"ONNX artifact {artifact.get('size', '?')} bytes"
         )
-        bench_rollouts(r, sizes, tally)
-        bench_ingest(r.tmp, budget)
+        bench_rollouts(r, sizes, tally, recovery_limit_s=10.0 if args.quick else 30.0)
+    # With the broker and the control plane stopped: nothing else competes for the 2 CPUs.
+    progress("telemetry ingest")
+    gc.collect()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp:
+        bench_ingest(Path(tmp), budget)
     print(f"\n# total {time.perf_counter() - began:.0f} s")
 
 

@@ -10,13 +10,21 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The API runs sync routes on a 40-thread pool: let most of them hold a connection at once.
+POOL_SIZE = 10
+POOL_OVERFLOW = 30
 
 
 def create_db_engine(url: str) -> Engine:
     """An engine for ``url``. SQLite gets WAL, a busy timeout and foreign keys, because the
     API process and training workers write to the same file."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -28,7 +36,7 @@ def create_db_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
 def alembic_config(engine: Engine) -> Config:

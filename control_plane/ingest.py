@@ -92,8 +92,9 @@ def _insert_once(
         if dialect == "postgresql"
         else sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
     )
-    outcome = session.execute(statement, rows)
-    inserted = max(0, outcome.rowcount or 0)  # type: ignore[attr-defined]
+    # RETURNING counts what was really inserted (executemany rowcount is unreliable: psycopg
+    # reports none for ON CONFLICT DO NOTHING batches).
+    inserted = len(session.execute(statement.returning(table.c.id), rows).all())
     return inserted, len(rows) - inserted
 
 

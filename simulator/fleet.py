@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _NR_OPEN = Path("/proc/sys/fs/nr_open")
 _DEFAULT_NR_OPEN = 1 << 20
 POLL_SECONDS = 0.02
+CANCEL_GRACE_SECONDS = 10.0
 
 
 def raise_fd_limit() -> int:
@@ -114,10 +115,11 @@ class SimulatedFleet:
 
     async def start(self, settings: list[AgentSettings]) -> None:
         """Construct one agent per settings object and start ``agent.run``. Construction
-        (outbox database, model store, re-verifying models on disk) is blocking I/O, so it
-        runs in worker threads, ``build_concurrency`` at a time, while the agents already
-        built connect. If some fail to build, the others keep running and the first error
-        is raised; ``stop()`` cleans up."""
+        blocks (outbox database, model store, re-verifying models on disk, and ~25 ms of CPU
+        for the SSL context of each agent's httpx client), so it runs in worker threads,
+        ``build_concurrency`` at a time, while the agents already built connect. If some
+        fail to build, the others keep running and the first error is raised; ``stop()``
+        cleans up."""
         ids = [s.device_id for s in settings]
         if len(set(ids)) != len(ids):
             raise ValueError("device ids in one start() call must be unique")
@@ -126,15 +128,19 @@ class SimulatedFleet:
             raise ValueError(f"{len(running)} of these agents are running already: {running[:5]}")
         trust = {s.device_id: self._trust_for(s) for s in settings}
         loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(self.build_concurrency, thread_name_prefix="fleet-build") as pool:
+        pool = ThreadPoolExecutor(self.build_concurrency, thread_name_prefix="fleet-build")
 
-            async def build_and_launch(s: AgentSettings) -> None:
-                agent = await loop.run_in_executor(pool, Agent, s, trust[s.device_id])
-                self._launch(agent)
+        async def build_and_launch(s: AgentSettings) -> None:
+            agent = await loop.run_in_executor(pool, Agent, s, trust[s.device_id])
+            self._launch(agent)
 
+        try:
             outcomes = await asyncio.gather(
                 *(build_and_launch(s) for s in settings), return_exceptions=True
             )
+        finally:
+            # Not waiting: a cancelled start() must not block the loop on queued builds.
+            pool.shutdown(wait=False, cancel_futures=True)
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         if failures:
             log.error("%d of %d agents failed to start", len(failures), len(settings))
@@ -150,17 +156,21 @@ class SimulatedFleet:
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks.values(), timeout=self.stop_timeout)
-        if pending:
-            log.warning(
-                "%d agents did not stop within %g s; cancelling them",
-                len(pending),
-                self.stop_timeout,
-            )
-            for device_id, task in tasks.items():
-                if task in pending:
-                    self.errors[device_id] = TimeoutError("did not stop in time; cancelled")
-                    task.cancel()
-            await asyncio.wait(pending)
+        if not pending:
+            return
+        log.warning(
+            "%d agents did not stop within %g s; cancelling them", len(pending), self.stop_timeout
+        )
+        for device_id, task in tasks.items():
+            if task in pending:
+                self.errors[device_id] = TimeoutError("did not stop in time; cancelled")
+                task.cancel()
+        # Bounded as well: a task that swallows its cancellation must not hang the caller.
+        _, stuck = await asyncio.wait(pending, timeout=CANCEL_GRACE_SECONDS)
+        for device_id, task in tasks.items():
+            if task in stuck:
+                self.errors[device_id] = TimeoutError("ignored its cancellation; left running")
+                log.error("%s: agent ignored its cancellation: %s", device_id, task.get_stack())
 
     async def __aenter__(self) -> SimulatedFleet:
         return self

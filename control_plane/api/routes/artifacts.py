@@ -50,6 +50,9 @@ def get_artifact(
     )
     if not registered or not blobs.exists(sha256):
         raise NotFoundError(f"no artifact {sha256[:64]}", loc=("path", "sha256"))
+    # Give the database connection back before streaming: a fleet downloading at once would
+    # otherwise hold one per download and exhaust the pool.
+    session.close()
     return FileResponse(
         blobs.path_for(sha256),
         media_type="application/octet-stream",
