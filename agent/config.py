@@ -65,7 +65,9 @@ class AgentSettings(BaseSettings):
     api_port: int = Field(default=8500, ge=0, le=65535, description="0 turns the API off.")
     window_seconds: float = Field(default=60.0, gt=0, description="Telemetry window length.")
     topic_root: str = Field(default=DEFAULT_ROOT, description="MQTT topic root.")
-    tls_ca_file: Path | None = Field(default=None, description="CA bundle for mqtts.")
+    tls_ca_file: Path | None = Field(
+        default=None, description="Extra CA bundle trusted for mqtts and https artifact downloads."
+    )
     tls_cert_file: Path | None = Field(default=None, description="Client certificate.")
     tls_key_file: Path | None = Field(default=None, description="Client key.")
     keepalive_seconds: int = Field(default=30, ge=5, le=3600)
@@ -145,7 +147,7 @@ api_host = "127.0.0.1"                         # local inference API (0.0.0.0 ex
 api_port = 8500                                # 0 turns it off
 window_seconds = 60                            # telemetry window
 # topic_root = "edgefleet/v1"
-# tls_ca_file = "/etc/edgefleet/ca.pem"        # for mqtts://
+# tls_ca_file = "/etc/edgefleet/ca.pem"        # for mqtts:// and https:// artifacts
 # tls_cert_file = "/etc/edgefleet/device.pem"  # client certificate, optional
 # tls_key_file = "/etc/edgefleet/device.key"
 # outbox_max_messages = 10000                  # oldest dropped (and counted) beyond this

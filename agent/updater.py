@@ -178,7 +178,9 @@ class Updater:
             await self.report()
             return
         if decision is Decision.APPLY:
-            self.store.write_accepted(desired)  # persisted before acting: replays stay refused
+            await asyncio.to_thread(
+                self.store.write_accepted, desired
+            )  # persisted before acting: replays stay refused
             self.accepted = Accepted(seq=desired.seq, signature=desired.signature)
             log.info("desired state %d accepted", desired.seq)
         await self.reconcile(desired)
@@ -199,7 +201,8 @@ class Updater:
             if (slot.rollout_id, slot.stage) != (deployment.rollout_id, deployment.stage):
                 slot.rollout_id, slot.stage = deployment.rollout_id, deployment.stage
                 if slots.active is not None:
-                    self.store.write_slots(
+                    await asyncio.to_thread(
+                        self.store.write_slots,
                         name,
                         slots.model_copy(
                             update={
@@ -233,11 +236,12 @@ class Updater:
                 await self.report()
                 return
             log.warning("model %s v%s refused: %s", name, manifest.version, exc)
-            self.store.write_slots(
+            await asyncio.to_thread(
+                self.store.write_slots,
                 name,
                 slots.model_copy(update={"failed": FailedTarget(sha256=manifest.sha256, seq=seq)}),
             )
-            self.store.discard_staging(manifest.sha256)
+            await asyncio.to_thread(self.store.discard_staging, manifest.sha256)
             slot.last_error = self._error(exc.reason, exc.message, name, seq)
             slot.phase, slot.target = Phase.FAILED, None
             await self.report()
@@ -293,7 +297,7 @@ class Updater:
             slots.active if slots.active and slots.active.sha256 != entry.sha256 else slots.previous
         )
         new_slots = Slots(active=entry, previous=previous, committed=False)
-        self.store.write_slots(name, new_slots)  # the commit point on disk
+        await asyncio.to_thread(self.store.write_slots, name, new_slots)  # the commit point on disk
         old_model = slot.current
         probation = Probation(
             sha256=manifest.sha256,
@@ -313,7 +317,9 @@ class Updater:
         while (reason := probation.failure()) is None and not probation.passed():
             await asyncio.sleep(0.05)
         if reason is None:
-            self.store.write_slots(name, new_slots.model_copy(update={"committed": True}))
+            await asyncio.to_thread(
+                self.store.write_slots, name, new_slots.model_copy(update={"committed": True})
+            )
             slot.probation, slot.phase = None, Phase.SERVING
             log.info("model %s: v%s committed after probation", name, manifest.version)
         else:
@@ -332,7 +338,7 @@ class Updater:
             committed=True,
             failed=FailedTarget(sha256=bad.sha256, seq=seq),
         )
-        self.store.write_slots(slot.name, reverted)
+        await asyncio.to_thread(self.store.write_slots, slot.name, reverted)
         if old_model is not None:
             slot.activate(old_model, None)
         else:

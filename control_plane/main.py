@@ -24,6 +24,7 @@ from control_plane.api.routes import (
     tokens,
 )
 from control_plane.artifacts import BlobStore
+from control_plane.auth import ArtifactAccess
 from control_plane.config import ServerSettings
 from control_plane.db import create_db_engine, migrate
 from control_plane.errors import ControlPlaneError
@@ -91,6 +92,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.engine = engine
         app.state.keys = keys
         app.state.blobs = BlobStore(settings.blobs_dir)
+        app.state.artifact_access = ArtifactAccess(engine)
         app.state.jobs = runner
         if engine.dialect.name == "sqlite":
             runner.recover()  # one process per SQLite file: whatever ran before is gone

@@ -55,7 +55,7 @@ KeysDep = Annotated[KeyStore, Depends(get_keys)]
 JobsDep = Annotated[JobRunner, Depends(get_jobs)]
 BridgeDep = Annotated[MqttBridge | None, Depends(get_bridge)]
 
-_bearer = HTTPBearer(
+bearer = HTTPBearer(
     auto_error=False, description="An API token from `edgefleet init` or `POST /api/v1/tokens`."
 )
 
@@ -65,7 +65,7 @@ def require(role: Role, *also: Role) -> Callable[..., ApiToken]:
 
     def dependency(
         session: SessionDep,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> ApiToken:
         token = find_token(session, credentials.credentials) if credentials else None
         if token is None:

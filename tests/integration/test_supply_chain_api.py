@@ -197,6 +197,15 @@ def test_artifact_range_requests(api: Api) -> None:
     head_only = api.client.head(f"/api/v1/artifacts/{sha}", headers=api.auth())
     assert head_only.status_code == 200
     assert head_only.headers["content-length"] == str(len(whole))
+    # A token that downloaded (and is now remembered) stops working the moment it is revoked.
+    issued = api.post("/tokens", json={"name": "downloader", "role": "viewer"}).json()
+    downloader = api.auth(issued["token"])
+    assert api.client.get(f"/api/v1/artifacts/{sha}", headers=downloader).status_code == 200
+    assert api.delete(f"/tokens/{issued['id']}").status_code == 200
+    assert api.client.get(f"/api/v1/artifacts/{sha}", headers=downloader).status_code == 401
+    assert (
+        api.client.get(f"/api/v1/artifacts/{sha}", headers=api.auth("garbage")).status_code == 401
+    )
 
 
 def test_version_numbers_stay_monotonic_after_a_failed_job(make_api: MakeApi) -> None:

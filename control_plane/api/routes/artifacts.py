@@ -1,16 +1,23 @@
-"""Artifact downloads: content-addressed, with HTTP Range support for resumable downloads."""
+"""Artifact downloads: content-addressed, with HTTP Range support for resumable downloads.
+
+The route is async and holds no database session: when a rollout stage starts, hundreds of
+devices download at once, and a sync route would tie up a worker thread (and a pooled
+connection) per download while the file streams. Token and registration checks are answered
+from ``ArtifactAccess``'s memory, going to the database in a worker thread only on a miss.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlmodel import select
+from fastapi.security import HTTPAuthorizationCredentials
 
-from control_plane.api.deps import BlobsDep, SessionDep, ViewerOrDevice
+from control_plane.api.deps import BlobsDep, bearer
+from control_plane.auth import ArtifactAccess
 from control_plane.errors import NotFoundError
-from control_plane.models import ModelVersion
 from shared.hashing import is_sha256
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -19,6 +26,8 @@ router = APIRouter(prefix="/artifacts", tags=["artifacts"])
 _RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {"application/octet-stream": {}}},
     206: {"description": "Partial content (Range request)."},
+    401: {"description": "Missing, invalid or revoked token."},
+    404: {"description": "No registered artifact with this sha256."},
 }
 
 
@@ -36,23 +45,29 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     summary="Download a model artifact by sha256",
     responses=_RESPONSES,
 )
-def get_artifact(
+async def get_artifact(
     sha256: Annotated[str, Path(description="sha256 of the artifact.")],
-    session: SessionDep,
+    request: Request,
     blobs: BlobsDep,
-    _: ViewerOrDevice,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> FileResponse:
-    """The ONNX file of a registered version. `Range: bytes=N-` resumes a download."""
-    registered = (
-        is_sha256(sha256)
-        and session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha256)).first()
-        is not None
-    )
-    if not registered or not blobs.exists(sha256):
+    """The ONNX file of a registered version, for any live token (devices use their own).
+    `Range: bytes=N-` resumes a download. A revoked token stops working at once on the
+    process that revoked it and within 30 s on the others."""
+    access: ArtifactAccess = request.app.state.artifact_access
+    secret = credentials.credentials if credentials else ""
+    valid = is_sha256(sha256)
+    if not (secret and valid and access.known(secret, sha256)):
+        if not secret or not await run_in_threadpool(access.token_ok, secret):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid bearer token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        if not valid or not await run_in_threadpool(access.registered, sha256):
+            raise NotFoundError(f"no artifact {sha256[:64]}", loc=("path", "sha256"))
+    if not blobs.exists(sha256):
         raise NotFoundError(f"no artifact {sha256[:64]}", loc=("path", "sha256"))
-    # Give the database connection back before streaming: a fleet downloading at once would
-    # otherwise hold one per download and exhaust the pool.
-    session.close()
     return FileResponse(
         blobs.path_for(sha256),
         media_type="application/octet-stream",

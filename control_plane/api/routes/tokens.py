@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from sqlmodel import col, select
 
 from control_plane.api.deps import Admin, SessionDep
-from control_plane.auth import issue_token
+from control_plane.auth import ArtifactAccess, issue_token
 from control_plane.errors import NotFoundError
 from control_plane.models import ApiToken, Role, utcnow
 from control_plane.schemas import TokenCreate, TokenIssued, TokenPublic
@@ -33,7 +33,7 @@ def list_tokens(session: SessionDep, _: Admin) -> list[TokenPublic]:
 
 
 @router.delete("/{token_id}", response_model=TokenPublic, summary="Revoke a token")
-def revoke_token(token_id: int, session: SessionDep, _: Admin) -> TokenPublic:
+def revoke_token(token_id: int, request: Request, session: SessionDep, _: Admin) -> TokenPublic:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise NotFoundError(f"no token {token_id}", loc=("path", "token_id"))
@@ -42,4 +42,6 @@ def revoke_token(token_id: int, session: SessionDep, _: Admin) -> TokenPublic:
         session.add(row)
         session.commit()
         session.refresh(row)
+    access: ArtifactAccess = request.app.state.artifact_access
+    access.forget_token(row.token_hash)
     return _public(row)
