@@ -74,6 +74,22 @@ class ServerSettings(BaseSettings):
     rollout_tick_seconds: float = Field(
         default=1.0, gt=0, le=60, description="How often rollouts are evaluated."
     )
+    monitor_bucket_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Drift and accuracy are judged per bucket of this length: telemetry "
+        "windows ending in it are merged across devices (match the agents' window).",
+    )
+    monitor_grace_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        le=3_600,
+        description="A bucket is judged this long after it ends, so late windows count.",
+    )
+    max_feedback_items: int = Field(
+        default=10_000, ge=1, description="Labels per POST /feedback request."
+    )
 
     @field_validator("data_dir")
     @classmethod

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from control_plane.devices import apply_online, apply_state
-from control_plane.models import SampleRecord, TelemetryRecord
+from control_plane.models import SampleRecord, SampleRowRecord, TelemetryRecord
 from shared.messages import DeviceState, OnlineStatus, SampleBatch, TelemetryWindow
 
 Incoming = DeviceState | OnlineStatus | TelemetryWindow | SampleBatch
@@ -38,7 +39,7 @@ def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
             elif isinstance(message, OnlineStatus):
                 apply_online(session, message.device_id, message.online, now)
         if windows:
-            result.inserted, result.duplicates = _insert_once(
+            inserted = _insert_once(
                 session,
                 TelemetryRecord,
                 [
@@ -53,8 +54,9 @@ def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
                     for w in windows
                 ],
             )
+            result.inserted, result.duplicates = len(inserted), len(windows) - len(inserted)
         if samples:
-            _insert_once(
+            stored = _insert_once(
                 session,
                 SampleRecord,
                 [
@@ -70,6 +72,9 @@ def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
                     for b in samples
                 ],
             )
+            _insert_sample_rows(
+                session, [b for b in samples if (b.device_id, b.seq) in stored], now
+            )
         session.commit()
     for window in windows:
         result.acks.setdefault(window.device_id, []).append(window.seq)
@@ -82,20 +87,41 @@ def _insert_once(
     session: Session,
     model: type[TelemetryRecord] | type[SampleRecord],
     rows: list[dict[str, object]],
-) -> tuple[int, int]:
-    """Insert, skipping (device_id, seq) pairs already stored; ``(inserted, duplicates)``."""
+) -> set[tuple[str, int]]:
+    """Insert, skipping (device_id, seq) pairs already stored; return the pairs inserted."""
     table = model.__table__  # type: ignore[union-attr]
-    keys = ["device_id", "seq"]
-    dialect = session.get_bind().dialect.name
-    statement = (
-        postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
-        if dialect == "postgresql"
-        else sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
-    )
-    # RETURNING counts what was really inserted (executemany rowcount is unreliable: psycopg
+    statement = _insert_ignoring(session, table, ["device_id", "seq"])
+    # RETURNING says what was really inserted (executemany rowcount is unreliable: psycopg
     # reports none for ON CONFLICT DO NOTHING batches).
-    inserted = len(session.execute(statement.returning(table.c.id), rows).all())
-    return inserted, len(rows) - inserted
+    returned = session.execute(statement.returning(table.c.device_id, table.c.seq), rows)
+    return {(d, s) for d, s in returned.all()}
+
+
+def _insert_ignoring(session: Session, table: Any, keys: list[str]) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing(index_elements=keys)
+    return sqlite.insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def _insert_sample_rows(session: Session, batches: list[SampleBatch], now: datetime) -> None:
+    """One row per sampled prediction, so feedback can be joined to it by request id (a
+    request id seen before keeps its first row)."""
+    rows = [
+        {
+            "request_id": row.request_id,
+            "device_id": batch.device_id,
+            "model_name": batch.model.name,
+            "model_version": batch.model.version,
+            "features": row.features,
+            "prediction": float(row.prediction),
+            "received_at": now,
+        }
+        for batch in batches
+        for row in batch.rows
+    ]
+    if rows:
+        table = SampleRowRecord.__table__  # type: ignore[attr-defined]
+        session.execute(_insert_ignoring(session, table, ["request_id"]), rows)
 
 
 def stored_windows(session: Session, device_id: str, limit: int = 1000) -> list[TelemetryRecord]:

@@ -19,6 +19,7 @@ from control_plane.api.routes import (
     events,
     jobs,
     models,
+    monitoring,
     rollouts,
     system,
     tokens,
@@ -31,6 +32,7 @@ from control_plane.errors import ControlPlaneError
 from control_plane.jobs import JobRunner
 from control_plane.keystore import load_keys
 from control_plane.leadership import Leadership
+from control_plane.monitoring import Monitor
 from control_plane.mqtt_bridge import MqttBridge
 from control_plane.rollout_engine import RolloutEngine
 from edgefleet import __version__
@@ -40,10 +42,15 @@ API_PREFIX = "/api/v1"
 
 
 async def _lead(
-    leadership: Leadership, rollouts: RolloutEngine, runner: JobRunner, interval: float
+    leadership: Leadership,
+    rollouts: RolloutEngine,
+    monitor: Monitor,
+    runner: JobRunner,
+    interval: float,
 ) -> None:
-    """Heartbeat always; while leading, drive rollouts every ``interval`` and, with several
-    processes, take over the jobs of processes that died."""
+    """Heartbeat always; while leading, drive rollouts and the monitor (drift, retraining,
+    releases) every ``interval`` and, with several processes, take over the jobs of
+    processes that died."""
     beats = 0
     while True:
         try:
@@ -53,6 +60,7 @@ async def _lead(
                     await asyncio.to_thread(runner.recover_orphans, leadership)
             if await asyncio.to_thread(leadership.try_lead):
                 await rollouts.tick()
+                await asyncio.to_thread(monitor.tick)
         except Exception:  # a bad tick must not stop the loop
             log.exception("leader loop tick failed")
         beats += 1
@@ -82,8 +90,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
             timedelta(seconds=settings.desired_ttl_seconds),
             bridge.publish_desired if bridge else None,
         )
+        monitor = Monitor(
+            engine,
+            bucket_seconds=settings.monitor_bucket_seconds,
+            grace_seconds=settings.monitor_grace_seconds,
+            submit=runner.submit,
+            owner=leadership.process_id,
+        )
         leader_task = asyncio.create_task(
-            _lead(leadership, rollouts, runner, settings.rollout_tick_seconds)
+            _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
         )
         app.state.rollouts = rollouts
         app.state.leadership = leadership
@@ -112,7 +127,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app = FastAPI(
         title="edgefleet control plane",
         version=__version__,
-        summary="Train, sign and register models for fleets of edge devices.",
+        summary="Train, sign, register and roll out models to fleets of edge devices; watch "
+        "them for drift and retrain.",
         description="All routes except `/healthz` and `/keys` need `Authorization: Bearer "
         '<token>`. Errors answer `{"detail": [{"loc", "msg", "type"}]}`, naming the field '
         "and the rule.",
@@ -126,6 +142,17 @@ def create_app(settings: ServerSettings) -> FastAPI:
             content={"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.code}]},
         )
 
-    for module in (system, tokens, datasets, models, jobs, artifacts, devices, rollouts, events):
+    for module in (
+        system,
+        tokens,
+        datasets,
+        models,
+        jobs,
+        artifacts,
+        devices,
+        rollouts,
+        events,
+        monitoring,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     return app

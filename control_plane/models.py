@@ -79,6 +79,8 @@ class Job(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     result_version: int | None = None
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    trigger_event_id: int | None = None
     owner: str | None = Field(default=None, max_length=32, index=True)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
@@ -91,6 +93,7 @@ class Model(SQLModel, table=True):
     name: str = Field(max_length=64, primary_key=True)
     task: str = Field(max_length=16)
     latest_version: int = 0
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -110,6 +113,10 @@ class ModelVersion(SQLModel, table=True):
     parity_max_abs_diff: float
     parity_label_disagreements: int
     manifest: str = Field(sa_column=Column(Text, nullable=False))
+    # Set for versions a retraining job registered: awaiting_approval → approved →
+    # rolling_out (then ``rollout_id``); pending_rollout when the policy rolls out by itself.
+    release: str | None = Field(default=None, max_length=32, index=True)
+    rollout_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -208,7 +215,7 @@ class RolloutDevice(SQLModel, table=True):
 
 
 class Event(SQLModel, table=True):
-    """The audit log: every state change of a rollout or a device."""
+    """The audit log: every state change of a rollout or a device, drift and retraining."""
 
     __tablename__ = "event"
 
@@ -217,6 +224,11 @@ class Event(SQLModel, table=True):
     type: str = Field(max_length=32, index=True)
     rollout_id: str | None = Field(default=None, max_length=32, index=True)
     device_id: str | None = Field(default=None, max_length=64, index=True)
+    model_name: str | None = Field(default=None, max_length=64, index=True)
+    version: int | None = None
+    job_id: int | None = Field(default=None, index=True)
+    cause_id: int | None = None  # the event this one follows from (lineage)
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     message: str = Field(sa_column=Column(Text, nullable=False))
 
 
@@ -242,3 +254,89 @@ class ControlPlaneProcess(SQLModel, table=True):
     pid: int
     started_at: datetime
     heartbeat_at: datetime = Field(index=True)
+
+
+class SampleRowRecord(SQLModel, table=True):
+    """One sampled inference row (from a ``SampleBatch``); a training row once feedback
+    with the same request id brings its label."""
+
+    __tablename__ = "sample_row"
+
+    request_id: str = Field(max_length=64, primary_key=True)
+    device_id: str = Field(max_length=64)
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int
+    features: list[float | None] = Field(sa_column=Column(JSON, nullable=False))
+    prediction: float
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Feedback(SQLModel, table=True):
+    """A true label for one prediction, by the request id the agent's response carried.
+    ``label`` and ``prediction`` are class indices (classification) or values."""
+
+    __tablename__ = "feedback"
+
+    request_id: str = Field(max_length=64, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int | None = None
+    device_id: str | None = Field(default=None, max_length=64)
+    label: float
+    prediction: float | None = None
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DriftResult(SQLModel, table=True):
+    """The monitor's reading of one model version on one selector over one time bucket."""
+
+    __tablename__ = "drift_result"
+    __table_args__ = (UniqueConstraint("model_name", "version", "selector", "bucket_start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    version: int
+    selector: str = Field(max_length=1024)
+    bucket_start: datetime = Field(index=True)
+    bucket_end: datetime
+    devices: int
+    windows: int
+    requests: int
+    errors: int
+    p95_latency_us: float | None = None
+    features: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    prediction: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    drifted_share: float
+    drifted_features: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    dataset_drift: bool
+    labels: int = 0
+    accuracy: float | None = None
+    f1_macro: float | None = None
+
+
+class MonitorState(SQLModel, table=True):
+    """Streaks between buckets per (model, version, selector); the row with model_name ""
+    holds how far the monitor has read (``evaluated_until``)."""
+
+    __tablename__ = "monitor_state"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    version: int = Field(primary_key=True)
+    selector: str = Field(max_length=1024, primary_key=True)
+    state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    accuracy_streak: int = 0
+    evaluated_until: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RetrainState(SQLModel, table=True):
+    """Per model: a trigger waiting for its turn (cooldown, data) and when the last
+    retraining started."""
+
+    __tablename__ = "retrain_state"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    pending_event_id: int | None = None
+    pending_reason: str | None = Field(default=None, max_length=32)
+    waiting_for: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_started_at: datetime | None = None
+    last_job_id: int | None = None

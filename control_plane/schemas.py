@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane.gates import GateResult
 from control_plane.plans import PlanSpec
+from control_plane.retraining import RetrainPolicy, Trigger
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
@@ -72,23 +73,53 @@ class TrainRequest(ApiModel):
     )
 
 
+class RetrainRequest(ApiModel):
+    """What a retraining job was asked to do (made by the monitor or `POST .../retrain`)."""
+
+    trigger: Trigger = Field(description="`drift`, `accuracy`, `schedule` or `manual`.")
+    trigger_event_id: int | None = Field(
+        default=None, description="The event that triggered it (lineage)."
+    )
+    champion_version: int = Field(description="The version the challenger must beat.")
+    policy: RetrainPolicy = Field(description="The model's retraining policy at the time.")
+
+
+class RetrainCreate(ApiModel):
+    """Retrain now, whatever the triggers say (the cooldown is skipped)."""
+
+    champion_version: int | None = Field(
+        default=None,
+        description="Version the challenger must beat; default: the version the policy's "
+        "selector defaults to, else the latest.",
+    )
+
+
 class JobPublic(ApiModel):
-    """A background job (training). Poll until `status` is `succeeded` or `failed`."""
+    """A background job (training or retraining). Poll until `status` is `succeeded` or
+    `failed`; a retraining whose challenger lost ends `succeeded` at stage `refused`."""
 
     id: int = Field(description="Job id.")
-    kind: Literal["train"] = Field(description="Job kind (`train`).")
+    kind: Literal["train", "retrain"] = Field(description="Job kind (`train`, `retrain`).")
     status: Literal["queued", "running", "succeeded", "failed"] = Field(
         description="`queued`, `running`, `succeeded` or `failed`."
     )
     stage: str = Field(
-        description="Current step: queued, loading, training, exporting, "
-        "parity, signing, done, failed."
+        description="Current step: queued, loading, (retraining: collecting,) training, "
+        "exporting, parity, (retraining: challenge,) signing, done, refused, failed."
     )
     progress: float = Field(ge=0, le=1, description="0 … 1.")
     model_name: str = Field(description="Model the job trains a version of.")
-    request: TrainRequest = Field(description="The training request as submitted.")
-    error: str | None = Field(description="Why the job failed, when it did.")
+    request: TrainRequest | RetrainRequest = Field(description="The request as submitted.")
+    error: str | None = Field(description="Why the job failed, or why its challenger was refused.")
     result_version: int | None = Field(description="The registered version, on success.")
+    result: dict[str, Any] | None = Field(
+        default=None,
+        description="Retraining: champion and challenger scores on the holdout, the decision "
+        "and its reason, rows used, the dataset built.",
+    )
+    trigger_event_id: int | None = Field(
+        default=None, description="Retraining: the event that triggered it."
+    )
     created_at: datetime = Field(description="When the job was queued (UTC).")
     started_at: datetime | None = Field(description="When a worker started it.")
     finished_at: datetime | None = Field(description="When it ended.")
@@ -118,6 +149,12 @@ class VersionPublic(ApiModel):
         description="Validation rows whose class differed between sklearn and onnxruntime."
     )
     aliases: list[str] = Field(description="Aliases pointing at this version.")
+    release: str | None = Field(
+        default=None,
+        description="Versions from retraining: awaiting_approval, approved, "
+        "pending_rollout, rolling_out (see `rollout_id`).",
+    )
+    rollout_id: str | None = Field(default=None, description="The rollout that released it.")
     artifact_url: str = Field(description="Path of the artifact download (Range supported).")
     created_at: datetime = Field(description="Registration time (UTC).")
     manifest: ModelManifest | None = Field(
@@ -281,10 +318,22 @@ class EventPublic(ApiModel):
     type: str = Field(
         description="created, stage_started, stage_passed, gate_failed, paused, "
         "resume, promote, abort, rollback, rolled_back, succeeded, late_joiner, "
-        "device_online, device_offline, device_model, device_refusal, …"
+        "device_online, device_offline, device_model, device_refusal, drift, "
+        "drift_cleared, accuracy_drop, retrain_started, challenger_registered, "
+        "challenger_refused, approved, release, …"
     )
+    id: int = Field(description="Event id (other events refer to it as `cause_id`).")
     rollout_id: str | None = Field(description="Rollout it concerns, if any.")
     device_id: str | None = Field(description="Device it concerns, if any.")
+    model_name: str | None = Field(default=None, description="Model it concerns, if any.")
+    version: int | None = Field(default=None, description="Model version it concerns, if any.")
+    job_id: int | None = Field(default=None, description="Job it concerns, if any.")
+    cause_id: int | None = Field(
+        default=None,
+        description="The event this one follows from: drift → retrain_started → "
+        "challenger_registered → release.",
+    )
+    data: dict[str, Any] | None = Field(default=None, description="Figures behind it.")
     message: str = Field(description="What happened.")
 
 
@@ -296,3 +345,85 @@ class ErrorItem(ApiModel):
 
 class ErrorResponse(ApiModel):
     detail: list[ErrorItem] | str
+
+
+class FeedbackItem(ApiModel):
+    """The true label of one prediction."""
+
+    request_id: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="The `id` the agent's inference response carried.",
+    )
+    label: str | int | float = Field(
+        description="Classification: class name (or index); regression: the true value."
+    )
+    prediction: str | int | float | None = Field(
+        default=None,
+        description="What the model answered (from the response); needed for accuracy unless "
+        "the row was sampled to the control plane.",
+    )
+    version: int | None = Field(
+        default=None, ge=1, description="Model version that answered (from the response)."
+    )
+    device_id: str | None = Field(
+        default=None, pattern=DEVICE_ID_PATTERN, description="Device that answered."
+    )
+
+
+class FeedbackCreate(ApiModel):
+    """True labels, batched; the same request id posted again replaces its label."""
+
+    model: str = Field(description="Model name.")
+    items: list[FeedbackItem] = Field(min_length=1, description="Labels.")
+
+
+class FeedbackResult(ApiModel):
+    stored: int = Field(description="Labels stored (new or replaced).")
+    matched_samples: int = Field(
+        description="Of them, rows sampled from devices: these become training rows."
+    )
+
+
+class FeatureDriftPublic(ApiModel):
+    name: str = Field(description="Feature name, or `prediction`.")
+    rows: int = Field(description="Non-missing rows in the bucket.")
+    psi: float | None = Field(description="Population stability index (null: no verdict).")
+    js: float | None = Field(description="Jensen–Shannon distance, base 2.")
+    verdict: Literal["insufficient", "ok", "watch", "drift"] = Field(
+        description="`insufficient` (too few rows), `ok`, `watch` or `drift`."
+    )
+    mean: float | None = Field(default=None, description="Mean in the bucket.")
+    std: float | None = Field(default=None, description="Standard deviation in the bucket.")
+    mean_shift: float | None = Field(
+        default=None, description="(mean − reference mean) / reference standard deviation."
+    )
+    missing_share: float = Field(default=0.0, description="Share of rows missing the value.")
+    out_of_range_share: float = Field(
+        default=0.0, description="Share of rows outside the training range."
+    )
+
+
+class DriftPointPublic(ApiModel):
+    """The monitor's reading of one version on one selector over one time bucket."""
+
+    version: int = Field(description="Model version.")
+    selector: str = Field(description="Device population (label selector; empty: all).")
+    bucket_start: datetime = Field(description="Bucket start (UTC).")
+    bucket_end: datetime = Field(description="Bucket end (UTC).")
+    devices: int = Field(description="Devices whose windows were merged.")
+    windows: int = Field(description="Telemetry windows merged.")
+    requests: int = Field(description="Predictions.")
+    errors: int = Field(description="Failed predictions.")
+    p95_latency_us: float | None = Field(description="p95 latency from merged histograms.")
+    features: list[FeatureDriftPublic] = Field(description="Per feature, in input order.")
+    prediction: FeatureDriftPublic = Field(description="The prediction histogram.")
+    drifted_share: float = Field(description="Share of judged features reading drift.")
+    drifted_features: list[str] = Field(
+        description="Features drifted for `consecutive` buckets in a row."
+    )
+    dataset_drift: bool = Field(description="Dataset drift (share held `consecutive` buckets).")
+    labels: int = Field(description="Labels received in the bucket for this version.")
+    accuracy: float | None = Field(description="Accuracy on them (classification).")
+    f1_macro: float | None = Field(description="Macro F1 on them (classification).")

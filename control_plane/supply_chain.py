@@ -6,6 +6,7 @@ failure leaves the job ``failed`` with a clear message and nothing registered.""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,9 +17,9 @@ from sqlmodel import Session, col
 from agent.inference import describe, session_for
 from control_plane.artifacts import BlobStore
 from control_plane.config import ServerSettings
-from control_plane.datasets import DatasetLimits, parse_csv
+from control_plane.datasets import DatasetLimits, ParsedDataset, parse_csv
 from control_plane.db import create_db_engine
-from control_plane.errors import ControlPlaneError, JobFailedError
+from control_plane.errors import ChallengerRefusedError, ControlPlaneError, JobFailedError
 from control_plane.export import export_onnx, opset_of, run_onnx
 from control_plane.keystore import load_keys
 from control_plane.models import Dataset, Job, JobStatus, utcnow
@@ -79,17 +80,23 @@ def set_progress(session: Session, job_id: int, stage: str, progress: float) -> 
 
 
 def finish_job(
-    session: Session, job_id: int, *, error: str | None = None, version: int | None = None
+    session: Session,
+    job_id: int,
+    *,
+    error: str | None = None,
+    version: int | None = None,
+    refused: str | None = None,
 ) -> None:
-    """Mark a job finished (failed when ``error``); a job already finished is left alone."""
+    """Mark a job finished (failed when ``error``; succeeded without a version, stage
+    ``refused``, when a challenger lost); a job already finished is left alone."""
     session.rollback()
     job = session.get(Job, job_id, populate_existing=True)
     if job is None or job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return
     job.status = JobStatus.FAILED if error else JobStatus.SUCCEEDED
-    job.stage = "failed" if error else "done"
+    job.stage = "failed" if error else "refused" if refused else "done"
     job.progress = job.progress if error else 1.0
-    job.error = error
+    job.error = error or refused
     job.result_version = version
     job.finished_at = utcnow()
     session.add(job)
@@ -110,7 +117,18 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another worker has it, or it was cancelled
             try:
-                version = _train(settings, session, job_id)
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.kind == "retrain":
+                    from control_plane.retrain_job import retrain  # it builds on this module
+
+                    version = retrain(settings, session, job)
+                else:
+                    request = TrainRequest.model_validate(job.request)
+                    version = train_version(settings, session, job, request)
+            except ChallengerRefusedError as exc:
+                log.info("job %s: %s", job_id, exc.message)
+                finish_job(session, job_id, refused=exc.message)
             except ControlPlaneError as exc:
                 log.info("job %s failed: %s", job_id, exc.message)
                 finish_job(session, job_id, error=exc.message)
@@ -123,27 +141,39 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
         engine.dispose()
 
 
-def _train(settings: ServerSettings, session: Session, job_id: int) -> int:
-    job = session.get(Job, job_id)
-    assert job is not None
+def load_dataset(blobs: BlobStore, dataset: Dataset) -> ParsedDataset:
+    """A stored dataset, checked against its sha256 and parsed as it was at upload."""
+    data = blobs.read_bytes(dataset.sha256)
+    if sha256_bytes(data) != dataset.sha256:
+        raise JobFailedError(f"dataset {dataset.id}'s stored file is corrupt (sha256 mismatch)")
+    nan_policy: Any = dataset.nan_policy
+    return parse_csv(
+        data,
+        label=dataset.label_column,
+        nan_policy=nan_policy,
+        limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
+    )
+
+
+def train_version(
+    settings: ServerSettings,
+    session: Session,
+    job: Job,
+    request: TrainRequest,
+    challenge: Callable[[bytes], None] | None = None,
+) -> int:
+    """Train, export, check and register. ``challenge`` sees the exported model before it
+    is registered and may refuse it (raising ``ChallengerRefusedError``)."""
     assert job.id is not None
-    request = TrainRequest.model_validate(job.request)
+    job_id = job.id
     dataset = session.get(Dataset, request.dataset_id)
     if dataset is None or dataset.id is None:
         raise JobFailedError(f"dataset {request.dataset_id} does not exist")
     algorithm = get_algorithm(request.task, request.algorithm)
     params = validate_params(algorithm, request.params)
     blobs = BlobStore(settings.blobs_dir)
-    data = blobs.read_bytes(dataset.sha256)
-    if sha256_bytes(data) != dataset.sha256:
-        raise JobFailedError(f"dataset {dataset.id}'s stored file is corrupt (sha256 mismatch)")
     nan_policy: Any = dataset.nan_policy
-    parsed = parse_csv(
-        data,
-        label=dataset.label_column,
-        nan_policy=nan_policy,
-        limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
-    )
+    parsed = load_dataset(blobs, dataset)
     check_features_match(session, job.model_name, parsed.features)
 
     X = parsed.X.astype(np.float32)
@@ -265,6 +295,9 @@ def _train(settings: ServerSettings, session: Session, job_id: int) -> int:
             signature="",
         )
 
+    if challenge is not None:
+        set_progress(session, job_id, "challenge", 0.85)
+        challenge(model_bytes)
     keys = load_keys(settings.keys_dir)
     row = register_version(
         session,

@@ -170,7 +170,7 @@ class TelemetryWindow(WireModel):
 class SampleRow(WireModel):
     """One sampled inference row."""
 
-    request_id: str = Field(description="The id the inference response carried.")
+    request_id: str = Field(max_length=64, description="The id the inference response carried.")
     features: list[float | None] = Field(description="Inputs; null is missing.")
     prediction: int | float = Field(description="Class index or predicted value.")
 

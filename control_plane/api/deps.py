@@ -87,4 +87,4 @@ def require(role: Role, *also: Role) -> Callable[..., ApiToken]:
 Viewer = Annotated[ApiToken, Depends(require(Role.VIEWER))]
 Operator = Annotated[ApiToken, Depends(require(Role.OPERATOR))]
 Admin = Annotated[ApiToken, Depends(require(Role.ADMIN))]
-ViewerOrDevice = Annotated[ApiToken, Depends(require(Role.VIEWER, Role.DEVICE))]
+OperatorOrDevice = Annotated[ApiToken, Depends(require(Role.OPERATOR, Role.DEVICE))]

@@ -6,120 +6,23 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from simulator.data import sensor_rows, write_sensor_csv
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
-from tests.conftest import ServerProcess, start_server, stop_server
-from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from tests.conftest import start_server
+from tests.fleet import AgentThread, wait_until
+from tests.rig import OPEN_GATES, Fleet, open_fleet
 
 pytestmark = pytest.mark.integration
 FLEET = 20
-OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 60}
-
-
-@dataclass
-class Fleet:
-    tmp: Path
-    broker: MosquittoBroker
-    server: ServerProcess
-    api: httpx.Client
-    trust: Path
-    agents: dict[str, AgentThread]
-    env: dict[str, str]
-
-    def add(self, device_id: str, site: str) -> AgentThread:
-        response = self.api.post("/devices", json={"id": device_id, "labels": {"site": site}})
-        assert response.status_code == 201, response.text
-        token = response.json()["token"]
-        self.broker.add_user(device_id, token)
-        agent = AgentThread(
-            agent_settings(
-                self.tmp,
-                device_id=device_id,
-                broker=self.broker,
-                token=token,
-                control_plane_url=self.server.url,
-                trust_store=self.trust,
-                window_seconds=0.5,
-                labels={"site": site},
-            )
-        )
-        self.agents[device_id] = agent
-        return agent
-
-    def train(self, dataset_id: int, seed: int) -> int:
-        job = self.api.post(
-            "/models/fault/train",
-            json={"dataset_id": dataset_id, "algorithm": "logreg", "seed": seed},
-        ).json()
-        wait_until(
-            lambda: self.api.get(f"/jobs/{job['id']}").json()["status"] == "succeeded",
-            timeout=120,
-            what="training",
-        )
-        return int(self.api.get(f"/jobs/{job['id']}").json()["result_version"])
-
-    def rollout(
-        self, version: int, plan: dict[str, Any], selector: str = "", **extra: Any
-    ) -> dict[str, Any]:
-        response = self.api.post(
-            "/rollouts",
-            json={
-                "model": "fault",
-                "version": str(version),
-                "selector": selector,
-                "plan": plan,
-                **extra,
-            },
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    def wait_status(self, rollout_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
-        wait_until(
-            lambda: self.api.get(f"/rollouts/{rollout_id}").json()["status"] == status,
-            timeout=timeout,
-            what=f"rollout {status}",
-        )
-        result: dict[str, Any] = self.api.get(f"/rollouts/{rollout_id}").json()
-        return result
-
-    def serving(self, device_id: str) -> int | None:
-        slot = self.agents[device_id].a.updater.slots.get("fault")
-        return slot.current.manifest.version if slot and slot.current else None
 
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
-    broker.start()
-    env = {
-        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}",
-        "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
-    }
-    server = start_server(tmp_path / "cp", env=env)
-    api = server.client()
-    trust = tmp_path / "trust.json"
-    trust.write_text(api.get("/keys").text)
-    fleet = Fleet(tmp_path, broker, server, api, trust, {}, env)
-    try:
+    with open_fleet(tmp_path) as fleet:
         yield fleet
-    finally:
-        try:
-            for agent in fleet.agents.values():
-                agent.stop()
-        finally:
-            api.close()
-            stop_server(fleet.server)
-            broker.stop()
 
 
 def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:

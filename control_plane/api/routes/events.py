@@ -20,14 +20,17 @@ def list_events(
     _: Viewer,
     type_filter: Annotated[
         str | None,
-        Query(alias="type", description="Only this type, e.g. gate_failed, device_offline."),
+        Query(alias="type", description="Only this type, e.g. gate_failed, drift, release."),
     ] = None,
     device_id: Annotated[str | None, Query(description="Only this device.")] = None,
     rollout_id: Annotated[str | None, Query(description="Only this rollout.")] = None,
+    model: Annotated[str | None, Query(description="Only this model.")] = None,
+    job_id: Annotated[int | None, Query(description="Only this job.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> list[EventPublic]:
-    """State changes of rollouts (created, stages, gates, commands) and of devices (online,
-    offline, model versions, refusals)."""
+    """State changes of rollouts (created, stages, gates, commands), of devices (online,
+    offline, model versions, refusals), and the drift loop (drift, accuracy drops,
+    retraining, challengers, releases; `cause_id` links each to the event it follows)."""
     query = select(Event).order_by(col(Event.id).desc()).limit(limit)
     if type_filter:
         query = query.where(Event.type == type_filter)
@@ -35,4 +38,8 @@ def list_events(
         query = query.where(Event.device_id == device_id)
     if rollout_id:
         query = query.where(Event.rollout_id == rollout_id)
+    if model:
+        query = query.where(Event.model_name == model)
+    if job_id is not None:
+        query = query.where(Event.job_id == job_id)
     return [EventPublic.model_validate(e, from_attributes=True) for e in session.exec(query).all()]

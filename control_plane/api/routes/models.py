@@ -60,6 +60,8 @@ def _version_public(
         parity_max_abs_diff=row.parity_max_abs_diff,
         parity_label_disagreements=row.parity_label_disagreements,
         aliases=sorted(a for a, v in aliases.items() if v == row.version),
+        release=row.release,
+        rollout_id=row.rollout_id,
         artifact_url=f"/api/v1/artifacts/{row.sha256}",
         created_at=row.created_at,
         manifest=ModelManifest.model_validate_json(row.manifest) if with_manifest else None,

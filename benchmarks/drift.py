@@ -1,0 +1,291 @@
+"""Drift monitoring: the cost of judging one fleet window, and how fast a mean shift is found.
+
+1. Cost per window. 1,000 devices × ~100 rows (50–150) × 20 features, reference bins built
+   by ``control_plane.parity`` from 4,000 training rows (the simulator's 6 sensor features,
+   repeated from independent draws to make 20), 4 classes. Medians over repeats of:
+   parsing the 1,000 ``TelemetryWindow`` JSON payloads as the monitor reads them from the
+   database; ``merge_windows``; a naive merge (one numpy add per window and feature, as
+   ``gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` + ``advance``.
+2. Detection. One N(0, 1) feature, a fresh 4,000-row training draw (10 quantile bins) per
+   run, then windows of a stated size with the mean moved by δσ from the first window, the
+   default ``DriftPolicy``: windows until the feature's drift verdict (median, p90; at least
+   2 with ``consecutive = 2``) and the share of runs flagged within 2 / 5 / all windows.
+   δ = 0 is the false-alarm row: share of runs with any verdict, and of single windows
+   reading ``drift``.
+3. False alarms against the size of the training set (δ = 0): the reference's own sampling
+   error is the same in every window, so ``consecutive`` does not average it away.
+
+    .venv/bin/python benchmarks/drift.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from control_plane.config import ServerSettings
+from control_plane.drift import (
+    DriftPolicy,
+    DriftState,
+    MergedFeature,
+    MergedWindow,
+    advance,
+    evaluate_window,
+    merge_windows,
+)
+from control_plane.parity import feature_references, prediction_reference_classes
+from shared.manifest import PredictionReference, Reference
+from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow
+from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts
+from simulator.data import CLASSES, FEATURES, sensor_rows
+
+BINS = ServerSettings.model_fields["reference_bins"].default
+TRAIN_ROWS = 4000
+N_FEATURES = 20
+DEVICES = 1000
+SHIFTS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def wide_rows(n: int, seed: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
+    """``n`` rows of 20 features: sensor features from independent draws, side by side."""
+    draws = [sensor_rows(n, seed=seed * 10 + k) for k in range(-(-N_FEATURES // len(FEATURES)))]
+    X = np.hstack([d[0] for d in draws])[:, :N_FEATURES]
+    return X, draws[0][1]
+
+
+def device_window(
+    reference: Reference, X: npt.NDArray[np.float64], predicted: npt.NDArray[np.int64]
+) -> ModelWindow:
+    X = X.astype(np.float32).astype(np.float64)
+    features = []
+    for j, ref in enumerate(reference.features):
+        counted = bin_counts(X[:, j], ref.bin_edges)
+        features.append(
+            FeatureWindow(
+                counts=[int(c) for c in counted.counts],
+                below=counted.below,
+                above=counted.above,
+                missing=counted.missing,
+                n=X.shape[0] - counted.missing,
+                sum=float(np.nansum(X[:, j])),
+                sum_sq=float(np.nansum(np.square(X[:, j]))),
+            )
+        )
+    latencies = np.random.default_rng(X.shape[0]).lognormal(np.log(300.0), 0.4, X.shape[0])
+    return ModelWindow(
+        name="fault",
+        version=1,
+        sha256="ab" * 32,
+        requests=X.shape[0],
+        errors=0,
+        latency_counts=[int(c) for c in latency_counts(latencies)],
+        features=features,
+        predictions=[int(c) for c in np.bincount(predicted, minlength=len(CLASSES))],
+    )
+
+
+def naive_merge(windows: list[ModelWindow]) -> list[npt.NDArray[np.int64]]:
+    """Baseline: one numpy add per window and feature."""
+    first = windows[0]
+    latency = np.zeros(LATENCY_BUCKETS, dtype=np.int64)
+    predictions = np.zeros(len(first.predictions), dtype=np.int64)
+    features = [np.zeros(len(f.counts) + 4, dtype=np.int64) for f in first.features]
+    for w in windows:
+        latency += np.asarray(w.latency_counts, dtype=np.int64)
+        predictions += np.asarray(w.predictions, dtype=np.int64)
+        for j, f in enumerate(w.features):
+            features[j] += np.asarray([*f.counts, f.below, f.above, f.missing, f.n], dtype=np.int64)
+    return [latency, predictions, *features]
+
+
+def median_ms(call: Callable[[], object], repeats: int) -> float:
+    call()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        call()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    return float(np.median(samples))
+
+
+def cost(repeats: int) -> None:
+    X, y = wide_rows(TRAIN_ROWS, seed=0)
+    names = [f"{FEATURES[j % len(FEATURES)]}_{j // len(FEATURES)}" for j in range(N_FEATURES)]
+    reference = Reference(
+        rows=TRAIN_ROWS,
+        features=feature_references(X.astype(np.float32), names, BINS),
+        prediction=prediction_reference_classes(y, len(CLASSES)),
+    )
+    rng = np.random.default_rng(1)
+    sizes = rng.integers(50, 151, DEVICES)
+    X, y = wide_rows(int(sizes.sum()), seed=1)
+    starts = np.concatenate(([0], np.cumsum(sizes)))
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    payloads = [
+        TelemetryWindow(
+            device_id=f"dev-{d:04d}",
+            seq=1,
+            window_start=now,
+            window_end=now + timedelta(minutes=1),
+            models=[device_window(reference, X[a:b], y[a:b])],
+            outbox_dropped=0,
+        ).model_dump_json()
+        for d, (a, b) in enumerate(itertools.pairwise(starts))
+    ]
+    windows = [TelemetryWindow.model_validate_json(p).models[0] for p in payloads]
+    merged = merge_windows(windows)
+    assert merged is not None
+    policy = DriftPolicy()
+    check = naive_merge(windows)
+    assert np.array_equal(check[0], merged.latency_counts)
+    assert np.array_equal(check[2][:-4], merged.features[0].counts)
+
+    def parse() -> list[ModelWindow]:
+        return [TelemetryWindow.model_validate_json(p).models[0] for p in payloads]
+
+    def judge() -> object:
+        return advance(None, evaluate_window(reference, merged, policy), policy)
+
+    def whole() -> object:
+        m = merge_windows(parse())
+        assert m is not None
+        return advance(None, evaluate_window(reference, m, policy), policy)
+
+    t_parse = median_ms(parse, repeats)
+    t_merge = median_ms(lambda: merge_windows(windows), repeats)
+    t_naive = median_ms(lambda: naive_merge(windows), repeats)
+    t_judge = median_ms(judge, repeats)
+    t_whole = median_ms(whole, repeats)
+    kib = sum(len(p) for p in payloads) / 1024 / DEVICES
+    print(
+        f"1. cost per fleet window: {DEVICES} devices × {int(sizes.mean())} rows × "
+        f"{N_FEATURES} features × {BINS} bins, {kib:.1f} KiB JSON per device; "
+        f"median of {repeats}"
+    )
+    print(f"   {'step':<44}{'ms':>9}{'ratio':>10}")
+    rows = [
+        ("parse 1,000 TelemetryWindow JSON", t_parse, ""),
+        ("naive merge (numpy add per window × feature)", t_naive, "1.0×"),
+        ("merge_windows", t_merge, f"{t_naive / t_merge:.1f}× faster"),
+        ("evaluate_window + advance", t_judge, ""),
+        ("parse + merge + evaluate + advance", t_whole, f"{t_whole / t_parse:.2f}× parse"),
+    ]
+    for label, ms, ratio in rows:
+        print(f"   {label:<44}{ms:>9.2f}{ratio:>14}")
+
+
+def normal_reference(train: npt.NDArray[np.float64]) -> Reference:
+    return Reference(
+        rows=train.size,
+        features=feature_references(train[:, None].astype(np.float32), ["x"], BINS),
+        prediction=PredictionReference(),
+    )
+
+
+def merged_values(reference: Reference, values: npt.NDArray[np.float64]) -> MergedWindow:
+    counted = bin_counts(values.astype(np.float32), reference.features[0].bin_edges)
+    feature = MergedFeature(
+        counts=counted.counts,
+        below=counted.below,
+        above=counted.above,
+        missing=counted.missing,
+        n=values.size,
+        sum=float(values.sum()),
+        sum_sq=float(np.square(values).sum()),
+    )
+    return MergedWindow(
+        requests=values.size,
+        errors=0,
+        latency_counts=np.zeros(LATENCY_BUCKETS, dtype=np.int64),
+        features=(feature,),
+        predictions=np.zeros(0, dtype=np.int64),
+        windows=1,
+    )
+
+
+def run(
+    shift: float, rows: int, horizon: int, seed: int, train_rows: int = TRAIN_ROWS
+) -> tuple[int | None, int]:
+    """(first window with a drift verdict or None, single windows reading `drift`)."""
+    policy = DriftPolicy()
+    rng = np.random.default_rng(seed)
+    reference = normal_reference(rng.normal(size=train_rows))
+    state: DriftState | None = None
+    first, readings = None, 0
+    for window in range(1, horizon + 1):
+        reading = evaluate_window(
+            reference, merged_values(reference, rng.normal(shift, 1, rows)), policy
+        )
+        readings += reading.features[0].verdict == "drift"
+        state, verdict = advance(state, reading, policy)
+        if verdict.drifted_features and first is None:
+            first = window
+    return first, readings
+
+
+def detection(runs: int, horizon: int) -> None:
+    print(
+        f"\n2. detection of a mean shift δσ on one N(0,1) feature: {TRAIN_ROWS:,} training "
+        f"rows, {BINS} quantile bins, default policy, {runs} runs × {horizon} windows"
+    )
+    print(
+        f"   {'rows/window':>11}{'δ':>6}{'median':>8}{'p90':>6}{'≤2 win':>9}{'≤5 win':>9}"
+        f"{f'≤{horizon} win':>9}{'windows reading drift':>23}"
+    )
+    for rows in (500, 2000):
+        for shift in SHIFTS:
+            results = [run(shift, rows, horizon, seed) for seed in range(runs)]
+            delays = np.array([np.inf if f is None else f for f, _ in results])
+            readings = sum(r for _, r in results) / (runs * horizon)
+
+            def share(n: int, delays: npt.NDArray[np.float64] = delays) -> str:
+                return f"{np.mean(delays <= n):.1%}"
+
+            if shift == 0:
+                median = p90 = "—"
+            else:
+                # a sample value, not an interpolation: runs never flagged count as infinite
+                m, p = (np.quantile(delays, q, method="inverted_cdf") for q in (0.5, 0.9))
+                median = "never" if np.isinf(m) else f"{m:.0f}"
+                p90 = f">{horizon}" if np.isinf(p) else f"{p:.0f}"
+            print(
+                f"   {rows:>11}{shift:>5.2f}σ{median:>8}{p90:>6}{share(2):>9}{share(5):>9}"
+                f"{share(horizon):>9}{readings:>23.2%}"
+            )
+
+
+def reference_size(runs: int, horizon: int) -> None:
+    print(
+        f"\n3. false alarms (δ = 0) against training rows: share of runs with a drift "
+        f"verdict within {horizon} windows [share of single windows reading drift]"
+    )
+    sizes = (500, 1000, 4000, 20000)
+    print(f"   {'rows/window':>11}" + "".join(f"{f'N = {n:,}':>20}" for n in sizes))
+    for rows in (500, 1000, 2000):
+        cells = []
+        for train_rows in sizes:
+            results = [run(0.0, rows, horizon, seed, train_rows) for seed in range(runs)]
+            alarms = np.mean([f is not None for f, _ in results])
+            readings = sum(r for _, r in results) / (runs * horizon)
+            cells.append(f"{alarms:.1%} [{readings:.2%}]")
+        print(f"   {rows:>11}" + "".join(f"{c:>20}" for c in cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and runs (~20 s)")
+    args = parser.parse_args()
+    print(f"# .venv/bin/python benchmarks/drift.py{' --quick' if args.quick else ''}")
+    cost(repeats=5 if args.quick else 20)
+    detection(runs=100 if args.quick else 500, horizon=20)
+    reference_size(runs=50 if args.quick else 200, horizon=20)
+
+
+if __name__ == "__main__":
+    main()
