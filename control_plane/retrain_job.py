@@ -109,10 +109,23 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
         and (task != "classification" or (0 <= f.label < len(classes) and f.label.is_integer()))
     ]
     if len(usable) < policy.min_labelled_rows:
-        raise ChallengerRefusedError(
+        reason = (
             f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
             "nothing trained"
         )
+        session.add(
+            Event(
+                type="challenger_refused",
+                model_name=job.model_name,
+                version=champion.version,
+                job_id=job.id,
+                cause_id=request.trigger_event_id,
+                data={"decision": "insufficient_data", "labelled_rows": len(usable)},
+                message=f"{job.model_name}: {reason}",
+            )
+        )
+        session.commit()
+        raise ChallengerRefusedError(reason)
     X_recent = np.array(
         [[math.nan if v is None else v for v in s.features] for s, _ in usable], dtype=np.float32
     )

@@ -66,6 +66,8 @@ def test_policy_feedback_retrain_and_approval_boundaries(
     assert api.get("/models/fault").json()["latest_version"] == 1
     started = api.get("/events", params={"type": "retrain_started"}).json()
     assert [e["job_id"] for e in started] == [done["id"]]
+    refusal = api.get("/events", params={"type": "challenger_refused"}).json()
+    assert [e["data"]["decision"] for e in refusal] == ["insufficient_data"]
     assert api.post("/models/nope/retrain").status_code == 404
 
     # Only a retrained version awaiting approval can be approved.
