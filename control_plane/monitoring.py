@@ -186,7 +186,7 @@ class Monitor:
                     selector,
                     start,
                     end,
-                    [(d, w) for d, w in traffic.get((name, version), [])],
+                    traffic.get((name, version), []),
                     labels.get((name, version), []),
                     devices,
                 )
