@@ -15,6 +15,13 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were stored as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
 class Role(StrEnum):
     """API roles. admin ⊃ operator ⊃ viewer; ``device`` stands apart: a device token may only
     download artifacts (and later post its own feedback)."""

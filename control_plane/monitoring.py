@@ -52,6 +52,7 @@ from control_plane.models import (
     RetrainState,
     SampleRowRecord,
     TelemetryRecord,
+    as_utc,
 )
 from control_plane.retraining import (
     Go,
@@ -75,13 +76,17 @@ CURSOR = ("", 0, "")  # the MonitorState row that holds the read position
 MAX_BUCKETS_PER_TICK = 50
 
 
+def labelled_since(query: Any, model: str, since: datetime) -> Any:
+    """``query`` narrowed to sampled rows of ``model`` received since ``since`` that have
+    a label (feedback with the same request id): the rows retraining learns from."""
+    return query.join(Feedback, col(Feedback.request_id) == SampleRowRecord.request_id).where(
+        SampleRowRecord.model_name == model, SampleRowRecord.received_at >= since
+    )
+
+
 def floor_time(moment: datetime, seconds: float) -> datetime:
     stamp = moment.timestamp()
     return datetime.fromtimestamp(stamp - stamp % seconds, UTC)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 class Monitor:
@@ -119,10 +124,10 @@ class Monitor:
             cursor = session.get(MonitorState, CURSOR, with_for_update=True) or MonitorState(
                 model_name=CURSOR[0], version=CURSOR[1], selector=CURSOR[2]
             )
-            start = _aware(cursor.evaluated_until)
+            start = as_utc(cursor.evaluated_until)
             if start is None:
                 first = session.exec(select(func.min(TelemetryRecord.window_end))).one()
-                start = floor_time(_aware(first) or now, self.bucket.total_seconds())
+                start = floor_time(as_utc(first) or now, self.bucket.total_seconds())
             end = start + self.bucket
             if end + self.grace > now:
                 return False
@@ -172,7 +177,9 @@ class Monitor:
                 select(Model).where(col(Model.name).in_({name for name, _ in keys}))
             ).all()
         }
-        devices = {d.id: d.labels for d in session.exec(select(Device)).all()}
+        devices: dict[str, dict[str, str]] = {}
+        if any(s for p in policies.values() for s in p.selectors):  # only selectors need labels
+            devices = {d.id: d.labels for d in session.exec(select(Device)).all()}
         for name, version in sorted(keys):
             manifest = self.manifest(session, name, version)
             policy = policies.get(name)
@@ -407,7 +414,7 @@ class Monitor:
             for model in session.exec(select(Model)).all():
                 policy = policy_of(model.policy).retrain
                 state = session.get(RetrainState, model.name, with_for_update=True)
-                last = _aware(state.last_started_at) if state else None
+                last = as_utc(state.last_started_at) if state else None
                 if (state is None or state.pending_reason is None) and schedule_due(
                     policy, now, last
                 ):
@@ -417,12 +424,8 @@ class Monitor:
                     continue
                 since = now - timedelta(seconds=policy.recent_seconds)
                 labelled = session.exec(
-                    select(func.count())
-                    .select_from(SampleRowRecord)
-                    .join(Feedback, col(Feedback.request_id) == SampleRowRecord.request_id)
-                    .where(
-                        SampleRowRecord.model_name == model.name,
-                        SampleRowRecord.received_at >= since,
+                    labelled_since(
+                        select(func.count()).select_from(SampleRowRecord), model.name, since
                     )
                 ).one()
                 reason: Any = state.pending_reason

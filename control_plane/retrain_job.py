@@ -31,10 +31,11 @@ from control_plane.models import (
     Event,
     Feedback,
     Job,
-    ModelVersion,
     SampleRowRecord,
     utcnow,
 )
+from control_plane.monitoring import labelled_since
+from control_plane.registry import resolve_version
 from control_plane.retraining import compare, metric_for
 from control_plane.schemas import RetrainRequest, TrainRequest
 from control_plane.supply_chain import load_dataset, set_progress, train_version
@@ -47,9 +48,7 @@ def recent_labelled(
 ) -> list[tuple[SampleRowRecord, Feedback]]:
     """Sampled rows of ``model`` received since ``since`` that have a label, newest first."""
     rows = session.exec(
-        select(SampleRowRecord, Feedback)
-        .join(Feedback, col(Feedback.request_id) == SampleRowRecord.request_id)
-        .where(SampleRowRecord.model_name == model, SampleRowRecord.received_at >= since)
+        labelled_since(select(SampleRowRecord, Feedback), model, since)
         .order_by(col(SampleRowRecord.received_at).desc())
         .limit(limit)
     ).all()
@@ -86,14 +85,7 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     assert job.id is not None
     request = RetrainRequest.model_validate(job.request)
     policy = request.policy
-    champion = session.exec(
-        select(ModelVersion).where(
-            ModelVersion.model_name == job.model_name,
-            ModelVersion.version == request.champion_version,
-        )
-    ).first()
-    if champion is None:
-        raise JobFailedError(f"champion {job.model_name} v{request.champion_version} is gone")
+    champion = resolve_version(session, job.model_name, str(request.champion_version))
     manifest = ModelManifest.model_validate_json(champion.manifest)
     task, classes = manifest.output.task, manifest.output.classes
     features = manifest.input.features
@@ -229,11 +221,7 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
         validation_fraction=manifest.lineage.validation_fraction,
     )
     version = train_version(settings, session, job, train_request, challenge)
-    row = session.exec(
-        select(ModelVersion).where(
-            ModelVersion.model_name == job.model_name, ModelVersion.version == version
-        )
-    ).one()
+    row = resolve_version(session, job.model_name, str(version))
     row.release = "pending_rollout" if policy.auto_rollout else "awaiting_approval"
     session.add(row)
     assert job.result is not None

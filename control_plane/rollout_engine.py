@@ -33,6 +33,7 @@ from control_plane.models import (
     Rollout,
     RolloutDevice,
     TelemetryRecord,
+    as_utc,
     utcnow,
 )
 from control_plane.plans import PlanSpec, Stage, cohort_order, resolve
@@ -248,7 +249,7 @@ class RolloutEngine:
             outcome = _install_outcome(device, rollout, member.assigned_seq or 0)
             installed += outcome == "installed"
             failed += outcome == "failed"
-        started = _aware(rollout.stage_started_at)
+        started = as_utc(rollout.stage_started_at)
         assert started is not None
         candidate, baseline = Traffic(), Traffic()
         windows = session.exec(
@@ -284,7 +285,7 @@ class RolloutEngine:
         state = RolloutState(
             status=RolloutStatus(rollout.status),
             stage=rollout.stage,
-            stage_started_at=_aware(rollout.stage_started_at),
+            stage_started_at=as_utc(rollout.stage_started_at),
             reason=rollout.reason,
         )
         plan = PlanSpec.model_validate(rollout.plan)
@@ -459,10 +460,3 @@ def _install_outcome(device: Device | None, rollout: Rollout, seq: int) -> str:
         ):
             return "failed"
     return "pending"
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands datetimes back naive; they were stored as UTC."""
-    if moment is not None and moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment

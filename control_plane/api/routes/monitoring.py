@@ -23,7 +23,6 @@ from control_plane.api.routes.jobs import job_public
 from control_plane.errors import (
     ConflictError,
     InvalidInputError,
-    NotFoundError,
     PayloadTooLargeError,
 )
 from control_plane.models import (
@@ -31,7 +30,6 @@ from control_plane.models import (
     Event,
     Feedback,
     Job,
-    ModelVersion,
     Role,
     SampleRowRecord,
     utcnow,
@@ -269,11 +267,7 @@ def approve(
 ) -> dict[str, str]:
     """Mark a retrained version approved: the monitor starts its rollout (the policy's
     selector and plan) on its next tick, once no other rollout holds the devices."""
-    row = session.exec(
-        select(ModelVersion).where(ModelVersion.model_name == name, ModelVersion.version == version)
-    ).first()
-    if row is None:
-        raise NotFoundError(f"no version {version} of {name!r}", loc=("path", "version"))
+    row = resolve_version(session, name, str(version))
     if row.release != "awaiting_approval":
         raise ConflictError(
             f"{name} v{version} is not awaiting approval (release: {row.release or 'none'})",
