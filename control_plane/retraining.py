@@ -18,6 +18,8 @@ Defaults, and why:
   wrong, e.g. after a concept change).
 - Cooldown one hour between retraining jobs of a model, so a drift that persists (or a
   challenger that keeps losing) cannot start a retraining storm; a manual trigger skips it.
+- A winning challenger goes out as a canary (soak 300 s) without the prediction-divergence
+  gate: predicting differently from the drifted champion is the point.
 - A challenger must beat the champion by 0.02 (accuracy or macro F1) or by 2% of the
   champion's error (RMSE/MAE) on the same holdout; a tie keeps the champion, whose
   behaviour on devices is known.
@@ -64,7 +66,10 @@ def _default_triggers() -> list[AutoTrigger]:
 
 
 def _default_plan() -> PlanSpec:
-    return PlanSpec(preset="canary", soak_seconds=300, gates=GateSpec())
+    # No prediction-divergence gate: a challenger trained because the world changed is
+    # meant to predict differently from the drifted champion, and its being better was
+    # proven on labelled rows. Install, error-rate and latency gates still hold.
+    return PlanSpec(preset="canary", soak_seconds=300, gates=GateSpec(max_prediction_js=1.0))
 
 
 class RetrainPolicy(_Spec):

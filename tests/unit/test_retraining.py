@@ -97,4 +97,5 @@ def test_policy_validation() -> None:
         ModelPolicy.model_validate({"retrain": {"triggers": ["sometimes"]}})
     with pytest.raises(ValidationError):
         ModelPolicy.model_validate({"surprise": 1})
-    assert ModelPolicy.model_validate({}).retrain.plan.preset == "canary"
+    plan = ModelPolicy.model_validate({}).retrain.plan
+    assert plan.preset == "canary" and plan.gates.max_prediction_js == 1.0
