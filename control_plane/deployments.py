@@ -96,10 +96,16 @@ def all_desired(session: Session) -> list[DesiredState]:
     return [DesiredState.model_validate_json(r) for r in rows if r]
 
 
-def desired_version(device: Device, model: str) -> int | None:
-    """The version of ``model`` the device was last told to serve."""
+def desired_deployment(device: Device, model: str) -> DeploymentModel | None:
+    """What the device was last told about ``model``."""
     current = current_desired(device)
     for deployment in current.models if current else []:
         if deployment.manifest.name == model:
-            return deployment.manifest.version
+            return deployment
     return None
+
+
+def desired_version(device: Device, model: str) -> int | None:
+    """The version of ``model`` the device was last told to serve."""
+    deployment = desired_deployment(device, model)
+    return deployment.manifest.version if deployment else None

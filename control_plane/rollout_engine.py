@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from control_plane.deployments import deploy_version, desired_version
+from control_plane.deployments import deploy_version, desired_deployment, desired_version
 from control_plane.devices import list_devices
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.gates import Installs, Traffic, evaluate
@@ -405,20 +405,42 @@ class RolloutEngine:
         return out
 
     def _late_joiners(self, session: Session) -> list[DesiredState]:
-        """Devices that match a finished rollout's selector but were never told about that
-        model (they joined later) get its version."""
+        """Devices that match a finished rollout's selector get its version when they were
+        never told about that model (they joined later), or when what they were told came
+        from a rollout (or default) older than this default: e.g. a device that joined while
+        the rollout ran got the default before it. A single-device deployment (no rollout)
+        and devices in an active rollout of the model are left alone."""
         defaults = session.exec(select(DefaultVersion)).all()
         if not defaults:
             return []
         out = []
         devices = list_devices(session)
+        finished = {r.id: as_utc(r.updated_at) for r in session.exec(select(Rollout)).all()}
+        busy = set(
+            session.exec(
+                select(RolloutDevice.device_id, Rollout.model_name)
+                .join(Rollout, col(Rollout.id) == RolloutDevice.rollout_id)
+                .where(col(Rollout.status).in_(ACTIVE))
+            ).all()
+        )
+
+        def behind(device: Device, default: DefaultVersion) -> bool:
+            deployment = desired_deployment(device, default.model_name)
+            if deployment is None:
+                return True
+            source = deployment.rollout_id
+            if source is None or source == default.rollout_id:
+                return False
+            if (device.id, default.model_name) in busy:
+                return False
+            told_at = finished.get(source)
+            default_at = as_utc(default.updated_at)
+            return told_at is not None and default_at is not None and told_at < default_at
+
         for default in defaults:
             selector = parse_selector(default.selector)
             for device in devices:
-                if (
-                    selector.matches(device.labels)
-                    and desired_version(device, default.model_name) is None
-                ):
+                if selector.matches(device.labels) and behind(device, default):
                     out.append(
                         self._deploy(
                             session,
@@ -433,8 +455,9 @@ class RolloutEngine:
                         Event(
                             rollout_id=default.rollout_id,
                             type="late_joiner",
-                            message=f"{device.id} joined; given "
-                            f"{default.model_name} v{default.version}",
+                            message=f"{device.id} given {default.model_name} "
+                            f"v{default.version}, the default for "
+                            f"{default.selector or 'all devices'}",
                         )
                     )
         return out
