@@ -57,6 +57,7 @@ from control_plane.models import (
 from control_plane.retraining import (
     Go,
     ModelPolicy,
+    RetrainPolicy,
     Trigger,
     accuracy_low,
     next_accuracy_streak,
@@ -242,7 +243,8 @@ class Monitor:
             drifted, dataset_drift = verdict.drifted_features, verdict.dataset_drift
             where = selector or "all devices"
             if verdict.newly:
-                self._drift_event(session, manifest, selector, drift, verdict, start, end)
+                onset = start - (policy.drift.consecutive - 1) * self.bucket
+                self._drift_event(session, manifest, selector, drift, verdict, onset, end)
             elif before is not None and _in_drift(before, policy) and not _in_drift(state, policy):
                 session.add(
                     Event(
@@ -266,8 +268,9 @@ class Monitor:
             streak = next_accuracy_streak(row.accuracy_streak, low)
             k = policy.accuracy.consecutive
             if row.accuracy_streak < k <= streak:
+                onset = start - (k - 1) * self.bucket
                 self._accuracy_event(
-                    session, manifest, selector, accuracy, validation, len(pairs), start
+                    session, manifest, selector, accuracy, validation, len(pairs), onset
                 )
             row.accuracy_streak = streak
         row.updated_at = end
@@ -333,9 +336,10 @@ class Monitor:
         selector: str,
         drift: WindowDrift,
         verdict: Any,
-        start: datetime,
+        onset: datetime,
         end: datetime,
     ) -> None:
+        """``onset``: start of the first of the buckets in a row that made the verdict."""
         name, version = manifest.name, manifest.version
         parts = []
         for feature in drift.features:
@@ -351,7 +355,7 @@ class Monitor:
             version=version,
             data={
                 "selector": selector,
-                "bucket_start": start.isoformat(),
+                "onset": onset.isoformat(),
                 "bucket_end": end.isoformat(),
                 "features": list(verdict.newly_drifted_features),
                 "prediction_drift": verdict.newly_prediction_drift,
@@ -377,7 +381,7 @@ class Monitor:
         accuracy: float,
         validation: float | None,
         labels: int,
-        start: datetime,
+        onset: datetime,
     ) -> None:
         event = Event(
             type="accuracy_drop",
@@ -385,7 +389,7 @@ class Monitor:
             version=manifest.version,
             data={
                 "selector": selector,
-                "bucket_start": start.isoformat(),
+                "onset": onset.isoformat(),
                 "accuracy": accuracy,
                 "validation_accuracy": validation,
                 "labels": labels,
@@ -422,7 +426,7 @@ class Monitor:
                     state.pending_reason, state.pending_event_id = "schedule", None
                 if state is None or state.pending_reason is None:
                     continue
-                since = now - timedelta(seconds=policy.recent_seconds)
+                since = data_since(session, state.pending_event_id, policy, now)
                 labelled = session.exec(
                     labelled_since(
                         select(func.count()).select_from(SampleRowRecord), model.name, since
@@ -496,6 +500,17 @@ def _in_drift(state: DriftState, policy: ModelPolicy) -> bool:
     )
 
 
+def data_since(
+    session: Session, event_id: int | None, policy: RetrainPolicy, now: datetime
+) -> datetime:
+    """Labelled rows from when on retrain a model: the last ``recent_seconds``, and when a
+    drift or accuracy drop triggered it, only rows from its onset on (the new world)."""
+    since = now - timedelta(seconds=policy.recent_seconds)
+    cause = session.get(Event, event_id) if event_id is not None else None
+    onset = (cause.data or {}).get("onset") if cause is not None else None
+    return max(since, datetime.fromisoformat(onset)) if onset else since
+
+
 def champion_of(session: Session, name: str, policy: ModelPolicy) -> int | None:
     """The version a challenger must beat: what the policy's selector defaults to (the last
     finished rollout), else the latest version."""
@@ -527,6 +542,7 @@ def start_retraining(
         trigger=trigger,
         trigger_event_id=event_id,
         champion_version=champion,
+        since=data_since(session, event_id, policy.retrain, datetime.now(UTC)),
         policy=policy.retrain,
     )
     job = Job(

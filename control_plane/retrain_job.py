@@ -92,7 +92,7 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     blobs = BlobStore(settings.blobs_dir)
 
     set_progress(session, job.id, "collecting", 0.02)
-    since = utcnow() - timedelta(seconds=policy.recent_seconds)
+    since = request.since or utcnow() - timedelta(seconds=policy.recent_seconds)
     pairs = recent_labelled(session, job.model_name, since, policy.max_recent_rows)
     usable = [
         (s, f)

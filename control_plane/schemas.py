@@ -81,6 +81,11 @@ class RetrainRequest(ApiModel):
         default=None, description="The event that triggered it (lineage)."
     )
     champion_version: int = Field(description="The version the challenger must beat.")
+    since: datetime | None = Field(
+        default=None,
+        description="Labelled rows from this time on: the trigger's onset, or the policy's "
+        "`recent_seconds` back.",
+    )
     policy: RetrainPolicy = Field(description="The model's retraining policy at the time.")
 
 

@@ -199,7 +199,7 @@ def test_drift_is_detected_retrained_proven_and_rolled_out(drift_fleet: Fleet) -
     during = [
         p["accuracy"]
         for p in drift_points(fleet, 1)
-        if p["labels"] >= 100 and p["bucket_start"] >= drift["data"]["bucket_start"]
+        if p["labels"] >= 100 and p["bucket_start"] >= drift["data"]["onset"]
     ]
     assert float(np.median(after)) > float(np.median(during)) + 0.1
     assert float(np.median(after)) > 0.75
