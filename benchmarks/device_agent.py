@@ -50,8 +50,8 @@ from shared.manifest import ModelManifest  # noqa: E402
 from shared.messages import Phase  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Channel  # noqa: E402
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port  # noqa: E402
 from simulator.data import FEATURES, sensor_rows  # noqa: E402
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port  # noqa: E402
 from tests.fleet import (  # noqa: E402
     CP_PASSWORD,
     AgentThread,

@@ -56,9 +56,9 @@ from control_plane.db import create_db_engine, migrate  # noqa: E402
 from control_plane.ingest import Incoming, store_batch  # noqa: E402
 from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow  # noqa: E402
 from shared.stats import LATENCY_BUCKETS  # noqa: E402
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, find_tool  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, find_tool  # noqa: E402
 from tests.conftest import ServerProcess, start_server  # noqa: E402
 from tests.fleet import CP_PASSWORD  # noqa: E402
 
@@ -306,27 +306,6 @@ def train_versions(r: Rig) -> float:
     return time.perf_counter() - start
 
 
-def add_broker_users(broker: MosquittoBroker, users: dict[str, str]) -> None:
-    """All users with one `mosquitto_passwd -U` (hashing a plaintext file in place) and one
-    reload: `add_user` runs mosquitto_passwd and a reload per user."""
-    tool = find_tool("mosquitto_passwd")
-    if tool is None:
-        raise FileNotFoundError("mosquitto_passwd not found")
-    plain = broker.workdir / "passwd.batch"
-    plain.touch(mode=0o600)
-    plain.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
-    try:
-        subprocess.run([tool, "-U", str(plain)], check=True, capture_output=True, timeout=120)
-        hashed = plain.read_text()
-    finally:
-        plain.unlink()
-    existing = broker.password_file.read_text()
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
-    broker.password_file.write_text(existing + hashed)
-    broker.reload(timeout=30)
-
-
 # --- 1. rollout convergence -------------------------------------------------------------------
 
 
@@ -379,7 +358,7 @@ def register_devices(r: Rig, n: int, tag: str) -> tuple[dict[str, str], float, f
         response = ok(r.api.post("/devices", json={"id": device_id, "labels": {"fleet": tag}}))
         tokens[device_id] = response.json()["token"]
     registered = time.perf_counter()
-    add_broker_users(r.broker, tokens)
+    r.broker.add_users(tokens)
     return tokens, registered - start, time.perf_counter() - registered
 
 

@@ -48,6 +48,12 @@ COMMANDS: dict[str, LazyCommand] = {
     "verify": LazyCommand("agent.cli", "verify_app", "Verify a signed model offline."),
     "agent": LazyCommand("agent.cli", "agent_app", "Run the device agent."),
     "demo": LazyCommand("simulator.demo", "demo_app", "Run the whole loop on this machine.", "sim"),
+    "simulate": LazyCommand(
+        "simulator.cli",
+        "simulate_app",
+        "Run a scenario (rollout, bad-model, drift, chaos, churn) on simulated devices.",
+        "sim",
+    ),
 }
 
 USAGE = """\

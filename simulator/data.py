@@ -1,7 +1,8 @@
 """Synthetic tabular data: sensor readings of a machine → fault class, with noise.
 
 Deterministic from a seed. ``shift`` moves feature means (in units of each feature's
-standard deviation) to simulate drift in later issues.
+standard deviation): covariate drift; ``drifted=True`` changes how a fault shows in the
+readings: concept drift.
 """
 
 from __future__ import annotations
@@ -27,15 +28,25 @@ _CLASS_OFFSET = np.array(
     ]
 )
 _CLASS_WEIGHTS = np.array([0.55, 0.15, 0.15, 0.15])
+# The world after the drift (at some sites): machines got a new cooling system and new
+# bearings. An overheating machine barely runs hot any more, its coolant loop steams up
+# instead (humidity); a worn bearing hardly vibrates but slows the spindle (rpm). A model
+# trained before misses those faults; one trained on recent labelled rows learns both
+# signatures.
+_DRIFTED_OFFSET = _CLASS_OFFSET.copy()
+_DRIFTED_OFFSET[1] = [0.2, 0.3, 1.2, 0.0, -0.3, 3.5]
+_DRIFTED_OFFSET[2] = [0.6, 0.4, 0.4, 0.0, -3.0, 0.0]
 
 
 def sensor_rows(
-    n: int, seed: int, shift: npt.ArrayLike | None = None
+    n: int, seed: int, shift: npt.ArrayLike | None = None, *, drifted: bool = False
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """``n`` rows of (features, class index)."""
+    """``n`` rows of (features, class index); ``drifted``: the world after the concept
+    drift (see ``_DRIFTED_OFFSET``)."""
     rng = np.random.default_rng(seed)
     y = rng.choice(len(CLASSES), size=n, p=_CLASS_WEIGHTS)
-    z = rng.normal(size=(n, len(FEATURES))) * 1.1 + _CLASS_OFFSET[y]
+    offsets = _DRIFTED_OFFSET if drifted else _CLASS_OFFSET
+    z = rng.normal(size=(n, len(FEATURES))) * 1.1 + offsets[y]
     if shift is not None:
         z = z + np.asarray(shift, dtype=np.float64)
     X = _BASE_MEAN + z * _BASE_STD

@@ -211,12 +211,25 @@ class SimulatedFleet:
             if not stop.is_set():
                 self.errors[agent.settings.device_id] = RuntimeError("agent returned by itself")
 
+    async def kill(self, device_id: str) -> None:
+        """End one agent without a goodbye, as a device losing power would: its task is
+        cancelled (the broker publishes its Last Will); ``start`` brings it back."""
+        task = self._tasks.pop(device_id, None)
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_GRACE_SECONDS)
+
     # --- observing ----------------------------------------------------------------------
 
     @property
     def running(self) -> int:
         """Agents whose ``run`` has not ended."""
         return sum(not t.done() for t in self._tasks.values())
+
+    def is_running(self, device_id: str) -> bool:
+        task = self._tasks.get(device_id)
+        return task is not None and not task.done()
 
     def connected(self) -> dict[str, bool]:
         """Device → connected to the broker now."""

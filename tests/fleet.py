@@ -26,7 +26,7 @@ from shared.messages import DeploymentModel, DesiredState
 from shared.signing import KeyRole, SigningKey
 from shared.topics import Channel, Topics
 from shared.trust import TrustedKey, TrustStore
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 
 T = TypeVar("T")
 CP_PASSWORD = "cp-secret"

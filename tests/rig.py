@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
 

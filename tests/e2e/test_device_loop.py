@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
 from simulator.data import FEATURES, sensor_rows
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
 from tests.conftest import REPO, ServerProcess, edgefleet_cmd, run_cli, start_server, stop_server
 from tests.fleet import CP_PASSWORD, wait_until
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
 from simulator.data import write_sensor_csv
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
 from tests.conftest import start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
 

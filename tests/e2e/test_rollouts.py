@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from simulator.data import sensor_rows, write_sensor_csv
+from simulator.faults import register_slow_version
 from tests.conftest import start_server
 from tests.fleet import AgentThread, wait_until
 from tests.rig import OPEN_GATES, Fleet, open_fleet
@@ -118,47 +119,6 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     finished = fleet.api.post(f"/rollouts/{second['id']}/promote")
     assert finished.status_code == 409
     assert "cannot promote" in finished.text
-
-
-def register_slow_version(data_dir: Path, base_version: int) -> int:
-    """Register, with the server's own registry code and key, a version of the model that
-    answers the same but ~100x slower (see ``slow_variant``)."""
-    from sqlmodel import Session
-
-    from control_plane.artifacts import BlobStore
-    from control_plane.config import load_settings
-    from control_plane.db import create_db_engine
-    from control_plane.keystore import load_keys
-    from control_plane.registry import register_version, resolve_version
-    from shared.hashing import sha256_bytes
-    from shared.manifest import ModelManifest
-    from tests.models import slow_variant
-
-    settings = load_settings(data_dir)
-    engine = create_db_engine(settings.resolved_database_url)
-    blobs = BlobStore(settings.blobs_dir)
-    try:
-        with Session(engine) as session:
-            base = resolve_version(session, "fault", str(base_version))
-            manifest = ModelManifest.model_validate_json(base.manifest)
-            slow = slow_variant(blobs.read_bytes(base.sha256))
-            row = register_version(
-                session,
-                blobs,
-                load_keys(settings.keys_dir).model,
-                name="fault",
-                task="classification",
-                model_bytes=slow,
-                algorithm=base.algorithm,
-                dataset_id=base.dataset_id,
-                job_id=None,
-                make_manifest=lambda v: manifest.model_copy(
-                    update={"version": v, "sha256": sha256_bytes(slow), "size": len(slow)}
-                ),
-            )
-            return row.version
-    finally:
-        engine.dispose()
 
 
 def keep_busy(fleet: Fleet, stop: threading.Event) -> None:

@@ -18,8 +18,8 @@ import pytest
 from shared.messages import Ack, DesiredState, Phase, SampleBatch
 from shared.signing import SigningKey
 from shared.topics import Channel
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 from simulator.data import sensor_rows
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
 from tests.conftest import REPO, edgefleet_cmd
 from tests.fleet import (
     CP_PASSWORD,

@@ -16,8 +16,8 @@ from control_plane.mqtt_bridge import MqttBridge
 from shared.messages import DesiredState, DeviceState, TelemetryWindow
 from shared.signing import KeyRole
 from shared.trust import TrustStore
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 from simulator.data import sensor_csv
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker
 from tests.fleet import CP_PASSWORD, wait_until
 from tests.integration.conftest import Api, MakeApi
 

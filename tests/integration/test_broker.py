@@ -1,5 +1,5 @@
 """The broker side of edgefleet against a real mosquitto: deploy/mosquitto/mosquitto.conf and
-deploy/mosquitto/acl, run by tests/broker.py.
+deploy/mosquitto/acl, run by simulator/broker.py.
 
 Negative checks ("X is not delivered") never sleep: after the denied message the test sends
 a permitted one along the same path, and since mosquitto delivers in order, the permitted
@@ -19,7 +19,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
-from tests.broker import CONTROL_PLANE_USER, MosquittoBroker, mosquitto_available
+from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, mosquitto_available
 
 pytestmark = [
     pytest.mark.integration,

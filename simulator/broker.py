@@ -26,6 +26,7 @@ tests/integration/test_broker.py):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -36,9 +37,11 @@ import socket
 import string
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 CONTROL_PLANE_USER = "edgefleet-control-plane"
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
@@ -165,12 +168,13 @@ class MosquittoBroker:
         # Run as root, mosquitto would switch to the "mosquitto" user, which cannot read a
         # pytest tmp_path (mode 0700). Ignored when not running as root.
         user = pwd.getpwuid(os.geteuid()).pw_name
-        return text + f"\n# Added by tests/broker.py: keep the current user.\nuser {user}\n"
+        return text + f"\n# Added by simulator/broker.py: keep the current user.\nuser {user}\n"
 
     @property
     def host(self) -> str:
         """Address clients connect to."""
-        return "127.0.0.1" if self.bind_address in ("0.0.0.0", "", "::") else self.bind_address
+        wildcard = ("0.0.0.0", "", "::")  # noqa: S104  (compared, not bound)
+        return "127.0.0.1" if self.bind_address in wildcard else self.bind_address
 
     @property
     def port(self) -> int:
@@ -210,6 +214,23 @@ class MosquittoBroker:
         if self.running:
             self.reload(timeout)
 
+    def add_users(self, users: dict[str, str], timeout: float = 30.0) -> None:
+        """Many users with one `mosquitto_passwd -U` (hashing a plaintext file in place) and
+        one reload (`add_user` runs mosquitto_passwd and a reload per user)."""
+        plain = self.workdir / "passwd.batch"
+        plain.touch(mode=0o600)
+        plain.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
+        try:
+            self._passwd("-U", str(plain))
+            hashed = plain.read_text()
+        finally:
+            plain.unlink()
+        existing = self.password_file.read_text() if self.password_file.exists() else ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        self.password_file.write_text(existing + hashed)
+        self.reload(timeout=timeout)
+
     def remove_user(self, username: str, timeout: float = 10.0) -> None:
         """Delete a user (`mosquitto_passwd -D`); if the broker is running, reload it: the
         user's live connections are dropped and it can no longer connect."""
@@ -239,7 +260,11 @@ class MosquittoBroker:
 
     def _passwd(self, *args: str) -> None:
         result = subprocess.run(
-            [_require_tool("mosquitto_passwd"), *args], capture_output=True, text=True, timeout=30
+            [_require_tool("mosquitto_passwd"), *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         if result.returncode != 0:
             raise RuntimeError(
@@ -349,6 +374,97 @@ class MosquittoBroker:
             self.stop()
         self.kill()
 
+    def describe(self) -> str:
+        return f"{mosquitto_version()} (private, port {self.port})"
+
     def __repr__(self) -> str:
         state = f"pid {self.pid}" if self.running else "stopped"
         return f"<MosquittoBroker {self.url} {state} in {self.workdir}>"
+
+
+class InProcessBroker:
+    """amqtt (an MQTT 3.1.1 broker in Python) on its own thread and event loop in this
+    process: what the demo uses on a machine without mosquitto. Anonymous and without ACLs,
+    so for the demo only, never for a fleet; ``add_user``/``add_users`` accept and ignore
+    credentials to stand in for ``MosquittoBroker``."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.host = "127.0.0.1"
+        self.port = port if port is not None else free_port(self.host)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        return f"amqtt (in-process, port {self.port}; mosquitto is not installed)"
+
+    def add_user(self, username: str, password: str) -> None:
+        """Anonymous broker: nothing to do."""
+
+    def add_users(self, users: dict[str, str]) -> None:
+        """Anonymous broker: nothing to do."""
+
+    def start(self, timeout: float = 10.0) -> None:
+        from amqtt.broker import Broker
+
+        ready = threading.Event()
+        loop = asyncio.new_event_loop()
+
+        async def serve() -> None:
+            self._broker = Broker(
+                {
+                    "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+                    "plugins": {
+                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
+                            "allow_anonymous": True
+                        }
+                    },
+                }
+            )
+            await self._broker.start()
+            ready.set()
+
+        def main() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(serve())
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=main, name="amqtt", daemon=True)
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"amqtt did not start on port {self.port} within {timeout} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        loop, broker = self._loop, self._broker
+        if loop is None or self._thread is None:
+            return
+        if broker is not None:
+            with contextlib.suppress(Exception):  # a broker that fails to stop must not block
+                asyncio.run_coroutine_threadsafe(broker.shutdown(), loop).result(timeout)
+        loop.call_soon_threadsafe(loop.stop)
+        self._thread.join(timeout)
+        self._loop = self._thread = self._broker = None
+
+
+def mosquitto_version() -> str:
+    """``mosquitto 2.0.11``-style version of the installed broker, or ``mosquitto``."""
+    tool = find_tool("mosquitto")
+    if tool is None:
+        return "mosquitto"
+    result = subprocess.run([tool, "-h"], check=False, capture_output=True, text=True, timeout=10)
+    first = (result.stdout or result.stderr).splitlines()[:1]
+    return first[0].replace(" version", "") if first else "mosquitto"
+
+
+def start_broker(workdir: Path) -> MosquittoBroker | InProcessBroker:
+    """A private broker: mosquitto (configured like production, on a free port) when it is
+    installed, else amqtt in this process. Started; the caller stops it."""
+    broker: MosquittoBroker | InProcessBroker
+    broker = MosquittoBroker(workdir) if mosquitto_available() else InProcessBroker()
+    broker.start()
+    return broker

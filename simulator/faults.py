@@ -1,0 +1,88 @@
+"""Faults the simulator injects on purpose: a model version that answers the same as its
+base but ~100× slower (a latency regression a rollout gate must stop at the canary),
+registered with the control plane's own registry code and signing key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sqlmodel import Session
+
+from control_plane.artifacts import BlobStore
+from control_plane.config import load_settings
+from control_plane.db import create_db_engine
+from control_plane.keystore import load_keys
+from control_plane.registry import register_version, resolve_version
+from shared.hashing import sha256_bytes
+from shared.manifest import ModelManifest
+
+
+def slow_variant(model_bytes: bytes, size: int = 2000) -> bytes:
+    """The same model with a compute-heavy branch whose result is multiplied by zero and added
+    to the probabilities: identical outputs (golden vectors still hold), a few ms per row.
+    The kind of latency regression a rollout gate must catch."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load_model_from_string(model_bytes)
+    graph = proto.graph
+    for node in graph.node:
+        node.output[:] = ["probabilities_fast" if o == "probabilities" else o for o in node.output]
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.full((50, 50), 1e-4, np.float32), "slow_w_tile"),
+            numpy_helper.from_array(np.array([size // 50, size // 50], np.int64), "slow_w_reps"),
+            numpy_helper.from_array(np.array([1, size // 6 + 1], np.int64), "slow_x_reps"),
+            numpy_helper.from_array(np.array([0, 0], np.int64), "slow_starts"),
+            numpy_helper.from_array(np.array([2**62, size], np.int64), "slow_ends"),
+            numpy_helper.from_array(np.array([1], np.int64), "slow_axes"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "slow_zero"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("Tile", ["slow_w_tile", "slow_w_reps"], ["slow_w"]),
+            helper.make_node("Tile", ["input", "slow_x_reps"], ["slow_x_wide"]),
+            helper.make_node("Slice", ["slow_x_wide", "slow_starts", "slow_ends"], ["slow_x"]),
+            helper.make_node("MatMul", ["slow_x", "slow_w"], ["slow_y1"]),
+            helper.make_node("MatMul", ["slow_y1", "slow_w"], ["slow_y2"]),
+            helper.make_node("MatMul", ["slow_y2", "slow_w"], ["slow_y3"]),
+            helper.make_node("ReduceSum", ["slow_y3", "slow_axes"], ["slow_sum"], keepdims=1),
+            helper.make_node("Mul", ["slow_sum", "slow_zero"], ["slow_zeros"]),
+            helper.make_node("Add", ["probabilities_fast", "slow_zeros"], ["probabilities"]),
+        ]
+    )
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()  # type: ignore[no-any-return]
+
+
+def register_slow_version(data_dir: Path, base_version: int, model: str = "fault") -> int:
+    """Register, with the server's own registry code and key, a version of the model that
+    answers the same but ~100x slower (see ``slow_variant``)."""
+
+    settings = load_settings(data_dir)
+    engine = create_db_engine(settings.resolved_database_url)
+    blobs = BlobStore(settings.blobs_dir)
+    try:
+        with Session(engine) as session:
+            base = resolve_version(session, model, str(base_version))
+            manifest = ModelManifest.model_validate_json(base.manifest)
+            slow = slow_variant(blobs.read_bytes(base.sha256))
+            row = register_version(
+                session,
+                blobs,
+                load_keys(settings.keys_dir).model,
+                name=model,
+                task="classification",
+                model_bytes=slow,
+                algorithm=base.algorithm,
+                dataset_id=base.dataset_id,
+                job_id=None,
+                make_manifest=lambda v: manifest.model_copy(
+                    update={"version": v, "sha256": sha256_bytes(slow), "size": len(slow)}
+                ),
+            )
+            return row.version
+    finally:
+        engine.dispose()
