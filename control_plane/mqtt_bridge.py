@@ -168,11 +168,12 @@ class MqttBridge:
             self.counters.batches += 1
             self.counters.stored_windows += result.inserted
             self.counters.duplicate_windows += result.duplicates
-            for device_id, seqs in result.acks.items():
-                await self._publish(
-                    self.topics.device(device_id, Channel.ACK),
-                    Ack(channel="telemetry", seqs=seqs).model_dump_json(),
-                )
+            for channel, acks in (("telemetry", result.acks), ("samples", result.sample_acks)):
+                for device_id, seqs in acks.items():
+                    await self._publish(
+                        self.topics.device(device_id, Channel.ACK),
+                        Ack(channel=channel, seqs=seqs).model_dump_json(),
+                    )
 
     async def _refresh_loop(self) -> None:
         interval = min(3600.0, self.settings.desired_ttl_seconds / 10)

@@ -255,3 +255,8 @@ def test_a_challenger_waits_for_approval_when_the_policy_says_so(drift_fleet: Fl
         wait_until(lambda: all(fleet.serving(d) == 2 for d in fleet.agents), what="v2 everywhere")
         assert app.error is None
     assert [e["version"] for e in events(fleet, "approved")] == [2]
+    # Sampled rows are acknowledged like windows: nothing piles up in the agents' outboxes
+    # (the last window's batch may still be on its way).
+    for agent in fleet.agents.values():
+        waiting = [i for i in agent.a.outbox.pending(10_000) if i.channel == "samples"]
+        assert len(waiting) <= 2, f"{agent.settings.device_id}: {len(waiting)} unacked batches"
