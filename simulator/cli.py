@@ -109,7 +109,7 @@ async def _view(sim: Simulation) -> Group:
             serving[version or 0] = serving.get(version or 0, 0) + 1
     for version, count in sorted(serving.items()):
         versions.add_row(f"v{version}" if version else "none", str(count))
-    rollouts: list[dict[str, Any]] = (await sim.api.get("/rollouts")).json()
+    rollouts: list[dict[str, Any]] = await sim.get("/rollouts")
     stage = Table("rollout", "version", "status", "stage", "gates", title="rollouts")
     for rollout in rollouts[:3]:
         gates = ", ".join(
@@ -122,9 +122,7 @@ async def _view(sim: Simulation) -> Group:
             f"{rollout['stage'] + 1}/{len(rollout['stages'])}",
             gates or "—",
         )
-    readings: list[dict[str, Any]] = (
-        await sim.api.get(f"/models/{MODEL}/drift", params={"limit": 6})
-    ).json()
+    readings: list[dict[str, Any]] = await sim.get(f"/models/{MODEL}/drift", limit=6)
     drift = Table("bucket end", "version", "accuracy", "p95 µs", "PSI per feature", title="drift")
     for r in readings[-6:]:
         psi = " ".join(

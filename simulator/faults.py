@@ -1,9 +1,11 @@
 """Faults the simulator injects on purpose: a model version that answers the same as its
 base but ~100× slower (a latency regression a rollout gate must stop at the canary),
-registered with the control plane's own registry code and signing key."""
+registered with the control plane's own registry code and signing key; and a relay that
+stalls the network of some devices."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,62 @@ def register_slow_version(data_dir: Path, base_version: int, model: str = "fault
             return row.version
     finally:
         engine.dispose()
+
+
+class StallProxy:
+    """A TCP relay between some agents and the broker that can stall: while stalled, bytes
+    are held in both directions (connections stay open, nothing gets through), as on a
+    congested or flapping uplink. Runs on the caller's event loop."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.stalls = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def stall(self) -> None:
+        self.stalls += 1
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    async def stop(self) -> None:
+        self._open.set()
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            writer.close()
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_writer))
+        try:
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.close()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self._open.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()  # one side ended: end the other, so the agent reconnects

@@ -32,6 +32,7 @@ from shared.trust import TrustStore
 from simulator.broker import InProcessBroker, MosquittoBroker, start_broker
 from simulator.control import ControlPlane
 from simulator.data import CLASSES, sensor_csv, sensor_rows
+from simulator.faults import StallProxy
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit
 from simulator.report import Marker, Sample
 
@@ -98,6 +99,8 @@ class Simulation:
         self.trust_path = self.workdir / "trust-store.json"
         self.trust_path.write_text(keys)
         self.fleet = SimulatedFleet(TrustStore.model_validate_json(keys))
+        self.proxy: StallProxy | None = None
+        self._proxied_every = 0
         self.tokens: dict[str, str] = {}
         self.labels: dict[str, dict[str, str]] = {}
         self._pending: list[tuple[float, dict[str, Any]]] = []
@@ -124,6 +127,8 @@ class Simulation:
         try:
             await self.fleet.stop()
         finally:
+            if self.proxy is not None:
+                await self.proxy.stop()
             await self.api.aclose()
             await asyncio.to_thread(self.control.stop)
             await asyncio.to_thread(self.broker.stop)
@@ -168,11 +173,26 @@ class Simulation:
         """Start (or restart, as after a reboot: same data directory) these devices' agents."""
         await self.fleet.start([self.settings_for(d) for d in ids])
 
+    async def stall_through_proxy(self, every: int) -> StallProxy:
+        """Devices added from now on whose index is a multiple of ``every`` reach the broker
+        through a relay that can stall (``StallProxy``)."""
+        self.proxy = StallProxy(self.broker.host, self.broker.port)
+        await self.proxy.start()
+        self._proxied_every = every
+        return self.proxy
+
+    def proxied(self, device_id: str) -> bool:
+        every = self._proxied_every
+        return bool(every) and int(device_id.rsplit("-", 1)[1]) % every == 0
+
     def settings_for(self, device_id: str) -> Any:
+        via: StallProxy | MosquittoBroker | InProcessBroker = self.broker
+        if self.proxy is not None and self.proxied(device_id):
+            via = self.proxy
         return device_settings(
             device_id,
-            broker_host=self.broker.host,
-            broker_port=self.broker.port,
+            broker_host=via.host,
+            broker_port=via.port,
             token=self.tokens[device_id],
             control_plane_url=self.control.url,
             trust_store=self.trust_path,
@@ -201,6 +221,24 @@ class Simulation:
             if time.monotonic() - start > timeout:
                 raise TimeoutError(f"{len(behind)} devices not on v{version}: {behind[:5]}")
             await asyncio.sleep(0.1)
+
+    # --- the API -------------------------------------------------------------------------------
+
+    async def get(self, path: str, **params: Any) -> Any:
+        """GET and decode JSON, retrying for up to 30 s while the control plane is away (a
+        restart in the chaos scenario, or a keep-alive connection it closed meanwhile)."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                response = await self.api.get(path, params=params or None)
+                if response.status_code < 500:
+                    return response.raise_for_status().json()
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise
+            if time.monotonic() > deadline:
+                response.raise_for_status()
+            await asyncio.sleep(0.5)
 
     # --- models and rollouts -------------------------------------------------------------------
 
@@ -233,7 +271,7 @@ class Simulation:
     async def wait_job(self, job_id: int, timeout: float = 300) -> dict[str, Any]:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            job: dict[str, Any] = (await self.api.get(f"/jobs/{job_id}")).json()
+            job: dict[str, Any] = await self.get(f"/jobs/{job_id}")
             if job["status"] in ("succeeded", "failed"):
                 return job
             await asyncio.sleep(0.2)
@@ -272,7 +310,7 @@ class Simulation:
         deadline = time.monotonic() + timeout
         stage = -1
         while True:
-            rollout: dict[str, Any] = (await self.api.get(f"/rollouts/{rollout_id}")).json()
+            rollout: dict[str, Any] = await self.get(f"/rollouts/{rollout_id}")
             if rollout["stage"] > stage:
                 stage = rollout["stage"]
                 if stage >= 0:
@@ -286,15 +324,11 @@ class Simulation:
 
     async def events(self, kind: str) -> list[dict[str, Any]]:
         """Events of one type, oldest first."""
-        result: list[dict[str, Any]] = (
-            await self.api.get("/events", params={"type": kind, "limit": 10_000})
-        ).json()
+        result: list[dict[str, Any]] = await self.get("/events", type=kind, limit=10_000)
         return result[::-1]
 
     async def drift(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (
-            await self.api.get(f"/models/{MODEL}/drift", params={"limit": 10_000})
-        ).json()
+        result: list[dict[str, Any]] = await self.get(f"/models/{MODEL}/drift", limit=10_000)
         return result
 
     # --- the world -----------------------------------------------------------------------------

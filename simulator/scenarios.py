@@ -6,8 +6,9 @@
 - ``drift``: at time T three quarters of the sites see a concept drift; the monitor detects it, a
   retraining proves a challenger better on recent labelled rows, a staged rollout ships
   it, and accuracy recovers.
-- ``chaos``: during a rollout the broker is killed and restarted, the control plane is
-  killed and restarted, agents are killed and restarted; every device converges and every
+- ``chaos``: during a rollout the network of a fifth of the devices stalls, the broker is
+  killed and restarted, the control plane is killed and restarted, agents are killed and
+  restarted; every device converges and every
   telemetry window an agent produced is stored exactly once.
 - ``churn``: devices leave and join during a rollout; late joiners and returning devices
   converge.
@@ -127,7 +128,7 @@ async def bad_model_scenario(sim: Simulation) -> Outcome:
     rollout = await sim.rollout(bad, plan, "badmodel")
     done = await sim.wait_rollout(rollout["id"], FINAL, timeout=120)
     back = await _converged(sim, v1, timeout=60)
-    sha = (await sim.api.get(f"/models/{MODEL}/versions/{bad}")).json()["sha256"]
+    sha = (await sim.get(f"/models/{MODEL}/versions/{bad}"))["sha256"]
     holders = sorted(
         d
         for d, a in sim.fleet.agents.items()
@@ -206,7 +207,7 @@ async def drift_scenario(sim: Simulation, onset_after_buckets: int = 4) -> Outco
         return out
     verdict = await _wait_any_event(sim, ("challenger_registered", "challenger_refused"), 300)
     registered = verdict is not None and verdict["type"] == "challenger_registered"
-    job = (await sim.api.get(f"/jobs/{verdict['job_id']}")).json() if verdict else {}
+    job = await sim.get(f"/jobs/{verdict['job_id']}") if verdict else {}
     result = job.get("result") or {}
     out.check(
         "retrained: the challenger beats the champion on recent labelled rows",
@@ -266,6 +267,7 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
         out.check("chaos needs mosquitto", False, "the in-process broker cannot be killed")
         return out
     broker = sim.broker
+    proxy = await sim.stall_through_proxy(every=5)  # a fifth of the devices
     await sim.add_devices(range(sim.options.devices))
     await _first_version(sim, out)
     v2 = await sim.train(seed=sim.options.seed + 1)
@@ -273,7 +275,11 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
     rng = random.Random(sim.options.seed)  # noqa: S311  (a scenario, not security)
     restarts = {"broker": 0, "control plane": 0, "agents": 0}
     for round_ in range(rounds):
-        await asyncio.sleep(2)
+        proxy.stall()
+        sim.mark("network stall for a fifth of the devices", "fault")
+        await asyncio.sleep(4)
+        proxy.resume()
+        sim.mark("network back", "info")
         await asyncio.to_thread(broker.restart, kill=True)
         restarts["broker"] += 1
         sim.mark(f"broker killed and restarted ({round_ + 1})", "fault")
@@ -306,7 +312,13 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
         produced=produced,
         stored=stored,
     )
-    out.figures.update(restarts=restarts, windows_produced=produced, windows_stored=stored)
+    out.figures.update(
+        restarts=restarts,
+        network_stalls=proxy.stalls,
+        stalled_devices=sum(sim.proxied(d) for d in sim.fleet.agents),
+        windows_produced=produced,
+        windows_stored=stored,
+    )
     return out
 
 
@@ -402,7 +414,7 @@ async def _converged(sim: Simulation, version: int, timeout: float) -> bool:  # 
 
 
 async def _rollout_events(sim: Simulation, rollout_id: str) -> list[dict[str, Any]]:
-    result: list[dict[str, Any]] = (await sim.api.get(f"/rollouts/{rollout_id}/events")).json()
+    result: list[dict[str, Any]] = await sim.get(f"/rollouts/{rollout_id}/events")
     return result
 
 
