@@ -176,7 +176,8 @@ def simulate(
         raise typer.BadParameter(
             f"{scenario!r} is not one of {', '.join(SCENARIOS)}", param_hint="--scenario"
         )
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Agents report reconnects and slow shutdowns as warnings: expected noise in a scenario.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     options = SimOptions(
         devices=devices, seed=seed, bucket_seconds=bucket_seconds, rows_per_second=rows_per_second
     )
