@@ -104,7 +104,6 @@ class Simulation:
         self.tokens: dict[str, str] = {}
         self.labels: dict[str, dict[str, str]] = {}
         self._pending: list[tuple[float, dict[str, Any]]] = []
-        self._rng = np.random.default_rng(self.options.seed)
         self._batch = 0
         self.started = time.monotonic()
         self.started_at = datetime.now(UTC)

@@ -62,7 +62,7 @@ def canary(soak: float, **gates: Any) -> dict[str, Any]:
     }
 
 
-async def _first_version(sim: Simulation, out: Outcome) -> int:
+async def _first_version(sim: Simulation) -> int:
     """Train v1 and put it on every device at once (the starting point of most scenarios)."""
     v1 = await sim.train()
     rollout = await sim.rollout(v1, ALL_AT_ONCE, "initial")
@@ -114,7 +114,7 @@ async def rollout_scenario(sim: Simulation) -> Outcome:
 async def bad_model_scenario(sim: Simulation) -> Outcome:
     out = Outcome()
     await sim.add_devices(range(sim.options.devices))
-    v1 = await _first_version(sim, out)
+    v1 = await _first_version(sim)
     bad = await asyncio.to_thread(register_slow_version, sim.control.data_dir, v1)
     sim.mark(f"v{bad}: same answers, ~100× slower", "fault")
     plan = {
@@ -176,7 +176,7 @@ async def drift_scenario(sim: Simulation, onset_after_buckets: int = 4) -> Outco
             "plan": canary(2.0, max_prediction_js=1.0),
         },
     }
-    v1 = await _first_version(sim, out)
+    v1 = await _first_version(sim)
     (await sim.api.put(f"/models/{MODEL}/policy", json=policy)).raise_for_status()
     sim.mark("monitoring on: warm-up", "info")
     await _wait(lambda: _judged(sim, v1, onset_after_buckets), 120, "warm-up buckets")
@@ -269,7 +269,7 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
     broker = sim.broker
     proxy = await sim.stall_through_proxy(every=5)  # a fifth of the devices
     await sim.add_devices(range(sim.options.devices))
-    await _first_version(sim, out)
+    await _first_version(sim)
     v2 = await sim.train(seed=sim.options.seed + 1)
     rollout = await sim.rollout(v2, canary(1.0, install_timeout_seconds=120), "chaos")
     rng = random.Random(sim.options.seed)  # noqa: S311  (a scenario, not security)
@@ -356,7 +356,7 @@ async def churn_scenario(sim: Simulation) -> Outcome:
     n = sim.options.devices
     first = max(2, int(n * 0.7))
     await sim.add_devices(range(first))
-    await _first_version(sim, out)
+    await _first_version(sim)
     v2 = await sim.train(seed=sim.options.seed + 1)
     plan = canary(1.5, min_install_success=0.8, install_timeout_seconds=20)
     rollout = await sim.rollout(v2, plan, "churn")
