@@ -61,8 +61,8 @@ class ServerSettings(BaseSettings):
     topic_root: str = Field(default="edgefleet/v1", description="MQTT topic root.")
     mqtt_shared_group: str | None = Field(
         default=None,
-        description="Consume device messages through $share/GROUP/… so several control-plane "
-        "processes split them.",
+        description="Consume telemetry and samples through $share/GROUP/… so several "
+        "control-plane processes split them (state and online messages reach every process).",
     )
     desired_ttl_seconds: float = Field(
         default=7 * 24 * 3600,

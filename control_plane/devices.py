@@ -86,8 +86,12 @@ def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[str, str]]
 
 
 def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
-    """Record a device's retained state (creating the device if it was never registered)."""
-    device = session.get(Device, state.device_id) or Device(id=state.device_id, labels={})
+    """Record a device's retained state (creating the device if it was never registered).
+    The row is locked first, so a second process storing the same report sees it stored
+    and records no events twice."""
+    device = session.get(Device, state.device_id, with_for_update=True) or Device(
+        id=state.device_id, labels={}
+    )
     old = DeviceState.model_validate_json(device.state) if device.state else None
     if old is not None and (state.updated_at, state.deployment_seq) < (
         old.updated_at,
@@ -104,7 +108,7 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
 
 
 def apply_online(session: Session, device_id: str, online: bool, seen: datetime) -> None:
-    device = session.get(Device, device_id) or Device(id=device_id, labels={})
+    device = session.get(Device, device_id, with_for_update=True) or Device(id=device_id, labels={})
     if device.online != online:
         session.add(
             Event(

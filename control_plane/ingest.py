@@ -32,11 +32,17 @@ def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
     result = BatchResult()
     windows = [m for m in messages if isinstance(m, TelemetryWindow)]
     samples = [m for m in messages if isinstance(m, SampleBatch)]
+    # Device rows in one order in every process (and locked, see apply_state): two
+    # processes storing the same devices' reports wait for each other instead of deadlocking.
+    reports = sorted(
+        (m for m in messages if isinstance(m, DeviceState | OnlineStatus)),
+        key=lambda m: m.device_id,
+    )
     with Session(engine) as session:
-        for message in messages:
+        for message in reports:
             if isinstance(message, DeviceState):
                 apply_state(session, message, now)
-            elif isinstance(message, OnlineStatus):
+            else:
                 apply_online(session, message.device_id, message.online, now)
         if windows:
             inserted = _insert_once(

@@ -83,9 +83,20 @@ class MqttBridge:
         self._ttl = timedelta(seconds=settings.desired_ttl_seconds)
 
     def _filters(self) -> list[str]:
-        filters = [self.topics.all_devices(c) for c in _PARSERS]
+        """Telemetry and samples (the volume) are split across the processes of a shared
+        group; every process gets every state and online message. Those are few, and a
+        process that dies takes the messages it had not stored yet with it: a device state
+        lost that way (its install of a rollout's version, say) would never come again,
+        since retained messages are not delivered to shared subscriptions. Storing them
+        twice is harmless: ``apply_state`` ignores a report it already has."""
         group = self.settings.mqtt_shared_group
-        return [self.topics.shared(group, f) for f in filters] if group else filters
+        filters = []
+        for channel in _PARSERS:
+            topic = self.topics.all_devices(channel)
+            if group and channel in (Channel.TELEMETRY, Channel.SAMPLES):
+                topic = self.topics.shared(group, topic)
+            filters.append(topic)
+        return filters
 
     async def run(self) -> None:
         """Stay connected, consume, ingest, refresh expiring desired states; until cancelled."""
