@@ -220,6 +220,12 @@ def test_a_challenger_that_is_not_better_is_refused_and_the_cooldown_holds(
         )
         refused = events(fleet, "challenger_refused")[-1]
         assert "does not beat" in refused["message"]
+        # The event is written by the job before the job row records its end: wait for that.
+        wait_until(
+            lambda: fleet.api.get(f"/jobs/{refused['job_id']}").json()["status"] != "running",
+            timeout=60,
+            what="the refused job's end",
+        )
         job = fleet.api.get(f"/jobs/{refused['job_id']}").json()
         assert job["status"] == "succeeded" and job["stage"] == "refused"
         assert job["result_version"] is None and job["result"]["decision"] == "refused"
