@@ -123,9 +123,13 @@ def agent_command(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from agent.runtime import AgentCrashedError
+
     try:
         asyncio.run(_run_agent(settings))
-    except (OSError, ValidationError) as exc:
+    except (OSError, ValidationError, AgentCrashedError) as exc:
+        # Non-zero, so that systemd (Restart=always) restarts it; a crash was logged with
+        # its traceback and is reported in the device state after the restart.
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

@@ -52,7 +52,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
 class AgentSettings(BaseSettings):
     """Settings of one device agent."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGEFLEET_AGENT_", extra="forbid")
+    # Floats are finite: ``probation_seconds = inf`` would be the never-ending probation.
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEFLEET_AGENT_", extra="forbid", allow_inf_nan=False
+    )
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This device's id.")
     broker_url: str = Field(description="mqtt://user:pass@host:port or mqtts://…")
@@ -83,9 +86,21 @@ class AgentSettings(BaseSettings):
     download_grace_seconds: float = Field(
         default=10.0, gt=0, description="Stall timeout, and time before the speed rule."
     )
-    probation_requests: int = Field(default=50, ge=0, description="Requests watched.")
-    probation_seconds: float = Field(default=30.0, ge=0, description="Time watched.")
-    probation_latency_budget_ms: float = Field(default=250.0, gt=0)
+    probation_requests: int = Field(
+        default=50,
+        ge=0,
+        le=1_000_000,
+        description="A new version served this many requests without failing is committed "
+        "(judged); 0 judges by time alone.",
+    )
+    probation_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="... or, at the latest, after this long (unjudged if fewer requests came); "
+        "0 commits at once.",
+    )
+    probation_latency_budget_ms: float = Field(default=250.0, gt=0, le=3_600_000)
     probation_max_error_rate: float = Field(default=0.0, ge=0, le=1)
     sample_rate: float = Field(default=0.0, ge=0, le=1, description="Share of rows sampled.")
     samples_per_window: int = Field(default=100, ge=0, description="Cap on sampled rows.")
@@ -136,13 +151,14 @@ def load_agent_settings(config_file: Path | None = None, **overrides: Any) -> Ag
 
 DEFAULT_CONFIG = """\
 # edgefleet agent configuration. Environment variables EDGEFLEET_AGENT_<NAME> override it.
+# The six keys marked "required" have no default; everything else does (shown as set here).
 
-device_id = "dev-001"                          # ^[a-z0-9][a-z0-9-]{0,63}$
-broker_url = "mqtt://dev-001:TOKEN@127.0.0.1:1883"   # username = device id; mqtts:// for TLS
-control_plane_url = "http://127.0.0.1:8000"    # artifacts are downloaded from here
-token = "TOKEN"                                # the device token (edgefleet devices add)
-trust_store = "/etc/edgefleet/trust-store.json"   # GET /api/v1/keys, saved once
-data_dir = "/var/lib/edgefleet-agent"          # models, outbox, accepted sequence
+device_id = "dev-001"                          # required: ^[a-z0-9][a-z0-9-]{0,63}$
+broker_url = "mqtt://dev-001:TOKEN@127.0.0.1:1883"  # required; user = device id, mqtts:// for TLS
+control_plane_url = "http://127.0.0.1:8000"    # required: artifacts and the sequence floor
+token = "TOKEN"                                # required: device token (edgefleet devices add)
+trust_store = "/etc/edgefleet/trust-store.json"   # required: GET /api/v1/keys, saved once
+data_dir = "/var/lib/edgefleet-agent"          # required: models, outbox, accepted sequence
 api_host = "127.0.0.1"                         # local inference API (0.0.0.0 exposes it)
 api_port = 8500                                # 0 turns it off
 window_seconds = 60                            # telemetry window
@@ -154,8 +170,9 @@ window_seconds = 60                            # telemetry window
 # max_artifact_bytes = 536870912               # 512 MiB download cap
 # download_deadline_seconds = 900
 # download_min_bytes_per_second = 16384        # after a 10 s grace
-# probation_requests = 50                      # a new model is watched for this many requests
-# probation_seconds = 30                       # ... or this long, then committed
+# probation_requests = 50                      # a new version is committed once it served this
+# probation_seconds = 30                       # many requests without failing, or after this
+#                                              # long, whichever comes first (0/0: at once)
 # probation_latency_budget_ms = 250
 # probation_max_error_rate = 0.0
 # sample_rate = 0.0                            # share of rows sent for retraining (opt-in)

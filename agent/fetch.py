@@ -1,6 +1,6 @@
-"""Artifact download over HTTP: resumable (Range), capped at the declared size, bounded by a
-deadline and a minimum throughput, so neither an endless stream nor a trickle can hold a
-device hostage."""
+"""The agent's HTTP to the control plane: artifact downloads — resumable (Range), capped at
+the declared size, bounded by a deadline and a minimum throughput, so neither an endless
+stream nor a trickle can hold a device hostage — and the device's sequence floor."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from pydantic import ValidationError
 
 from shared.errors import VerificationError
 from shared.hashing import Sha256Stream
+from shared.messages import SequenceFloor
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,31 @@ async def _one_attempt(
             handle.flush()
             os.fsync(handle.fileno())
     return have + received == size
+
+
+MAX_FLOOR_BYTES = 4096
+FLOOR_TIMEOUT_SECONDS = 10.0
+
+
+async def fetch_floor(client: httpx.AsyncClient, base_url: str, device_id: str) -> SequenceFloor:
+    """``GET /api/v1/devices/{id}/floor`` with the device token. Raises ``VerificationError``
+    (``floor_unknown``) when the control plane cannot be reached or answers anything else."""
+    url = f"{base_url}/api/v1/devices/{device_id}/floor"
+    try:
+        response = await client.get(url, timeout=FLOOR_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        raise VerificationError("floor_unknown", f"GET {url}: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        raise VerificationError("floor_unknown", f"GET {url}: HTTP {response.status_code}")
+    if len(response.content) > MAX_FLOOR_BYTES:
+        raise VerificationError("floor_unknown", f"GET {url}: answer too large")
+    try:
+        floor = SequenceFloor.model_validate_json(response.content)
+    except ValidationError as exc:
+        raise VerificationError("floor_unknown", f"GET {url}: not a sequence floor") from exc
+    if floor.device_id != device_id:
+        raise VerificationError("floor_unknown", f"GET {url}: the floor of another device")
+    return floor
 
 
 def hash_file(path: Path) -> tuple[str, int]:

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.durable import move_atomic, write_atomic
 from shared.manifest import ModelManifest
-from shared.messages import DesiredState
+from shared.messages import DesiredState, ErrorInfo, Verdict
 
 
 class _Local(BaseModel):
@@ -32,6 +32,8 @@ class SlotEntry(_Local):
     version: int
     rollout_id: str | None = None
     stage: str | None = None
+    verdict: Verdict | None = None  # how its probation ended (None: on probation, or never)
+    probation_requests: int | None = None  # requests it served on probation
 
 
 class FailedTarget(_Local):
@@ -46,6 +48,7 @@ class Slots(_Local):
     previous: SlotEntry | None = None
     committed: bool = True  # False while the active version is on probation
     failed: FailedTarget | None = None
+    last_error: ErrorInfo | None = None  # why ``failed`` was refused (reported after restarts)
 
 
 class AcceptedState(_Local):
@@ -127,6 +130,10 @@ class ModelStore:
             if sha not in keep:
                 path.unlink(missing_ok=True)
                 self.manifest_path(name, sha).unlink(missing_ok=True)
+
+    def staged(self) -> list[str]:
+        """sha256 of every download in staging (complete or not)."""
+        return [p.name.removesuffix(".part") for p in self.staging_dir.glob("*.part")]
 
     def discard_staging(self, sha256: str) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -78,6 +78,19 @@ class Outbox:
             self._db.execute("COMMIT")
             return seq, excess
 
+    def raise_seq(self, channel: str, floor: int) -> None:
+        """Number the next message of ``channel`` above ``floor`` (what the control plane has
+        already stored, e.g. before this data dir was wiped)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if self._counter(f"seq:{channel}") < floor:
+                    self._set_counter(f"seq:{channel}", floor)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def last_seq(self, channel: str) -> int:
         with self._lock:
             return self._counter(f"seq:{channel}")

@@ -10,7 +10,7 @@ import functools
 import logging
 import random
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,20 +22,23 @@ import numpy.typing as npt
 from pydantic import ValidationError
 
 from agent.config import AgentSettings
+from agent.durable import write_atomic
 from agent.inference import LoadedModel, Rows
 from agent.model_store import ModelStore
 from agent.mqtt import DeviceSession
 from agent.outbox import Outbox
 from agent.slot import ModelUnavailableError, Prediction
-from agent.updater import Updater
+from agent.updater import Updater, error_info
 from edgefleet import __version__
 from shared.messages import (
     MAX_ACK_BYTES,
     Ack,
     DeviceState,
+    ErrorInfo,
     ModelRef,
     SampleBatch,
     SampleRow,
+    SequenceFloor,
     TelemetryWindow,
 )
 from shared.topics import Channel, Topics
@@ -73,10 +76,18 @@ class Agent:
             headers={"Authorization": f"Bearer {settings.token.get_secret_value()}"},
             verify=https_context(settings.tls_ca_file),
         )
-        self.updater = Updater(settings, self.trust, self.store, self.http, self.publish_state)
+        self.updater = Updater(
+            settings,
+            self.trust,
+            self.store,
+            self.http,
+            self.publish_state,
+            raise_outbox_floor=self._raise_outbox_floor,
+        )
         self.session = DeviceSession(
             settings, self.topics, on_message=self._on_message, on_connect=self._on_connect
         )
+        self.crash: ErrorInfo | None = read_crash(settings.data_dir)
         self.updater.load_from_disk()
         self._window_start = datetime.now(UTC)
         self._samples: list[tuple[LoadedModel, SampleRow]] = []
@@ -140,7 +151,11 @@ class Agent:
             labels=self.settings.labels,
             deployment_seq=updater.accepted.seq if updater.accepted else 0,
             models=[slot.status() for _, slot in sorted(updater.slots.items())],
-            last_error=updater.last_error,
+            last_error=max(
+                (e for e in (self.crash, updater.last_error) if e is not None),
+                key=lambda e: e.at,
+                default=None,
+            ),
             dropped_messages=updater.dropped_messages,
             outbox_dropped=self.outbox.dropped,
             updated_at=datetime.now(UTC),
@@ -232,7 +247,14 @@ class Agent:
 
             await asyncio.to_thread(self.outbox.append, Channel.SAMPLES.value, make)
 
+    def _raise_outbox_floor(self, floor: SequenceFloor) -> None:
+        self.outbox.raise_seq(Channel.TELEMETRY.value, floor.telemetry_seq)
+        self.outbox.raise_seq(Channel.SAMPLES.value, floor.samples_seq)
+
     async def _telemetry_loop(self) -> None:
+        # Numbers are allocated only once they cannot collide with what the control plane
+        # stored before this data dir was wiped (the updater learns that first).
+        await self.updater.floor_known.wait()
         while True:
             await asyncio.sleep(self.settings.window_seconds)
             try:
@@ -243,26 +265,55 @@ class Agent:
     # --- life cycle --------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set (or the task is cancelled); then go offline cleanly."""
+        """Run until ``stop`` is set (or the task is cancelled); then go offline cleanly.
+
+        The long-running parts (MQTT session, updater, telemetry, local API) are supervised:
+        when one of them fails, the failure is logged with its traceback, kept in the data
+        dir and reported in the device state (now if the session still works, else after the
+        restart), the other parts are stopped, and ``AgentCrashedError`` is raised so that
+        the process exits non-zero and its supervisor (systemd) restarts it."""
         stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        parts: dict[str, Coroutine[Any, Any, None]] = {
+            "mqtt": self.session.run(),
+            "updater": self.updater.run(),
+            "telemetry": self._telemetry_loop(),
+        }
         server = None
         if self.settings.api_port:
             from agent.server import InferenceServer
 
             server = InferenceServer(self, self.settings.api_host, self.settings.api_port)
-            server.start()
+            ended: asyncio.Future[None] = loop.create_future()
+
+            def on_exit(exc: BaseException | None) -> None:
+                def settle() -> None:
+                    if not ended.done():
+                        ended.set_exception(exc or RuntimeError("the server thread ended"))
+
+                loop.call_soon_threadsafe(settle)
+
+            server.start(on_exit=on_exit)
+            parts["local-api"] = _wait(ended)
             log.info("%s: local inference API on %s", self.settings.device_id, server.url)
-        tasks = [
-            asyncio.create_task(coro)
-            for coro in (self.session.run(), self.updater.run(), self._telemetry_loop())
-        ]
+        tasks = {asyncio.create_task(coro, name=name): name for name, coro in parts.items()}
+        stopping = asyncio.create_task(stop.wait())
+        crashed: tuple[str, BaseException] | None = None
         try:
-            await stop.wait()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(5):
-                    await self.close_window()
-                    await self.session.go_offline()
+            done, _ = await asyncio.wait({*tasks, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task, name in tasks.items():
+                if task in done:  # the parts run forever: any end is a failure
+                    crashed = (name, task.exception() or RuntimeError(f"{name} returned"))
+                    break
+            if crashed is not None:
+                await self._report_crash(*crashed)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(5):
+                        await self.close_window()
+                        await self.session.go_offline()
         finally:
+            stopping.cancel()
             for task in tasks:
                 task.cancel()
             try:  # bounded: a task stuck behind the busy thread pool must not hold up the exit
@@ -274,3 +325,51 @@ class Agent:
                 server.stop()
             await self.http.aclose()
             self.outbox.close()
+        if crashed is not None:
+            raise AgentCrashedError(*crashed)
+
+    async def _report_crash(self, part: str, error: BaseException) -> None:
+        log.error(
+            "%s: the agent's %s failed; stopping so that it is restarted",
+            self.settings.device_id,
+            part,
+            exc_info=error,
+        )
+        self.crash = error_info("agent_crash", f"{part}: {type(error).__name__}: {error}", None)
+        try:
+            await asyncio.to_thread(write_crash, self.settings.data_dir, self.crash)
+            async with asyncio.timeout(2):
+                await self.publish_state()
+        except (OSError, TimeoutError):
+            pass  # the restart reports it from the data dir
+
+
+class AgentCrashedError(RuntimeError):
+    """A long-running part of the agent failed; the process should exit and be restarted."""
+
+    def __init__(self, part: str, error: BaseException) -> None:
+        super().__init__(f"the agent's {part} failed: {type(error).__name__}: {error}")
+        self.part = part
+        self.error = error
+
+
+async def _wait(future: asyncio.Future[None]) -> None:
+    await future
+
+
+CRASH_FILE = "crash.json"
+
+
+def read_crash(data_dir: Path) -> ErrorInfo | None:
+    """The failure that stopped the previous run, reported once after the restart."""
+    path = data_dir / CRASH_FILE
+    try:
+        crash = ErrorInfo.model_validate_json(path.read_bytes())
+    except (OSError, ValidationError):
+        return None
+    path.unlink(missing_ok=True)
+    return crash
+
+
+def write_crash(data_dir: Path, crash: ErrorInfo) -> None:
+    write_atomic(data_dir / CRASH_FILE, crash.model_dump_json().encode())

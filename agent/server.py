@@ -95,15 +95,24 @@ class InferenceServer:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{self.port}"
 
-    def start(self) -> None:
-        """Serve in a daemon thread."""
+    def start(self, on_exit: Callable[[BaseException | None], None] | None = None) -> None:
+        """Serve in a daemon thread. ``on_exit`` is called (in that thread) if serving ends
+        other than by ``stop``, with the exception that ended it."""
         if self._thread is not None:
             raise RuntimeError("the inference server is already started")
+
+        def serve() -> None:
+            error: BaseException | None = None
+            try:
+                self._httpd.serve_forever(poll_interval=_POLL_INTERVAL_S)
+            except BaseException as exc:
+                logger.exception("the local inference API failed")
+                error = exc
+            if on_exit is not None and not self._httpd.stopping:
+                on_exit(error)
+
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": _POLL_INTERVAL_S},
-            name=f"inference-server:{self.port}",
-            daemon=True,
+            target=serve, name=f"inference-server:{self.port}", daemon=True
         )
         self._thread.start()
         logger.info("local inference API listening on %s", self.url)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy.typing as npt
 from agent.inference import LoadedModel, Outputs, timed_run
 from agent.telemetry import WindowAccumulator
 from shared.manifest import ModelManifest
-from shared.messages import ErrorInfo, ModelRef, ModelStatus, Phase
+from shared.messages import ErrorInfo, ModelRef, ModelStatus, Phase, Verdict
 
 
 class ModelUnavailableError(LookupError):
@@ -26,9 +27,14 @@ class ModelUnavailableError(LookupError):
 
 @dataclass
 class Probation:
-    """Watches a newly activated version; failures make the agent revert by itself."""
+    """Watches a newly activated version. It ends at the first of: a failure (NaN output,
+    error rate over the limit, too many requests over the latency budget: the agent reverts
+    by itself), ``min_requests`` requests served without failing (``judged``), or
+    ``min_seconds`` passed (committed, ``judged`` only if enough requests came). A
+    ``min_requests`` of 0 judges by time alone; a ``min_seconds`` of 0 commits at once."""
 
     sha256: str
+    seq: int  # the desired state it was installed under (a failure is refused under it)
     min_requests: int
     min_seconds: float
     latency_budget_us: float
@@ -39,6 +45,10 @@ class Probation:
     errors: int = 0
     nan_outputs: int = 0
     slow: int = 0
+    # Called (from any thread) once a request decides the probation early; the watch sets
+    # an asyncio event with it instead of polling the counters.
+    on_decision: Callable[[], None] | None = None
+    _decided: bool = False
 
     def observe(self, *, ok: bool, nan: bool = False, latency_us: float = 0.0) -> None:
         with self.lock:
@@ -46,6 +56,10 @@ class Probation:
             self.errors += 0 if ok else 1
             self.nan_outputs += int(nan)
             self.slow += int(latency_us > self.latency_budget_us)
+            decided = not self._decided and (self.failure() is not None or self.judged())
+            self._decided = self._decided or decided
+        if decided and self.on_decision is not None:
+            self.on_decision()
 
     def failure(self) -> str | None:
         """Why probation failed, or None while it holds."""
@@ -60,11 +74,19 @@ class Probation:
             )
         return None
 
+    def judged(self) -> bool:
+        """Enough requests were served to judge the version (and none failed it)."""
+        return self.min_requests > 0 and self.requests >= self.min_requests
+
+    def remaining(self) -> float:
+        """Seconds until the probation ends on time (0: now)."""
+        return max(0.0, self.min_seconds - (time.monotonic() - self.started))
+
     def passed(self) -> bool:
-        return (
-            self.requests >= self.min_requests
-            and time.monotonic() - self.started >= self.min_seconds
-        )
+        return self.judged() or self.remaining() == 0.0
+
+    def verdict(self) -> Verdict:
+        return Verdict.JUDGED if self.judged() else Verdict.UNJUDGED
 
 
 @dataclass(frozen=True)
@@ -85,6 +107,8 @@ class ModelSlot:
         self.stage: str | None = None
         self.last_error: ErrorInfo | None = None
         self.probation: Probation | None = None
+        self.verdict: Verdict | None = None  # how the active version was committed
+        self.probation_requests: int | None = None
         self._accumulators: dict[str, WindowAccumulator] = {}
         self._lock = threading.Lock()
 
@@ -136,6 +160,7 @@ class ModelSlot:
 
     def status(self) -> ModelStatus:
         active = self.current.manifest if self.current else None
+        probation = self.probation
         return ModelStatus(
             name=self.name,
             active=ModelRef(name=active.name, version=active.version, sha256=active.sha256)
@@ -147,4 +172,6 @@ class ModelSlot:
             rollout_id=self.rollout_id,
             stage=self.stage,
             last_error=self.last_error,
+            verdict=None if probation else self.verdict,
+            probation_requests=probation.requests if probation else self.probation_requests,
         )

@@ -53,9 +53,11 @@ def check_desired(
     device_id: str,
     accepted: Accepted | None,
     now: datetime,
+    floor: int = 1,
 ) -> Decision:
     """Signature under a trusted deployment key, our device id, a sequence above the last
-    accepted one, not expired. The manifests inside are checked separately, per model."""
+    accepted one (with none accepted: at least ``floor``, what the control plane last issued
+    to this device), not expired. The manifests inside are checked separately, per model."""
     try:
         desired.verify_signature(trust.key_for(KeyRole.DEPLOYMENT, desired.key_id))
     except SignatureError as exc:
@@ -72,6 +74,12 @@ def check_desired(
             raise VerificationError(
                 "replay", f"sequence {desired.seq} is not above the last accepted {accepted.seq}"
             )
+    elif desired.seq < floor:
+        raise VerificationError(
+            "replay",
+            f"sequence {desired.seq} is below {floor}, the newest the control plane issued "
+            "to this device",
+        )
     if desired.expires_at <= now:
         raise VerificationError("expired", f"desired state expired at {desired.expires_at}")
     return Decision.APPLY

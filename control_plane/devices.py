@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.auth import issue_token
-from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
-from control_plane.models import Device, Event, Role
-from shared.messages import DeviceState
+from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from control_plane.models import ApiToken, Device, Event, Role, SampleRecord, TelemetryRecord
+from shared.messages import DeviceState, SequenceFloor
 from shared.topics import is_device_id
 
 MAX_LABELS = 32
@@ -61,6 +62,26 @@ def get_device(session: Session, device_id: str) -> Device:
     if device is None:
         raise NotFoundError(f"no device {device_id!r}", loc=("path", "device_id"))
     return device
+
+
+def sequence_floor(session: Session, device_id: str, caller: ApiToken) -> SequenceFloor:
+    """What this control plane has issued to and stored of a device: a device whose data dir
+    was wiped learns it before accepting anything. A device token sees only its own."""
+    if caller.role == Role.DEVICE and caller.device_id != device_id:
+        raise ForbiddenError("a device token reads only its own device", loc=("path", "device_id"))
+    device = get_device(session, device_id)
+    stored = [
+        session.exec(
+            select(func.coalesce(func.max(table.seq), 0)).where(table.device_id == device_id)
+        ).one()
+        for table in (TelemetryRecord, SampleRecord)
+    ]
+    return SequenceFloor(
+        device_id=device_id,
+        deployment_seq=device.deployment_seq,
+        telemetry_seq=int(stored[0]),
+        samples_seq=int(stored[1]),
+    )
 
 
 def list_devices(session: Session) -> list[Device]:

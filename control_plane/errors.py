@@ -32,6 +32,13 @@ class PayloadTooLargeError(ControlPlaneError):
     code = "too_large"
 
 
+class ForbiddenError(ControlPlaneError):
+    """The caller's token may not do this (e.g. a device token asking about another device)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFoundError(ControlPlaneError):
     status_code = 404
     code = "not_found"

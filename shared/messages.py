@@ -78,6 +78,13 @@ class Phase(StrEnum):
     REVERTED = "reverted"  # probation failed; back on the previous model
 
 
+class Verdict(StrEnum):
+    """How a version's probation ended when it was committed."""
+
+    JUDGED = "judged"  # served probation_requests without failing
+    UNJUDGED = "unjudged"  # committed on time (or pre-empted) with fewer requests to judge
+
+
 class ErrorInfo(WireModel):
     """Why something was refused, machine-readable."""
 
@@ -99,6 +106,16 @@ class ModelStatus(WireModel):
     rollout_id: str | None = Field(default=None, description="Rollout of the active version.")
     stage: str | None = Field(default=None, description="Rollout stage of the active version.")
     last_error: ErrorInfo | None = Field(default=None, description="Last refusal for this model.")
+    verdict: Verdict | None = Field(
+        default=None,
+        description="How the active version's probation ended: `judged` (it served "
+        "`probation_requests` without failing) or `unjudged` (committed when its time ran out, "
+        "or when a newer desired state ended it, with fewer requests). None while on "
+        "probation, or for a version that never went through one.",
+    )
+    probation_requests: int | None = Field(
+        default=None, ge=0, description="Requests the active version served on probation."
+    )
 
 
 class DeviceState(WireModel):
@@ -191,3 +208,17 @@ class Ack(WireModel):
     schema_version: Literal[1] = Field(default=SCHEMA_VERSION, description="Format version.")
     channel: Literal["telemetry", "samples"] = Field(description="What the numbers refer to.")
     seqs: list[int] = Field(description="Stored sequence numbers.")
+
+
+class SequenceFloor(WireModel):
+    """What the control plane has of a device's numbering (``GET /devices/{id}/floor``, with
+    the device's own token). An agent that starts with no accepted sequence (a new or wiped
+    data dir) learns it before accepting a desired state, so a replayed older desired state
+    cannot downgrade it and its new telemetry numbers do not collide with stored ones."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id.")
+    deployment_seq: int = Field(
+        ge=0, description="Sequence of the newest desired state signed for it (0: none)."
+    )
+    telemetry_seq: int = Field(ge=0, description="Highest telemetry window sequence stored.")
+    samples_seq: int = Field(ge=0, description="Highest sample batch sequence stored.")

@@ -22,7 +22,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent.config import AgentSettings
 from agent.runtime import Agent
 from shared.manifest import ModelManifest
-from shared.messages import DeploymentModel, DesiredState
+from shared.messages import DeploymentModel, DesiredState, SequenceFloor
 from shared.signing import KeyRole, SigningKey
 from shared.topics import Channel, Topics
 from shared.trust import TrustedKey, TrustStore
@@ -48,13 +48,17 @@ class ArtifactServer:
     ``flip`` (one byte changed), ``oversize`` (extra bytes), ``endless`` (no length, never
     ends), ``trickle`` (a few bytes a second), ``slow`` (320 KiB/s), ``cut`` (closes the
     connection half way on the first request only, so a resume must finish it), ``down``
-    (503 until the mode changes)."""
+    (503 until the mode changes). It also answers the sequence floor a device asks for when
+    it starts with an empty data dir (``floors``; zeros by default)."""
 
     def __init__(self, token: str | None = None) -> None:
         self.blobs: dict[str, bytes] = {}
         self.modes: dict[str, str] = {}
         self.requests: list[tuple[str, str | None]] = []  # (sha, Range header)
         self.token = token
+        self.floors: dict[str, SequenceFloor] = {}
+        self.floor_requests = 0
+        self.floor_down = False
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -89,6 +93,24 @@ class ArtifactServer:
             request.send_response(401)
             request.send_header("Content-Length", "0")
             request.end_headers()
+            return
+        floor = re.fullmatch(r"/api/v1/devices/([a-z0-9-]+)/floor", request.path)
+        if floor:  # what the control plane answers a device that starts with no state
+            body = (
+                (
+                    self.floors.get(floor.group(1))
+                    or SequenceFloor(
+                        device_id=floor.group(1), deployment_seq=0, telemetry_seq=0, samples_seq=0
+                    )
+                )
+                .model_dump_json()
+                .encode()
+            )
+            self.floor_requests += 1
+            request.send_response(503 if self.floor_down else 200)
+            request.send_header("Content-Length", str(len(body)))
+            request.end_headers()
+            request.wfile.write(body)
             return
         if not match or match.group(1) not in self.blobs:
             request.send_response(404)

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from control_plane.config import ServerSettings, load_settings
 from control_plane.datadir import init_data_dir
 from control_plane.main import create_app
+from tests.agent_rig import Rig, open_rig
 
 
 @dataclass
@@ -118,3 +119,10 @@ def make_api(tmp_path: Path) -> Iterator[MakeApi]:
 @pytest.fixture
 def api(make_api: MakeApi) -> Api:
     return make_api()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A private mosquitto, an artifact server and test keys for agent tests."""
+    with open_rig(tmp_path) as opened:
+        yield opened

@@ -6,164 +6,31 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shared.messages import Ack, DesiredState, Phase, SampleBatch
+from shared.messages import Ack, Phase, SampleBatch
 from shared.signing import SigningKey
 from shared.topics import Channel
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 from simulator.data import sensor_rows
-from tests.conftest import REPO, edgefleet_cmd
+from tests.agent_rig import (
+    DEVICE,
+    Rig,
+    active_bytes,
+    install_v1,
+    predict_ok,
+    refused,
+    serving,
+)
 from tests.fleet import (
-    CP_PASSWORD,
-    AgentThread,
-    ArtifactServer,
-    Publisher,
-    agent_settings,
     sign_desired,
-    trusted_keys,
     wait_until,
 )
 from tests.models import make_model
 
 pytestmark = pytest.mark.integration
-DEVICE = "dev-a"
-TOKEN = "ef_device-token-a"
-
-
-@dataclass
-class Rig:
-    tmp: Path
-    broker: MosquittoBroker
-    artifacts: ArtifactServer
-    publisher: Publisher
-    model_key: SigningKey
-    deploy_key: SigningKey
-    trust_path: Path
-    agents: list[AgentThread]
-    processes: list[subprocess.Popen[bytes]]
-
-    def start_agent(self, **overrides: object) -> AgentThread:
-        settings = agent_settings(
-            self.tmp,
-            device_id=DEVICE,
-            broker=self.broker,
-            token=TOKEN,
-            control_plane_url=self.artifacts.url,
-            trust_store=self.trust_path,
-            **overrides,
-        )
-        agent = AgentThread(settings)
-        self.agents.append(agent)
-        return agent
-
-    def start_agent_process(self, **overrides: object) -> subprocess.Popen[bytes]:
-        """``edgefleet agent --config`` in its own process, so it can be killed with -9."""
-        settings = agent_settings(
-            self.tmp,
-            device_id=DEVICE,
-            broker=self.broker,
-            token=TOKEN,
-            control_plane_url=self.artifacts.url,
-            trust_store=self.trust_path,
-            **overrides,
-        )
-        config = self.tmp / "agent.toml"
-        values = settings.model_dump(mode="json", exclude={"labels"})
-        values["token"] = TOKEN
-        config.write_text(
-            "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None)
-        )
-        log = (self.tmp / "agent.log").open("ab")
-        process = subprocess.Popen(
-            edgefleet_cmd("agent", "--config", str(config)),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-        self.processes.append(process)
-        return process
-
-    def reported_version(self) -> int | None:
-        """The active version in the device's latest state message."""
-        states = [json.loads(p) for t, p in self.publisher.received if t.endswith("/state")]
-        if not states or not states[-1]["models"]:
-            return None
-        active = states[-1]["models"][0]["active"]
-        return int(active["version"]) if active else None
-
-    def publish(self, desired: DesiredState | bytes | str) -> None:
-        payload = desired.model_dump_json() if isinstance(desired, DesiredState) else desired
-        self.publisher.desired(DEVICE, payload)
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
-    broker.add_user(DEVICE, TOKEN)
-    broker.start()
-    model_key, deploy_key, trust_path = trusted_keys(tmp_path)
-    artifacts = ArtifactServer(token=TOKEN)
-    publisher = Publisher(broker)
-    rig = Rig(tmp_path, broker, artifacts, publisher, model_key, deploy_key, trust_path, [], [])
-    try:
-        yield rig
-    finally:  # the broker and servers go even if an agent fails to stop
-        try:
-            for agent in rig.agents:
-                agent.stop()
-        finally:
-            for process in rig.processes:
-                process.kill()
-                process.wait(10)
-            publisher.close()
-            artifacts.close()
-            broker.stop()
-
-
-def serving(agent: AgentThread, name: str = "fault") -> int | None:
-    slot = agent.a.updater.slots.get(name)
-    if slot is None or slot.current is None:
-        return None
-    return slot.current.manifest.version
-
-
-def install_v1(rig: Rig, agent: AgentThread) -> bytes:
-    manifest, data = make_model(rig.model_key, version=1)
-    rig.artifacts.add(manifest.sha256, data)
-    rig.publish(sign_desired(rig.deploy_key, DEVICE, 1, [manifest]))
-    wait_until(
-        lambda: serving(agent) == 1 and agent.a.updater.slots["fault"].phase is Phase.SERVING,
-        what="v1 serving",
-    )
-    return data
-
-
-def active_bytes(agent: AgentThread) -> bytes:
-    slot = agent.a.updater.slots["fault"]
-    assert slot.current is not None
-    return agent.a.store.artifact_path("fault", slot.current.manifest.sha256).read_bytes()
-
-
-def refused(agent: AgentThread, reason: str, *, model_level: bool) -> bool:
-    updater = agent.a.updater
-    error = updater.slots["fault"].last_error if model_level else updater.last_error
-    return error is not None and error.reason == reason
-
-
-def predict_ok(agent: AgentThread) -> None:
-    X, _ = sensor_rows(3, seed=9)
-    prediction = agent.a.predict_rows("fault", X.tolist())
-    assert prediction.outputs.labels is not None
-    assert len(prediction.outputs.labels) == 3
 
 
 def test_install_then_update_keeps_previous_as_rollback_slot(rig: Rig) -> None:

@@ -7,9 +7,23 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from control_plane.api.deps import BridgeDep, KeysDep, Operator, SessionDep, SettingsDep, Viewer
+from control_plane.api.deps import (
+    BridgeDep,
+    KeysDep,
+    Operator,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+    ViewerOrDevice,
+)
 from control_plane.deployments import deploy_version
-from control_plane.devices import check_labels, get_device, list_devices, register_device
+from control_plane.devices import (
+    check_labels,
+    get_device,
+    list_devices,
+    register_device,
+    sequence_floor,
+)
 from control_plane.ingest import stored_windows
 from control_plane.models import Device
 from control_plane.schemas import (
@@ -22,7 +36,7 @@ from control_plane.schemas import (
     TelemetryPublic,
 )
 from control_plane.selectors import parse_selector
-from shared.messages import DesiredState, DeviceState, TelemetryWindow
+from shared.messages import DesiredState, DeviceState, SequenceFloor, TelemetryWindow
 
 router = APIRouter(tags=["devices"])
 DeviceIdPath = Annotated[str, Path(description="Device id.")]
@@ -84,6 +98,20 @@ def patch_device(
 @router.get("/devices/{device_id}", response_model=DevicePublic, summary="One device")
 def get_one_device(device_id: DeviceIdPath, session: SessionDep, _: Viewer) -> DevicePublic:
     return device_public(get_device(session, device_id))
+
+
+@router.get(
+    "/devices/{device_id}/floor",
+    response_model=SequenceFloor,
+    summary="The sequences issued to and stored of a device",
+)
+def get_floor(device_id: DeviceIdPath, session: SessionDep, token: ViewerOrDevice) -> SequenceFloor:
+    """The newest desired-state sequence signed for the device and the highest telemetry
+    and sample sequences stored. An agent that starts with an empty data dir asks for it
+    with its own device token before accepting a desired state: an older (replayed) one is
+    refused, and its new telemetry is numbered above what is stored. A device token may
+    read only its own device (403 otherwise)."""
+    return sequence_floor(session, device_id, token)
 
 
 @router.get(
