@@ -274,11 +274,7 @@ class Agent:
         the process exits non-zero and its supervisor (systemd) restarts it."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        parts: dict[str, Coroutine[Any, Any, None]] = {
-            "mqtt": self.session.run(),
-            "updater": self.updater.run(),
-            "telemetry": self._telemetry_loop(),
-        }
+        parts: dict[str, Coroutine[Any, Any, None]] = {}
         server = None
         if self.settings.api_port:
             from agent.server import InferenceServer
@@ -296,6 +292,9 @@ class Agent:
             server.start(on_exit=on_exit)
             parts["local-api"] = _wait(ended)
             log.info("%s: local inference API on %s", self.settings.device_id, server.url)
+        parts["mqtt"] = self.session.run()
+        parts["updater"] = self.updater.run()
+        parts["telemetry"] = self._telemetry_loop()
         tasks = {asyncio.create_task(coro, name=name): name for name, coro in parts.items()}
         stopping = asyncio.create_task(stop.wait())
         crashed: tuple[str, BaseException] | None = None
@@ -310,7 +309,8 @@ class Agent:
             else:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(5):
-                        await self.close_window()
+                        if self.updater.floor_known.is_set():  # else its number could collide
+                            await self.close_window()
                         await self.session.go_offline()
         finally:
             stopping.cancel()
@@ -335,6 +335,8 @@ class Agent:
             part,
             exc_info=error,
         )
+        while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+            error = error.exceptions[0]  # a task group's wrapping: name what failed
         self.crash = error_info("agent_crash", f"{part}: {type(error).__name__}: {error}", None)
         try:
             await asyncio.to_thread(write_crash, self.settings.data_dir, self.crash)

@@ -216,7 +216,7 @@ def start_agent_thread(r: Rig) -> AgentThread:
         trust_store=r.trust_path,
         api_port=free_port(),
         window_seconds=3600,
-        probation_seconds=0,
+        probation_seconds=0,  # committed at once: the figures are about inference
         probation_requests=0,
     )
     agent = AgentThread(settings)
@@ -333,7 +333,7 @@ def write_config(r: Rig, api_port: int) -> Path:
         "trust_store": str(r.trust_path),
         "data_dir": str(r.tmp / SUB_DEVICE),
         "api_port": api_port,
-        "probation_seconds": 0,
+        "probation_seconds": 0,  # committed at once: deploy latency up to "serving"
         "probation_requests": 0,
     }
     lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON strings are TOML

@@ -91,12 +91,17 @@ def register_slow_version(data_dir: Path, base_version: int, model: str = "fault
 
 
 class StallProxy:
-    """A TCP relay between some agents and the broker that can stall: while stalled, bytes
-    are held in both directions (connections stay open, nothing gets through), as on a
-    congested or flapping uplink. Runs on the caller's event loop."""
+    """A TCP relay between some agents and a server (the broker, the control plane) that can
+    stall: while stalled, bytes are held in both directions (connections stay open, nothing
+    gets through), as on a congested or flapping uplink. With ``rate_bytes_per_second`` each
+    direction of each connection is also held to that rate, as on a slow uplink. Runs on the
+    caller's event loop."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, rate_bytes_per_second: int | None = None
+    ) -> None:
         self.target = (target_host, target_port)
+        self.rate = rate_bytes_per_second
         self.host = "127.0.0.1"
         self.port = 0
         self.stalls = 0
@@ -139,10 +144,14 @@ class StallProxy:
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            step = max(1, self.rate // 20) if self.rate else 65536
             while data := await reader.read(65536):
-                await self._open.wait()
-                writer.write(data)
-                await writer.drain()
+                for start in range(0, len(data), step):
+                    await self._open.wait()
+                    writer.write(data[start : start + step])
+                    await writer.drain()
+                    if self.rate:
+                        await asyncio.sleep(0.05)
         except (ConnectionError, OSError):
             pass
         finally:

@@ -200,6 +200,8 @@ class Simulation:
             sample_rate=1.0,
             samples_per_window=self.options.samples_per_window,
             labels=self.labels[device_id],
+            # Time is compressed in a scenario (1 s windows, buckets of seconds): a new version
+            # is committed after 0.5 s, not the shipped 30 s (or 50 requests).
             probation_seconds=0.5,
             probation_requests=0,
             reconnect_max_seconds=2.0,

@@ -293,6 +293,9 @@ def agent_settings(
         "trust_store": trust_store,
         "data_dir": tmp / device_id,
         "api_port": 0,
+        # Shorter than shipped, for tests about something else: one window an hour (a test
+        # closes them itself), probation by time alone, 0.2 s instead of 30 s. The shipped
+        # defaults run end to end in tests/e2e/test_agent_defaults.py.
         "window_seconds": 3600,
         "probation_seconds": 0.2,
         "probation_requests": 0,

@@ -47,6 +47,8 @@ class Loop:
             "trust_store": str(self.trust),
             "data_dir": str(self.tmp / device_id),
             "api_port": free_port(),
+            # 1 s windows and 0.5 s probation (shipped: 60 s, 30 s or 50 requests): this test
+            # is about the loop; tests/e2e/test_agent_defaults.py runs the shipped values.
             "window_seconds": 1,
             "probation_seconds": 0.5,
             "probation_requests": 0,

@@ -308,7 +308,8 @@ def test_a_crashed_part_is_reported_and_ends_the_agent(rig: Rig) -> None:
     assert crash.exists()
     wait_until(
         lambda: any(
-            (s.get("last_error") or {}).get("reason") == "agent_crash"  # type: ignore[attr-defined]
+            (s.get("last_error") or {}).get("message")  # type: ignore[attr-defined]
+            == "updater: RuntimeError: the disk is on fire"
             for s in states(rig)
         ),
         what="the crash reported",

@@ -131,6 +131,15 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
         device.send("telemetry", window("dev-a", 3))  # processed after the stale state
         wait_until(lambda: len(api.get("/devices/dev-a/telemetry").json()) == 3, what="window 3")
         assert api.get("/devices/dev-a").json()["state"] == stored
+        # What a wiped dev-a would learn before numbering new windows: with its own token.
+        floor = api.get("/devices/dev-a/floor", headers=api.auth(token))
+        assert floor.status_code == 200, floor.text
+        assert floor.json() == {
+            "device_id": "dev-a",
+            "deployment_seq": 0,
+            "telemetry_seq": 3,
+            "samples_seq": 0,
+        }
     finally:
         device.close()
 
@@ -180,6 +189,12 @@ def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoB
         assert api.client.get(f"/api/v1/artifacts/{sha}", headers=headers).status_code == 200
         assert api.client.get("/api/v1/models", headers=headers).status_code == 403
         assert api.client.get("/api/v1/devices", headers=headers).status_code == 403
+        # Its own sequence floor, and no other device's.
+        floor = api.client.get("/api/v1/devices/dev-c/floor", headers=headers).json()
+        assert floor["deployment_seq"] == second["seq"]
+        api.post("/devices", json={"id": "dev-other"})
+        assert api.client.get("/api/v1/devices/dev-other/floor", headers=headers).status_code == 403
+        assert api.get("/devices/dev-other/floor").json()["deployment_seq"] == 0  # operator
     finally:
         device.close()
 
