@@ -77,11 +77,23 @@ class Fleet:
         return result
 
     def wait_status(self, rollout_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
-        wait_until(
-            lambda: self.api.get(f"/rollouts/{rollout_id}").json()["status"] == status,
-            timeout=timeout,
-            what=f"rollout {status}",
-        )
+        try:
+            wait_until(
+                lambda: self.api.get(f"/rollouts/{rollout_id}").json()["status"] == status,
+                timeout=timeout,
+                what=f"rollout {status}",
+            )
+        except AssertionError as exc:  # say what the rollout and its devices were doing
+            rollout = self.api.get(f"/rollouts/{rollout_id}").json()
+            devices = {
+                d["id"]: [
+                    (m["active"] or {}).get("version", None)
+                    for m in (d["state"] or {}).get("models", [])
+                ]
+                + [(m["phase"], m["target"]) for m in (d["state"] or {}).get("models", [])]
+                for d in self.api.get("/devices").json()
+            }
+            raise AssertionError(f"{exc}\nrollout: {rollout}\ndevices: {devices}") from exc
         result: dict[str, Any] = self.api.get(f"/rollouts/{rollout_id}").json()
         return result
 
