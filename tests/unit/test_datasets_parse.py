@@ -6,6 +6,7 @@ from control_plane.datasets import DatasetLimits, ParsedDataset, parse_csv
 from control_plane.errors import InvalidInputError
 
 LIMITS = DatasetLimits(max_rows=100, max_columns=5, min_rows=2)
+BIG = DatasetLimits(max_rows=10**6, max_columns=100, min_rows=2)
 
 
 def parse(
@@ -76,3 +77,22 @@ def test_nan_policies() -> None:
 def test_utf8_bom_and_blank_lines_are_accepted() -> None:
     parsed = parse("\ufeffa,y\n1,x\n\n2,y\n".encode())
     assert parsed.features == ["a"] and len(parsed.labels) == 2
+
+
+def test_parsing_holds_about_one_upload_beside_the_upload() -> None:
+    """Memory budget: the upload plus what parsing allocates stays under 3× the upload
+    (tracemalloc counts numpy's buffers too; benchmarks/csv_memory.py measures 100 MiB)."""
+    import tracemalloc
+
+    from simulator.data import sensor_csv
+
+    block = sensor_csv(2_000, seed=1).encode()
+    header, body = block.split(b"\n", 1)
+    data = header + b"\n" + body * 8  # ~0.5 MiB
+    tracemalloc.start()
+    try:
+        parse_csv(data, label="fault", nan_policy="reject", limits=BIG)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (len(data) + peak) / len(data) < 3
