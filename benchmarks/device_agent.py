@@ -50,7 +50,7 @@ from shared.manifest import ModelManifest  # noqa: E402
 from shared.messages import Phase  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Channel  # noqa: E402
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port  # noqa: E402
+from simulator.broker import MosquittoBroker, free_port  # noqa: E402
 from simulator.data import FEATURES, sensor_rows  # noqa: E402
 from tests.fleet import (  # noqa: E402
     CP_PASSWORD,
@@ -192,7 +192,7 @@ def rig() -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-bench-")))
         broker = MosquittoBroker(tmp / "broker")
-        broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+        broker.add_control_plane_user(CP_PASSWORD)
         for device in (DEVICE, SUB_DEVICE):
             broker.add_user(device, TOKEN)
         stack.callback(broker.kill)

@@ -56,7 +56,7 @@ from control_plane.db import create_db_engine, migrate  # noqa: E402
 from control_plane.ingest import Incoming, store_batch  # noqa: E402
 from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow  # noqa: E402
 from shared.stats import LATENCY_BUCKETS  # noqa: E402
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, find_tool  # noqa: E402
+from simulator.broker import MosquittoBroker, find_tool  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
 from tests.conftest import ServerProcess, start_server  # noqa: E402
@@ -247,14 +247,12 @@ def rig() -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-fleet-")))
         broker = MosquittoBroker(tmp / "broker")
-        broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+        broker.add_control_plane_user(CP_PASSWORD)
         stack.callback(broker.kill)
         broker.start()
         stack.callback(broker.stop)
         env = {
-            "EDGEFLEET_MQTT_URL": (
-                f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}"
-            ),
+            "EDGEFLEET_MQTT_URL": (broker.control_plane_url(CP_PASSWORD)),
             "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         }
         (tmp / "cp").mkdir()

@@ -143,8 +143,10 @@ class MosquittoBroker:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bind_address = bind_address
         self._port = port if port is not None else free_port(self.host)
+        self._cp_port = free_port("127.0.0.1")
         self.config_path = self.workdir / "mosquitto.conf"
         self.password_file = self.workdir / "passwd"
+        self.cp_password_file = self.workdir / "passwd-control-plane"
         self.acl_file = self.workdir / "acl"
         self.persistence_dir = self.workdir / "persist"
         self.log_path = self.workdir / "mosquitto.log"
@@ -161,6 +163,9 @@ class MosquittoBroker:
             port=self._port,
             bind_address=self.bind_address,
             password_file=self.password_file,
+            cp_port=self._cp_port,
+            cp_bind_address="127.0.0.1",
+            cp_password_file=self.cp_password_file,
             acl_file=self.acl_file,
             persistence_location=self.persistence_dir,
             log_dest=f"file {self.log_path}",
@@ -181,8 +186,17 @@ class MosquittoBroker:
         return self._port
 
     @property
+    def cp_port(self) -> int:
+        """The control plane's listener (its own service account; devices cannot log in)."""
+        return self._cp_port
+
+    @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self._port}"
+
+    def control_plane_url(self, password: str, username: str = CONTROL_PLANE_USER) -> str:
+        """What the control plane's ``mqtt_url`` would say."""
+        return f"mqtt://{username}:{password}@127.0.0.1:{self._cp_port}"
 
     @property
     def persistence_file(self) -> Path:
@@ -211,6 +225,16 @@ class MosquittoBroker:
         create = not self.password_file.exists() or self.password_file.stat().st_size == 0
         args = ["-c", "-b"] if create else ["-b"]
         self._passwd(*args, str(self.password_file), username, password)
+        if self.running:
+            self.reload(timeout)
+
+    def add_control_plane_user(
+        self, password: str, username: str = CONTROL_PLANE_USER, timeout: float = 10.0
+    ) -> None:
+        """A service account on the control plane's listener (not the devices')."""
+        create = not self.cp_password_file.exists() or self.cp_password_file.stat().st_size == 0
+        args = ["-c", "-b"] if create else ["-b"]
+        self._passwd(*args, str(self.cp_password_file), username, password)
         if self.running:
             self.reload(timeout)
 
@@ -278,8 +302,9 @@ class MosquittoBroker:
         """Launch mosquitto and wait until its port accepts TCP connections."""
         if self.running:
             raise RuntimeError("mosquitto is already running")
-        if not self.password_file.exists():
-            self.password_file.touch(mode=0o600)  # no users yet: nobody can connect
+        for path in (self.password_file, self.cp_password_file):
+            if not path.exists():
+                path.touch(mode=0o600)  # no users yet: nobody can connect
         with self.output_path.open("ab") as output:
             self._process = subprocess.Popen(
                 [_require_tool("mosquitto"), "-c", str(self.config_path)],
@@ -399,10 +424,20 @@ class InProcessBroker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def cp_port(self) -> int:
+        return self.port  # one listener for everyone
+
+    def control_plane_url(self, password: str, username: str = CONTROL_PLANE_USER) -> str:
+        return f"mqtt://{username}:{password}@{self.host}:{self.port}"
+
     def describe(self) -> str:
         return f"amqtt (in-process, port {self.port}; mosquitto is not installed)"
 
     def add_user(self, username: str, password: str) -> None:
+        """Anonymous broker: nothing to do."""
+
+    def add_control_plane_user(self, password: str, username: str = CONTROL_PLANE_USER) -> None:
         """Anonymous broker: nothing to do."""
 
     def add_users(self, users: dict[str, str]) -> None:

@@ -81,13 +81,12 @@ class Simulation:
         self.broker: MosquittoBroker | InProcessBroker = await asyncio.to_thread(
             start_broker, self.workdir / "broker"
         )
-        cp_user, cp_password = "edgefleet-control-plane", "simulator-control-plane"
-        await asyncio.to_thread(self.broker.add_user, cp_user, cp_password)
+        cp_password = "simulator-control-plane"  # noqa: S105  (a private broker's)
+        await asyncio.to_thread(self.broker.add_control_plane_user, cp_password)
         self.control = ControlPlane(
             self.workdir / "control-plane",
             env={
-                "EDGEFLEET_MQTT_URL": f"mqtt://{cp_user}:{cp_password}@"
-                f"{self.broker.host}:{self.broker.port}",
+                "EDGEFLEET_MQTT_URL": self.broker.control_plane_url(cp_password),
                 "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
                 "EDGEFLEET_MONITOR_BUCKET_SECONDS": str(self.options.bucket),
                 "EDGEFLEET_MONITOR_GRACE_SECONDS": str(self.options.window_seconds + 0.5),

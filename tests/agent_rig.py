@@ -14,7 +14,7 @@ from pathlib import Path
 
 from shared.messages import DesiredState, Phase
 from shared.signing import SigningKey
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import MosquittoBroker
 from simulator.data import sensor_rows
 from tests.conftest import REPO, edgefleet_cmd
 from tests.fleet import (
@@ -104,7 +104,7 @@ def open_rig(tmp_path: Path) -> Iterator[Rig]:
     """Broker, artifact server and publisher up; agents started on the rig are stopped (and
     agent processes killed) on the way out."""
     broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_control_plane_user(CP_PASSWORD)
     broker.add_user(DEVICE, TOKEN)
     broker.start()
     model_key, deploy_key, trust_path = trusted_keys(tmp_path)

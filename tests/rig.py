@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import MosquittoBroker
 from tests.conftest import ServerProcess, start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
 
@@ -107,10 +107,10 @@ def open_fleet(tmp_path: Path, **server_env: str) -> Iterator[Fleet]:
     """Broker and server up (``server_env``: extra ``EDGEFLEET_*`` settings); agents are
     added with ``Fleet.add``; everything is stopped on the way out."""
     broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
     env = {
-        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}",
+        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         **server_env,
     }

@@ -153,11 +153,9 @@ def required_only_config(tmp: Path, token: str, broker_port: int, control_plane_
 @pytest.fixture
 def field_rig(tmp_path: Path) -> Iterator[Field]:
     broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
-    env = {
-        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}"
-    }
+    env = {"EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD)}
     server = start_server(tmp_path / "cp", env=env)
     api = server.client()
     link = SlowLink(int(server.url.rsplit(":", 1)[1]))
@@ -171,7 +169,7 @@ def field_rig(tmp_path: Path) -> Iterator[Field]:
     watcher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-desired-watcher")
     watcher.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
     watcher.on_message = lambda _c, _u, m: rig.desired.append(bytes(m.payload))
-    watcher.connect(broker.host, broker.port)
+    watcher.connect(broker.host, broker.cp_port)
     watcher.loop_start()
     watcher.subscribe(Topics().device(DEVICE, Channel.DESIRED), qos=1)
     try:
@@ -299,7 +297,7 @@ def test_a_device_on_the_shipped_defaults_takes_every_update_and_rollback(
     old = next(p for p in rig.desired if json.loads(p)["models"][0]["manifest"]["version"] == v1)
     publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-replayer")
     publisher.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
-    publisher.connect(rig.broker.host, rig.broker.port)
+    publisher.connect(rig.broker.host, rig.broker.cp_port)
     publisher.loop_start()
     try:
         publisher.publish(Topics().device(DEVICE, Channel.DESIRED), old, qos=1).wait_for_publish(10)

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
+from simulator.broker import MosquittoBroker, free_port
 from simulator.data import FEATURES, sensor_rows
 from tests.conftest import REPO, ServerProcess, edgefleet_cmd, run_cli, start_server, stop_server
 from tests.fleet import CP_PASSWORD, wait_until
@@ -101,9 +101,9 @@ def active_version(device: dict[str, Any]) -> int | None:
 @pytest.fixture
 def loop(tmp_path: Path) -> Iterator[Loop]:
     broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
-    mqtt_url = f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}"
+    mqtt_url = broker.control_plane_url(CP_PASSWORD)
     server = start_server(tmp_path / "cp", env={"EDGEFLEET_MQTT_URL": mqtt_url})
     csv = tmp_path / "sensors.csv"
     from simulator.data import write_sensor_csv

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, free_port
+from simulator.broker import MosquittoBroker, free_port
 from simulator.data import write_sensor_csv
 from tests.conftest import start_server, stop_server
 from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
@@ -31,12 +31,12 @@ def leader_flags(urls: list[str]) -> list[bool]:
 
 def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str) -> None:
     broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
     env = {
         "EDGEFLEET_DATABASE_URL": postgres_url,
         "EDGEFLEET_MQTT_SHARED_GROUP": "cp",
-        "EDGEFLEET_MQTT_URL": f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}",
+        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
     }
     first = start_server(tmp_path / "cp", env=env)

@@ -19,6 +19,7 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared.messages import MAX_DESIRED_BYTES
 from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, mosquitto_available
 
 pytestmark = [
@@ -59,7 +60,7 @@ def connect(
         password = CP_PASSWORD if username == CONTROL_PLANE_USER else TOKENS[username]
     return aiomqtt.Client(
         broker.host,
-        broker.port,
+        broker.cp_port if username == CONTROL_PLANE_USER else broker.port,
         username=username,
         password=password,
         identifier=identifier,
@@ -87,7 +88,7 @@ async def received_until(client: aiomqtt.Client, last_payload: bytes) -> list[tu
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     with MosquittoBroker(tmp_path / "broker") as running:
-        running.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+        running.add_control_plane_user(CP_PASSWORD)
         for device, token in TOKENS.items():
             running.add_user(device, token)
         yield running
@@ -101,7 +102,8 @@ def test_helper_renders_the_deploy_template(broker: MosquittoBroker) -> None:
     assert "${" not in config
     assert f"listener {broker.port} 127.0.0.1" in config
     assert "allow_anonymous false" in config
-    assert "max_packet_size" not in config.replace("# max_packet_size", "")
+    assert f"listener {broker.cp_port} 127.0.0.1" in config
+    assert "max_packet_size 1114112" in config
     assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
 
 
@@ -268,10 +270,10 @@ def test_shared_subscriptions_need_no_extra_acl(broker: MosquittoBroker) -> None
     assert sneaked == [(topic("dev-a", "desired"), b"for dev-a")]
 
 
-def test_large_payload_is_delivered(broker: MosquittoBroker) -> None:
-    """No broker-side max_packet_size: a 10 MB message reaches the device (the agent applies
-    its own caps and must see the message to reject it)."""
-    payload = bytes(range(256)) * (10 * 1024 * 1024 // 256)
+def test_largest_legitimate_payload_is_delivered(broker: MosquittoBroker) -> None:
+    """A message as large as the largest legitimate one (1 MiB: a desired state, a window)
+    reaches the device; the agent's own caps judge it."""
+    payload = bytes(range(256)) * (MAX_DESIRED_BYTES // 256)
 
     async def scenario() -> bytes:
         async with connect(broker, CONTROL_PLANE_USER) as cp, connect(broker, "dev-a") as dev:
@@ -282,6 +284,60 @@ def test_large_payload_is_delivered(broker: MosquittoBroker) -> None:
             return message.payload
 
     assert run(scenario()) == payload
+
+
+def test_an_oversized_packet_costs_its_sender_the_connection_not_the_others(
+    broker: MosquittoBroker,
+) -> None:
+    """max_packet_size: a device sending 10 MB is disconnected before the broker holds it;
+    dev-b, connected beside it, goes on receiving."""
+
+    async def flood() -> None:
+        async with connect(broker, "dev-a") as client:
+            await client.publish(topic("dev-a", "telemetry"), b"x" * 10_000_000, qos=1)
+            await client.publish(topic("dev-a", "telemetry"), b"again", qos=1)
+
+    async def scenario() -> bytes:
+        async with connect(broker, CONTROL_PLANE_USER) as cp, connect(broker, "dev-b") as dev_b:
+            await dev_b.subscribe(topic("dev-b", "desired"), qos=1)
+            with pytest.raises(aiomqtt.MqttError):
+                await flood()
+            await cp.publish(topic("dev-b", "desired"), b"still here", qos=1)
+            message = await next_message(dev_b)
+            assert isinstance(message.payload, bytes)
+            return message.payload
+
+    assert run(scenario()) == b"still here"
+
+
+def test_a_device_cannot_take_over_another_devices_session(broker: MosquittoBroker) -> None:
+    """The device listener pins the client id to the username: dev-a connecting with client
+    id "dev-b" gets a session of its own and dev-b stays connected (without this, mosquitto
+    ends the older session of a client id, so dev-a could keep kicking dev-b off)."""
+
+    async def scenario() -> bytes:
+        async with connect(broker, CONTROL_PLANE_USER) as cp, connect(broker, "dev-b") as dev_b:
+            await dev_b.subscribe(topic("dev-b", "desired"), qos=1)
+            for _ in range(3):
+                async with connect(broker, "dev-a", identifier="dev-b"):
+                    pass
+            await cp.publish(topic("dev-b", "desired"), b"dev-b is still connected", qos=1)
+            message = await next_message(dev_b)  # raises if dev-b was disconnected
+            assert isinstance(message.payload, bytes)
+            return message.payload
+
+    assert run(scenario()) == b"dev-b is still connected"
+
+
+def test_devices_cannot_log_in_on_the_control_planes_listener(broker: MosquittoBroker) -> None:
+    async def attempt() -> None:
+        with pytest.raises(aiomqtt.MqttCodeError):
+            async with aiomqtt.Client(
+                broker.host, broker.cp_port, username="dev-a", password=TOKENS["dev-a"]
+            ):
+                pass
+
+    run(attempt())
 
 
 # -- retained messages and persistence ---------------------------------------------------
