@@ -91,6 +91,20 @@ class Outbox:
                 raise
             self._db.execute("COMMIT")
 
+    def next_boot(self, floor: int = 0) -> int:
+        """A number above every earlier one (and above ``floor``): the agent's state reports
+        are numbered within it, so they keep growing across restarts."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                boot = max(self._counter("boots"), floor) + 1
+                self._set_counter("boots", boot)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return boot
+
     def last_seq(self, channel: str) -> int:
         with self._lock:
             return self._counter(f"seq:{channel}")

@@ -46,6 +46,8 @@ from shared.trust import TrustStore
 
 log = logging.getLogger(__name__)
 REPUBLISH_BATCH = 200
+# State reports are numbered boot * STRIDE + n: boots are counted on disk, n in memory.
+STATE_SEQ_STRIDE = 2**32
 SHUTDOWN_SECONDS = 10.0
 
 
@@ -88,6 +90,7 @@ class Agent:
             settings, self.topics, on_message=self._on_message, on_connect=self._on_connect
         )
         self.crash: ErrorInfo | None = read_crash(settings.data_dir)
+        self._boot, self._reports = self.outbox.next_boot(), 0
         self.updater.load_from_disk()
         self._window_start = datetime.now(UTC)
         self._samples: list[tuple[LoadedModel, SampleRow]] = []
@@ -144,9 +147,14 @@ class Agent:
     # --- state -------------------------------------------------------------------------------
 
     def state(self) -> DeviceState:
+        """The device's state, numbered above every report before it (see ``DeviceState``)."""
         updater = self.updater
+        self._reports += 1
+        if self._reports >= STATE_SEQ_STRIDE:
+            self._boot, self._reports = self.outbox.next_boot(), 1
         return DeviceState(
             device_id=self.settings.device_id,
+            seq=self._boot * STATE_SEQ_STRIDE + self._reports,
             agent_version=__version__,
             labels=self.settings.labels,
             deployment_seq=updater.accepted.seq if updater.accepted else 0,
@@ -250,6 +258,7 @@ class Agent:
     def _raise_outbox_floor(self, floor: SequenceFloor) -> None:
         self.outbox.raise_seq(Channel.TELEMETRY.value, floor.telemetry_seq)
         self.outbox.raise_seq(Channel.SAMPLES.value, floor.samples_seq)
+        self._boot, self._reports = self.outbox.next_boot(floor.state_seq // STATE_SEQ_STRIDE), 0
 
     async def _telemetry_loop(self) -> None:
         # Numbers are allocated only once they cannot collide with what the control plane

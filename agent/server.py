@@ -260,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
             routes = {"GET": self._ready}
         elif path == "/v1/predict":
             routes = {"POST": lambda: self._predict(self._json_body())}
-        elif match := _MODEL_PATH.match(path):
+        elif match := _MODEL_PATH.fullmatch(path):
             name, action = unquote(match["name"]), match["action"]
             if action == "/infer":
                 routes = {"POST": lambda: self._infer(name, self._json_body())}

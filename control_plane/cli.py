@@ -385,8 +385,38 @@ def tokens_create(
     """Issue a token; prints EDGEFLEET_TOKEN=<secret> last (shown once)."""
     with _api(url, token) as client:
         issued = client.create_token(name, role)
-    console.print(f"token {issued.id} {issued.name!r} ({issued.role.value})", highlight=False)
+    console.print(f"token {issued.id} {issued.name!r} ({issued.role})", highlight=False)
     print(f"EDGEFLEET_TOKEN={issued.token}")
+
+
+@tokens_app.command("list")
+def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """Tokens (never their secrets): id, name, role, device, issued, revoked."""
+    with _api(url, token) as client:
+        rows = client.tokens()
+    table = Table("id", "name", "role", "device", "issued", "revoked")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.name,
+            row.role,
+            row.device_id or "",
+            row.created_at.isoformat(timespec="seconds"),
+            row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
+        )
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (tokens list).")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke a token at once (artifact downloads: within 30 s on other processes)."""
+    with _api(url, token) as client:
+        revoked = client.revoke_token(token_id)
+    console.print(f"token {revoked.id} {revoked.name!r} revoked", highlight=False)
 
 
 # --- devices and deployments -------------------------------------------------------------------

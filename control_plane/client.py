@@ -24,6 +24,7 @@ from control_plane.schemas import (
     RolloutPlanPublic,
     RolloutPublic,
     TokenIssued,
+    TokenPublic,
     TrainRequest,
     VersionPublic,
 )
@@ -145,6 +146,13 @@ class ApiClient:
     def create_token(self, name: str, role: str) -> TokenIssued:
         response = self._http.post("/tokens", json={"name": name, "role": role})
         return TokenIssued.model_validate_json(self._check(response).content)
+
+    def tokens(self) -> list[TokenPublic]:
+        return self._get_list("/tokens", TokenPublic)
+
+    def revoke_token(self, token_id: int) -> TokenPublic:
+        response = self._http.delete(f"/tokens/{token_id}")
+        return TokenPublic.model_validate_json(self._check(response).content)
 
     def register_device(self, device_id: str, labels: dict[str, str]) -> DeviceRegistered:
         response = self._http.post("/devices", json={"id": device_id, "labels": labels})

@@ -49,6 +49,7 @@ def sign_desired(
     ).signed_with(key)
     device = session.get(Device, device_id)
     assert device is not None
+    device.previous_desired = device.desired  # its artifacts stay downloadable (rollback slot)
     device.desired = desired.model_dump_json()
     device.desired_expires_at = desired.expires_at
     session.add(device)

@@ -15,6 +15,7 @@ from shared.messages import DeviceState, SequenceFloor
 from shared.topics import is_device_id
 
 MAX_LABELS = 32
+RESERVED_PREFIX = "edgefleet-"  # broker service accounts: edgefleet-control-plane, …
 
 
 def check_labels(labels: dict[str, str]) -> None:
@@ -34,6 +35,13 @@ def register_device(session: Session, device_id: str, labels: dict[str, str]) ->
     device's MQTT password (username = device id)."""
     if not is_device_id(device_id):
         raise InvalidInputError("device ids match ^[a-z0-9][a-z0-9-]{0,63}$", loc=("body", "id"))
+    if device_id.startswith(RESERVED_PREFIX):
+        raise InvalidInputError(
+            f"device ids starting with {RESERVED_PREFIX!r} are reserved for the broker's "
+            "service accounts (the control plane's, for one)",
+            loc=("body", "id"),
+            code="reserved",
+        )
     check_labels(labels)
     device = session.get(Device, device_id)
     if device is not None and device.registered:
@@ -81,6 +89,7 @@ def sequence_floor(session: Session, device_id: str, caller: ApiToken) -> Sequen
         deployment_seq=device.deployment_seq,
         telemetry_seq=int(stored[0]),
         samples_seq=int(stored[1]),
+        state_seq=device.state_seq,
     )
 
 
@@ -107,21 +116,19 @@ def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[str, str]]
 
 
 def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
-    """Record a device's retained state (creating the device if it was never registered).
-    The row is locked first, so a second process storing the same report sees it stored
-    and records no events twice."""
+    """Record a device's retained state (creating the device if it was never registered),
+    if it is newer by the device's own report counter than the stored one: a clock from the
+    future decides nothing. The row is locked first, so a second process storing the same
+    report sees it stored and records no events twice."""
     device = session.get(Device, state.device_id, with_for_update=True) or Device(
         id=state.device_id, labels={}
     )
+    if state.seq <= device.state_seq:
+        return  # a report seen already, or an older one (redelivered, reordered)
     old = DeviceState.model_validate_json(device.state) if device.state else None
-    if old is not None and (state.updated_at, state.deployment_seq) < (
-        old.updated_at,
-        old.deployment_seq,
-    ):
-        return  # a report from the past (redelivered, reordered): changes nothing
     for kind, message in _changes(old, state):
         session.add(Event(type=kind, device_id=state.device_id, message=message))
-    device.state = state.model_dump_json()
+    device.state, device.state_seq = state.model_dump_json(), state.seq
     if not device.registered:
         device.labels = state.labels
     device.last_seen = seen

@@ -91,14 +91,15 @@ class DriftPolicy(BaseModel):
     """Thresholds that turn drift statistics into verdicts (see the module docstring for how
     the defaults were chosen)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     psi_watch: float = Field(
-        default=0.1, gt=0, description="PSI at or above which a feature is `watch`."
+        default=0.1, gt=0, le=100, description="PSI at or above which a feature is `watch`."
     )
     psi_drift: float = Field(
         default=0.25,
         gt=0,
+        le=100,
         description="PSI at or above which a feature is `drift` (at least `psi_watch`).",
     )
     js_drift: float = Field(
@@ -111,12 +112,14 @@ class DriftPolicy(BaseModel):
     min_rows: int = Field(
         default=500,
         ge=1,
+        le=10**9,
         description="Non-missing rows a window needs before a feature gets a verdict; below "
         "it the verdict is `insufficient` and streaks are left as they are.",
     )
     consecutive: int = Field(
         default=2,
         ge=1,
+        le=1000,
         description="Windows in a row a feature must be `drift` before it counts as drifted.",
     )
     dataset_share: float = Field(
@@ -129,6 +132,7 @@ class DriftPolicy(BaseModel):
     smoothing: float = Field(
         default=DEFAULT_SMOOTHING,
         gt=0,
+        le=1e6,
         description="Rows added to every bin before PSI, so empty bins stay finite.",
     )
 

@@ -4,18 +4,24 @@ per batch, not per message), idempotent on (device id, seq)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
 from control_plane.devices import apply_online, apply_state
-from control_plane.models import SampleRecord, SampleRowRecord, TelemetryRecord
+from control_plane.models import Device, SampleRecord, SampleRowRecord, TelemetryRecord
 from shared.messages import DeviceState, OnlineStatus, SampleBatch, TelemetryWindow
 
 Incoming = DeviceState | OnlineStatus | TelemetryWindow | SampleBatch
+
+
+# How far a window's times may be from its receipt: a device's outbox holds windows while it
+# is offline (weeks at most), and its clock may be somewhat off; 2099 or 1970 is not a window.
+MAX_WINDOW_AGE = timedelta(days=365)
+MAX_CLOCK_AHEAD = timedelta(days=1)
 
 
 @dataclass
@@ -25,9 +31,46 @@ class BatchResult:
     inserted: int = 0
     duplicates: int = 0
 
+    def merge(self, other: BatchResult) -> BatchResult:
+        for mine, theirs in ((self.acks, other.acks), (self.sample_acks, other.sample_acks)):
+            for device_id, seqs in theirs.items():
+                mine.setdefault(device_id, []).extend(seqs)
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        return self
 
-def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
-    """Write one batch in one transaction; return what to acknowledge (after the commit)."""
+    def refuse(self, message: Incoming) -> BatchResult:
+        """Acknowledge a message that is dropped: its device stops sending it."""
+        if isinstance(message, TelemetryWindow):
+            self.acks.setdefault(message.device_id, []).append(message.seq)
+        elif isinstance(message, SampleBatch):
+            self.sample_acks.setdefault(message.device_id, []).append(message.seq)
+        return self
+
+
+def implausible(window: TelemetryWindow, received: datetime) -> str | None:
+    """Why a window's times cannot be true, judged against its receipt; None if they can."""
+    if window.window_end > received + MAX_CLOCK_AHEAD:
+        return f"window ends at {window.window_end}, in the future"
+    if window.window_start < received - MAX_WINDOW_AGE:
+        return f"window starts at {window.window_start}, over a year ago"
+    return None
+
+
+def database_answers(engine: Engine) -> bool:
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True
+
+
+def store_batch(
+    engine: Engine, messages: list[Incoming], dropped: dict[str, int] | None = None
+) -> BatchResult:
+    """Write one batch in one transaction, and add ``dropped`` (device → messages refused
+    at the edge) to the devices' counts; return what to acknowledge (after the commit)."""
     now = datetime.now(UTC)
     result = BatchResult()
     windows = [m for m in messages if isinstance(m, TelemetryWindow)]
@@ -80,6 +123,12 @@ def store_batch(engine: Engine, messages: list[Incoming]) -> BatchResult:
             )
             _insert_sample_rows(
                 session, [b for b in samples if (b.device_id, b.seq) in stored], now
+            )
+        for device_id, count in sorted((dropped or {}).items()):
+            session.execute(
+                update(Device)
+                .where(col(Device.id) == device_id)
+                .values(dropped_messages=Device.dropped_messages + count)
             )
         session.commit()
     for window in windows:

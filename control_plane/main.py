@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
+from control_plane.api import errors
 from control_plane.api.routes import (
     artifacts,
     datasets,
@@ -28,7 +28,6 @@ from control_plane.artifacts import BlobStore
 from control_plane.auth import ArtifactAccess
 from control_plane.config import ServerSettings
 from control_plane.db import create_db_engine, migrate
-from control_plane.errors import ControlPlaneError
 from control_plane.jobs import JobRunner
 from control_plane.keystore import load_keys
 from control_plane.leadership import Leadership
@@ -101,6 +100,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
         )
         app.state.rollouts = rollouts
+        app.state.monitor = monitor
         app.state.leadership = leadership
         app.state.bridge = bridge
         app.state.settings = settings
@@ -130,17 +130,13 @@ def create_app(settings: ServerSettings) -> FastAPI:
         summary="Train, sign, register and roll out models to fleets of edge devices; watch "
         "them for drift and retrain.",
         description="All routes except `/healthz` and `/keys` need `Authorization: Bearer "
-        '<token>`. Errors answer `{"detail": [{"loc", "msg", "type"}]}`, naming the field '
-        "and the rule.",
+        "<token>`. Every error (400, 401, 403, 404, 409, 413, 422, 500) answers "
+        '`{"detail": [{"loc", "msg", "type"}]}`, naming the field and the rule, and echoes at '
+        "most a short piece of the input. JSON bodies are at most 2 MiB and 32 levels deep.",
         lifespan=lifespan,
     )
 
-    @app.exception_handler(ControlPlaneError)
-    async def _domain_error(_: Request, exc: ControlPlaneError) -> JSONResponse:
-        return JSONResponse(
-            status_code=exc.status_code,
-            content={"detail": [{"loc": list(exc.loc), "msg": exc.message, "type": exc.code}]},
-        )
+    errors.install(app)
 
     for module in (
         system,

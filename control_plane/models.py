@@ -7,12 +7,17 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _bigint_zero() -> Column[int]:
+    """A BIGINT counter (sequences reach 2^53 - 1, past PostgreSQL's int4) starting at 0."""
+    return Column(BigInteger, nullable=False, server_default="0")
 
 
 def as_utc(moment: datetime | None) -> datetime | None:
@@ -147,9 +152,15 @@ class Device(SQLModel, table=True):
     online: bool = False
     last_seen: datetime | None = None
     state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
-    deployment_seq: int = 0
+    # The device's own report counter: a report with a higher one wins (not its clock).
+    state_seq: int = Field(default=0, sa_column=_bigint_zero())
+    deployment_seq: int = Field(default=0, sa_column=_bigint_zero())
     desired: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The desired state before ``desired``: its artifacts may still be downloaded (the
+    # device's rollback slot), no others.
+    previous_desired: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     desired_expires_at: datetime | None = Field(default=None, index=True)
+    dropped_messages: int = Field(default=0, sa_column=_bigint_zero())  # refused at ingest
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -161,7 +172,7 @@ class TelemetryRecord(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(max_length=64, index=True)
-    seq: int
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     window_start: datetime
     window_end: datetime = Field(index=True)
     payload: str = Field(sa_column=Column(Text, nullable=False))
@@ -177,7 +188,7 @@ class SampleRecord(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     device_id: str = Field(max_length=64, index=True)
-    seq: int
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     model_name: str = Field(max_length=64, index=True)
     model_version: int
     rows: int
@@ -216,7 +227,7 @@ class RolloutDevice(SQLModel, table=True):
     device_id: str = Field(max_length=64, primary_key=True)
     rank: int
     assigned_stage: int | None = None
-    assigned_seq: int | None = None
+    assigned_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
     previous_version: int | None = None
     reverted: bool = False
 

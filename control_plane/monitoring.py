@@ -18,10 +18,11 @@ one stopped; every bucket is committed with its readings, states and events toge
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -107,16 +108,39 @@ class Monitor:
         self.owner = owner
         self._manifests: dict[tuple[str, int], ModelManifest] = {}
         self.dropped_windows = 0  # windows whose shape did not fit their version's reference
+        self.failures = 0  # steps that raised (each logged with the model it concerns)
 
     # --- the tick ------------------------------------------------------------------------------
 
     def tick(self, now: datetime | None = None) -> None:
+        """Judge closed buckets, start retraining, release challengers. Each step, and
+        within them each model (and each version and selector of a bucket), is isolated:
+        one that fails is logged with what it concerns, counted, and the rest goes on."""
         now = now or datetime.now(UTC)
-        for _ in range(MAX_BUCKETS_PER_TICK):
-            if not self._judge_next_bucket(now):
-                break
-        self._retrain(now)
-        self._release()
+        with self._isolated("judging buckets"):
+            for _ in range(MAX_BUCKETS_PER_TICK):
+                if not self._judge_next_bucket(now):
+                    break
+        with self._isolated("retraining"):
+            self._retrain(now)
+        with self._isolated("releases"):
+            self._release()
+
+    @contextlib.contextmanager
+    def _isolated(self, what: str, session: Session | None = None) -> Iterator[None]:
+        """Run a step; on failure roll its work back (to a savepoint, in ``session``), log
+        it with ``what`` and count it, instead of letting it stop the others."""
+        savepoint = session.begin_nested() if session is not None else None
+        try:
+            yield
+        except Exception:
+            if savepoint is not None:
+                savepoint.rollback()
+            self.failures += 1
+            log.exception("monitor: %s failed; the rest carries on", what)
+        else:
+            if savepoint is not None:
+                savepoint.commit()
 
     # --- 1. buckets ----------------------------------------------------------------------------
 
@@ -132,9 +156,15 @@ class Monitor:
             end = start + self.bucket
             if end + self.grace > now:
                 return False
+            # Write first: that opens the transaction, so the savepoint each (model, version,
+            # selector) is judged in nests inside it. On SQLite (pysqlite) a savepoint taken
+            # before any write would be a transaction of its own, committed on release, and
+            # a bucket half judged would be judged again (a duplicate reading).
+            cursor.updated_at = now
+            session.add(cursor)
+            session.flush()
             self._judge(session, start, end)
             cursor.evaluated_until = end
-            cursor.updated_at = now
             session.add(cursor)
             session.commit()
             return True
@@ -172,12 +202,12 @@ class Monitor:
         keys = set(traffic) | set(labels)
         if not keys:
             return
-        policies = {
-            m.name: policy_of(m.policy)
-            for m in session.exec(
-                select(Model).where(col(Model.name).in_({name for name, _ in keys}))
-            ).all()
-        }
+        policies = {}
+        for m in session.exec(
+            select(Model).where(col(Model.name).in_({name for name, _ in keys}))
+        ).all():
+            with self._isolated(f"the policy of {m.name}"):
+                policies[m.name] = policy_of(m.policy)
         devices: dict[str, dict[str, str]] = {}
         if any(s for p in policies.values() for s in p.selectors):  # only selectors need labels
             devices = {d.id: d.labels for d in session.exec(select(Device)).all()}
@@ -187,17 +217,18 @@ class Monitor:
             if manifest is None or policy is None:
                 continue
             for selector in policy.selectors:
-                self._judge_one(
-                    session,
-                    manifest,
-                    policy,
-                    selector,
-                    start,
-                    end,
-                    traffic.get((name, version), []),
-                    labels.get((name, version), []),
-                    devices,
-                )
+                with self._isolated(f"{name} v{version} on {selector!r} at {start}", session):
+                    self._judge_one(
+                        session,
+                        manifest,
+                        policy,
+                        selector,
+                        start,
+                        end,
+                        traffic.get((name, version), []),
+                        labels.get((name, version), []),
+                        devices,
+                    )
 
     def _judge_one(
         self,
@@ -415,38 +446,46 @@ class Monitor:
 
     def _retrain(self, now: datetime) -> None:
         with Session(self.engine) as session:
-            for model in session.exec(select(Model)).all():
-                policy = policy_of(model.policy).retrain
-                state = session.get(RetrainState, model.name, with_for_update=True)
-                last = as_utc(state.last_started_at) if state else None
-                if (state is None or state.pending_reason is None) and schedule_due(
-                    policy, now, last
-                ):
-                    state = state or RetrainState(model_name=model.name)
-                    state.pending_reason, state.pending_event_id = "schedule", None
-                if state is None or state.pending_reason is None:
-                    continue
-                since = data_since(session, state.pending_event_id, policy, now)
-                labelled = session.exec(
-                    labelled_since(
-                        select(func.count()).select_from(SampleRowRecord), model.name, since
-                    )
-                ).one()
-                reason: Any = state.pending_reason
-                decision = retrain_decision(
-                    policy, trigger=reason, now=now, last_started_at=last, labelled_rows=labelled
-                )
-                job_id = None
-                if isinstance(decision, Go):
-                    job_id = start_retraining(
-                        session, model.name, reason, state.pending_event_id, self.owner
-                    )
-                elif state.waiting_for != decision.reason:
-                    state.waiting_for = decision.reason
-                    session.add(state)
-                session.commit()
-                if job_id is not None:  # after the commit, so the worker finds the row
-                    self.submit(job_id)
+            for name in session.exec(select(Model.name)).all():
+                with self._isolated(f"retraining {name}"):
+                    try:
+                        self._retrain_one(session, name, now)
+                    except Exception:
+                        session.rollback()
+                        raise
+
+    def _retrain_one(self, session: Session, name: str, now: datetime) -> None:
+        model = session.get(Model, name)
+        if model is None:
+            return
+        policy = policy_of(model.policy).retrain
+        state = session.get(RetrainState, model.name, with_for_update=True)
+        last = as_utc(state.last_started_at) if state else None
+        if (state is None or state.pending_reason is None) and schedule_due(policy, now, last):
+            state = state or RetrainState(model_name=model.name)
+            state.pending_reason, state.pending_event_id = "schedule", None
+        if state is None or state.pending_reason is None:
+            session.rollback()
+            return
+        since = data_since(session, state.pending_event_id, policy, now)
+        labelled = session.exec(
+            labelled_since(select(func.count()).select_from(SampleRowRecord), model.name, since)
+        ).one()
+        reason: Any = state.pending_reason
+        decision = retrain_decision(
+            policy, trigger=reason, now=now, last_started_at=last, labelled_rows=labelled
+        )
+        job_id = None
+        if isinstance(decision, Go):
+            job_id = start_retraining(
+                session, model.name, reason, state.pending_event_id, self.owner
+            )
+        elif state.waiting_for != decision.reason:
+            state.waiting_for = decision.reason
+            session.add(state)
+        session.commit()
+        if job_id is not None:  # after the commit, so the worker finds the row
+            self.submit(job_id)
 
     # --- 3. release ----------------------------------------------------------------------------
 
@@ -458,37 +497,45 @@ class Monitor:
                 )
             ).all()
             for row in waiting:
-                model = session.get(Model, row.model_name)
-                policy = policy_of(model.policy if model else None).retrain
-                job = session.get(Job, row.job_id) if row.job_id else None
-                try:
-                    rollout = create_rollout(
-                        session,
-                        model=row.model_name,
-                        version=str(row.version),
-                        selector=policy.selector,
-                        plan=policy.plan,
-                        actor=f"retraining job {row.job_id}",
-                    )
-                except ControlPlaneError as exc:  # e.g. another rollout holds the devices
-                    session.rollback()
-                    log.info("release of %s v%s waits: %s", row.model_name, row.version, exc)
-                    continue
-                row.release, row.rollout_id = "rolling_out", rollout.id
-                session.add(row)
-                session.add(
-                    Event(
-                        type="release",
-                        model_name=row.model_name,
-                        version=row.version,
-                        rollout_id=rollout.id,
-                        job_id=row.job_id,
-                        cause_id=job.trigger_event_id if job else None,
-                        message=f"{row.model_name} v{row.version} rolling out "
-                        f"({rollout.id}) to {policy.selector or 'all devices'}",
-                    )
-                )
-                session.commit()
+                with self._isolated(f"the release of {row.model_name} v{row.version}"):
+                    try:
+                        self._release_one(session, row)
+                    except Exception:
+                        session.rollback()
+                        raise
+
+    def _release_one(self, session: Session, row: ModelVersion) -> None:
+        model = session.get(Model, row.model_name)
+        policy = policy_of(model.policy if model else None).retrain
+        job = session.get(Job, row.job_id) if row.job_id else None
+        try:
+            rollout = create_rollout(
+                session,
+                model=row.model_name,
+                version=str(row.version),
+                selector=policy.selector,
+                plan=policy.plan,
+                actor=f"retraining job {row.job_id}",
+            )
+        except ControlPlaneError as exc:  # e.g. another rollout holds the devices
+            session.rollback()
+            log.info("release of %s v%s waits: %s", row.model_name, row.version, exc)
+            return
+        row.release, row.rollout_id = "rolling_out", rollout.id
+        session.add(row)
+        session.add(
+            Event(
+                type="release",
+                model_name=row.model_name,
+                version=row.version,
+                rollout_id=rollout.id,
+                job_id=row.job_id,
+                cause_id=job.trigger_event_id if job else None,
+                message=f"{row.model_name} v{row.version} rolling out "
+                f"({rollout.id}) to {policy.selector or 'all devices'}",
+            )
+        )
+        session.commit()
 
 
 def _in_drift(state: DriftState, policy: ModelPolicy) -> bool:

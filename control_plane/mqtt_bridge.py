@@ -16,6 +16,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Literal
 
 import aiomqtt
 from pydantic import ValidationError
@@ -26,8 +27,9 @@ from agent.config import parse_broker_url
 from agent.mqtt import raise_if_cancelling
 from control_plane.config import ServerSettings
 from control_plane.deployments import all_desired, refresh_expiring
-from control_plane.ingest import Incoming, store_batch
+from control_plane.ingest import BatchResult, Incoming, database_answers, implausible, store_batch
 from control_plane.keystore import KeyStore
+from control_plane.models import utcnow
 from shared.messages import (
     MAX_SAMPLES_BYTES,
     MAX_STATE_BYTES,
@@ -58,6 +60,7 @@ class BridgeCounters:
     stored_windows: int = 0
     duplicate_windows: int = 0
     batches: int = 0
+    poisoned: int = 0  # valid messages the database refused (dropped and acknowledged)
 
 
 class MqttBridge:
@@ -79,7 +82,10 @@ class MqttBridge:
         self.counters = BridgeCounters()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue(QUEUE_MAX)
+        # None: no message, only drops to count (and refused windows to acknowledge).
+        self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue(QUEUE_MAX)
+        self._dropped: dict[str, int] = {}  # device → refused messages not yet counted in the DB
+        self._refused: dict[str, list[int]] = {}  # device → refused windows to acknowledge
         self._ttl = timedelta(seconds=settings.desired_ttl_seconds)
 
     def _filters(self) -> list[str]:
@@ -144,7 +150,8 @@ class MqttBridge:
             delay = min(delay * 2, 10.0)
 
     def _accept(self, topic: str, payload: object) -> None:
-        """Parse at the edge; a bad message is dropped and counted, never raised."""
+        """Parse at the edge; a bad message is dropped and counted (for its device too),
+        never raised."""
         self.counters.received += 1
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] not in _PARSERS or not isinstance(payload, bytes):
@@ -158,33 +165,88 @@ class MqttBridge:
             message = model.model_validate_json(payload)
             if message.device_id != device_id:  # the ACL pins the topic, not the payload
                 raise ValueError(f"payload names {message.device_id!r}")
+        except (ValidationError, ValueError) as exc:
+            self._drop(device_id, channel.value, str(exc))
+            return
+        if isinstance(message, TelemetryWindow) and (problem := implausible(message, utcnow())):
+            self._drop(device_id, channel.value, problem, refused=message)
+            return
+        try:
             self._queue.put_nowait(message)
-        except (ValidationError, ValueError, asyncio.QueueFull) as exc:
+        except asyncio.QueueFull:  # not acknowledged: the device sends it again later
             self.counters.dropped += 1
-            log.warning("dropped %s message from %s: %s", channel.value, device_id, str(exc)[:200])
+
+    def _drop(
+        self, device_id: str, what: str, why: str, refused: TelemetryWindow | None = None
+    ) -> None:
+        """Count a refused message against its device. A window refused for what it says
+        (not for its form) is acknowledged, so the device does not send it for ever."""
+        self.counters.dropped += 1
+        if not self._dropped and not self._refused:  # wake the ingest loop to count them
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+        self._dropped[device_id] = self._dropped.get(device_id, 0) + 1
+        if refused is not None:
+            self._refused.setdefault(device_id, []).append(refused.seq)
+        log.warning("dropped %s message from %s: %s", what, device_id, why[:200])
 
     async def _ingest_loop(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            batch = [first] if first is not None else []
             await asyncio.sleep(0.02)  # let a burst gather into one transaction
             while len(batch) < self.settings.ingest_batch_max and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                if (message := self._queue.get_nowait()) is not None:
+                    batch.append(message)
+            dropped, self._dropped = self._dropped, {}
+            refused, self._refused = self._refused, {}
+            result = await self._store(batch, dropped)
+            for device_id, seqs in refused.items():
+                result.acks.setdefault(device_id, []).extend(seqs)
+            await self._acknowledge(result)
+
+    async def _store(self, batch: list[Incoming], dropped: dict[str, int]) -> BatchResult:
+        """Store a batch (and the drop counts) in one transaction. When that fails while the
+        database answers, the batch is split until the message that fails is found: the
+        others are stored and acknowledged, that one is dropped, counted and acknowledged
+        (it would fail every time). While the database does not answer, the batch waits and
+        nothing is acknowledged."""
+        while True:
             try:
-                result = await asyncio.to_thread(store_batch, self.engine, batch)
-            except Exception:
-                # Nothing was acknowledged, so devices keep their windows and send them again.
-                log.exception("ingest of %d messages failed", len(batch))
-                await asyncio.sleep(1.0)
-                continue
+                result = await asyncio.to_thread(store_batch, self.engine, batch, dropped)
+            except Exception as exc:
+                if not await asyncio.to_thread(database_answers, self.engine):
+                    log.warning("ingest waits for the database: %s", str(exc)[:200])
+                    await asyncio.sleep(1.0)
+                    continue
+                if len(batch) > 1:
+                    middle = len(batch) // 2
+                    first = await self._store(batch[:middle], dropped)
+                    return first.merge(await self._store(batch[middle:], {}))
+                if not batch:  # only the drop counts failed: they are lost, nothing else
+                    log.exception("could not count %d dropped messages", sum(dropped.values()))
+                    return BatchResult()
+                (message,) = batch
+                log.exception("dropped a message of %s that cannot be stored", message.device_id)
+                self.counters.poisoned += 1
+                counted = {**dropped, message.device_id: dropped.get(message.device_id, 0) + 1}
+                return (await self._store([], counted)).refuse(message)
             self.counters.batches += 1
             self.counters.stored_windows += result.inserted
             self.counters.duplicate_windows += result.duplicates
-            for channel, acks in (("telemetry", result.acks), ("samples", result.sample_acks)):
-                for device_id, seqs in acks.items():
-                    await self._publish(
-                        self.topics.device(device_id, Channel.ACK),
-                        Ack(channel=channel, seqs=seqs).model_dump_json(),
-                    )
+            return result
+
+    async def _acknowledge(self, result: BatchResult) -> None:
+        channels: tuple[tuple[Literal["telemetry", "samples"], dict[str, list[int]]], ...] = (
+            ("telemetry", result.acks),
+            ("samples", result.sample_acks),
+        )
+        for channel, acks in channels:
+            for device_id, seqs in acks.items():
+                await self._publish(
+                    self.topics.device(device_id, Channel.ACK),
+                    Ack(channel=channel, seqs=seqs).model_dump_json(),
+                )
 
     async def _refresh_loop(self) -> None:
         interval = min(3600.0, self.settings.desired_ttl_seconds / 10)

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from control_plane.errors import InvalidInputError
 
+MAX_STAGES = 50  # a plan resolves to at most this many stages
+MAX_SECONDS = 10 * 365 * 86_400.0  # the longest soak or timeout: ten years
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,7 +25,7 @@ class GateSpec(_Spec):
     the previous version over the same span."""
 
     install_timeout_seconds: float = Field(
-        default=600, gt=0, description="Installs must be done within this long."
+        default=600, gt=0, le=MAX_SECONDS, description="Installs must be done within this long."
     )
     min_install_success: float = Field(
         default=1.0, ge=0, le=1, description="Share of the stage's devices that must install."
@@ -41,7 +44,7 @@ class GateSpec(_Spec):
         default=0.02, ge=0, le=1, description="Largest error-rate increase over the baseline."
     )
     max_latency_p95_ratio: float = Field(
-        default=2.0, gt=0, description="Largest p95 latency, new version / baseline."
+        default=2.0, gt=0, le=1e6, description="Largest p95 latency, new version / baseline."
     )
     max_prediction_js: float = Field(
         default=0.3,
@@ -51,21 +54,23 @@ class GateSpec(_Spec):
         "prediction histograms of the new version and the baseline.",
     )
     min_devices_reporting: int = Field(
-        default=1, ge=0, description="Stage devices with telemetry before judging."
+        default=1, ge=0, le=1_000_000, description="Stage devices with telemetry before judging."
     )
     min_requests: int = Field(
-        default=50, ge=0, description="Requests on the new version before judging."
+        default=50, ge=0, le=10**12, description="Requests on the new version before judging."
     )
 
 
 class StageSpec(_Spec):
     """One stage: how many devices have the version when it starts (cumulative)."""
 
-    count: int | None = Field(default=None, ge=1, description="Devices, cumulative.")
+    count: int | None = Field(default=None, ge=1, le=10**9, description="Devices, cumulative.")
     percent: float | None = Field(
         default=None, gt=0, le=100, description="Share of the target devices, cumulative."
     )
-    soak_seconds: float = Field(default=0, ge=0, description="Time to watch before going on.")
+    soak_seconds: float = Field(
+        default=0, ge=0, le=MAX_SECONDS, description="Time to watch before going on."
+    )
     gates: GateSpec | None = Field(default=None, description="Overrides the plan's gates.")
 
     @model_validator(mode="after")
@@ -78,9 +83,9 @@ class StageSpec(_Spec):
 class ExponentialSpec(_Spec):
     """AWS IoT Greengrass-style ramp: base devices, then × factor each stage."""
 
-    base: int = Field(default=1, ge=1, description="Devices in the first stage.")
+    base: int = Field(default=1, ge=1, le=10**9, description="Devices in the first stage.")
     factor: float = Field(default=2.0, gt=1, le=100, description="Growth per stage.")
-    soak_seconds: float = Field(default=0, ge=0, description="Soak of every stage.")
+    soak_seconds: float = Field(default=0, ge=0, le=MAX_SECONDS, description="Soak of every stage.")
 
 
 class PlanSpec(_Spec):
@@ -89,8 +94,12 @@ class PlanSpec(_Spec):
     preset: Literal["canary", "all-at-once"] | None = Field(
         default=None, description="`canary`: 1 device → 10% → 50% → 100%; `all-at-once`."
     )
-    soak_seconds: float = Field(default=300, ge=0, description="Soak per stage of a preset.")
-    stages: list[StageSpec] | None = Field(default=None, description="Explicit stages.")
+    soak_seconds: float = Field(
+        default=300, ge=0, le=MAX_SECONDS, description="Soak per stage of a preset."
+    )
+    stages: list[StageSpec] | None = Field(
+        default=None, max_length=MAX_STAGES, description="Explicit stages."
+    )
     exponential: ExponentialSpec | None = Field(default=None, description="A ramp.")
     gates: GateSpec = Field(default_factory=GateSpec, description="Gates of every stage.")
     on_failure: Literal["rollback", "pause"] = Field(
@@ -137,6 +146,18 @@ def _check_order(stages: list[StageSpec]) -> None:
             last_count = stage.count
 
 
+def _next_size(size: float, target: int, factor: float) -> float:
+    """The first ``size * factor**k`` (k ≥ 1) that adds a device to ``target``, in O(1): a
+    factor of 1.000001 would otherwise take millions of steps per device."""
+    grown = size * factor
+    if math.ceil(grown) <= target:
+        steps = max(1, math.ceil(math.log(target / size) / math.log(factor)))
+        grown = size * factor**steps
+        while math.ceil(grown) <= target:  # float rounding: a step or two more at most
+            grown *= factor
+    return grown
+
+
 def resolve(plan: PlanSpec, devices: int) -> list[Stage]:
     """Stages with cumulative targets for a fleet of ``devices``: strictly growing (a stage
     that would add nobody is dropped) and ending with every device (a final 100% stage is
@@ -151,12 +172,18 @@ def resolve(plan: PlanSpec, devices: int) -> list[Stage]:
     elif plan.exponential is not None:
         ramp, specs, size = plan.exponential, [], float(plan.exponential.base)
         while True:
-            specs.append(
-                StageSpec(count=min(devices, math.ceil(size)), soak_seconds=ramp.soak_seconds)
-            )
-            if math.ceil(size) >= devices:
+            target = min(devices, math.ceil(size))
+            if not specs or target > (specs[-1].count or 0):  # only stages that add devices
+                if len(specs) == MAX_STAGES:
+                    raise InvalidInputError(
+                        f"this ramp needs more than {MAX_STAGES} stages for {devices} "
+                        "devices: use a larger factor or base",
+                        loc=("body", "plan", "exponential", "factor"),
+                    )
+                specs.append(StageSpec(count=target, soak_seconds=ramp.soak_seconds))
+            if target >= devices:
                 break
-            size *= ramp.factor
+            size = _next_size(size, target, ramp.factor)
     else:
         assert plan.stages is not None
         specs = list(plan.stages)

@@ -19,7 +19,7 @@ ALIAS_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def check_model_name(name: str) -> None:
-    if not MODEL_NAME_RE.match(name):
+    if not MODEL_NAME_RE.fullmatch(name):
         raise InvalidInputError(
             "model names match ^[a-z0-9][a-z0-9_-]{0,63}$",
             loc=("path", "name"),
@@ -57,7 +57,7 @@ def ensure_model(session: Session, name: str, task: Task) -> Model:
 def resolve_version(session: Session, name: str, ref: str) -> ModelVersion:
     """A version by number (``3``) or alias (``champion``)."""
     get_model(session, name)
-    if ref.isdigit():
+    if re.fullmatch(r"[0-9]{1,18}", ref):  # ASCII digits: "²".isdigit() is true, too
         number = int(ref)
     else:
         alias = session.get(ModelAlias, (name, ref))
@@ -146,7 +146,7 @@ def register_version(
 
 
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:
-    if not ALIAS_RE.match(alias):
+    if not ALIAS_RE.fullmatch(alias):
         raise InvalidInputError(
             "aliases match ^[a-z][a-z0-9_-]{0,31}$", loc=("path", "alias"), code="invalid_alias"
         )

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from control_plane.drift import DriftPolicy
 from control_plane.plans import GateSpec, PlanSpec
+from shared.manifest import ParamValue
 
 Trigger = Literal["drift", "accuracy", "schedule", "manual"]
 AutoTrigger = Literal["drift", "accuracy", "schedule"]
@@ -42,8 +43,12 @@ Metric = Literal["accuracy", "f1_macro", "rmse", "mae"]
 LOWER_IS_BETTER = {"rmse", "mae"}
 
 
+MAX_SECONDS = 10 * 365 * 86_400.0  # the longest duration a policy may name: ten years
+MAX_ROWS = 10_000_000
+
+
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AccuracyPolicy(_Spec):
@@ -56,9 +61,14 @@ class AccuracyPolicy(_Spec):
         description="Accuracy this far below the version's validation accuracy is a drop.",
     )
     min_labels: int = Field(
-        default=50, ge=1, description="Labels a bucket needs before its accuracy is judged."
+        default=50,
+        ge=1,
+        le=MAX_ROWS,
+        description="Labels a bucket needs before its accuracy is judged.",
     )
-    consecutive: int = Field(default=2, ge=1, description="Buckets in a row below the line.")
+    consecutive: int = Field(
+        default=2, ge=1, le=1000, description="Buckets in a row below the line."
+    )
 
 
 def _default_triggers() -> list[AutoTrigger]:
@@ -77,28 +87,45 @@ class RetrainPolicy(_Spec):
 
     triggers: list[AutoTrigger] = Field(
         default_factory=_default_triggers,
+        max_length=3,
         description="Events that start a retraining (a manual one is always possible): "
         "`drift` (a feature, the predictions or the dataset of the champion drifted), "
         "`accuracy` (an accuracy drop), `schedule` (every `schedule_seconds`).",
     )
     schedule_seconds: float | None = Field(
-        default=None, gt=0, description="With the `schedule` trigger: retrain this often."
+        default=None,
+        ge=60,
+        le=MAX_SECONDS,
+        description="With the `schedule` trigger: retrain this often.",
     )
     cooldown_seconds: float = Field(
-        default=3600, ge=0, description="At least this long between two retraining jobs."
+        default=3600,
+        ge=0,
+        le=MAX_SECONDS,
+        description="At least this long between two retraining jobs.",
     )
     min_labelled_rows: int = Field(
-        default=500, ge=10, description="Recent labelled rows needed before retraining."
+        default=500,
+        ge=10,
+        le=MAX_ROWS,
+        description="Recent labelled rows needed before retraining.",
     )
     recent_seconds: float = Field(
-        default=7 * 86_400, gt=0, description="Labelled rows younger than this are recent."
+        default=7 * 86_400,
+        gt=0,
+        le=MAX_SECONDS,
+        description="Labelled rows younger than this are recent.",
     )
     max_recent_rows: int = Field(
-        default=50_000, ge=10, description="At most this many recent rows (the newest)."
+        default=50_000,
+        ge=10,
+        le=MAX_ROWS,
+        description="At most this many recent rows (the newest).",
     )
     max_reference_rows: int = Field(
         default=5_000,
         ge=0,
+        le=MAX_ROWS,
         description="Rows of the champion's training dataset added to the training data "
         "(a seeded sample; 0: recent rows only).",
     )
@@ -115,18 +142,30 @@ class RetrainPolicy(_Spec):
     min_improvement: float = Field(
         default=0.02,
         ge=0,
+        le=1,
         description="The challenger must beat the champion by this much (accuracy, F1), or "
         "by this share of the champion's error (RMSE, MAE).",
     )
-    algorithm: str | None = Field(default=None, description="Default: the champion's.")
-    params: dict[str, Any] | None = Field(default=None, description="Default: the champion's.")
-    seed: int = Field(default=0, description="Seed of the holdout split, sampling and training.")
+    algorithm: str | None = Field(
+        default=None, max_length=64, description="Default: the champion's."
+    )
+    params: dict[str, ParamValue] | None = Field(
+        default=None, max_length=64, description="Default: the champion's."
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        le=2**32 - 1,
+        description="Seed of the holdout split, sampling and training.",
+    )
     auto_rollout: bool = Field(
         default=True,
         description="Roll a winning challenger out by itself; false: wait for "
         "POST /models/{name}/versions/{v}/approve.",
     )
-    selector: str = Field(default="", description="Devices the challenger is rolled out to.")
+    selector: str = Field(
+        default="", max_length=1024, description="Devices the challenger is rolled out to."
+    )
     plan: PlanSpec = Field(
         default_factory=_default_plan, description="Rollout plan of a winning challenger."
     )
@@ -141,7 +180,7 @@ class RetrainPolicy(_Spec):
 class ModelPolicy(_Spec):
     """How a model is watched and retrained (`PUT /models/{name}/policy`)."""
 
-    selectors: list[str] = Field(
+    selectors: list[Annotated[str, StringConstraints(max_length=1024)]] = Field(
         default_factory=lambda: [""],
         max_length=20,
         description="Device populations judged separately (label selectors; `` = all).",

@@ -193,6 +193,7 @@ class RolloutEngine:
         self.keys = keys
         self.ttl = ttl
         self.publish = publish
+        self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
 
     # --- driving ------------------------------------------------------------------------
 
@@ -219,17 +220,33 @@ class RolloutEngine:
                 await self.publish(document)
 
     def _tick_all(self) -> list[DesiredState]:
+        """Step every active rollout, each in its own transaction: one that fails (bad data,
+        a bug) is logged with its id, counted and retried next tick, and holds up no other
+        rollout, nor the late joiners."""
         out: list[DesiredState] = []
         with Session(self.engine) as session:
             ids = session.exec(select(Rollout.id).where(col(Rollout.status).in_(ACTIVE))).all()
             for rollout_id in ids:
-                rollout = session.get(Rollout, rollout_id, with_for_update=True)
-                if rollout is None or rollout.status not in ACTIVE:
-                    continue
-                out.extend(self._step(session, rollout, self._observe(session, rollout)))
+                try:
+                    rollout = session.get(Rollout, rollout_id, with_for_update=True)
+                    if rollout is None or rollout.status not in ACTIVE:
+                        session.rollback()
+                        continue
+                    stepped = self._step(session, rollout, self._observe(session, rollout))
+                    session.commit()
+                    out.extend(stepped)
+                except Exception:
+                    session.rollback()
+                    self.failures += 1
+                    log.exception("rollout %s: tick failed; the others carry on", rollout_id)
+            try:
+                joiners = self._late_joiners(session)
                 session.commit()
-            out.extend(self._late_joiners(session))
-            session.commit()
+                out.extend(joiners)
+            except Exception:
+                session.rollback()
+                self.failures += 1
+                log.exception("late joiners: tick failed")
         return out
 
     # --- one rollout --------------------------------------------------------------------

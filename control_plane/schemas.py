@@ -14,9 +14,20 @@ from control_plane.retraining import RetrainPolicy, Trigger
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
+MAX_ID = 2**63 - 1  # ids and versions in paths and bodies: what a BIGINT holds
+VERSION_REF = r"^([0-9]{1,18}|[a-z][a-z0-9_-]{0,31})$"  # a version number or an alias
+MAX_FEEDBACK_ITEMS = 10_000
+
 
 class ApiModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class ApiRequest(ApiModel):
+    """A request body: nothing is coerced (``"7"`` is not 7, ``true`` is not 1) and numbers
+    are finite."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class RoleName(StrEnum):
@@ -55,17 +66,20 @@ class DatasetPublic(ApiModel):
     created_at: datetime = Field(description="Upload time (UTC).")
 
 
-class TrainRequest(ApiModel):
+class TrainRequest(ApiRequest):
     """Train a new version of a model on a stored dataset."""
 
-    dataset_id: int = Field(ge=1, description="Id of the dataset to train on.")
+    dataset_id: int = Field(ge=1, le=MAX_ID, description="Id of the dataset to train on.")
     algorithm: str = Field(
+        max_length=32,
         description="`logreg`, `random_forest`, `hist_gb` (classification); "
-        "`ridge`, `random_forest`, `hist_gb` (regression)."
+        "`ridge`, `random_forest`, `hist_gb` (regression).",
     )
     task: Task = Field(default="classification", description="`classification` or `regression`.")
     params: dict[str, ParamValue] = Field(
-        default_factory=dict, description="Algorithm parameters; unknown names are refused."
+        default_factory=dict,
+        max_length=64,
+        description="Algorithm parameters; unknown names are refused.",
     )
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for split and model.")
     validation_fraction: float = Field(
@@ -89,11 +103,13 @@ class RetrainRequest(ApiModel):
     policy: RetrainPolicy = Field(description="The model's retraining policy at the time.")
 
 
-class RetrainCreate(ApiModel):
+class RetrainCreate(ApiRequest):
     """Retrain now, whatever the triggers say (the cooldown is skipped)."""
 
     champion_version: int | None = Field(
         default=None,
+        ge=1,
+        le=MAX_ID,
         description="Version the challenger must beat; default: the version the policy's "
         "selector defaults to, else the latest.",
     )
@@ -167,8 +183,8 @@ class VersionPublic(ApiModel):
     )
 
 
-class AliasUpdate(ApiModel):
-    version: int = Field(ge=1, description="Version the alias points at.")
+class AliasUpdate(ApiRequest):
+    version: int = Field(ge=1, le=MAX_ID, description="Version the alias points at.")
 
 
 class AliasPublic(ApiModel):
@@ -178,17 +194,21 @@ class AliasPublic(ApiModel):
     updated_at: datetime = Field(description="When the alias last changed.")
 
 
-class TokenCreate(ApiModel):
+class TokenCreate(ApiRequest):
     name: str = Field(min_length=1, max_length=64, description="Who or what uses the token.")
     role: RoleName = Field(
-        description="`admin`, `operator` (train, upload, aliases) or `viewer` (read only)."
+        strict=False,  # the enum's value, as JSON carries it
+        description="`admin`, `operator` (train, upload, aliases) or `viewer` (read only).",
     )
 
 
 class TokenPublic(ApiModel):
     id: int = Field(description="Token id (to revoke it).")
     name: str = Field(description="Who or what uses the token.")
-    role: RoleName = Field(description="`admin`, `operator` or `viewer`.")
+    role: Literal["admin", "operator", "viewer", "device"] = Field(
+        description="`admin`, `operator`, `viewer`, or `device` (a device's own token)."
+    )
+    device_id: str | None = Field(default=None, description="The device of a device token.")
     created_at: datetime = Field(description="When it was issued.")
     revoked_at: datetime | None = Field(description="When it was revoked; null while valid.")
 
@@ -197,11 +217,17 @@ class TokenIssued(TokenPublic):
     token: str = Field(description="The bearer secret. Shown once; only its hash is stored.")
 
 
-class DeviceCreate(ApiModel):
+class DeviceCreate(ApiRequest):
     """Register a device."""
 
-    id: str = Field(pattern=DEVICE_ID_PATTERN, description="Device id; also its MQTT username.")
-    labels: dict[str, str] = Field(default_factory=dict, description="Labels, e.g. site=berlin.")
+    id: str = Field(
+        pattern=DEVICE_ID_PATTERN,
+        description="Device id; also its MQTT username. Ids starting with `edgefleet-` are "
+        "reserved for the broker's service accounts.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Labels, e.g. site=berlin."
+    )
 
 
 class DevicePublic(ApiModel):
@@ -215,6 +241,10 @@ class DevicePublic(ApiModel):
     deployment_seq: int = Field(description="Sequence of the last desired state signed for it.")
     desired_expires_at: datetime | None = Field(description="When that desired state expires.")
     state: DeviceState | None = Field(description="Its last retained state report.")
+    dropped_messages: int = Field(
+        description="Messages from this device the control plane refused (malformed, "
+        "implausible, or not storable), each dropped and counted."
+    )
 
 
 class DeviceRegistered(ApiModel):
@@ -225,12 +255,12 @@ class DeviceRegistered(ApiModel):
     )
 
 
-class DeploymentCreate(ApiModel):
+class DeploymentCreate(ApiRequest):
     """Deploy one model version to one device (the rollout engine does this at scale)."""
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Target device.")
-    model: str = Field(description="Model name.")
-    version: str = Field(description="Version number or alias.")
+    model: str = Field(max_length=64, description="Model name.")
+    version: str = Field(pattern=VERSION_REF, description="Version number or alias.")
 
 
 class DeploymentPublic(ApiModel):
@@ -248,17 +278,21 @@ class TelemetryPublic(ApiModel):
     window: TelemetryWindow = Field(description="The window as the device sent it.")
 
 
-class DeviceUpdate(ApiModel):
-    labels: dict[str, str] = Field(description="The device's labels (replaces them).")
+class DeviceUpdate(ApiRequest):
+    labels: dict[str, str] = Field(
+        max_length=32, description="The device's labels (replaces them)."
+    )
 
 
-class RolloutCreate(ApiModel):
+class RolloutCreate(ApiRequest):
     """Roll a model version out to the devices a selector matches, in stages."""
 
-    model: str = Field(description="Model name.")
-    version: str = Field(description="Version number or alias.")
+    model: str = Field(max_length=64, description="Model name.")
+    version: str = Field(pattern=VERSION_REF, description="Version number or alias.")
     selector: str = Field(
-        default="", description="Label selector, e.g. `site=berlin,hw!=rpi3`; empty: every device."
+        default="",
+        max_length=1024,
+        description="Label selector, e.g. `site=berlin,hw!=rpi3`; empty: every device.",
     )
     plan: PlanSpec = Field(
         default_factory=lambda: PlanSpec(preset="canary"),
@@ -352,7 +386,7 @@ class ErrorResponse(ApiModel):
     detail: list[ErrorItem] | str
 
 
-class FeedbackItem(ApiModel):
+class FeedbackItem(ApiRequest):
     """The true label of one prediction."""
 
     request_id: str = Field(
@@ -370,18 +404,24 @@ class FeedbackItem(ApiModel):
         "the row was sampled to the control plane.",
     )
     version: int | None = Field(
-        default=None, ge=1, description="Model version that answered (from the response)."
+        default=None,
+        ge=1,
+        le=MAX_ID,
+        description="Model version that answered (from the response).",
     )
     device_id: str | None = Field(
         default=None, pattern=DEVICE_ID_PATTERN, description="Device that answered."
     )
 
 
-class FeedbackCreate(ApiModel):
-    """True labels, batched; the same request id posted again replaces its label."""
+class FeedbackCreate(ApiRequest):
+    """True labels, batched; the same request id posted again replaces its label (when
+    the same device, or an operator, posts it)."""
 
-    model: str = Field(description="Model name.")
-    items: list[FeedbackItem] = Field(min_length=1, description="Labels.")
+    model: str = Field(max_length=64, description="Model name.")
+    items: list[FeedbackItem] = Field(
+        min_length=1, max_length=MAX_FEEDBACK_ITEMS, description="Labels."
+    )
 
 
 class FeedbackResult(ApiModel):

@@ -45,7 +45,7 @@ def parse_selector(text: str, *, loc: tuple[str | int, ...] = ("query", "selecto
     """Parse a selector, or raise ``InvalidInputError`` naming the bad term."""
     terms = []
     for raw in (t.strip() for t in text.split(",")) if text.strip() else ():
-        match = _TERM.match(raw)
+        match = _TERM.fullmatch(raw)
         if match is None or (match["neg"] and match["op"]):
             raise InvalidInputError(
                 f"bad selector term {raw!r}: use key=value, key!=value, key or !key",

@@ -38,4 +38,4 @@ def sha256_bytes(data: bytes) -> str:
 
 def is_sha256(value: str) -> bool:
     """True for a lowercase 64-hex-digit sha256 digest."""
-    return bool(SHA256_RE.match(value))
+    return bool(SHA256_RE.fullmatch(value))

@@ -21,13 +21,13 @@ ParamValue = int | float | str | bool | None
 
 
 def _check_model_name(value: str) -> str:
-    if not MODEL_NAME_RE.match(value):
+    if not MODEL_NAME_RE.fullmatch(value):
         raise ValueError("model names match ^[a-z0-9][a-z0-9_-]{0,63}$")
     return value
 
 
 def _check_sha256(value: str) -> str:
-    if not re.match(r"^[0-9a-f]{64}$", value):
+    if not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError("sha256 must be 64 lowercase hex digits")
     return value
 

@@ -22,7 +22,7 @@ class Channel(StrEnum):
 
 
 def is_device_id(value: str) -> bool:
-    return bool(DEVICE_ID_RE.match(value))
+    return bool(DEVICE_ID_RE.fullmatch(value))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ Ed25519 signature over the canonical JSON of their other fields."""
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,12 +11,21 @@ from shared.canonical import canonical_json
 from shared.signing import SigningKey, VerifyKey
 
 SCHEMA_VERSION: Literal[1] = 1
+# Integers every JSON reader reads back exactly (IEEE doubles): sequence numbers, versions
+# and counts stay within ±(2^53 - 1), and the database stores them as BIGINT.
+MAX_SAFE_INT = 2**53 - 1
+
+Seq = Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
+Count = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
+Version = Annotated[int, Field(ge=1, le=MAX_SAFE_INT)]
 
 
 class WireModel(BaseModel):
-    """A strict, immutable wire model: unknown fields are an error."""
+    """A strict, immutable wire model: unknown fields are an error, nothing is coerced
+    (``"7"`` is not 7, ``true`` is not 1) and floats are finite (no NaN or Infinity, which
+    could be stored but not read back)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SignedDocument(WireModel):

@@ -100,7 +100,11 @@ class ArtifactServer:
                 (
                     self.floors.get(floor.group(1))
                     or SequenceFloor(
-                        device_id=floor.group(1), deployment_seq=0, telemetry_seq=0, samples_seq=0
+                        device_id=floor.group(1),
+                        deployment_seq=0,
+                        telemetry_seq=0,
+                        samples_seq=0,
+                        state_seq=0,
                     )
                 )
                 .model_dump_json()
@@ -208,8 +212,10 @@ class AgentThread:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
         return future.result(timeout)
 
-    def stop(self, timeout: float = 15.0) -> None:
-        """Stop as SIGTERM would; a hang is a bug, reported with what the agent awaits."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop as SIGTERM would; a hang is a bug, reported with what the agent awaits. The
+        agent bounds its own stop (5 s to close its window and say offline, 10 s for its
+        parts, 5 s for requests in flight): ``timeout`` must exceed that sum."""
         if self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout)
@@ -239,7 +245,7 @@ class Publisher:
         self.client.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
         self.received: list[tuple[str, bytes]] = []
         self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
-        self.client.connect(broker.host, broker.port)
+        self.client.connect(broker.host, broker.cp_port)
         self.client.loop_start()
         self.client.subscribe(self.topics.all_devices(Channel.STATE), qos=1)
         self.client.subscribe(self.topics.all_devices(Channel.TELEMETRY), qos=1)

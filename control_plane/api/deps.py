@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -16,6 +16,7 @@ from control_plane.jobs import JobRunner
 from control_plane.keystore import KeyStore
 from control_plane.models import ApiToken, Role
 from control_plane.mqtt_bridge import MqttBridge
+from control_plane.schemas import MAX_ID
 
 
 def get_settings(request: Request) -> ServerSettings:
@@ -83,6 +84,9 @@ def require(role: Role, *also: Role) -> Callable[..., ApiToken]:
 
     return dependency
 
+
+# Ids in paths and queries: a BIGINT's range (larger ones are a 422, not a database error).
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID, description="Id.")]
 
 Viewer = Annotated[ApiToken, Depends(require(Role.VIEWER))]
 Operator = Annotated[ApiToken, Depends(require(Role.OPERATOR))]

@@ -148,6 +148,15 @@ def test_cli_refusals_are_clear(server: ServerProcess, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "HTTP 401" in result.stderr
+    # As the README writes it; with devices registered (the token list holds device tokens).
+    run_cli("devices", "add", "dev-cli", env=server.env)
+    issued = run_cli("tokens", "create", "--name", "ci", "--role", "viewer", env=server.env)
+    assert issued.stdout.strip().splitlines()[-1].startswith("EDGEFLEET_TOKEN=ef_")
+    listed = run_cli("tokens", "list", env=server.env).stdout
+    assert "device:dev-cli" in listed and "ci" in listed
+    ci_id = issued.stderr.split()[1]  # "token 3 'ci' (viewer)"
+    revoked = run_cli("tokens", "revoke", ci_id, env=server.env)
+    assert "revoked" in revoked.stderr
 
 
 def test_init_twice_keeps_keys_and_issues_a_new_token(tmp_path: Path) -> None:

@@ -260,7 +260,7 @@ def test_a_flood_of_desired_states_converges_on_the_last_without_leaks(rig: Rig)
 
 def test_a_wiped_device_learns_its_floor_before_accepting_anything(rig: Rig) -> None:
     rig.artifacts.floors[DEVICE] = SequenceFloor(
-        device_id=DEVICE, deployment_seq=5, telemetry_seq=7, samples_seq=2
+        device_id=DEVICE, deployment_seq=5, telemetry_seq=7, samples_seq=2, state_seq=9 << 32
     )
     v1 = small_model(rig, 1)
     agent = rig.start_agent(**COMMIT_AT_ONCE)
@@ -273,6 +273,7 @@ def test_a_wiped_device_learns_its_floor_before_accepting_anything(rig: Rig) -> 
     predict_ok(agent)
     window = agent.call(agent.a.close_window())
     assert window is not None and window.seq == 8  # above the 7 stored before the wipe
+    assert agent.a.state().seq > 9 << 32  # its reports, too, outrank the stored ones
 
 
 def test_with_the_control_plane_unreachable_nothing_is_accepted_until_it_answers(

@@ -11,7 +11,7 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from shared.messages import Ack, Phase, SampleBatch
+from shared.messages import MAX_DESIRED_BYTES, Ack, Phase, SampleBatch
 from shared.signing import SigningKey
 from shared.topics import Channel
 from simulator.data import sensor_rows
@@ -77,7 +77,7 @@ def test_install_then_update_keeps_previous_as_rollback_slot(rig: Rig) -> None:
         ("golden_mismatch", "golden_mismatch", True),
         ("malformed_json", "malformed", False),
         ("wrong_schema_version", "schema_version", False),
-        ("ten_megabytes", "too_large", False),
+        ("over_the_cap", "too_large", False),
     ],
 )
 def test_attack_is_refused_and_v1_keeps_serving(
@@ -138,8 +138,8 @@ def test_attack_is_refused_and_v1_keeps_serving(
         document = json.loads(sign_desired(rig.deploy_key, DEVICE, 2, [manifest]).model_dump_json())
         document["schema_version"] = 2
         payload = json.dumps(document).encode()
-    elif attack == "ten_megabytes":
-        payload = b"{" + b" " * (10 * 1024 * 1024) + b"}"
+    elif attack == "over_the_cap":  # above the agent's cap, below the broker's packet cap
+        payload = b"{" + b" " * (MAX_DESIRED_BYTES + 1000) + b"}"
     if attack == "expired":
         import time
 

@@ -240,5 +240,3 @@ def test_interrupted_jobs_fail_on_restart_and_queued_ones_run(make_api: MakeApi)
     with Session(engine) as session:
         assert not session.exec(select(Job).where(Job.status == JobStatus.RUNNING)).all()
     engine.dispose()
-    api.client = TestClient(create_app(api.settings))
-    api.client.__enter__()

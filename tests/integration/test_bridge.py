@@ -16,7 +16,7 @@ from control_plane.mqtt_bridge import MqttBridge
 from shared.messages import DesiredState, DeviceState, TelemetryWindow
 from shared.signing import KeyRole
 from shared.trust import TrustStore
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
 from tests.fleet import CP_PASSWORD, wait_until
 from tests.integration.conftest import Api, MakeApi
@@ -29,7 +29,7 @@ def broker(tmp_path: object) -> Iterator[MosquittoBroker]:
     from pathlib import Path
 
     running = MosquittoBroker(Path(str(tmp_path)) / "broker")
-    running.add_user(CONTROL_PLANE_USER, CP_PASSWORD)
+    running.add_control_plane_user(CP_PASSWORD)
     running.start()
     try:
         yield running
@@ -75,7 +75,7 @@ def bridge_of(api: Api) -> MqttBridge:
 
 
 def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> None:
-    api = make_api(mqtt_url=f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}")
+    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD))
     bridge = bridge_of(api)
     wait_until(bridge.connected.is_set, what="bridge connected")
     token = api.post("/devices", json={"id": "dev-a", "labels": {"site": "x"}}).json()["token"]
@@ -85,6 +85,7 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
         device.send("state", b"{garbage")
         forged = DeviceState(
             device_id="dev-b",
+            seq=10,
             agent_version="x",
             labels={},
             deployment_seq=0,
@@ -118,19 +119,32 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
         assert [w["window"]["seq"] for w in stored] == [1, 2]  # stored exactly once
         assert api.get("/devices/dev-b").status_code == 404  # the forgery changed nothing
         assert bridge.counters.duplicate_windows == 1
-        # A state report from the past changes nothing.
+        # A report older by the device's own counter changes nothing, whatever its clock says.
         stored = api.get("/devices/dev-a").json()["state"]
-        stale = forged.model_copy(
-            update={
-                "device_id": "dev-a",
-                "agent_version": "stale",
-                "updated_at": datetime(2020, 1, 1, tzinfo=UTC),
-            }
-        )
+        stale = forged.model_copy(update={"device_id": "dev-a", "agent_version": "stale", "seq": 9})
         device.send("state", stale.model_dump_json())
         device.send("telemetry", window("dev-a", 3))  # processed after the stale state
         wait_until(lambda: len(api.get("/devices/dev-a/telemetry").json()) == 3, what="window 3")
         assert api.get("/devices/dev-a").json()["state"] == stored
+        # A clock in 2099 does not freeze the device: its next report (by seq) still wins.
+        future = stale.model_copy(
+            update={
+                "seq": 11,
+                "agent_version": "future",
+                "updated_at": datetime(2099, 1, 1, tzinfo=UTC),
+            }
+        )
+        device.send("state", future.model_dump_json())
+        wait_until(
+            lambda: api.get("/devices/dev-a").json()["state"]["agent_version"] == "future",
+            what="the 2099 report stored",
+        )
+        now = stale.model_copy(update={"seq": 12, "agent_version": "now"})
+        device.send("state", now.model_dump_json())
+        wait_until(
+            lambda: api.get("/devices/dev-a").json()["state"]["agent_version"] == "now",
+            what="the next real report stored",
+        )
         # What a wiped dev-a would learn before numbering new windows: with its own token.
         floor = api.get("/devices/dev-a/floor", headers=api.auth(token))
         assert floor.status_code == 200, floor.text
@@ -139,13 +153,14 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
             "deployment_seq": 0,
             "telemetry_seq": 3,
             "samples_seq": 0,
+            "state_seq": 12,
         }
     finally:
         device.close()
 
 
 def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoBroker) -> None:
-    api = make_api(mqtt_url=f"mqtt://{CONTROL_PLANE_USER}:{CP_PASSWORD}@127.0.0.1:{broker.port}")
+    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD))
     wait_until(bridge_of(api).connected.is_set, what="bridge connected")
     dataset = api.upload(sensor_csv(200, seed=2)).json()
     api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")

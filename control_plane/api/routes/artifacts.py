@@ -17,7 +17,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from control_plane.api.deps import BlobsDep, bearer
 from control_plane.auth import ArtifactAccess
-from control_plane.errors import NotFoundError
+from control_plane.errors import ForbiddenError, NotFoundError
 from shared.hashing import is_sha256
 
 router = APIRouter(prefix="/artifacts", tags=["artifacts"])
@@ -27,6 +27,7 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
     200: {"content": {"application/octet-stream": {}}},
     206: {"description": "Partial content (Range request)."},
     401: {"description": "Missing, invalid or revoked token."},
+    403: {"description": "A device token, and the artifact is not deployed to its device."},
     404: {"description": "No registered artifact with this sha256."},
 }
 
@@ -51,7 +52,8 @@ async def get_artifact(
     blobs: BlobsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> FileResponse:
-    """The ONNX file of a registered version, for any live token (devices use their own).
+    """The ONNX file of a registered version: for a viewer (or stronger) token any, for a
+    device token those its device's current or previous desired state names (403 otherwise).
     `Range: bytes=N-` resumes a download. A revoked token stops working at once on the
     process that revoked it and within 30 s on the others."""
     access: ArtifactAccess = request.app.state.artifact_access
@@ -66,6 +68,11 @@ async def get_artifact(
             )
         if not valid or not await run_in_threadpool(access.registered, sha256):
             raise NotFoundError(f"no artifact {sha256[:64]}", loc=("path", "sha256"))
+        if not await run_in_threadpool(access.device_may, secret, sha256):
+            raise ForbiddenError(
+                "a device token downloads only what its current or previous desired state names",
+                loc=("path", "sha256"),
+            )
     if not blobs.exists(sha256):
         raise NotFoundError(f"no artifact {sha256[:64]}", loc=("path", "sha256"))
     return FileResponse(

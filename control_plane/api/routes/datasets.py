@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
-from control_plane.api.deps import BlobsDep, Operator, SessionDep, SettingsDep, Viewer
+from control_plane.api.deps import BlobsDep, IdPath, Operator, SessionDep, SettingsDep, Viewer
 from control_plane.datasets import DatasetLimits, check_name, parse_csv, store_dataset
 from control_plane.errors import NotFoundError, PayloadTooLargeError
 from control_plane.models import Dataset
@@ -127,7 +127,7 @@ def list_datasets(
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, summary="One dataset")
-def get_dataset(dataset_id: int, session: SessionDep, _: Viewer) -> DatasetPublic:
+def get_dataset(dataset_id: IdPath, session: SessionDep, _: Viewer) -> DatasetPublic:
     row = session.get(Dataset, dataset_id)
     if row is None:
         raise NotFoundError(f"no dataset {dataset_id}", loc=("path", "dataset_id"))

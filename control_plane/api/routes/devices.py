@@ -52,6 +52,7 @@ def device_public(device: Device) -> DevicePublic:
         deployment_seq=device.deployment_seq,
         desired_expires_at=device.desired_expires_at,
         state=DeviceState.model_validate_json(device.state) if device.state else None,
+        dropped_messages=device.dropped_messages,
     )
 
 

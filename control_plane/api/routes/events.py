@@ -9,7 +9,7 @@ from sqlmodel import col, select
 
 from control_plane.api.deps import SessionDep, Viewer
 from control_plane.models import Event
-from control_plane.schemas import EventPublic
+from control_plane.schemas import MAX_ID, EventPublic
 
 router = APIRouter(tags=["events"])
 
@@ -25,7 +25,7 @@ def list_events(
     device_id: Annotated[str | None, Query(description="Only this device.")] = None,
     rollout_id: Annotated[str | None, Query(description="Only this rollout.")] = None,
     model: Annotated[str | None, Query(description="Only this model.")] = None,
-    job_id: Annotated[int | None, Query(description="Only this job.")] = None,
+    job_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this job.")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 500,
 ) -> list[EventPublic]:
     """State changes of rollouts (created, stages, gates, commands), of devices (online,

@@ -169,7 +169,7 @@ def get_version(
     name: NamePath,
     session: SessionDep,
     _: Viewer,
-    version: Annotated[str, Path(description="Version number or alias.")],
+    version: Annotated[str, Path(max_length=32, description="Version number or alias.")],
 ) -> VersionPublic:
     row = resolve_version(session, name, version)
     return _version_public(row, aliases_of(session, name), with_manifest=True)

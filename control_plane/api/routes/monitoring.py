@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from control_plane.api.deps import (
     JobsDep,
@@ -22,6 +22,7 @@ from control_plane.api.deps import (
 from control_plane.api.routes.jobs import job_public
 from control_plane.errors import (
     ConflictError,
+    ForbiddenError,
     InvalidInputError,
     PayloadTooLargeError,
 )
@@ -38,6 +39,7 @@ from control_plane.monitoring import start_retraining
 from control_plane.registry import get_model, latest_version, resolve_version
 from control_plane.retraining import ModelPolicy, policy_of
 from control_plane.schemas import (
+    MAX_ID,
     DriftPointPublic,
     FeedbackCreate,
     FeedbackResult,
@@ -94,7 +96,7 @@ def get_drift(
     name: NamePath,
     session: SessionDep,
     _: Viewer,
-    version: Annotated[int | None, Query(ge=1, description="Only this version.")] = None,
+    version: Annotated[int | None, Query(ge=1, le=MAX_ID, description="Only this version.")] = None,
     selector: Annotated[
         str | None, Query(description="Only this population (as in the policy; `` = all).")
     ] = None,
@@ -199,6 +201,8 @@ def post_feedback(
                 "received_at": now,
             }
         )
+    if device_only:
+        _check_owner(session, device_only, [item.request_id for item in body.items])
     table = Feedback.__table__  # type: ignore[attr-defined]
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     insert = dialect.insert(table)
@@ -208,6 +212,8 @@ def post_feedback(
             c: getattr(insert.excluded, c)
             for c in ("label", "prediction", "model_version", "device_id", "received_at")
         },
+        # A device replaces only its own labels (also against a concurrent post).
+        where=(table.c.device_id == insert.excluded.device_id) if device_only else None,
     )
     session.execute(statement, rows)
     ids = [r["request_id"] for r in rows]
@@ -216,6 +222,24 @@ def post_feedback(
     ).all()
     session.commit()
     return FeedbackResult(stored=len(rows), matched_samples=len(matched))
+
+
+def _check_owner(session: Session, device_id: str, request_ids: list[str]) -> None:
+    """A request id belongs to the device that first reported it (its sampled row or its
+    first label): another device's token may not label it."""
+    owners: dict[str, str | None] = {}
+    for table in (SampleRowRecord, Feedback):
+        for request_id, owner in session.exec(
+            select(table.request_id, table.device_id).where(col(table.request_id).in_(request_ids))
+        ).all():
+            owners.setdefault(request_id, owner)
+    for i, request_id in enumerate(request_ids):
+        owner = owners.get(request_id)
+        if owner is not None and owner != device_id:
+            raise ForbiddenError(
+                f"request id {request_id!r} belongs to another device",
+                loc=("body", "items", i, "request_id"),
+            )
 
 
 # --- retraining and release --------------------------------------------------------------------
@@ -261,7 +285,7 @@ def retrain_now(
 )
 def approve(
     name: NamePath,
-    version: Annotated[int, Path(ge=1, description="Version number.")],
+    version: Annotated[int, Path(ge=1, le=MAX_ID, description="Version number.")],
     session: SessionDep,
     token: Operator,
 ) -> dict[str, str]:

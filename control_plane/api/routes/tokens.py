@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, status
 from sqlmodel import col, select
 
-from control_plane.api.deps import Admin, SessionDep
+from control_plane.api.deps import Admin, IdPath, SessionDep
 from control_plane.auth import ArtifactAccess, issue_token
 from control_plane.errors import NotFoundError
 from control_plane.models import ApiToken, Role, utcnow
@@ -33,7 +33,7 @@ def list_tokens(session: SessionDep, _: Admin) -> list[TokenPublic]:
 
 
 @router.delete("/{token_id}", response_model=TokenPublic, summary="Revoke a token")
-def revoke_token(token_id: int, request: Request, session: SessionDep, _: Admin) -> TokenPublic:
+def revoke_token(token_id: IdPath, request: Request, session: SessionDep, _: Admin) -> TokenPublic:
     row = session.get(ApiToken, token_id)
     if row is None:
         raise NotFoundError(f"no token {token_id}", loc=("path", "token_id"))

@@ -1,0 +1,186 @@
+"""One error shape for every answer that is not a success, and the guard in front of JSON
+bodies.
+
+Every error answers ``{"detail": [{"loc": [...], "msg": "...", "type": "..."}]}`` — domain
+errors, validation errors, 401/403/404/405/413 and even a 500 — and never echoes more than a
+short, truncated piece of what the client sent (a 50 MB bad body once came back as a 47 MiB
+error). JSON bodies are capped in size and nesting depth before anything parses them, so a
+huge or deeply nested body costs a few milliseconds, not seconds and hundreds of MiB.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from control_plane.errors import ControlPlaneError
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 2 * 1024 * 1024
+MAX_JSON_DEPTH = 32
+ECHO_CHARS = 80  # at most this much of a refused value comes back in an error
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def error_body(loc: list[str | int], msg: str, kind: str) -> dict[str, Any]:
+    return {"detail": [{"loc": loc, "msg": msg, "type": kind}]}
+
+
+def _echo(value: object) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "…"
+
+
+def nesting_depth(body: bytes) -> int:
+    """Deepest nesting of ``[``/``{`` in a JSON text (strings skipped), without parsing it."""
+    depth = deepest = 0
+    for token in _TOKEN.finditer(body):
+        char = token.group()[:1]
+        if char in (b"[", b"{"):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (b"]", b"}"):
+            depth -= 1
+    return deepest
+
+
+class JsonBodyGuard:
+    """ASGI middleware: a JSON request body over ``max_bytes`` answers 413, one nested
+    deeper than ``max_depth`` answers 400, both before any parsing. Other content types (the
+    CSV upload streams with its own cap) pass untouched."""
+
+    def __init__(
+        self, app: ASGIApp, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH
+    ) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        declared = self._content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(send, 413, f"JSON bodies are at most {self.max_bytes} bytes")
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send, 413, f"JSON bodies are at most {self.max_bytes} bytes")
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if nesting_depth(body) > self.max_depth:
+            await self._refuse(send, 400, f"JSON nested deeper than {self.max_depth} levels")
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    def _is_json(scope: Scope) -> bool:
+        for name, value in scope.get("headers", []):
+            if name == b"content-type":
+                return b"json" in value.lower()
+        return False
+
+    @staticmethod
+    def _content_length(scope: Scope) -> int | None:
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    return int(value)
+                except ValueError:
+                    return None
+        return None
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, msg: str) -> None:
+        kind = "too_large" if status == 413 else "too_deep"
+        payload = json.dumps(error_body(["body"], msg, kind)).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the one shape, and the body guard."""
+
+    @app.exception_handler(ControlPlaneError)
+    async def _domain(_: Request, exc: ControlPlaneError) -> JSONResponse:
+        return JSONResponse(
+            status_code=exc.status_code, content=error_body(list(exc.loc), exc.message, exc.code)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = []
+        for error in exc.errors()[:20]:
+            msg = str(error.get("msg", "invalid"))
+            if "input" in error and error.get("type") != "missing":
+                msg = f"{msg} (got {_echo(error['input'])})"
+            detail.append(
+                {
+                    "loc": [p if isinstance(p, int) else str(p) for p in error.get("loc", ())],
+                    "msg": msg,
+                    "type": str(error.get("type", "invalid")),
+                }
+            )
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = exc.detail if isinstance(exc.detail, str) else "error"
+        return JSONResponse(
+            status_code=exc.status_code,
+            content=error_body([], msg, f"http_{exc.status_code}"),
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(
+            status_code=500, content=error_body([], "internal error (logged)", "internal")
+        )
+
+    app.add_middleware(JsonBodyGuard)

@@ -1,0 +1,240 @@
+"""No single device, message or bad value stops what belongs to others: ingest stores the
+good messages of a batch and drops (and counts) the bad one, on SQLite and PostgreSQL; one
+failing rollout or one model's unreadable policy holds up no other."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlmodel import Session, select
+
+from control_plane.db import create_db_engine
+from control_plane.models import Model, RetrainState, Rollout
+from shared.stats import LATENCY_BUCKETS
+from simulator.broker import MosquittoBroker
+from simulator.data import sensor_csv
+from tests.fleet import CP_PASSWORD, wait_until
+from tests.integration.conftest import Api, MakeApi
+from tests.integration.test_bridge import Device, bridge_of
+
+pytestmark = pytest.mark.integration
+POISON_SEQ = 666
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    running = MosquittoBroker(tmp_path / "broker")
+    running.add_control_plane_user(CP_PASSWORD)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def window(device_id: str, seq: int | str, **changes: Any) -> bytes:
+    now = datetime.now(UTC)
+    document: dict[str, Any] = {
+        "schema_version": 1,
+        "device_id": device_id,
+        "seq": seq,
+        "window_start": now.isoformat(),
+        "window_end": now.isoformat(),
+        "models": [],
+        "outbox_dropped": 0,
+        **changes,
+    }
+    return json.dumps(document).encode()
+
+
+def model_window(total: float) -> dict[str, Any]:
+    feature = {"counts": [1], "below": 0, "above": 0, "missing": 0, "n": 1}
+    return {
+        "name": "fault",
+        "version": 1,
+        "sha256": "a" * 64,
+        "requests": 1,
+        "errors": 0,
+        "latency_counts": [1] + [0] * (LATENCY_BUCKETS - 1),
+        "features": [{**feature, "sum": total, "sum_sq": 1.0}],
+        "predictions": [1],
+    }
+
+
+def poison(api: Api) -> None:
+    """A database that refuses one row, as a real one may (a constraint, a bad value): a
+    trigger on the telemetry table, for the window numbered POISON_SEQ."""
+    engine = create_db_engine(api.settings.resolved_database_url)
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(
+                text(
+                    "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN "
+                    f"IF NEW.seq = {POISON_SEQ} THEN RAISE EXCEPTION 'poison'; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            connection.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON telemetry_window "
+                    "FOR EACH ROW EXECUTE FUNCTION poison()"
+                )
+            )
+        else:
+            connection.execute(
+                text(
+                    "CREATE TRIGGER poison BEFORE INSERT ON telemetry_window "
+                    f"WHEN NEW.seq = {POISON_SEQ} BEGIN SELECT RAISE(ABORT, 'poison'); END"
+                )
+            )
+    engine.dispose()
+
+
+def acked(device: Device) -> list[int]:
+    return sorted(
+        s for t, p in device.received if t.endswith("/ack") for s in json.loads(p)["seqs"]
+    )
+
+
+def test_one_bad_message_stops_nobody_elses_ingest(
+    make_api: MakeApi, broker: MosquittoBroker, database_url: str | None
+) -> None:
+    api = make_api(database_url, mqtt_url=broker.control_plane_url(CP_PASSWORD))
+    bridge = bridge_of(api)
+    wait_until(bridge.connected.is_set, what="bridge connected")
+    poison(api)
+    devices = {}
+    for name in ("dev-a", "dev-b", "dev-c", "dev-d"):
+        token = api.post("/devices", json={"id": name}).json()["token"]
+        broker.add_user(name, token)
+        devices[name] = Device(broker, name, token)
+    try:
+        a, b, c, d = (devices[f"dev-{x}"] for x in "abcd")
+        far = (datetime.now(UTC) + timedelta(days=365 * 70)).isoformat()
+        for seq in (1, 2, 3):
+            a.send("telemetry", window("dev-a", seq))
+        b.send("telemetry", window("dev-b", "900003"))  # a string: not coerced
+        b.send("telemetry", window("dev-b", 2**53))  # beyond what JSON reads back exactly
+        b.send("telemetry", window("dev-b", 4, models=[model_window(float("nan"))]))
+        b.send("telemetry", window("dev-b", 5, window_start=far, window_end=far))  # 2095
+        b.send("telemetry", window("dev-b", 6))
+        c.send("telemetry", window("dev-c", POISON_SEQ))  # the database refuses it
+        c.send("telemetry", window("dev-c", 2**31 + 5))  # past PostgreSQL's int4
+        c.send("telemetry", window("dev-c", 7))
+        wait_until(lambda: acked(a) == [1, 2, 3], what="dev-a's windows acknowledged")
+        # A device that sends nothing else: its refused window is counted and acknowledged.
+        d.send("telemetry", window("dev-d", 9, window_start=far, window_end=far))
+        wait_until(lambda: acked(d) == [9], what="dev-d's implausible window acknowledged")
+        wait_until(lambda: acked(b) == [5, 6], what="dev-b's good and implausible acked")
+        wait_until(lambda: acked(c) == [7, POISON_SEQ, 2**31 + 5], what="dev-c's acked")
+
+        def stored(device_id: str) -> list[int]:
+            response = api.get(f"/devices/{device_id}/telemetry")
+            assert response.status_code == 200, response.text  # everything stored reads back
+            return [w["window"]["seq"] for w in response.json()]
+
+        assert stored("dev-a") == [1, 2, 3]
+        assert stored("dev-b") == [6]
+        assert stored("dev-c") == [7, 2**31 + 5]
+        dropped = {d: api.get(f"/devices/{d}").json()["dropped_messages"] for d in devices}
+        assert dropped == {"dev-a": 0, "dev-b": 4, "dev-c": 1, "dev-d": 1}
+        assert bridge.counters.poisoned == 1
+    finally:
+        for device in devices.values():
+            device.close()
+
+
+def test_a_failing_rollout_holds_up_no_other(make_api: MakeApi) -> None:
+    api = make_api(rollout_tick_seconds=0.1)
+    api.upload(sensor_csv(100, seed=1))
+    for model in ("broken", "fine"):
+        api.train_ok(model, dataset_id=1, algorithm="logreg")
+    api.post("/devices", json={"id": "dev-1"})
+    gates = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 0.1}
+    gates["min_install_success"] = 0
+    plan = {"preset": "all-at-once", "soak_seconds": 0, "gates": gates}
+    stays = {**plan, "soak_seconds": 3600}  # running until the test breaks it
+    broken = api.post("/rollouts", json={"model": "broken", "version": "1", "plan": stays}).json()
+    engine = create_db_engine(api.settings.resolved_database_url)
+    with Session(engine) as session:  # a row its tick cannot step: a stage that is not
+        row = session.get(Rollout, broken["id"])
+        assert row is not None
+        row.stage, row.stage_started_at = 99, datetime.now(UTC)
+        session.add(row)
+        session.commit()
+    engine.dispose()
+    fine = api.post("/rollouts", json={"model": "fine", "version": "1", "plan": plan}).json()
+    wait_until(
+        lambda: api.get(f"/rollouts/{fine['id']}").json()["status"] == "succeeded",
+        timeout=60,
+        what="the other rollout to finish",
+    )
+    assert api.get(f"/rollouts/{broken['id']}").json()["status"] == "running"
+    engine_ = api.client.app.state.rollouts  # type: ignore[attr-defined]
+    wait_until(lambda: engine_.failures > 0, what="the broken rollout's failure counted")
+
+
+def test_one_models_unreadable_policy_holds_up_no_other_model(make_api: MakeApi) -> None:
+    api = make_api(rollout_tick_seconds=0.1)
+    api.upload(sensor_csv(100, seed=1))
+    for model in ("broken", "fine"):
+        api.train_ok(model, dataset_id=1, algorithm="logreg")
+    schedule = {"triggers": ["schedule"], "schedule_seconds": 60, "min_labelled_rows": 10}
+    assert api.put("/models/fine/policy", json={"retrain": schedule}).status_code == 200
+    engine = create_db_engine(api.settings.resolved_database_url)
+    with Session(engine) as session:  # stored before the bounds existed
+        row = session.get(Model, "broken")
+        assert row is not None
+        row.policy = {"retrain": {"recent_seconds": 1e300, "triggers": ["schedule"]}}
+        session.add(row)
+        session.commit()
+
+    def waiting() -> str | None:
+        with Session(engine) as session:
+            state = session.get(RetrainState, "fine")
+            return state.waiting_for if state else None
+
+    try:
+        wait_until(
+            lambda: waiting() is not None, timeout=60, what="the fine model's retraining judged"
+        )
+        assert "labelled rows" in (waiting() or "")
+    finally:
+        engine.dispose()
+    monitor = api.client.app.state.monitor  # type: ignore[attr-defined]
+    wait_until(lambda: monitor.failures > 0, timeout=60, what="the broken model's failure")
+
+
+def test_a_failed_unit_of_the_monitor_leaves_nothing_behind_on_sqlite(tmp_path: Path) -> None:
+    """What the monitor's isolation relies on: once a write has opened the transaction, a
+    savepoint rolled back (one failed model) keeps nothing, one released keeps its rows
+    only until the whole bucket commits (pysqlite would otherwise commit a first savepoint
+    on release, and a bucket rolled back would be judged twice)."""
+    from control_plane.db import migrate
+    from control_plane.models import Event
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    migrate(engine)
+    try:
+        with Session(engine) as session:
+            session.add(Event(type="opened", message="a write opens the transaction"))
+            session.flush()
+            failed = session.begin_nested()
+            session.add(Event(type="failed", message="rolled back"))
+            session.flush()
+            failed.rollback()
+            released = session.begin_nested()
+            session.add(Event(type="released", message="kept until the commit"))
+            session.flush()
+            released.commit()
+            session.rollback()  # the bucket as a whole fails
+        with Session(engine) as session:
+            assert session.exec(select(Event)).all() == []
+    finally:
+        engine.dispose()
