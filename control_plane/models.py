@@ -260,6 +260,10 @@ class DefaultVersion(SQLModel, table=True):
     version: int
     rollout_id: str = Field(max_length=32)
     updated_at: datetime = Field(default_factory=utcnow)
+    # What it was before this rollout made ``version`` the default: restored if the rollout
+    # is rolled back after it finished.
+    previous_version: int | None = None
+    previous_rollout_id: str | None = Field(default=None, max_length=32)
 
 
 class ControlPlaneProcess(SQLModel, table=True):

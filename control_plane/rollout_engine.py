@@ -45,6 +45,7 @@ from control_plane.rollouts import (
     MakeDefault,
     Operator,
     Record,
+    RestoreDefault,
     RevertDevices,
     RolloutState,
     RolloutStatus,
@@ -360,16 +361,45 @@ class RolloutEngine:
                 out.extend(self._revert(session, rollout, members))
             elif isinstance(action, MakeDefault):
                 default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
-                default = default or DefaultVersion(
-                    model_name=rollout.model_name,
-                    selector=rollout.selector,
-                    version=0,
-                    rollout_id=rollout.id,
-                )
+                if default is None:
+                    default = DefaultVersion(
+                        model_name=rollout.model_name,
+                        selector=rollout.selector,
+                        version=rollout.version,
+                        rollout_id=rollout.id,
+                    )
+                elif default.rollout_id != rollout.id:
+                    default.previous_version = default.version
+                    default.previous_rollout_id = default.rollout_id
                 default.version, default.rollout_id = rollout.version, rollout.id
                 default.updated_at = utcnow()
                 session.add(default)
+            elif isinstance(action, RestoreDefault):
+                self._restore_default(session, rollout)
         return out
+
+    def _restore_default(self, session: Session, rollout: Rollout) -> None:
+        """The default this rollout replaced comes back (or none, if there was none), unless
+        a later rollout has replaced it since."""
+        default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
+        if default is None or default.rollout_id != rollout.id:
+            return
+        if default.previous_version is None or default.previous_rollout_id is None:
+            session.delete(default)
+            message = f"{rollout.selector or 'all devices'} has no default {rollout.model_name}"
+        else:
+            default.version, default.rollout_id = (
+                default.previous_version,
+                default.previous_rollout_id,
+            )
+            default.previous_version = default.previous_rollout_id = None
+            default.updated_at = utcnow()
+            session.add(default)
+            message = (
+                f"{rollout.model_name} v{default.version} is the default for "
+                f"{rollout.selector or 'all devices'} again"
+            )
+        session.add(Event(rollout_id=rollout.id, type="default_restored", message=message))
 
     def _deploy(
         self,
@@ -425,14 +455,17 @@ class RolloutEngine:
         """Devices that match a finished rollout's selector get its version when they were
         never told about that model (they joined later), or when what they were told came
         from a rollout (or default) older than this default: e.g. a device that joined while
-        the rollout ran got the default before it. A single-device deployment (no rollout)
+        the rollout ran got the default before it; or the default of a rollout since rolled
+        back. A single-device deployment (no rollout)
         and devices in an active rollout of the model are left alone."""
         defaults = session.exec(select(DefaultVersion)).all()
         if not defaults:
             return []
         out = []
         devices = list_devices(session)
-        finished = {r.id: as_utc(r.updated_at) for r in session.exec(select(Rollout)).all()}
+        rollouts = session.exec(select(Rollout)).all()
+        finished = {r.id: as_utc(r.updated_at) for r in rollouts}
+        rolled_back = {r.id for r in rollouts if r.status == RolloutStatus.ROLLED_BACK.value}
         busy = set(
             session.exec(
                 select(RolloutDevice.device_id, Rollout.model_name)
@@ -450,6 +483,8 @@ class RolloutEngine:
                 return False
             if (device.id, default.model_name) in busy:
                 return False
+            if source in rolled_back and deployment.stage == "default":
+                return True  # joined while the default was a version since rolled back
             told_at = finished.get(source)
             default_at = as_utc(default.updated_at)
             return told_at is not None and default_at is not None and told_at < default_at

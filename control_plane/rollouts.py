@@ -71,12 +71,18 @@ class MakeDefault:
 
 
 @dataclass(frozen=True)
+class RestoreDefault:
+    """A finished rollout was rolled back: the selector's default goes back to what it was
+    before the rollout made its version the default (late joiners follow the rollback)."""
+
+
+@dataclass(frozen=True)
 class Record:
     type: str
     message: str
 
 
-Action = StartStage | RevertDevices | MakeDefault | Record
+Action = StartStage | RevertDevices | MakeDefault | RestoreDefault | Record
 
 
 def initial_state() -> RolloutState:
@@ -155,9 +161,12 @@ def _command(
     if command == "rollback":
         if state.status is RolloutStatus.ROLLED_BACK:
             raise ConflictError("the rollout is already rolled back", code="invalid_state")
+        restore: list[Action] = (
+            [RestoreDefault()] if state.status is RolloutStatus.SUCCEEDED else []
+        )
         return (
             replace(state, status=RolloutStatus.ROLLED_BACK, reason=f"rollback by {event.actor}"),
-            [note, RevertDevices()],
+            [note, RevertDevices(), *restore],
         )
     if state.status in TERMINAL:
         raise ConflictError(

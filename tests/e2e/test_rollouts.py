@@ -89,6 +89,19 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     wait_until(lambda: fleet.serving("dev-late") == v2, timeout=30, what="late joiner")
     del late
 
+    # Rolled back after it finished: every device goes back to v1, and so does the default:
+    # a device joining now gets v1, not the version the fleet was rolled back from.
+    assert fleet.api.post(f"/rollouts/{second['id']}/rollback").status_code == 200
+    wait_until(
+        lambda: all(fleet.serving(d) == v1 for d in fleet.agents),  # dev-late too
+        timeout=60,
+        what="v1 everywhere again",
+    )
+    fleet.add("dev-later", "berlin")
+    wait_until(lambda: fleet.serving("dev-later") == v1, timeout=30, what="a later joiner")
+    restored = fleet.api.get("/events", params={"type": "default_restored"}).json()
+    assert [e["rollout_id"] for e in restored] == [second["id"]]
+
     # Overlapping rollouts and bad requests are refused with reasons.
     busy = fleet.rollout(v1, {"preset": "canary", "soak_seconds": 3600}, selector="site=paris")
     conflict = fleet.api.post(

@@ -9,6 +9,7 @@ from control_plane.rollouts import (
     MakeDefault,
     Operator,
     Record,
+    RestoreDefault,
     RevertDevices,
     RolloutStatus,
     StartStage,
@@ -95,3 +96,17 @@ def test_promote_on_the_last_stage_finishes() -> None:
         state, actions = step(state, Operator("promote", at(1)), STAGES, "rollback")
     assert state.status is RolloutStatus.SUCCEEDED
     assert "succeeded" in kinds(actions)
+
+
+def test_rolling_back_a_finished_rollout_restores_the_default() -> None:
+    state, _ = step(initial_state(), Tick(at(0)), STAGES, "rollback")
+    for _ in range(3):
+        state, actions = step(state, Operator("promote", at(1)), STAGES, "rollback")
+    assert MakeDefault() in actions
+    back, actions = step(state, Operator("rollback", at(2)), STAGES, "rollback")
+    assert back.status is RolloutStatus.ROLLED_BACK
+    assert RevertDevices() in actions and RestoreDefault() in actions
+    # A rollout rolled back before it finished never made a default: nothing to restore.
+    running, _ = step(initial_state(), Tick(at(0)), STAGES, "rollback")
+    _, actions = step(running, Operator("rollback", at(1)), STAGES, "rollback")
+    assert RestoreDefault() not in actions

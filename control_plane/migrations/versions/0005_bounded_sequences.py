@@ -1,4 +1,5 @@
-"""sequences as BIGINT, device report order, refused messages, the previous desired state
+"""sequences as BIGINT, device report order, refused messages, the previous desired state,
+the default a rolled-back rollout restores
 
 Revision ID: 0005
 Revises: 0004
@@ -40,9 +41,15 @@ def upgrade() -> None:
             sa.Column("dropped_messages", sa.BigInteger(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("previous_desired", sa.Text(), nullable=True))
+    with op.batch_alter_table("default_version") as batch:
+        batch.add_column(sa.Column("previous_version", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("previous_rollout_id", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("default_version") as batch:
+        batch.drop_column("previous_rollout_id")
+        batch.drop_column("previous_version")
     with op.batch_alter_table("device") as batch:
         batch.drop_column("previous_desired")
         batch.drop_column("dropped_messages")
