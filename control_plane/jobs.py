@@ -16,6 +16,17 @@ from control_plane.models import Job, JobStatus
 from control_plane.supply_chain import finish_job, run_training_job
 
 log = logging.getLogger(__name__)
+# Imported once by the fork server (a module that fails to import there is skipped).
+TRAINING_MODULES = [
+    "control_plane.supply_chain",
+    "control_plane.retrain_job",
+    "sklearn.linear_model",
+    "sklearn.ensemble",
+    "sklearn.pipeline",
+    "skl2onnx",
+    "onnx",
+    "onnxruntime",
+]
 
 
 class JobRunner:
@@ -25,11 +36,13 @@ class JobRunner:
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
-        # spawn: a fresh interpreter, no forked copies of the server's threads or sockets.
-        return ProcessPoolExecutor(
-            max_workers=self._settings.training_workers,
-            mp_context=multiprocessing.get_context("spawn"),
-        )
+        # forkserver: workers fork from a clean single-threaded server process (no copies of
+        # the API's threads or sockets) that imported the training stack once, so a job
+        # starts in ~0.1 s instead of the ~7 s a spawned interpreter spends importing
+        # scikit-learn and skl2onnx for every new pool.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(TRAINING_MODULES)
+        return ProcessPoolExecutor(max_workers=self._settings.training_workers, mp_context=context)
 
     def submit(self, job_id: int) -> None:
         try:
