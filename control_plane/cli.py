@@ -568,10 +568,18 @@ def _show_rollout(rollout: RolloutPublic) -> None:
     if rollout.reason:
         out.print(f"  reason: {rollout.reason}", highlight=False)
     if rollout.gates:
-        table = Table("gate", "status", "value", "threshold", "detail")
+        table = Table("gate", "status", "value", "threshold", "devices", "requests", "detail")
         for gate in rollout.gates:
             value = "" if gate.value is None else f"{gate.value:.4g}"
-            table.add_row(gate.name, gate.status, value, f"{gate.threshold:g}", gate.detail)
+            table.add_row(
+                gate.name,
+                gate.status,
+                value,
+                f"{gate.threshold:g}",
+                "" if gate.devices is None else str(gate.devices),
+                "" if gate.requests is None else str(gate.requests),
+                gate.detail,
+            )
         out.print(table)
 
 

@@ -1,8 +1,23 @@
-"""Rollout gates (pure): merged telemetry of a stage's devices on the new version against
-devices still on the previous version, over the same span, judged against a ``GateSpec``."""
+"""Rollout gates (pure).
+
+Behaviour gates are *paired*: each stage device is judged against its own windows on the
+previous version just before its update, not against other devices. Devices differ in
+hardware, load and temperature (a `hw=rpi3` next to a `hw=jetson`), so comparing the stage's
+devices with the rest measures the hardware; comparing a device with itself measures the
+version. The per-device readings are aggregated (the median of per-device p95 ratios;
+errors and predictions pooled over the same devices before and after), a verdict needs
+enough evidence (devices, and requests per device on both sides) and, for latency, a
+minimum effect (a ratio over the limit *and* an increase of at least
+``min_latency_increase_ms``), so that noise alone cannot fail a good version while a 2×
+regression still fails within one stage. The cross-device comparison (stage devices
+against devices still on the previous version over the same span) is kept as a secondary
+reading in the details.
+"""
 
 from __future__ import annotations
 
+import math
+import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -19,22 +34,24 @@ Verdict = Literal["pass", "fail", "wait"]
 
 
 class GateResult(BaseModel):
-    """One gate's reading."""
+    """One gate's reading, with the evidence it rests on."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
         description="install, reporting, error_rate, latency_p95_ratio, prediction_js."
     )
-    status: Verdict = Field(description="`pass`, `fail` or `wait` (not enough data yet).")
+    status: Verdict = Field(description="`pass`, `fail` or `wait` (not enough evidence yet).")
     value: float | None = Field(description="Measured value, if any.")
     threshold: float = Field(description="The limit it is judged against.")
     detail: str = Field(description="Human-readable reading.")
+    devices: int | None = Field(default=None, description="Devices the reading rests on.")
+    requests: int | None = Field(default=None, description="Requests it rests on.")
 
 
 @dataclass
 class Traffic:
-    """Windows of one model version merged across devices (exact: counts add)."""
+    """Windows of one model version merged (exact: counts add)."""
 
     devices: set[str] = field(default_factory=set)
     requests: int = 0
@@ -42,18 +59,29 @@ class Traffic:
     latency: npt.NDArray[np.int64] = field(
         default_factory=lambda: np.zeros(LATENCY_BUCKETS, dtype=np.int64)
     )
-    predictions: npt.NDArray[np.int64] | None = None
+    predictions: npt.NDArray[np.float64] | None = None
 
-    def add(self, device_id: str, window: ModelWindow) -> None:
+    def add(
+        self,
+        device_id: str,
+        window: ModelWindow,
+        predictions: npt.ArrayLike | None = None,
+    ) -> None:
+        """``predictions``: the window's prediction counts on the caller's common bins
+        (re-binned for a regression model whose versions bin on different edges); default
+        the window's own, aligned by class index."""
         self.devices.add(device_id)
         self.requests += window.requests
         self.errors += window.errors
         self.latency += np.asarray(window.latency_counts, dtype=np.int64)
-        counts = np.asarray(window.predictions, dtype=np.int64)
-        if self.predictions is None or self.predictions.shape != counts.shape:
+        counts = np.asarray(
+            window.predictions if predictions is None else predictions, dtype=np.float64
+        )
+        if self.predictions is None:
             self.predictions = counts.copy()
-        else:
-            self.predictions += counts
+            return
+        size = max(len(self.predictions), len(counts))  # a class the other version lacks
+        self.predictions = _padded(self.predictions, size) + _padded(counts, size)
 
     @property
     def error_rate(self) -> float | None:
@@ -64,11 +92,25 @@ class Traffic:
         return histogram_quantile(self.latency, 0.95)
 
 
+def _padded(counts: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
+    return np.pad(counts, (0, size - len(counts))) if len(counts) < size else counts
+
+
 def merge(windows: Iterable[tuple[str, ModelWindow]]) -> Traffic:
     traffic = Traffic()
     for device_id, window in windows:
         traffic.add(device_id, window)
     return traffic
+
+
+@dataclass
+class Pair:
+    """One stage device: its own traffic on the previous version just before its update
+    (``before``) and on the new version since (``after``)."""
+
+    device_id: str
+    before: Traffic = field(default_factory=Traffic)
+    after: Traffic = field(default_factory=Traffic)
 
 
 @dataclass(frozen=True)
@@ -83,15 +125,20 @@ def evaluate(
     *,
     installs: Installs,
     elapsed_seconds: float,
-    candidate: Traffic,
+    pairs: list[Pair],
     baseline: Traffic,
 ) -> list[GateResult]:
     """Every gate of a stage. A failed install share beyond the threshold fails at once
-    (mid-stage); behaviour gates wait until enough devices and requests reported."""
+    (mid-stage); behaviour gates wait until enough devices and requests reported.
+    ``baseline``: devices still on the previous version over the stage's span (the
+    secondary, cross-device reading)."""
     results = [_install_gate(spec, installs, elapsed_seconds)]
+    candidate = Traffic()
+    for pair in pairs:
+        _fold(candidate, pair.after)
+    reporting = [p for p in pairs if p.after.requests >= spec.min_requests_per_device]
     enough = (
-        len(candidate.devices) >= spec.min_devices_reporting
-        and candidate.requests >= spec.min_requests
+        len(reporting) >= spec.min_devices_reporting and candidate.requests >= spec.min_requests
     )
     results.append(
         GateResult(
@@ -99,68 +146,179 @@ def evaluate(
             status="pass" if enough else "wait",
             value=float(candidate.requests),
             threshold=float(spec.min_requests),
-            detail=f"{len(candidate.devices)} devices (need {spec.min_devices_reporting}), "
-            f"{candidate.requests} requests (need {spec.min_requests})",
+            detail=f"{len(reporting)} devices with ≥ {spec.min_requests_per_device} requests "
+            f"(need {spec.min_devices_reporting}), {candidate.requests} requests "
+            f"(need {spec.min_requests})",
+            devices=len(reporting),
+            requests=candidate.requests,
         )
     )
     if not enough:
         return results
+    paired = [p for p in reporting if p.before.requests >= spec.min_requests_per_device]
+    results.append(_error_gate(spec, candidate, paired, baseline))
+    results.append(_latency_gate(spec, pairs, paired, candidate, baseline))
+    results.append(_prediction_gate(spec, paired, candidate, baseline))
+    return results
+
+
+def _fold(into: Traffic, other: Traffic) -> None:
+    into.devices |= other.devices
+    into.requests += other.requests
+    into.errors += other.errors
+    into.latency += other.latency
+    if other.predictions is not None:
+        if into.predictions is None:
+            into.predictions = other.predictions.copy()
+        else:
+            size = max(len(into.predictions), len(other.predictions))
+            into.predictions = _padded(into.predictions, size) + _padded(other.predictions, size)
+
+
+def _pooled(pairs: list[Pair], side: Literal["before", "after"]) -> Traffic:
+    pooled = Traffic()
+    for pair in pairs:
+        _fold(pooled, getattr(pair, side))
+    return pooled
+
+
+def _secondary(candidate: Traffic, baseline: Traffic, what: str) -> str:
+    if what == "latency":
+        base = baseline.p95_us
+        if base is None or candidate.p95_us is None:
+            return ""
+        return f"; across devices: p95 {candidate.p95_us:.0f} µs vs {base:.0f} µs on the rest"
+    if baseline.error_rate is None:
+        return ""
+    return f"; across devices: {baseline.error_rate:.4f} on the rest"
+
+
+def _error_gate(
+    spec: GateSpec, candidate: Traffic, paired: list[Pair], baseline: Traffic
+) -> GateResult:
     rate = candidate.error_rate or 0.0
-    base_rate = baseline.error_rate
-    limit = (
-        spec.max_error_rate
-        if base_rate is None
-        else min(spec.max_error_rate, base_rate + spec.max_error_rate_increase)
-    )
-    results.append(
-        GateResult(
-            name="error_rate",
-            status="pass" if rate <= limit else "fail",
-            value=rate,
-            threshold=limit,
-            detail=f"{candidate.errors}/{candidate.requests} errors"
-            + (f"; baseline {base_rate:.4f}" if base_rate is not None else "; no baseline"),
+    after, before = _pooled(paired, "after"), _pooled(paired, "before")
+    if paired and before.error_rate is not None and after.error_rate is not None:
+        limit = min(spec.max_error_rate, before.error_rate + spec.max_error_rate_increase)
+        increase = after.error_rate - before.error_rate
+        failed = rate > spec.max_error_rate or (
+            increase > spec.max_error_rate_increase and _significant(after, before)
         )
-    )
-    cand_p95, base_p95 = candidate.p95_us, baseline.p95_us
-    if cand_p95 is not None and base_p95 is not None and baseline.requests:
-        ratio = cand_p95 / base_p95
-        results.append(
-            GateResult(
-                name="latency_p95_ratio",
-                status="pass" if ratio <= spec.max_latency_p95_ratio else "fail",
-                value=ratio,
-                threshold=spec.max_latency_p95_ratio,
-                detail=f"p95 {cand_p95:.0f} µs vs baseline {base_p95:.0f} µs",
-            )
+        detail = (
+            f"{candidate.errors}/{candidate.requests} errors; the same {len(paired)} devices: "
+            f"{after.error_rate:.4f} after vs {before.error_rate:.4f} before"
         )
     else:
-        results.append(
-            GateResult(
-                name="latency_p95_ratio",
-                status="pass",
-                value=None,
-                threshold=spec.max_latency_p95_ratio,
-                detail="no baseline traffic to compare with",
-            )
-        )
-    distance = (
-        js_distance(candidate.predictions, baseline.predictions)
-        if candidate.predictions is not None and baseline.predictions is not None
-        else None
+        limit, failed = spec.max_error_rate, rate > spec.max_error_rate
+        detail = f"{candidate.errors}/{candidate.requests} errors; no paired baseline"
+    return GateResult(
+        name="error_rate",
+        status="fail" if failed else "pass",
+        value=rate,
+        threshold=limit,
+        detail=detail + _secondary(candidate, baseline, "errors"),
+        devices=len(paired) or len(candidate.devices),
+        requests=candidate.requests,
     )
-    results.append(
-        GateResult(
+
+
+def _significant(after: Traffic, before: Traffic, z_limit: float = 2.33) -> bool:
+    """A one-sided two-proportion z-test (p < 0.01): the error rate after is higher than
+    before by more than chance, so a handful of errors on few requests fails nothing."""
+    pooled = (after.errors + before.errors) / (after.requests + before.requests)
+    if pooled in (0.0, 1.0):  # no errors, or nothing but errors, on both sides
+        return False
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / after.requests + 1 / before.requests))
+    increase = after.errors / after.requests - before.errors / before.requests
+    return increase / spread > z_limit
+
+
+def _latency_gate(
+    spec: GateSpec,
+    pairs: list[Pair],
+    paired: list[Pair],
+    candidate: Traffic,
+    baseline: Traffic,
+) -> GateResult:
+    """The median over the stage's devices of each device's p95 after its update over its
+    p95 before it. A device with too little traffic before its update (it was idle, or
+    the previous version came just before) is read against the rest of the fleet on the
+    previous version instead, when there is enough of that: the only cross-device
+    readings, and named as such."""
+    secondary = _secondary(candidate, baseline, "latency")
+    readings: list[tuple[float, float]] = []  # (after, before) p95 in µs
+    crossed = 0
+    for pair in pairs:
+        after = pair.after.p95_us
+        if after is None or pair.after.requests < spec.min_requests_per_device:
+            continue
+        if pair in paired:
+            before = pair.before.p95_us
+        elif baseline.requests >= spec.min_requests_per_device:
+            before, crossed = baseline.p95_us, crossed + 1
+        else:
+            continue
+        assert before is not None
+        readings.append((after, before))
+    evidence = sum(p.after.requests + p.before.requests for p in paired)
+    if not readings:
+        return GateResult(
+            name="latency_p95_ratio",
+            status="pass",
+            value=None,
+            threshold=spec.max_latency_p95_ratio,
+            detail="no traffic on the previous version to compare with" + secondary,
+            devices=0,
+            requests=0,
+        )
+    ratio = statistics.median(after / before for after, before in readings)
+    increase = statistics.median(after - before for after, before in readings)
+    regressed = (
+        ratio > spec.max_latency_p95_ratio and increase >= spec.min_latency_increase_ms * 1000
+    )
+    against = f"{len(readings) - crossed} against themselves before their update" + (
+        f", {crossed} against the rest of the fleet" if crossed else ""
+    )
+    return GateResult(
+        name="latency_p95_ratio",
+        status="fail" if regressed else "pass",
+        value=ratio,
+        threshold=spec.max_latency_p95_ratio,
+        detail=f"median p95 ratio over {len(readings)} devices ({against}): {ratio:.2f} "
+        f"({increase / 1000:+.2f} ms; a failure needs > {spec.max_latency_p95_ratio:g} "
+        f"and ≥ +{spec.min_latency_increase_ms:g} ms)" + secondary,
+        devices=len(readings),
+        requests=evidence + (baseline.requests if crossed else 0),
+    )
+
+
+def _prediction_gate(
+    spec: GateSpec, paired: list[Pair], candidate: Traffic, baseline: Traffic
+) -> GateResult:
+    after, before = _pooled(paired, "after"), _pooled(paired, "before")
+    distance = None
+    if after.predictions is not None and before.predictions is not None:
+        size = max(len(after.predictions), len(before.predictions))
+        distance = js_distance(_padded(after.predictions, size), _padded(before.predictions, size))
+    if distance is None:
+        return GateResult(
             name="prediction_js",
-            status="pass" if distance is None or distance <= spec.max_prediction_js else "fail",
-            value=distance,
+            status="pass",
+            value=None,
             threshold=spec.max_prediction_js,
-            detail="no baseline predictions to compare with"
-            if distance is None
-            else f"JS distance {distance:.3f}",
+            detail="no paired predictions to compare with",
+            devices=0,
+            requests=0,
         )
+    return GateResult(
+        name="prediction_js",
+        status="pass" if distance <= spec.max_prediction_js else "fail",
+        value=distance,
+        threshold=spec.max_prediction_js,
+        detail=f"JS distance {distance:.3f}, the same {len(paired)} devices after vs before",
+        devices=len(paired),
+        requests=after.requests + before.requests,
     )
-    return results
 
 
 def _install_gate(spec: GateSpec, installs: Installs, elapsed: float) -> GateResult:
@@ -168,6 +326,7 @@ def _install_gate(spec: GateSpec, installs: Installs, elapsed: float) -> GateRes
     failed_share = installs.failed / assigned
     success = installs.installed / assigned
     detail = f"{installs.installed}/{installs.assigned} installed, {installs.failed} failed"
+    evidence = {"devices": installs.assigned, "requests": None}
     if failed_share > spec.max_failure_ratio:
         return GateResult(
             name="install",
@@ -175,6 +334,7 @@ def _install_gate(spec: GateSpec, installs: Installs, elapsed: float) -> GateRes
             value=failed_share,
             threshold=spec.max_failure_ratio,
             detail=detail + " (failure threshold exceeded)",
+            **evidence,
         )
     if (
         installs.installed + installs.failed >= installs.assigned
@@ -188,6 +348,7 @@ def _install_gate(spec: GateSpec, installs: Installs, elapsed: float) -> GateRes
             threshold=spec.min_install_success,
             detail=detail
             + ("" if installs.installed + installs.failed >= installs.assigned else " (timed out)"),
+            **evidence,
         )
     return GateResult(
         name="install",
@@ -195,4 +356,5 @@ def _install_gate(spec: GateSpec, installs: Installs, elapsed: float) -> GateRes
         value=success,
         threshold=spec.min_install_success,
         detail=detail,
+        **evidence,
     )

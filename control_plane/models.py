@@ -228,6 +228,7 @@ class RolloutDevice(SQLModel, table=True):
     rank: int
     assigned_stage: int | None = None
     assigned_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    assigned_at: datetime | None = None  # when it was given the version (paired gates)
     previous_version: int | None = None
     reverted: bool = False
 

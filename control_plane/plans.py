@@ -21,8 +21,8 @@ class _Spec(BaseModel):
 
 
 class GateSpec(_Spec):
-    """When a stage may go on, judged from telemetry of its devices against devices still on
-    the previous version over the same span."""
+    """When a stage may go on. Behaviour gates are paired: each stage device against its own
+    windows on the previous version just before its update (see ``control_plane.gates``)."""
 
     install_timeout_seconds: float = Field(
         default=600, gt=0, le=MAX_SECONDS, description="Installs must be done within this long."
@@ -44,7 +44,18 @@ class GateSpec(_Spec):
         default=0.02, ge=0, le=1, description="Largest error-rate increase over the baseline."
     )
     max_latency_p95_ratio: float = Field(
-        default=2.0, gt=0, le=1e6, description="Largest p95 latency, new version / baseline."
+        default=1.5,
+        gt=0,
+        le=1e6,
+        description="Largest median, over the stage's devices, of each device's p95 latency "
+        "after its update / before it.",
+    )
+    min_latency_increase_ms: float = Field(
+        default=1.0,
+        ge=0,
+        le=3_600_000,
+        description="A latency failure also needs the median p95 to rise by at least this "
+        "much: a ratio over a few microseconds is noise, not a regression.",
     )
     max_prediction_js: float = Field(
         default=0.3,
@@ -58,6 +69,20 @@ class GateSpec(_Spec):
     )
     min_requests: int = Field(
         default=50, ge=0, le=10**12, description="Requests on the new version before judging."
+    )
+    min_requests_per_device: int = Field(
+        default=20,
+        ge=1,
+        le=10**9,
+        description="Requests a device needs on each side (before and after its update) "
+        "before its readings count as evidence.",
+    )
+    pair_lookback_seconds: float = Field(
+        default=3600,
+        gt=0,
+        le=MAX_SECONDS,
+        description="How far before its update a device's windows on the previous version "
+        "count as its baseline.",
     )
 
 

@@ -18,18 +18,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from control_plane.deployments import deploy_version, desired_deployment, desired_version
 from control_plane.devices import list_devices
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
-from control_plane.gates import Installs, Traffic, evaluate
+from control_plane.gates import Installs, Pair, Traffic, evaluate
 from control_plane.keystore import KeyStore
 from control_plane.models import (
     DefaultVersion,
     Device,
     Event,
+    ModelVersion,
     Rollout,
     RolloutDevice,
     TelemetryRecord,
@@ -55,7 +58,9 @@ from control_plane.rollouts import (
     step,
 )
 from control_plane.selectors import parse_selector
-from shared.messages import DesiredState, DeviceState, Phase, TelemetryWindow
+from shared.manifest import ModelManifest
+from shared.messages import DesiredState, DeviceState, ModelWindow, Phase, TelemetryWindow
+from shared.stats import rebin
 
 log = logging.getLogger(__name__)
 ACTIVE = (RolloutStatus.RUNNING.value, RolloutStatus.PAUSED.value)
@@ -195,6 +200,7 @@ class RolloutEngine:
         self.ttl = ttl
         self.publish = publish
         self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
+        self._manifests: dict[tuple[str, int], ModelManifest] = {}
 
     # --- driving ------------------------------------------------------------------------
 
@@ -269,32 +275,80 @@ class RolloutEngine:
             failed += outcome == "failed"
         started = as_utc(rollout.stage_started_at)
         assert started is not None
-        candidate, baseline = Traffic(), Traffic()
+        stage = stages[rollout.stage]
+        lookback = timedelta(seconds=stage.gates.pair_lookback_seconds)
+        updated = {d: as_utc(m.assigned_at) or started for d, m in assigned.items()}
+        since = min([started, *(at - lookback for at in updated.values())])
+        pairs = {d: Pair(d) for d in assigned}
+        baseline = Traffic()
+        grid = self._prediction_grid(session, rollout.model_name, rollout.version)
         windows = session.exec(
             select(TelemetryRecord).where(
                 col(TelemetryRecord.device_id).in_([m.device_id for m in members]),
-                col(TelemetryRecord.window_end) >= started,
+                col(TelemetryRecord.window_end) >= since,
             )
         ).all()
         for record in windows:
             window = TelemetryWindow.model_validate_json(record.payload)
+            end = as_utc(record.window_end)
+            assert end is not None
+            device_id = record.device_id
             for model_window in window.models:
                 if model_window.name != rollout.model_name:
                     continue
-                if model_window.version == rollout.version and record.device_id in assigned:
-                    candidate.add(record.device_id, model_window)
-                elif record.device_id not in assigned:
-                    baseline.add(record.device_id, model_window)
-        stage = stages[rollout.stage]
+                predictions = self._on_grid(session, model_window, grid)
+                mine = assigned.get(device_id)
+                if mine is None:  # the rest of the rollout, over the stage's span
+                    if end >= started:
+                        baseline.add(device_id, model_window, predictions)
+                elif model_window.version == rollout.version and end >= updated[device_id]:
+                    pairs[device_id].after.add(device_id, model_window, predictions)
+                elif (
+                    model_window.version == mine.previous_version
+                    and updated[device_id] - lookback <= end <= updated[device_id]
+                ):
+                    pairs[device_id].before.add(device_id, model_window, predictions)
         gates = evaluate(
             stage.gates,
             installs=Installs(len(assigned), installed, failed),
             elapsed_seconds=(now - started).total_seconds(),
-            candidate=candidate,
+            pairs=list(pairs.values()),
             baseline=baseline,
         )
         rollout.gates = [g.model_dump() for g in gates]
         return Tick(now, tuple(gates))
+
+    def _manifest(self, session: Session, model: str, version: int) -> ModelManifest | None:
+        key = (model, version)
+        if key not in self._manifests:
+            row = session.exec(
+                select(ModelVersion.manifest).where(
+                    ModelVersion.model_name == model, ModelVersion.version == version
+                )
+            ).first()
+            if row is None:
+                return None
+            self._manifests[key] = ModelManifest.model_validate_json(row)
+        return self._manifests[key]
+
+    def _prediction_grid(self, session: Session, model: str, version: int) -> list[float] | None:
+        """The bin edges predictions are compared on: the rolled-out version's reference
+        edges for a regression model (each version bins on its own), None for classes."""
+        manifest = self._manifest(session, model, version)
+        if manifest is None or manifest.output.task != "regression":
+            return None
+        return manifest.reference.prediction.bin_edges or None
+
+    def _on_grid(
+        self, session: Session, window: ModelWindow, grid: list[float] | None
+    ) -> npt.NDArray[np.float64] | None:
+        if grid is None:
+            return None
+        manifest = self._manifest(session, window.name, window.version)
+        edges = manifest.reference.prediction.bin_edges if manifest else []
+        if len(edges) != len(window.predictions) + 1:
+            return np.zeros(len(grid) - 1)  # binned on edges we do not know: no evidence
+        return rebin(window.predictions, edges, grid)
 
     def _step(
         self, session: Session, rollout: Rollout, event: Tick | Operator
@@ -355,6 +409,7 @@ class RolloutEngine:
                         label,
                     )
                     member.assigned_stage, member.assigned_seq = action.stage, desired.seq
+                    member.assigned_at = utcnow()
                     session.add(member)
                     out.append(desired)
             elif isinstance(action, RevertDevices):

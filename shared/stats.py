@@ -69,6 +69,33 @@ def histogram_quantile(counts: npt.ArrayLike, q: float) -> float | None:
     return LATENCY_BOUNDS_US[index] if index < len(LATENCY_BOUNDS_US) else float("inf")
 
 
+def rebin(
+    counts: npt.ArrayLike, from_edges: npt.ArrayLike, to_edges: npt.ArrayLike
+) -> npt.NDArray[np.float64]:
+    """Counts over the bins of ``from_edges`` spread onto the bins of ``to_edges``, each
+    bin's rows taken as uniform within it (all that is known of rows binned elsewhere);
+    what falls outside ``to_edges`` is dropped. Two versions of a regression model bin their
+    predictions on their own reference edges: compared, they must share one set."""
+    c = np.asarray(counts, dtype=np.float64)
+    f = np.asarray(from_edges, dtype=np.float64)
+    t = np.asarray(to_edges, dtype=np.float64)
+    if f.shape == t.shape and np.array_equal(f, t):
+        return c.copy()
+    out = np.zeros(len(t) - 1)
+    for i, count in enumerate(c):
+        if count == 0:
+            continue
+        low, high = f[i], f[i + 1]
+        if high <= low:  # a zero-width bin: all its rows at one value
+            j = int(np.searchsorted(t, low, side="right")) - 1
+            if 0 <= j < len(out):
+                out[j] += count
+            continue
+        overlap = np.clip(np.minimum(high, t[1:]) - np.maximum(low, t[:-1]), 0.0, None)
+        out += count * overlap / (high - low)
+    return out
+
+
 def js_distance(p_counts: npt.ArrayLike, q_counts: npt.ArrayLike) -> float | None:
     """Jensen–Shannon distance (base 2, so within [0, 1]) between two histograms over the
     same bins; ``None`` when either is empty."""

@@ -165,7 +165,18 @@ def test_latency_regression_is_stopped_at_the_canary_and_rolled_back(fleet: Flee
     stop = threading.Event()
     load = threading.Thread(target=keep_busy, args=(fleet, stop), daemon=True)
     load.start()
+
+    def served_on_v1(device_id: str) -> int:
+        windows = fleet.api.get(f"/devices/{device_id}/telemetry").json()
+        return sum(m["requests"] for w in windows for m in w["window"]["models"])
+
     try:
+        # Each device's own past on v1 is what its update is judged against (paired gates).
+        wait_until(
+            lambda: all(served_on_v1(d) >= 100 for d in fleet.agents),
+            timeout=60,
+            what="traffic on v1 first",
+        )
         rollout = fleet.rollout(
             bad,
             {
@@ -182,6 +193,7 @@ def test_latency_regression_is_stopped_at_the_canary_and_rolled_back(fleet: Flee
         stop.set()
         load.join(10)
     assert "latency_p95_ratio" in (done["reason"] or "")
+    assert "against themselves before their update" in done["reason"]
     assert done["assigned"] == 1  # only the canary ever got it
     events = [e["type"] for e in fleet.api.get(f"/rollouts/{rollout['id']}/events").json()]
     assert events.count("stage_started") == 1

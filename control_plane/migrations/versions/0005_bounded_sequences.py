@@ -7,6 +7,7 @@ Revises: 0004
 
 import sqlalchemy as sa
 from alembic import op
+from sqlmodel.sql import sqltypes
 
 revision = "0005"
 down_revision = "0004"
@@ -41,12 +42,16 @@ def upgrade() -> None:
             sa.Column("dropped_messages", sa.BigInteger(), nullable=False, server_default="0")
         )
         batch.add_column(sa.Column("previous_desired", sa.Text(), nullable=True))
+    with op.batch_alter_table("rollout_device") as batch:
+        batch.add_column(sa.Column("assigned_at", sqltypes.UTCDateTime(), nullable=True))
     with op.batch_alter_table("default_version") as batch:
         batch.add_column(sa.Column("previous_version", sa.Integer(), nullable=True))
         batch.add_column(sa.Column("previous_rollout_id", sa.String(length=32), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("rollout_device") as batch:
+        batch.drop_column("assigned_at")
     with op.batch_alter_table("default_version") as batch:
         batch.drop_column("previous_rollout_id")
         batch.drop_column("previous_version")
