@@ -4,14 +4,14 @@ Behaviour gates are *paired*: each stage device is judged against its own window
 previous version just before its update, not against other devices. Devices differ in
 hardware, load and temperature (a `hw=rpi3` next to a `hw=jetson`), so comparing the stage's
 devices with the rest measures the hardware; comparing a device with itself measures the
-version. The per-device readings are aggregated (the median of per-device p95 ratios;
-errors and predictions pooled over the same devices before and after), a verdict needs
-enough evidence (devices, and requests per device on both sides) and, for latency, a
-minimum effect (a ratio over the limit *and* an increase of at least
+version. The per-device readings are aggregated (the median of per-device p50 and p95
+ratios; errors and predictions pooled over the same devices before and after), a verdict
+needs enough evidence (devices, and requests per device on both sides: more for a p95) and,
+for latency, a minimum effect (a ratio over the limit *and* an increase of at least
 ``min_latency_increase_ms``), so that noise alone cannot fail a good version while a 2×
-regression still fails within one stage. The cross-device comparison (stage devices
-against devices still on the previous version over the same span) is kept as a secondary
-reading in the details.
+regression still fails within one stage (thresholds derived in ``benchmarks/gates.py``).
+The cross-device comparison (stage devices against devices still on the previous version
+over the same span) is kept as a secondary reading in the details.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class GateResult(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(
-        description="install, reporting, error_rate, latency_p95_ratio, prediction_js."
+        description="install, reporting, error_rate, latency_p50_ratio, latency_p95_ratio, "
+        "prediction_js."
     )
     status: Verdict = Field(description="`pass`, `fail` or `wait` (not enough evidence yet).")
     value: float | None = Field(description="Measured value, if any.")
@@ -157,7 +158,7 @@ def evaluate(
         return results
     paired = [p for p in reporting if p.before.requests >= spec.min_requests_per_device]
     results.append(_error_gate(spec, candidate, paired, baseline))
-    results.append(_latency_gate(spec, pairs, paired, candidate, baseline))
+    results.extend(_latency_gates(spec, pairs, candidate, baseline))
     results.append(_prediction_gate(spec, paired, candidate, baseline))
     return results
 
@@ -233,59 +234,87 @@ def _significant(after: Traffic, before: Traffic, z_limit: float = 2.33) -> bool
     return increase / spread > z_limit
 
 
+@dataclass(frozen=True)
+class _Quantile:
+    """One latency reading: which quantile, its gate's name, limit and evidence needed."""
+
+    q: float
+    name: str
+    limit: float
+    min_requests: int
+
+
+def _latency_gates(
+    spec: GateSpec, pairs: list[Pair], candidate: Traffic, baseline: Traffic
+) -> list[GateResult]:
+    """The median (p50: the model's own cost, which a busy CPU hardly moves) and the tail
+    (p95: needs more requests per device to be more than one burst of contention)."""
+    return [
+        _latency_gate(spec, reading, pairs, candidate, baseline)
+        for reading in (
+            _Quantile(
+                0.5, "latency_p50_ratio", spec.max_latency_p50_ratio, spec.min_requests_per_device
+            ),
+            _Quantile(
+                0.95,
+                "latency_p95_ratio",
+                spec.max_latency_p95_ratio,
+                max(spec.min_requests_per_device, spec.min_requests_per_device_p95),
+            ),
+        )
+    ]
+
+
 def _latency_gate(
-    spec: GateSpec,
-    pairs: list[Pair],
-    paired: list[Pair],
-    candidate: Traffic,
-    baseline: Traffic,
+    spec: GateSpec, reading: _Quantile, pairs: list[Pair], candidate: Traffic, baseline: Traffic
 ) -> GateResult:
-    """The median over the stage's devices of each device's p95 after its update over its
-    p95 before it. A device with too little traffic before its update (it was idle, or
-    the previous version came just before) is read against the rest of the fleet on the
-    previous version instead, when there is enough of that: the only cross-device
+    """The median over the stage's devices of each device's quantile after its update over
+    the same quantile before it. A device with too little traffic before its update (it was
+    idle, or the previous version came just before) is read against the rest of the fleet
+    on the previous version instead, when there is enough of that: the only cross-device
     readings, and named as such."""
+    label = f"p{round(reading.q * 100)}"
     secondary = _secondary(candidate, baseline, "latency")
-    readings: list[tuple[float, float]] = []  # (after, before) p95 in µs
-    crossed = 0
+    readings: list[tuple[float, float]] = []  # (after, before) in µs
+    crossed = evidence = 0
     for pair in pairs:
-        after = pair.after.p95_us
-        if after is None or pair.after.requests < spec.min_requests_per_device:
+        after = histogram_quantile(pair.after.latency, reading.q)
+        if after is None or pair.after.requests < reading.min_requests:
             continue
-        if pair in paired:
-            before = pair.before.p95_us
-        elif baseline.requests >= spec.min_requests_per_device:
-            before, crossed = baseline.p95_us, crossed + 1
+        if pair.before.requests >= reading.min_requests:
+            before = histogram_quantile(pair.before.latency, reading.q)
+            evidence += pair.before.requests
+        elif baseline.requests >= reading.min_requests:
+            before, crossed = histogram_quantile(baseline.latency, reading.q), crossed + 1
         else:
             continue
         assert before is not None
         readings.append((after, before))
-    evidence = sum(p.after.requests + p.before.requests for p in paired)
+        evidence += pair.after.requests
     if not readings:
         return GateResult(
-            name="latency_p95_ratio",
+            name=reading.name,
             status="pass",
             value=None,
-            threshold=spec.max_latency_p95_ratio,
-            detail="no traffic on the previous version to compare with" + secondary,
+            threshold=reading.limit,
+            detail=f"not judged: no device has {reading.min_requests} requests on each side "
+            f"for a {label}" + secondary,
             devices=0,
             requests=0,
         )
     ratio = statistics.median(after / before for after, before in readings)
     increase = statistics.median(after - before for after, before in readings)
-    regressed = (
-        ratio > spec.max_latency_p95_ratio and increase >= spec.min_latency_increase_ms * 1000
-    )
+    regressed = ratio > reading.limit and increase >= spec.min_latency_increase_ms * 1000
     against = f"{len(readings) - crossed} against themselves before their update" + (
         f", {crossed} against the rest of the fleet" if crossed else ""
     )
     return GateResult(
-        name="latency_p95_ratio",
+        name=reading.name,
         status="fail" if regressed else "pass",
         value=ratio,
-        threshold=spec.max_latency_p95_ratio,
-        detail=f"median p95 ratio over {len(readings)} devices ({against}): {ratio:.2f} "
-        f"({increase / 1000:+.2f} ms; a failure needs > {spec.max_latency_p95_ratio:g} "
+        threshold=reading.limit,
+        detail=f"median {label} ratio over {len(readings)} devices ({against}): {ratio:.2f} "
+        f"({increase / 1000:+.2f} ms; a failure needs > {reading.limit:g} "
         f"and ≥ +{spec.min_latency_increase_ms:g} ms)" + secondary,
         devices=len(readings),
         requests=evidence + (baseline.requests if crossed else 0),

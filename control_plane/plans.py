@@ -43,6 +43,14 @@ class GateSpec(_Spec):
     max_error_rate_increase: float = Field(
         default=0.02, ge=0, le=1, description="Largest error-rate increase over the baseline."
     )
+    max_latency_p50_ratio: float = Field(
+        default=1.5,
+        gt=0,
+        le=1e6,
+        description="Largest median, over the stage's devices, of each device's median "
+        "latency after its update / before it (the model's own cost: a busy CPU moves the "
+        "tail far more than the middle).",
+    )
     max_latency_p95_ratio: float = Field(
         default=1.5,
         gt=0,
@@ -54,8 +62,8 @@ class GateSpec(_Spec):
         default=1.0,
         ge=0,
         le=3_600_000,
-        description="A latency failure also needs the median p95 to rise by at least this "
-        "much: a ratio over a few microseconds is noise, not a regression.",
+        description="A latency failure also needs the median reading to rise by at least "
+        "this much: a ratio over a few microseconds is noise, not a regression.",
     )
     max_prediction_js: float = Field(
         default=0.3,
@@ -71,11 +79,19 @@ class GateSpec(_Spec):
         default=50, ge=0, le=10**12, description="Requests on the new version before judging."
     )
     min_requests_per_device: int = Field(
-        default=20,
+        default=300,
         ge=1,
         le=10**9,
         description="Requests a device needs on each side (before and after its update) "
-        "before its readings count as evidence.",
+        "before its readings count as evidence: on fewer, a busy CPU alone moves a device's "
+        "median latency by half (derived in benchmarks/gates.py).",
+    )
+    min_requests_per_device_p95: int = Field(
+        default=400,
+        ge=1,
+        le=10**9,
+        description="Requests a device needs on each side before its p95 counts: 400 puts "
+        "20 requests above the p95; on fewer, a burst of contention decides it.",
     )
     pair_lookback_seconds: float = Field(
         default=3600,
