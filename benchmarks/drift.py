@@ -12,8 +12,12 @@
    2 with ``consecutive = 2``) and the share of runs flagged within 2 / 5 / all windows.
    δ = 0 is the false-alarm row: share of runs with any verdict, and of single windows
    reading ``drift``.
-3. False alarms against the size of the training set (δ = 0): the reference's own sampling
-   error is the same in every window, so ``consecutive`` does not average it away.
+3. Calibration, by training rows × bucket rows: false verdicts (δ = 0) and 0.5σ found
+   within 2 buckets, with the fixed thresholds and with the calibrated ones (the default:
+   each feature's thresholds raised to what unchanged data reaches with
+   ``false_alarm_rate``, see ``control_plane.drift.thresholds``). The reference's own
+   sampling error is the same in every window, so ``consecutive`` does not average it
+   away: fixed thresholds cry wolf on small training sets.
 
     .venv/bin/python benchmarks/drift.py [--quick]
 """
@@ -38,6 +42,7 @@ from control_plane.drift import (
     advance,
     evaluate_window,
     merge_windows,
+    thresholds,
 )
 from control_plane.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
@@ -210,10 +215,15 @@ def merged_values(reference: Reference, values: npt.NDArray[np.float64]) -> Merg
 
 
 def run(
-    shift: float, rows: int, horizon: int, seed: int, train_rows: int = TRAIN_ROWS
+    shift: float,
+    rows: int,
+    horizon: int,
+    seed: int,
+    train_rows: int = TRAIN_ROWS,
+    policy: DriftPolicy | None = None,
 ) -> tuple[int | None, int]:
     """(first window with a drift verdict or None, single windows reading `drift`)."""
-    policy = DriftPolicy()
+    policy = policy or DriftPolicy()
     rng = np.random.default_rng(seed)
     reference = normal_reference(rng.normal(size=train_rows))
     state: DriftState | None = None
@@ -260,31 +270,59 @@ def detection(runs: int, horizon: int) -> None:
             )
 
 
-def reference_size(runs: int, horizon: int) -> None:
+def calibration(runs: int, horizon: int) -> None:
+    """Fixed thresholds against calibrated ones, by training rows × bucket rows."""
+    fixed = DriftPolicy(calibrate=False)
+    calibrated = DriftPolicy()
+    sizes, buckets = (500, 1000, 4000, 20000), (500, 2000, 10000)
     print(
-        f"\n3. false alarms (δ = 0) against training rows: share of runs with a drift "
-        f"verdict within {horizon} windows [share of single windows reading drift]"
+        f"\n3. training rows × bucket rows: δ = 0, share of {runs} runs with a false drift "
+        f"verdict within {horizon} buckets; δ = 0.5σ, share of {runs // 2} runs found within "
+        "2 buckets [median delay]; fixed thresholds (PSI 0.25 / JS 0.1) → calibrated "
+        f"(false_alarm_rate {calibrated.false_alarm_rate:g})"
     )
-    sizes = (500, 1000, 4000, 20000)
-    print(f"   {'rows/window':>11}" + "".join(f"{f'N = {n:,}':>20}" for n in sizes))
-    for rows in (500, 1000, 2000):
-        cells = []
-        for train_rows in sizes:
-            results = [run(0.0, rows, horizon, seed, train_rows) for seed in range(runs)]
-            alarms = np.mean([f is not None for f, _ in results])
-            readings = sum(r for _, r in results) / (runs * horizon)
-            cells.append(f"{alarms:.1%} [{readings:.2%}]")
-        print(f"   {rows:>11}" + "".join(f"{c:>20}" for c in cells))
+    print(
+        f"   {'training':>9}{'bucket':>8}{'false, fixed':>14}{'calibrated':>12}"
+        f"{'0.5σ ≤ 2, fixed':>19}{'calibrated':>16}{'JS threshold':>14}"
+    )
+    for train_rows in sizes:
+        for rows in buckets:
+            cells = []
+            for policy in (fixed, calibrated):
+                results = [
+                    run(0.0, rows, horizon, seed, train_rows, policy) for seed in range(runs)
+                ]
+                cells.append(f"{np.mean([f is not None for f, _ in results]):.1%}")
+            for policy in (fixed, calibrated):
+                delays = np.array(
+                    [
+                        np.inf if f is None else f
+                        for f, _ in (
+                            run(0.5, rows, horizon, seed, train_rows, policy)
+                            for seed in range(runs // 2)
+                        )
+                    ]
+                )
+                median = np.quantile(delays, 0.5, method="inverted_cdf")
+                shown = "never" if np.isinf(median) else f"{median:.0f}"
+                cells.append(f"{np.mean(delays <= 2):.1%} [{shown}]")
+            reference = normal_reference(np.random.default_rng(0).normal(size=train_rows))
+            ref = reference.features[0]
+            limit = thresholds([ref.below, *ref.counts, ref.above], rows, calibrated)
+            print(
+                f"   {train_rows:>9,}{rows:>8,}{cells[0]:>14}{cells[1]:>12}{cells[2]:>19}"
+                f"{cells[3]:>16}{limit.js_drift:>14.3f}"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats and runs (~20 s)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats and runs (~40 s)")
     args = parser.parse_args()
     print(f"# .venv/bin/python benchmarks/drift.py{' --quick' if args.quick else ''}")
     cost(repeats=5 if args.quick else 20)
     detection(runs=100 if args.quick else 500, horizon=20)
-    reference_size(runs=50 if args.quick else 200, horizon=20)
+    calibration(runs=100 if args.quick else 400, horizon=20)
 
 
 if __name__ == "__main__":

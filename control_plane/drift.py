@@ -11,7 +11,10 @@ How one window is judged, per feature (and for the prediction histogram):
 - PSI (population stability index, see ``psi``) and the Jensen–Shannon distance (base 2,
   ``shared.stats.js_distance``) are computed on that histogram.
 - Verdict: ``insufficient`` below ``min_rows`` rows; ``drift`` when PSI ≥ ``psi_drift`` or
-  JS ≥ ``js_drift``; ``watch`` when PSI ≥ ``psi_watch``; else ``ok``.
+  JS ≥ ``js_drift``; ``watch`` when PSI ≥ ``psi_watch``; else ``ok``. With ``calibrate``
+  (the default) each threshold is raised, per feature, to what data that did not move
+  reaches with ``false_alarm_rate`` given the training set's and the bucket's sizes (see
+  ``thresholds``); the thresholds used are part of the reading.
 
 Why these defaults (``DriftPolicy``; measured by ``benchmarks/drift.py`` with the control
 plane's 10 quantile bins, ``reference_bins``, over 4,000 training rows of a normal feature):
@@ -30,10 +33,15 @@ plane's 10 quantile bins, ``reference_bins``, over 4,000 training rows of a norm
   With two windows in a row required, no false verdict came in 500 runs × 20 windows of
   500 rows. Smaller windows are better merged over time by the caller than judged.
   The reference is noisy too, and its error is the same in every window, so
-  ``consecutive`` does not average it away: with 1,000 training rows 8% of 500-row windows
-  read drift (12.5% of runs get a false verdict within 20 windows), with 500 training rows
-  31% (62%). References from fewer than ~2,000 rows need larger windows or a higher
-  ``js_drift``.
+  ``consecutive`` does not average it away: with the fixed thresholds, 14% of runs on
+  1,000 training rows and 61% on 500 get a false verdict within 20 windows of 500 rows.
+  Calibration (``calibrate``, ``false_alarm_rate`` 0.0002 per bucket and feature) raises
+  JS 0.1 to 0.16 for 500 training rows and 500-row buckets, 0.13 at 2,000, 0.14 for
+  1,000 training rows; from ~4,000 training rows and 2,000-row buckets it stays 0.1.
+  False verdicts within 20 buckets then stay ≤ 0.3% at every size from 500 rows, and a
+  0.5σ shift is still found within 2 buckets in ≥ 98.7% of runs (``benchmarks/drift.py``,
+  section 3). The per-bucket rate is low because the reference's error repeats: a
+  reference that reads high once reads high in every bucket.
 - ``consecutive = 2``: one window can be an accident (a burst from one site); two in a row
   square the false-alarm rate while a 0.5σ shift is still flagged at the second window.
 - ``smoothing = 0.5`` rows added to every bin (the Jeffreys / Krichevsky–Trofimov estimate
@@ -53,7 +61,9 @@ increments nor resets it (a quiet minute says nothing about the distribution).
 
 from __future__ import annotations
 
+import functools
 import math
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Self
@@ -80,6 +90,7 @@ __all__ = [
     "js_distance",
     "merge_windows",
     "psi",
+    "thresholds",
     "window_fits",
 ]
 
@@ -128,6 +139,19 @@ class DriftPolicy(BaseModel):
         le=1,
         description="Share of judged features in `drift` that makes the window a dataset "
         "drift (for `consecutive` windows in a row).",
+    )
+    calibrate: bool = Field(
+        default=True,
+        description="Raise each feature's thresholds to what unchanged data would reach "
+        "with `false_alarm_rate`, given the training set's and the bucket's sizes (a small "
+        "reference is noisy too); `false`: the fixed thresholds alone.",
+    )
+    false_alarm_rate: float = Field(
+        default=0.0002,
+        gt=0,
+        le=0.5,
+        description="With `calibrate`: the chance that one bucket of unchanged data reads "
+        "`drift` on a feature.",
     )
     smoothing: float = Field(
         default=DEFAULT_SMOOTHING,
@@ -314,6 +338,8 @@ class FeatureDrift:
     mean_shift: float | None = None  # (mean − reference mean) / reference std
     missing_share: float = 0.0  # missing / (missing + rows)
     out_of_range_share: float = 0.0  # (below + above) / rows
+    psi_threshold: float | None = None  # the `drift` thresholds it was judged against
+    js_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -330,23 +356,141 @@ class WindowDrift:
         return sum(f.verdict != "insufficient" for f in self.features)
 
 
-def _verdict(p: float, js: float | None, policy: DriftPolicy) -> Verdict:
-    if p >= policy.psi_drift or (js is not None and js >= policy.js_drift):
+@dataclass(frozen=True)
+class Thresholds:
+    """What one histogram is judged against: the policy's thresholds, raised by calibration
+    where the training set and the bucket are small enough for noise to reach them."""
+
+    psi_watch: float
+    psi_drift: float
+    js_drift: float
+
+
+NULL_SIMULATIONS = 20_000
+
+
+def thresholds(reference: npt.ArrayLike, rows: int, policy: DriftPolicy) -> Thresholds:
+    """The thresholds for a bucket of ``rows`` rows judged against ``reference`` (counts
+    over the compared bins): each the policy's, or what unchanged data reaches with
+    ``policy.false_alarm_rate`` when that is higher (see ``_null_quantiles``)."""
+    fixed = Thresholds(policy.psi_watch, policy.psi_drift, policy.js_drift)
+    counts = tuple(int(c) for c in np.asarray(reference, dtype=np.int64))
+    if not policy.calibrate or rows <= 0 or sum(counts) <= 0:
+        return fixed
+    watch, drift, js = _null_quantiles(
+        counts, _grid(rows), policy.false_alarm_rate, policy.smoothing
+    )
+    return Thresholds(
+        max(fixed.psi_watch, watch), max(fixed.psi_drift, drift), max(fixed.js_drift, js)
+    )
+
+
+def _grid(rows: int) -> int:
+    """``rows`` rounded down to one of 8 steps per doubling (at most 9% fewer): a smaller
+    bucket is noisier, so the thresholds err high, and few null distributions are kept."""
+    return max(1, int(2 ** (math.floor(math.log2(rows) * 8) / 8)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _null_quantiles(
+    reference: tuple[int, ...], rows: int, rate: float, smoothing: float
+) -> tuple[float, float, float]:
+    """PSI at the watch quantile (``1 − 10·rate``, at most 0.1 from the top) and at the drift
+    quantile (``1 − rate``), and JS at the drift quantile, of data that did not move.
+
+    The statistic's distribution without drift, by simulation (a parametric bootstrap): a
+    training set of the reference's size drawn from the reference's proportions, and a
+    bucket of ``rows`` rows drawn from them with add-one mass in every bin (a new row lands
+    where none of N training rows did with chance about 1/(N+1): the bins outside the
+    training range, which quantile bins leave empty by construction), compared as
+    ``evaluate_window`` compares them. Both sides are drawn because the training set's own
+    sampling error is in every bucket's reading: on 500 training rows it alone puts a
+    normal feature's JS near 0.08. Seeded from the inputs, so a reading is reproducible."""
+    counts = np.asarray(reference, dtype=np.int64)
+    total = int(counts.sum())
+    rng = np.random.default_rng([zlib.crc32(counts.tobytes()), rows])
+    trained = _multinomial(rng, total, counts / total)
+    bucket = _multinomial(rng, rows, (counts + 1) / (total + counts.size))
+    psis, jss = _psi_rows(trained, bucket, smoothing), _js_rows(trained, bucket)
+    watch = 1 - min(0.1, 10 * rate)
+    return (
+        float(np.quantile(psis, watch)),
+        float(np.quantile(psis, 1 - rate)),
+        float(np.quantile(jss, 1 - rate)),
+    )
+
+
+def _multinomial(
+    rng: np.random.Generator, n: int, proportions: npt.NDArray[np.float64]
+) -> npt.NDArray[np.int64]:
+    """``NULL_SIMULATIONS`` multinomial draws, bin by bin (each bin binomial on what the
+    bins before it left): one vectorised call per bin, ~10× faster than
+    ``Generator.multinomial`` with ``size``."""
+    out = np.empty((NULL_SIMULATIONS, proportions.size), dtype=np.int64)
+    left = np.full(NULL_SIMULATIONS, n, dtype=np.int64)
+    mass = 1.0
+    for j, share in enumerate(proportions[:-1]):
+        out[:, j] = rng.binomial(left, min(1.0, share / mass)) if mass > 0 else 0
+        left -= out[:, j]
+        mass -= share
+    out[:, -1] = left
+    return out
+
+
+def _psi_rows(
+    reference: npt.NDArray[np.int64], current: npt.NDArray[np.int64], smoothing: float
+) -> npt.NDArray[np.float64]:
+    """``psi`` of each row pair (bins empty on both sides dropped, per row)."""
+    keep = (reference > 0) | (current > 0)
+    r = np.where(keep, reference + smoothing, 0.0)
+    c = np.where(keep, current + smoothing, 0.0)
+    r /= r.sum(axis=1, keepdims=True)
+    c /= c.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(keep, (c - r) * np.log(c / r), 0.0)
+    return np.asarray(terms.sum(axis=1))
+
+
+def _js_rows(
+    reference: npt.NDArray[np.int64], current: npt.NDArray[np.int64]
+) -> npt.NDArray[np.float64]:
+    """``js_distance`` of each row pair."""
+    p = reference / reference.sum(axis=1, keepdims=True)
+    q = current / current.sum(axis=1, keepdims=True)
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum(axis=1)
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum(axis=1)
+    return np.asarray(np.sqrt(np.maximum(0.0, (kl_p + kl_q) / 2)))
+
+
+def _verdict(p: float, js: float | None, limits: Thresholds) -> Verdict:
+    if p >= limits.psi_drift or (js is not None and js >= limits.js_drift):
         return "drift"
-    return "watch" if p >= policy.psi_watch else "ok"
+    return "watch" if p >= limits.psi_watch else "ok"
+
+
+@dataclass(frozen=True)
+class _Reading:
+    rows: int
+    psi: float | None
+    js: float | None
+    verdict: Verdict
+    limits: Thresholds | None
 
 
 def _compare(
     reference: npt.NDArray[np.int64],
     current: npt.NDArray[np.int64],
     policy: DriftPolicy,
-) -> tuple[int, float | None, float | None, Verdict]:
+) -> _Reading:
     rows = int(current.sum())
     if rows < policy.min_rows or rows == 0 or int(reference.sum()) == 0:
-        return rows, None, None, "insufficient"
+        return _Reading(rows, None, None, "insufficient", None)
     p = psi(reference, current, policy.smoothing)
     js = js_distance(reference, current)
-    return rows, p, js, _verdict(p, js, policy)
+    limits = thresholds(reference, rows, policy)
+    return _Reading(rows, p, js, _verdict(p, js, limits), limits)
 
 
 def _feature_drift(
@@ -359,7 +503,9 @@ def _feature_drift(
         )
     reference = np.array([ref.below, *ref.counts, ref.above], dtype=np.int64)
     current = np.concatenate(([merged.below], merged.counts, [merged.above])).astype(np.int64)
-    rows, p, js, verdict = _compare(reference, current, policy)
+    reading = _compare(reference, current, policy)
+    rows = reading.rows
+    psi_limit, js_limit = _drift_limits(reading)
     mean = std = shift = None
     if merged.n > 0:
         mean = merged.sum / merged.n
@@ -369,15 +515,23 @@ def _feature_drift(
     return FeatureDrift(
         name=ref.name,
         rows=rows,
-        psi=p,
-        js=js,
-        verdict=verdict,
+        psi=reading.psi,
+        js=reading.js,
+        verdict=reading.verdict,
         mean=mean,
         std=std,
         mean_shift=shift,
         missing_share=merged.missing / (merged.missing + rows) if merged.missing + rows else 0.0,
         out_of_range_share=(merged.below + merged.above) / rows if rows else 0.0,
+        psi_threshold=psi_limit,
+        js_threshold=js_limit,
     )
+
+
+def _drift_limits(reading: _Reading) -> tuple[float | None, float | None]:
+    """(PSI, JS) `drift` thresholds of a reading; ``None`` without a verdict."""
+    limits = reading.limits
+    return (limits.psi_drift, limits.js_drift) if limits else (None, None)
 
 
 def _prediction_reference(reference: Reference) -> list[int]:
@@ -407,10 +561,19 @@ def evaluate_window(reference: Reference, merged: MergedWindow, policy: DriftPol
             f"window has {merged.predictions.size} prediction bins, reference {expected.size}"
         )
     if expected.size:
-        rows, p, js, verdict = _compare(expected, merged.predictions, policy)
+        reading = _compare(expected, merged.predictions, policy)
     else:
-        rows, p, js, verdict = int(merged.predictions.sum()), None, None, "insufficient"
-    prediction = FeatureDrift(name="prediction", rows=rows, psi=p, js=js, verdict=verdict)
+        reading = _Reading(int(merged.predictions.sum()), None, None, "insufficient", None)
+    psi_limit, js_limit = _drift_limits(reading)
+    prediction = FeatureDrift(
+        name="prediction",
+        rows=reading.rows,
+        psi=reading.psi,
+        js=reading.js,
+        verdict=reading.verdict,
+        psi_threshold=psi_limit,
+        js_threshold=js_limit,
+    )
     judged = [f for f in features if f.verdict != "insufficient"]
     share = sum(f.verdict == "drift" for f in judged) / len(judged) if judged else 0.0
     return WindowDrift(features=features, prediction=prediction, drifted_share=share)

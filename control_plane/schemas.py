@@ -448,6 +448,14 @@ class FeatureDriftPublic(ApiModel):
     out_of_range_share: float = Field(
         default=0.0, description="Share of rows outside the training range."
     )
+    psi_threshold: float | None = Field(
+        default=None,
+        description="The PSI at which this reading is `drift`: the policy's, raised where "
+        "the training set and the bucket are small (calibration).",
+    )
+    js_threshold: float | None = Field(
+        default=None, description="The JS distance at which this reading is `drift`."
+    )
 
 
 class DriftPointPublic(ApiModel):

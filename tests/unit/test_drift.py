@@ -22,12 +22,13 @@ from control_plane.drift import (
     js_distance,
     merge_windows,
     psi,
+    thresholds,
     window_fits,
 )
 from control_plane.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
 from shared.messages import FeatureWindow, ModelWindow
-from shared.stats import bin_counts, latency_counts
+from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts
 from simulator.data import CLASSES, FEATURES, sensor_rows
 
 BINS = ServerSettings.model_fields["reference_bins"].default  # what export uses
@@ -292,6 +293,80 @@ def test_half_sigma_mean_shift_is_detected_at_the_second_window(reference: Refer
     assert verdicts[4].newly_drifted_features == ("current_a",)
     assert not verdicts[4].dataset_drift
     assert not verdicts[4].prediction_drift
+
+
+def one_feature_run(
+    train_rows: int, rows: int, shift: float, seed: int, policy: DriftPolicy
+) -> int:
+    """Buckets of ``rows`` rows (20 at most) until a drift verdict on one N(0, 1) feature
+    whose reference came from ``train_rows`` rows; 0 when none came."""
+    rng = np.random.default_rng(seed)
+    train = rng.normal(size=train_rows).astype(np.float32)[:, None]
+    ref = Reference(
+        rows=train_rows,
+        features=feature_references(train, ["x"], BINS),
+        prediction=PredictionReference(),
+    )
+    state = None
+    for bucket in range(1, 21):
+        values = rng.normal(shift, 1, rows).astype(np.float32)
+        counted = bin_counts(values, ref.features[0].bin_edges)
+        window = ModelWindow(
+            name="m",
+            version=1,
+            sha256="ab" * 32,
+            requests=rows,
+            errors=0,
+            latency_counts=[0] * LATENCY_BUCKETS,
+            features=[
+                FeatureWindow(
+                    counts=[int(c) for c in counted.counts],
+                    below=counted.below,
+                    above=counted.above,
+                    missing=0,
+                    n=rows,
+                    sum=float(values.sum()),
+                    sum_sq=float(np.square(values).sum()),
+                )
+            ],
+            predictions=[],
+        )
+        merged = merge_windows([window])
+        assert merged is not None
+        state, verdict = advance(state, evaluate_window(ref, merged, policy), policy)
+        if verdict.drifted_features:
+            return bucket
+    return 0
+
+
+def test_thresholds_are_raised_for_small_training_sets_and_buckets_only() -> None:
+    small = thresholds([0, *[50] * 10, 0], 500, POLICY)
+    assert 0.13 < small.js_drift < 0.2  # noise alone reaches JS ~0.08 here
+    assert small == thresholds([0, *[50] * 10, 0], 500, POLICY)  # reproducible
+    large = thresholds([0, *[2000] * 10, 0], 10_000, POLICY)
+    assert (large.psi_watch, large.psi_drift, large.js_drift) == (0.1, 0.25, 0.1)
+    fixed = thresholds([0, *[50] * 10, 0], 500, DriftPolicy(calibrate=False))
+    assert (fixed.psi_drift, fixed.js_drift) == (0.25, 0.1)
+
+
+def test_a_small_training_set_does_not_cry_wolf_and_still_finds_half_a_sigma() -> None:
+    """500 training rows, 500-row buckets: with the fixed thresholds most stationary runs
+    get a false verdict within 20 buckets (the reference's own error repeats in every
+    bucket); calibrated, none, and a 0.5σ shift is still found at the second bucket."""
+    fixed = DriftPolicy(calibrate=False)
+    stationary = [one_feature_run(500, 500, 0.0, seed, POLICY) for seed in range(30)]
+    assert stationary.count(0) == 30
+    assert sum(one_feature_run(500, 500, 0.0, seed, fixed) > 0 for seed in range(30)) >= 10
+    shifted = [one_feature_run(500, 500, 0.5, seed, POLICY) for seed in range(20)]
+    assert shifted.count(2) >= 18 and 0 not in shifted
+
+
+def test_a_reading_names_the_thresholds_it_was_judged_against(reference: Reference) -> None:
+    X, y = sensor_rows(600, seed=3)
+    drift = judge(reference, [model_window(reference, X, y, seed=3)])
+    first = drift.features[0]
+    assert first.js_threshold is not None and first.js_threshold >= POLICY.js_drift
+    assert first.psi_threshold is not None and first.psi_threshold >= POLICY.psi_drift
 
 
 def test_mass_moving_between_bins_of_a_discrete_feature_is_detected() -> None:
