@@ -64,6 +64,11 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     second = fleet.rollout(v2, plan, id=planned["rollout_id"])
     done = fleet.wait_status(second["id"], "succeeded")
     assert done["assigned"] == FLEET
+    # A finished rollout shows its last stage's readings, each with its threshold.
+    final = {g["name"]: g for g in done["gates"]}
+    assert {"install", "reporting", "latency_p50_ratio", "latency_p95_ratio"} <= set(final)
+    assert {g["status"] for g in final.values()} == {"pass"}
+    assert "installed" in final["install"]["detail"] and final["install"]["devices"]
     events = fleet.api.get(f"/rollouts/{second['id']}/events").json()
     started = [e["message"] for e in events if e["type"] == "stage_started"]
     assert len(started) == 3
