@@ -1,7 +1,7 @@
 """Peak memory of validating an uploaded dataset CSV, against its size.
 
 Builds a CSV of sensor rows (6 float features, a string label: ``simulator.data``) of
-``--mib`` MiB, then runs ``control_plane.datasets.parse_csv`` on it: the growth of the
+``--mib`` MiB, then runs ``control_plane.registry.datasets.parse_csv`` on it: the growth of the
 process's peak RSS while parsing (``ru_maxrss`` after, against the RSS before), and that
 plus the upload itself (held by the route meanwhile), as multiples of the upload's size.
 The budget: at most 3× the upload.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from control_plane.datasets import DatasetLimits, parse_csv
+from control_plane.registry.datasets import DatasetLimits, parse_csv
 from simulator.data import sensor_csv
 
 MiB = 1024 * 1024

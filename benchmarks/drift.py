@@ -1,11 +1,11 @@
 """Drift monitoring: the cost of judging one fleet window, and how fast a mean shift is found.
 
 1. Cost per window. 1,000 devices × ~100 rows (50–150) × 20 features, reference bins built
-   by ``control_plane.parity`` from 4,000 training rows (the simulator's 6 sensor features,
+   by ``control_plane.training.parity`` from 4,000 training rows (the simulator's 6 sensor features,
    repeated from independent draws to make 20), 4 classes. Medians over repeats of:
    parsing the 1,000 ``TelemetryWindow`` JSON payloads as the monitor reads them from the
    database; ``merge_windows``; a naive merge (one numpy add per window and feature, as
-   ``gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` + ``advance``.
+   ``rollouts.gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` + ``advance``.
 2. Detection. One N(0, 1) feature, a fresh 4,000-row training draw (10 quantile bins) per
    run, then windows of a stated size with the mean moved by δσ from the first window, the
    default ``DriftPolicy``: windows until the feature's drift verdict (median, p90; at least
@@ -15,7 +15,7 @@
 3. Calibration, by training rows × bucket rows: false verdicts (δ = 0) and 0.5σ found
    within 2 buckets, with the fixed thresholds and with the calibrated ones (the default:
    each feature's thresholds raised to what unchanged data reaches with
-   ``false_alarm_rate``, see ``control_plane.drift.thresholds``). The reference's own
+   ``false_alarm_rate``, see ``control_plane.monitoring.drift.thresholds``). The reference's own
    sampling error is the same in every window, so ``consecutive`` does not average it
    away: fixed thresholds cry wolf on small training sets.
 
@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from control_plane.config import ServerSettings
-from control_plane.drift import (
+from control_plane.monitoring.drift import (
     DriftPolicy,
     DriftState,
     MergedFeature,
@@ -44,7 +44,7 @@ from control_plane.drift import (
     merge_windows,
     thresholds,
 )
-from control_plane.parity import feature_references, prediction_reference_classes
+from control_plane.training.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
 from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow
 from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts

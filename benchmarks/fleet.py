@@ -8,10 +8,10 @@
    (1 device → 10% → 50% → 100%) of v2, both soak 0 with open gates: seconds from
    POST /rollouts until every agent serves the version, and until the rollout reads
    "succeeded"; this process's RSS and file descriptors per agent.
-2. Telemetry ingest. ``control_plane.ingest.store_batch`` on realistic windows (6 features ×
-   10 bins, 4 classes, latency histogram), JSON parse included as the MQTT bridge does it:
-   batches of 500 vs one window per call (one transaction each), on SQLite and on PostgreSQL
-   when reachable at 127.0.0.1:5432.
+2. Telemetry ingest. ``control_plane.fleet.ingestion.store_batch`` on realistic windows
+   (6 features × 10 bins, 4 classes, latency histogram), JSON parse included as the MQTT
+   bridge does it: batches of 500 vs one window per call (one transaction each), on SQLite
+   and on PostgreSQL when reachable at 127.0.0.1:5432.
 
     .venv/bin/python benchmarks/fleet.py [--quick] [--sizes 100,1000]
 
@@ -52,8 +52,8 @@ sys.path.insert(0, str(REPO))  # tests.* (broker, server helpers)
 import httpx  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 
-from control_plane.db import create_db_engine, migrate  # noqa: E402
-from control_plane.ingest import Incoming, store_batch  # noqa: E402
+from control_plane.fleet.ingestion import Incoming, store_batch  # noqa: E402
+from control_plane.store.db import create_db_engine, migrate  # noqa: E402
 from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow  # noqa: E402
 from shared.stats import LATENCY_BUCKETS  # noqa: E402
 from simulator.broker import MosquittoBroker, find_tool  # noqa: E402

@@ -15,9 +15,9 @@ against the rest of the fleet), over simulated stages built from real latencies.
    ``good`` (another version of the same cost: an independent run of the recording),
    ``2x slower`` (each request costs two consecutive recorded runs: twice the compute under
    the same contention), ``20% errors`` (good latency, one request in five fails).
-3. Each stage is judged by ``control_plane.gates.evaluate`` with the default ``GateSpec`` and
-   by the old rule (merged p95 of the stage's devices over the rest's > 2; error rate over
-   min(5%, the rest's + 2%)). The table gives the share of stages each failed.
+3. Each stage is judged by ``control_plane.rollouts.gates.evaluate`` with the default
+   ``GateSpec`` and by the old rule (merged p95 of the stage's devices over the rest's > 2;
+   error rate over min(5%, the rest's + 2%)). The table gives the share of stages each failed.
 
 Wanted: a good version failed ≤ 1%, a 2× regression or 20% errors passed ≤ 1%. One table
 per ``--requests`` level (requests per device on each side); below the shipped
@@ -59,8 +59,8 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.inference import session_for
-from control_plane.gates import GateResult, Installs, Pair, Traffic, evaluate
-from control_plane.plans import GateSpec
+from control_plane.rollouts.gates import GateResult, Installs, Pair, Traffic, evaluate
+from control_plane.rollouts.plans import GateSpec
 from shared.messages import ModelWindow
 from shared.signing import SigningKey
 from shared.stats import histogram_quantile, latency_counts

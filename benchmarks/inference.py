@@ -17,8 +17,8 @@ from functools import partial
 import numpy as np
 
 from agent.inference import session_for
-from control_plane.export import INPUT_NAME, export_onnx
-from control_plane.training import ALGORITHMS, build_pipeline
+from control_plane.training.algorithms import ALGORITHMS, build_pipeline
+from control_plane.training.conversion import INPUT_NAME, export_onnx
 from simulator.data import sensor_rows
 
 

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
-from control_plane.schemas import (
+from control_plane.api.schemas import (
     AliasPublic,
     DatasetPublic,
     DeploymentCreate,

@@ -19,28 +19,29 @@ class LazyCommand:
     extra: str | None = None  # the install extra whose packages the command imports
 
 
+CONTROL_PLANE = "control_plane.cli.commands"
 COMMANDS: dict[str, LazyCommand] = {
     "init": LazyCommand(
-        "control_plane.cli",
+        CONTROL_PLANE,
         "init_app",
         "Create a data directory: keys, config, database, admin token.",
         "server",
     ),
-    "server": LazyCommand(
-        "control_plane.cli", "server_app", "Serve the control-plane API.", "server"
-    ),
-    "datasets": LazyCommand("control_plane.cli", "datasets_app", "Upload and list datasets."),
+    "server": LazyCommand(CONTROL_PLANE, "server_app", "Serve the control-plane API.", "server"),
+    "datasets": LazyCommand(CONTROL_PLANE, "datasets_app", "Upload and list datasets."),
     "train": LazyCommand(
-        "control_plane.cli", "train_app", "Train, export, sign and register a model version."
+        CONTROL_PLANE,
+        "train_app",
+        "Train, export, sign and register a model version.",
     ),
     "models": LazyCommand(
-        "control_plane.cli", "models_app", "List, show, alias and pull model versions."
+        CONTROL_PLANE, "models_app", "List, show, alias and pull model versions."
     ),
-    "tokens": LazyCommand("control_plane.cli", "tokens_app", "Issue API tokens (admin)."),
-    "devices": LazyCommand("control_plane.cli", "devices_app", "Register and list devices."),
-    "deploy": LazyCommand("control_plane.cli", "deploy_app", "Put a model version on a device."),
+    "tokens": LazyCommand(CONTROL_PLANE, "tokens_app", "Issue API tokens (admin)."),
+    "devices": LazyCommand(CONTROL_PLANE, "devices_app", "Register and list devices."),
+    "deploy": LazyCommand(CONTROL_PLANE, "deploy_app", "Put a model version on a device."),
     "rollout": LazyCommand(
-        "control_plane.cli",
+        CONTROL_PLANE,
         "rollout_app",
         "Staged rollouts: create (or dry "
         "run), show, events, pause, resume, promote, abort, rollback.",

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from control_plane.config import load_settings
-from control_plane.datadir import init_data_dir
+from control_plane.store.datadir import init_data_dir
 from simulator.broker import free_port
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 from sqlmodel import Session
 
-from control_plane.artifacts import BlobStore
+from control_plane.auth.keys import load_keys
 from control_plane.config import load_settings
-from control_plane.db import create_db_engine
-from control_plane.keystore import load_keys
-from control_plane.registry import register_version, resolve_version
+from control_plane.registry.versions import register_version, resolve_version
+from control_plane.store.blobs import BlobStore
+from control_plane.store.db import create_db_engine
 from shared.hashing import sha256_bytes
 from shared.manifest import ModelManifest
 

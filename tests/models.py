@@ -8,9 +8,13 @@ from datetime import UTC, datetime
 import numpy as np
 
 from agent.inference import describe, session_for
-from control_plane.export import export_onnx, opset_of, run_onnx
-from control_plane.parity import feature_references, golden_vectors, prediction_reference_classes
-from control_plane.training import ALGORITHMS, build_pipeline
+from control_plane.training.algorithms import ALGORITHMS, build_pipeline
+from control_plane.training.conversion import export_onnx, opset_of, run_onnx
+from control_plane.training.parity import (
+    feature_references,
+    golden_vectors,
+    prediction_reference_classes,
+)
 from shared.hashing import sha256_bytes
 from shared.manifest import (
     Golden,

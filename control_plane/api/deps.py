@@ -9,14 +9,14 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from control_plane.artifacts import BlobStore
-from control_plane.auth import find_token, has_role
+from control_plane.api.schemas import MAX_ID
+from control_plane.auth.keys import KeyStore
+from control_plane.auth.tokens import find_token, has_role
 from control_plane.config import ServerSettings
-from control_plane.jobs import JobRunner
-from control_plane.keystore import KeyStore
-from control_plane.models import ApiToken, Role
-from control_plane.mqtt_bridge import MqttBridge
-from control_plane.schemas import MAX_ID
+from control_plane.fleet.bridge import MqttBridge
+from control_plane.store.blobs import BlobStore
+from control_plane.store.tables import ApiToken, Role
+from control_plane.training.jobs import JobRunner
 
 
 def get_settings(request: Request) -> ServerSettings:

@@ -86,7 +86,7 @@ def test_user_trains_and_verifies_offline(
     # Keys of another installation.
     other = tmp_path / "other"
     run_cli("init", "--data-dir", str(other))
-    from control_plane.keystore import load_keys
+    from control_plane.auth.keys import load_keys
 
     (tmp_path / "other-trust.json").write_text(
         load_keys(other / "keys").trust_store().model_dump_json()

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from control_plane.app import create_app
 from control_plane.config import ServerSettings, load_settings
-from control_plane.datadir import init_data_dir
-from control_plane.main import create_app
+from control_plane.store.datadir import init_data_dir
 from tests.agent_rig import Rig, open_rig
 
 

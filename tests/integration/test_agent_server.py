@@ -53,9 +53,9 @@ class Models:
 
 def make_regressor(base: ModelManifest) -> Model:
     """A ridge regression on the sensor features that imputes missing values."""
-    from control_plane.export import export_onnx
-    from control_plane.parity import feature_references, prediction_reference_values
-    from control_plane.training import ALGORITHMS, build_pipeline
+    from control_plane.training.algorithms import ALGORITHMS, build_pipeline
+    from control_plane.training.conversion import export_onnx
+    from control_plane.training.parity import feature_references, prediction_reference_values
 
     X = sensor_rows(200, 3)[0].astype(np.float32)
     target = X[:, 0] * 0.5 + X[:, 4] * 0.01

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlmodel import Session, select
 
-from control_plane.db import create_db_engine
-from control_plane.models import Job, JobStatus
+from control_plane.store.db import create_db_engine
+from control_plane.store.tables import Job, JobStatus
 from simulator.data import sensor_csv
 from tests.integration.conftest import Api, MakeApi
 
@@ -231,7 +231,7 @@ def test_interrupted_jobs_fail_on_restart_and_queued_ones_run(make_api: MakeApi)
     api.client.__exit__(None, None, None)  # stop the server ...
     from fastapi.testclient import TestClient
 
-    from control_plane.main import create_app
+    from control_plane.app import create_app
 
     with TestClient(create_app(api.settings)) as restarted:  # ... and start it again
         api.client = restarted

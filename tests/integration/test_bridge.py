@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.mqtt_bridge import MqttBridge
+from control_plane.fleet.bridge import MqttBridge
 from shared.messages import DesiredState, DeviceState, TelemetryWindow
 from shared.signing import KeyRole
 from shared.trust import TrustStore
@@ -219,9 +219,9 @@ def test_expiring_desired_states_are_resigned_with_a_new_sequence(make_api: Make
 
     from sqlmodel import Session
 
-    from control_plane.db import create_db_engine
-    from control_plane.deployments import refresh_expiring
-    from control_plane.keystore import load_keys
+    from control_plane.auth.keys import load_keys
+    from control_plane.fleet.deployments import refresh_expiring
+    from control_plane.store.db import create_db_engine
 
     api = make_api()
     dataset = api.upload(sensor_csv(200, seed=3)).json()

@@ -18,13 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import Session, select
 
+from control_plane.auth.keys import load_keys
 from control_plane.config import load_settings
-from control_plane.datadir import init_data_dir
-from control_plane.db import create_db_engine, migrate
-from control_plane.ingest import stored_windows
-from control_plane.keystore import load_keys
-from control_plane.models import Device, SampleRecord
-from control_plane.mqtt_bridge import MqttBridge
+from control_plane.fleet.bridge import MqttBridge
+from control_plane.fleet.ingestion import stored_windows
+from control_plane.store.datadir import init_data_dir
+from control_plane.store.db import create_db_engine, migrate
+from control_plane.store.tables import Device, SampleRecord
 from shared.messages import DeviceState, SampleBatch, TelemetryWindow
 from shared.topics import Channel, Topics
 from tests.unit.test_wire_properties import DOCUMENTS, json_values, paths, replaced

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, select
 
-from control_plane.db import create_db_engine
-from control_plane.models import Model, RetrainState, Rollout
+from control_plane.store.db import create_db_engine
+from control_plane.store.tables import Model, RetrainState, Rollout
 from shared.stats import LATENCY_BUCKETS
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
@@ -216,8 +216,8 @@ def test_a_failed_unit_of_the_monitor_leaves_nothing_behind_on_sqlite(tmp_path: 
     savepoint rolled back (one failed model) keeps nothing, one released keeps its rows
     only until the whole bucket commits (pysqlite would otherwise commit a first savepoint
     on release, and a bucket rolled back would be judged twice)."""
-    from control_plane.db import migrate
-    from control_plane.models import Event
+    from control_plane.store.db import migrate
+    from control_plane.store.tables import Event
 
     engine = create_db_engine(f"sqlite:///{tmp_path / 'm.db'}")
     migrate(engine)

@@ -10,8 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
 
-import control_plane.models  # noqa: F401
-from control_plane.db import create_db_engine, migrate
+import control_plane.store.tables  # noqa: F401
+from control_plane.store.db import create_db_engine, migrate
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from control_plane.datasets import DatasetLimits, ParsedDataset, parse_csv
 from control_plane.errors import InvalidInputError
+from control_plane.registry.datasets import DatasetLimits, ParsedDataset, parse_csv
 
 LIMITS = DatasetLimits(max_rows=100, max_columns=5, min_rows=2)
 BIG = DatasetLimits(max_rows=10**6, max_columns=100, min_rows=2)

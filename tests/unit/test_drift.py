@@ -11,7 +11,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import norm
 
 from control_plane.config import ServerSettings
-from control_plane.drift import (
+from control_plane.monitoring.drift import (
     DriftPolicy,
     DriftState,
     FeatureDrift,
@@ -25,7 +25,7 @@ from control_plane.drift import (
     thresholds,
     window_fits,
 )
-from control_plane.parity import feature_references, prediction_reference_classes
+from control_plane.training.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
 from shared.messages import FeatureWindow, ModelWindow
 from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from control_plane.gates import GateResult, Installs, Pair, Traffic, evaluate
-from control_plane.plans import GateSpec
+from control_plane.rollouts.gates import GateResult, Installs, Pair, Traffic, evaluate
+from control_plane.rollouts.plans import GateSpec
 from shared.messages import ModelWindow
 from shared.stats import LATENCY_BUCKETS, js_distance, latency_bucket, rebin
 

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from control_plane.errors import JobFailedError
-from control_plane.parity import check_parity, feature_references, golden_vectors, quantile_edges
+from control_plane.training.parity import (
+    check_parity,
+    feature_references,
+    golden_vectors,
+    quantile_edges,
+)
 from shared.stats import bin_counts
 
 

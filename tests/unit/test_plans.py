@@ -2,7 +2,7 @@ import pytest
 from pydantic import ValidationError
 
 from control_plane.errors import InvalidInputError
-from control_plane.plans import ExponentialSpec, PlanSpec, StageSpec, cohort_order, resolve
+from control_plane.rollouts.plans import ExponentialSpec, PlanSpec, StageSpec, cohort_order, resolve
 
 
 def targets(plan: PlanSpec, n: int) -> list[int]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from control_plane.retraining import (
+from control_plane.monitoring.policy import (
     Go,
     ModelPolicy,
     RetrainPolicy,

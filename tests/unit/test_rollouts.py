@@ -3,9 +3,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from control_plane.errors import ConflictError
-from control_plane.gates import GateResult
-from control_plane.plans import PlanSpec, StageSpec, resolve
-from control_plane.rollouts import (
+from control_plane.rollouts.gates import GateResult
+from control_plane.rollouts.machine import (
     MakeDefault,
     Operator,
     Record,
@@ -17,6 +16,7 @@ from control_plane.rollouts import (
     initial_state,
     step,
 )
+from control_plane.rollouts.plans import PlanSpec, StageSpec, resolve
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 STAGES = resolve(

@@ -1,7 +1,7 @@
 import pytest
 
 from control_plane.errors import InvalidInputError
-from control_plane.selectors import parse_selector
+from control_plane.fleet.selectors import parse_selector
 
 LABELS = {"site": "berlin", "hw": "rpi4", "canary": ""}
 

@@ -3,7 +3,7 @@ import re
 import pytest
 
 from control_plane.errors import InvalidInputError
-from control_plane.training import ALGORITHMS, get_algorithm, validate_params
+from control_plane.training.algorithms import ALGORITHMS, get_algorithm, validate_params
 
 
 def test_defaults_are_valid_for_every_algorithm() -> None:

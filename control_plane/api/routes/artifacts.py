@@ -16,7 +16,7 @@ from fastapi.responses import FileResponse
 from fastapi.security import HTTPAuthorizationCredentials
 
 from control_plane.api.deps import BlobsDep, bearer
-from control_plane.auth import ArtifactAccess
+from control_plane.auth.tokens import ArtifactAccess
 from control_plane.errors import ForbiddenError, NotFoundError
 from shared.hashing import is_sha256
 

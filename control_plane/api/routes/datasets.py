@@ -9,10 +9,10 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from control_plane.api.deps import BlobsDep, IdPath, Operator, SessionDep, SettingsDep, Viewer
-from control_plane.datasets import DatasetLimits, check_name, parse_csv, store_dataset
+from control_plane.api.schemas import DatasetPublic
 from control_plane.errors import NotFoundError, PayloadTooLargeError
-from control_plane.models import Dataset
-from control_plane.schemas import DatasetPublic
+from control_plane.registry.datasets import DatasetLimits, check_name, parse_csv, store_dataset
+from control_plane.store.tables import Dataset
 from shared.manifest import NanPolicy
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])

@@ -16,17 +16,7 @@ from control_plane.api.deps import (
     Viewer,
     ViewerOrDevice,
 )
-from control_plane.deployments import deploy_version
-from control_plane.devices import (
-    check_labels,
-    get_device,
-    list_devices,
-    register_device,
-    sequence_floor,
-)
-from control_plane.ingest import stored_windows
-from control_plane.models import Device
-from control_plane.schemas import (
+from control_plane.api.schemas import (
     DeploymentCreate,
     DeploymentPublic,
     DeviceCreate,
@@ -35,7 +25,17 @@ from control_plane.schemas import (
     DeviceUpdate,
     TelemetryPublic,
 )
-from control_plane.selectors import parse_selector
+from control_plane.fleet.deployments import deploy_version
+from control_plane.fleet.devices import (
+    check_labels,
+    get_device,
+    list_devices,
+    register_device,
+    sequence_floor,
+)
+from control_plane.fleet.ingestion import stored_windows
+from control_plane.fleet.selectors import parse_selector
+from control_plane.store.tables import Device
 from shared.messages import DesiredState, DeviceState, SequenceFloor, TelemetryWindow
 
 router = APIRouter(tags=["devices"])

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
 from control_plane.api.deps import SessionDep, Viewer
-from control_plane.models import Event
-from control_plane.schemas import MAX_ID, EventPublic
+from control_plane.api.schemas import MAX_ID, EventPublic
+from control_plane.store.tables import Event
 
 router = APIRouter(tags=["events"])
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
 from control_plane.api.deps import IdPath, SessionDep, Viewer
+from control_plane.api.schemas import JobPublic
 from control_plane.errors import NotFoundError
-from control_plane.models import Job
-from control_plane.schemas import JobPublic
+from control_plane.store.tables import Job
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

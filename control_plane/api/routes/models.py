@@ -9,17 +9,7 @@ from sqlmodel import col, select
 
 from control_plane.api.deps import JobsDep, Operator, SessionDep, SettingsDep, Viewer
 from control_plane.api.routes.jobs import job_public
-from control_plane.errors import ConflictError, ControlPlaneError, InvalidInputError
-from control_plane.models import Dataset, Job, Model, ModelVersion
-from control_plane.registry import (
-    aliases_of,
-    check_model_name,
-    delete_alias,
-    get_model,
-    resolve_version,
-    set_alias,
-)
-from control_plane.schemas import (
+from control_plane.api.schemas import (
     AliasPublic,
     AliasUpdate,
     JobPublic,
@@ -27,8 +17,18 @@ from control_plane.schemas import (
     TrainRequest,
     VersionPublic,
 )
-from control_plane.supply_chain import check_features_match
-from control_plane.training import get_algorithm, validate_params
+from control_plane.errors import ConflictError, ControlPlaneError, InvalidInputError
+from control_plane.registry.versions import (
+    aliases_of,
+    check_model_name,
+    delete_alias,
+    get_model,
+    resolve_version,
+    set_alias,
+)
+from control_plane.store.tables import Dataset, Job, Model, ModelVersion
+from control_plane.training.algorithms import get_algorithm, validate_params
+from control_plane.training.supply_chain import check_features_match
 from shared.manifest import ModelManifest
 
 router = APIRouter(prefix="/models", tags=["models"])

@@ -20,13 +20,25 @@ from control_plane.api.deps import (
     Viewer,
 )
 from control_plane.api.routes.jobs import job_public
+from control_plane.api.schemas import (
+    MAX_ID,
+    DriftPointPublic,
+    FeedbackCreate,
+    FeedbackResult,
+    JobPublic,
+    RetrainCreate,
+)
 from control_plane.errors import (
     ConflictError,
     ForbiddenError,
     InvalidInputError,
     PayloadTooLargeError,
 )
-from control_plane.models import (
+from control_plane.fleet.selectors import parse_selector
+from control_plane.monitoring.monitor import start_retraining
+from control_plane.monitoring.policy import ModelPolicy, policy_of
+from control_plane.registry.versions import get_model, latest_version, resolve_version
+from control_plane.store.tables import (
     DriftResult,
     Event,
     Feedback,
@@ -35,18 +47,6 @@ from control_plane.models import (
     SampleRowRecord,
     utcnow,
 )
-from control_plane.monitoring import start_retraining
-from control_plane.registry import get_model, latest_version, resolve_version
-from control_plane.retraining import ModelPolicy, policy_of
-from control_plane.schemas import (
-    MAX_ID,
-    DriftPointPublic,
-    FeedbackCreate,
-    FeedbackResult,
-    JobPublic,
-    RetrainCreate,
-)
-from control_plane.selectors import parse_selector
 from shared.manifest import ModelManifest
 
 router = APIRouter(tags=["monitoring"])

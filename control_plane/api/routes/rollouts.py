@@ -9,16 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
 from control_plane.api.deps import Operator, SessionDep, Viewer
-from control_plane.models import Event, Rollout, RolloutDevice
-from control_plane.rollout_engine import (
-    RolloutEngine,
-    create_rollout,
-    get_rollout,
-    new_rollout_id,
-    plan_rollout,
-    stages_of,
-)
-from control_plane.schemas import (
+from control_plane.api.schemas import (
     EventPublic,
     PlannedDevice,
     RolloutCreate,
@@ -26,6 +17,15 @@ from control_plane.schemas import (
     RolloutPublic,
     StagePublic,
 )
+from control_plane.rollouts.engine import (
+    RolloutEngine,
+    create_rollout,
+    get_rollout,
+    new_rollout_id,
+    plan_rollout,
+    stages_of,
+)
+from control_plane.store.tables import Event, Rollout, RolloutDevice
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutIdPath = Annotated[str, Path(description="Rollout id.")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from control_plane.api.deps import KeysDep, SessionDep
-from control_plane.schemas import Health
+from control_plane.api.schemas import Health
 from edgefleet import __version__
 from shared.trust import TrustStore
 

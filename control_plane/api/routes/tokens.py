@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, status
 from sqlmodel import col, select
 
 from control_plane.api.deps import Admin, IdPath, SessionDep
-from control_plane.auth import ArtifactAccess, issue_token
+from control_plane.api.schemas import TokenCreate, TokenIssued, TokenPublic
+from control_plane.auth.tokens import ArtifactAccess, issue_token
 from control_plane.errors import NotFoundError
-from control_plane.models import ApiToken, Role, utcnow
-from control_plane.schemas import TokenCreate, TokenIssued, TokenPublic
+from control_plane.store.tables import ApiToken, Role, utcnow
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 

@@ -1,0 +1,154 @@
+"""The control-plane application factory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+
+from control_plane.api import errors
+from control_plane.api.routes import (
+    artifacts,
+    datasets,
+    devices,
+    events,
+    jobs,
+    models,
+    monitoring,
+    rollouts,
+    system,
+    tokens,
+)
+from control_plane.auth.keys import load_keys
+from control_plane.auth.tokens import ArtifactAccess
+from control_plane.config import ServerSettings
+from control_plane.coordination.leadership import Leadership
+from control_plane.fleet.bridge import MqttBridge
+from control_plane.monitoring.monitor import Monitor
+from control_plane.rollouts.engine import RolloutEngine
+from control_plane.store.blobs import BlobStore
+from control_plane.store.db import create_db_engine, migrate
+from control_plane.training.jobs import JobRunner
+from edgefleet import __version__
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+async def _lead(
+    leadership: Leadership,
+    rollouts: RolloutEngine,
+    monitor: Monitor,
+    runner: JobRunner,
+    interval: float,
+) -> None:
+    """Heartbeat always; while leading, drive rollouts and the monitor (drift, retraining,
+    releases) every ``interval`` and, with several processes, take over the jobs of
+    processes that died."""
+    beats = 0
+    while True:
+        try:
+            if beats % max(1, int(5 / interval)) == 0:
+                await asyncio.to_thread(leadership.heartbeat)
+                if leadership.engine.dialect.name != "sqlite" and leadership.is_leader:
+                    await asyncio.to_thread(runner.recover_orphans, leadership)
+            if await asyncio.to_thread(leadership.try_lead):
+                await rollouts.tick()
+                await asyncio.to_thread(monitor.tick)
+        except Exception:  # a bad tick must not stop the loop
+            log.exception("leader loop tick failed")
+        beats += 1
+        await asyncio.sleep(interval)
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    """Build the API for ``settings``. Startup migrates the database, loads the keys (the data
+    directory must have been set up by ``edgefleet init``) and starts the job workers."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        keys = load_keys(settings.keys_dir)
+        engine = create_db_engine(settings.resolved_database_url)
+        migrate(engine)
+        runner = JobRunner(settings, engine)
+        leadership = Leadership(engine)
+        bridge = (
+            MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
+            if settings.mqtt_url
+            else None
+        )
+        bridge_task = asyncio.create_task(bridge.run()) if bridge else None
+        rollouts = RolloutEngine(
+            engine,
+            keys,
+            timedelta(seconds=settings.desired_ttl_seconds),
+            bridge.publish_desired if bridge else None,
+        )
+        monitor = Monitor(
+            engine,
+            bucket_seconds=settings.monitor_bucket_seconds,
+            grace_seconds=settings.monitor_grace_seconds,
+            submit=runner.submit,
+            owner=leadership.process_id,
+        )
+        leader_task = asyncio.create_task(
+            _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
+        )
+        app.state.rollouts = rollouts
+        app.state.monitor = monitor
+        app.state.leadership = leadership
+        app.state.bridge = bridge
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.keys = keys
+        app.state.blobs = BlobStore(settings.blobs_dir)
+        app.state.artifact_access = ArtifactAccess(engine)
+        app.state.jobs = runner
+        if engine.dialect.name == "sqlite":
+            runner.recover()  # one process per SQLite file: whatever ran before is gone
+        log.info("control plane ready (data dir %s)", settings.data_dir)
+        try:
+            yield
+        finally:
+            for task in (leader_task, bridge_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            runner.shutdown()
+            leadership.release()
+            engine.dispose()
+
+    app = FastAPI(
+        title="edgefleet control plane",
+        version=__version__,
+        summary="Train, sign, register and roll out models to fleets of edge devices; watch "
+        "them for drift and retrain.",
+        description="All routes except `/healthz` and `/keys` need `Authorization: Bearer "
+        "<token>`. Every error (400, 401, 403, 404, 409, 413, 422, 500) answers "
+        '`{"detail": [{"loc", "msg", "type"}]}`, naming the field and the rule, and echoes at '
+        "most a short piece of the input. JSON bodies are at most 2 MiB and 32 levels deep.",
+        lifespan=lifespan,
+    )
+
+    errors.install(app)
+
+    for module in (
+        system,
+        tokens,
+        datasets,
+        models,
+        jobs,
+        artifacts,
+        devices,
+        rollouts,
+        events,
+        monitoring,
+    ):
+        app.include_router(module.router, prefix=API_PREFIX)
+    return app

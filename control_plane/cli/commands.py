@@ -1,0 +1,714 @@
+"""Control-plane commands: ``init``, ``server`` and the API client commands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from control_plane.api.schemas import JobPublic, RolloutCreate, RolloutPublic, TrainRequest
+from control_plane.client import DEFAULT_URL, ApiClient, ApiError
+
+if TYPE_CHECKING:
+    from control_plane.config import ServerSettings
+
+console = Console(stderr=True)
+out = Console()
+
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="EDGEFLEET_DATA_DIR",
+        help="Data directory [default: ./edgefleet-data].",
+        show_default=False,
+    ),
+]
+UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Control-plane URL.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API token.", show_default=False),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _settings(
+    data_dir: Path | None, config: Path | None = None, **overrides: Any
+) -> ServerSettings:
+    """Settings for a local command; a bad config file or env value is a clean error."""
+    from pydantic import ValidationError
+
+    from control_plane.config import load_settings
+
+    try:
+        return load_settings(data_dir, config, **overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise _fail(f"invalid settings: {problems}", 2) from exc
+
+
+@contextlib.contextmanager
+def _api(url: str, token: str | None) -> Iterator[ApiClient]:
+    """A client for a command; an API error ends the command with its reasons (exit 1)."""
+    if not token:
+        raise _fail(
+            "no API token: pass --token or set EDGEFLEET_TOKEN (printed by `edgefleet init`)", 2
+        )
+    with ApiClient(url, token) as client:
+        try:
+            yield client
+        except ApiError as exc:
+            raise _fail(str(exc)) from exc
+
+
+# --- init / server -------------------------------------------------------------------------
+
+init_app = typer.Typer()
+
+
+@init_app.command("init")
+def init_command(data_dir: DataDirOpt = None) -> None:
+    """Create a data directory: config, model- and deployment-signing keys (0600), database,
+    and an admin API token, printed once as the last line (EDGEFLEET_TOKEN=...). Running it
+    again keeps existing keys and issues another admin token."""
+    from control_plane.store.datadir import init_data_dir
+
+    result = init_data_dir(_settings(data_dir))
+    out.print(f"data dir        {result.data_dir}", highlight=False)
+    for role, key_id in (("model", result.model_key_id), ("deployment", result.deployment_key_id)):
+        state = "created" if any(r.value == role for r in result.created_keys) else "kept"
+        label = f"{role} key"
+        out.print(f"{label:<16}{key_id[:16]}… ({state})", highlight=False)
+    out.print(
+        f"admin token     {result.token_name} (shown once, stored only as a hash)", highlight=False
+    )
+    print(f"EDGEFLEET_TOKEN={result.token}")
+
+
+server_app = typer.Typer()
+
+
+@server_app.command("server")
+def server_command(
+    data_dir: DataDirOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="Bind address [default: 127.0.0.1].", show_default=False)
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port [default: 8000].", show_default=False)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Settings file [default: DATA_DIR/config.toml].", show_default=False),
+    ] = None,
+    mqtt_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="EDGEFLEET_MQTT_URL",
+            show_default=False,
+            help="Broker for device traffic, mqtt://user:pass@host:port.",
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve the REST API (migrates the database first) and, with --mqtt-url, talk to devices:
+    ingest their state and telemetry, publish signed desired states. Needs `edgefleet init`."""
+    import uvicorn
+
+    from control_plane.app import create_app
+    from control_plane.auth.keys import load_keys
+    from control_plane.errors import NotInitialisedError
+
+    settings = _settings(data_dir, config, host=host, port=port, mqtt_url=mqtt_url)
+    try:
+        load_keys(settings.keys_dir)
+    except NotInitialisedError as exc:
+        raise _fail(exc.message, 2) from exc
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
+    )
+
+
+# --- datasets --------------------------------------------------------------------------------
+
+datasets_app = typer.Typer(help="Upload and list datasets.", no_args_is_help=True)
+
+
+@datasets_app.command("upload")
+def datasets_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV file.")],
+    name: Annotated[str, typer.Option(help="Dataset name.")],
+    label: Annotated[str, typer.Option(help="Label column.")],
+    nan_policy: Annotated[
+        str, typer.Option(help="Missing values: reject, drop or impute.")
+    ] = "reject",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Upload a CSV (numeric features + a label column). Prints the dataset id last."""
+    with _api(url, token) as client:
+        ds = client.upload_dataset(file, name=name, label=label, nan_policy=nan_policy)
+    console.print(
+        f"dataset {ds.name} v{ds.version}: {ds.rows} rows, {len(ds.features)} "
+        f"features, label {ds.label_column!r} ({ds.label_kind}), sha256 "
+        f"{ds.sha256[:16]}…",
+        highlight=False,
+    )
+    print(ds.id)
+
+
+@datasets_app.command("list")
+def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List datasets."""
+    with _api(url, token) as client:
+        rows = client.datasets()
+    table = Table("id", "name", "version", "rows", "features", "label", "sha256")
+    for ds in rows:
+        table.add_row(
+            str(ds.id),
+            ds.name,
+            str(ds.version),
+            str(ds.rows),
+            str(len(ds.features)),
+            ds.label_column,
+            ds.sha256[:12],
+        )
+    out.print(table)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+train_app = typer.Typer()
+
+
+def _parse_params(pairs: list[str]) -> dict[str, int | float | str | bool | None]:
+    params: dict[str, int | float | str | bool | None] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param takes NAME=VALUE, got {pair!r}", 2)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        if not isinstance(value, int | float | str | bool) and value is not None:
+            raise _fail(f"--param {key}: a number, string, true/false or null", 2)
+        params[key] = value
+    return params
+
+
+def wait_for_job(
+    client: ApiClient, job: JobPublic, *, show: bool = True, poll: float = 0.3
+) -> JobPublic:
+    """Poll a job until it ends, showing a progress bar on stderr."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
+    ) as progress:
+        task = progress.add_task(f"job {job.id}: {job.stage}", total=1.0)
+        while job.status in ("queued", "running"):
+            time.sleep(poll)
+            job = client.job(job.id)
+            progress.update(task, completed=job.progress, description=f"job {job.id}: {job.stage}")
+    return job
+
+
+@train_app.command("train")
+def train_command(
+    model: Annotated[str, typer.Option(help="Model name (versions accumulate under it).")],
+    dataset: Annotated[int, typer.Option(help="Dataset id.")],
+    algorithm: Annotated[
+        str,
+        typer.Option(
+            help="logreg, random_forest or hist_gb (regression: ridge, random_forest, hist_gb)."
+        ),
+    ],
+    task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
+    param: Annotated[
+        list[str] | None,
+        typer.Option(help="Algorithm parameter NAME=VALUE; repeatable.", show_default=False),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = 0,
+    validation_fraction: Annotated[float, typer.Option(help="Held-out share.")] = 0.2,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Train, export, check parity, sign and register a version; waits for the job and
+    prints the new version number last."""
+    try:
+        request = TrainRequest.model_validate(
+            {
+                "dataset_id": dataset,
+                "algorithm": algorithm,
+                "task": task,
+                "params": _parse_params(param or []),
+                "seed": seed,
+                "validation_fraction": validation_fraction,
+            }
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    with _api(url, token) as client:
+        job = wait_for_job(client, client.train(model, request))
+        if job.status != "succeeded" or job.result_version is None:
+            raise _fail(f"job {job.id} failed: {job.error}")
+        version = client.version(model, str(job.result_version))
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items())
+    console.print(
+        f"{model} v{version.version} ({version.algorithm}): {metrics}; parity max diff "
+        f"{version.parity_max_abs_diff:.2e}; {version.size} bytes, sha256 "
+        f"{version.sha256[:16]}…",
+        highlight=False,
+    )
+    print(version.version)
+
+
+# --- models ----------------------------------------------------------------------------------
+
+models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List models with their latest version and aliases."""
+    with _api(url, token) as client:
+        rows = client.models()
+    table = Table("name", "task", "latest", "aliases")
+    for m in rows:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
+        table.add_row(m.name, m.task, str(m.latest_version), aliases)
+    out.print(table)
+
+
+@models_app.command("show")
+def models_show(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[
+        str | None,
+        typer.Option(help="Version or alias: print that version's JSON with its signed manifest."),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Show a model's versions, or one version as JSON (with --version)."""
+    with _api(url, token) as client:
+        if version is not None:
+            print(client.version(name, version).model_dump_json(indent=2))
+            return
+        rows = client.versions(name)
+    table = Table("version", "algorithm", "dataset", "metrics", "parity diff", "size", "aliases")
+    for v in rows:
+        metrics = " ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
+        table.add_row(
+            str(v.version),
+            v.algorithm,
+            str(v.dataset_id),
+            metrics,
+            f"{v.parity_max_abs_diff:.1e}",
+            str(v.size),
+            ",".join(v.aliases),
+        )
+    out.print(table)
+
+
+@models_app.command("alias")
+def models_alias(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    alias: Annotated[str, typer.Argument(help="Alias, e.g. champion.")],
+    version: Annotated[int, typer.Argument(help="Version number.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Point an alias at a version."""
+    with _api(url, token) as client:
+        row = client.set_alias(name, alias, version)
+    console.print(f"{row.model_name}: {row.alias} → {row.version}", highlight=False)
+
+
+@models_app.command("pull")
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    version: Annotated[str, typer.Option(help="Version or alias.")] = "latest",
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory to write into.")] = Path("."),
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Download a version for offline checks: NAME-vN.manifest.json, NAME-vN.onnx and
+    trust-store.json (the server's public keys). Then run `edgefleet verify`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _api(url, token) as client:
+        ref = version
+        if ref == "latest":
+            ref = str(max((v.version for v in client.versions(name)), default=0))
+        row = client.version(name, ref)
+        assert row.manifest is not None
+        stem = out_dir / f"{name}-v{row.version}"
+        manifest_path = stem.with_suffix(".manifest.json")
+        manifest_path.write_text(row.manifest.model_dump_json(indent=2))
+        client.download_artifact(row.sha256, stem.with_suffix(".onnx"))
+        (out_dir / "trust-store.json").write_text(client.trust_store().model_dump_json(indent=2))
+    for path in (manifest_path, stem.with_suffix(".onnx"), out_dir / "trust-store.json"):
+        print(path)
+
+
+# --- tokens ----------------------------------------------------------------------------------
+
+tokens_app = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="Who uses it.")],
+    role: Annotated[str, typer.Option(help="admin, operator or viewer.")] = "viewer",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Issue a token; prints EDGEFLEET_TOKEN=<secret> last (shown once)."""
+    with _api(url, token) as client:
+        issued = client.create_token(name, role)
+    console.print(f"token {issued.id} {issued.name!r} ({issued.role})", highlight=False)
+    print(f"EDGEFLEET_TOKEN={issued.token}")
+
+
+@tokens_app.command("list")
+def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """Tokens (never their secrets): id, name, role, device, issued, revoked."""
+    with _api(url, token) as client:
+        rows = client.tokens()
+    table = Table("id", "name", "role", "device", "issued", "revoked")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.name,
+            row.role,
+            row.device_id or "",
+            row.created_at.isoformat(timespec="seconds"),
+            row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
+        )
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (tokens list).")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Revoke a token at once (artifact downloads: within 30 s on other processes)."""
+    with _api(url, token) as client:
+        revoked = client.revoke_token(token_id)
+    console.print(f"token {revoked.id} {revoked.name!r} revoked", highlight=False)
+
+
+# --- devices and deployments -------------------------------------------------------------------
+
+devices_app = typer.Typer(help="Devices.", no_args_is_help=True)
+
+
+def _parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
+        labels[key] = value
+    return labels
+
+
+@devices_app.command("add")
+def devices_add(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id (its MQTT username).")],
+    label: Annotated[
+        list[str] | None, typer.Option(help="Label KEY=VALUE; repeatable.", show_default=False)
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Register a device; prints its device token last (shown once). The token goes into the
+    agent's config and, as the password of user ID, into the broker's password file."""
+    labels = _parse_labels(label or [])
+    with _api(url, token) as client:
+        registered = client.register_device(device_id, labels)
+    console.print(
+        f"device {registered.device.id} registered with labels {registered.device.labels}",
+        highlight=False,
+    )
+    print(registered.token)
+
+
+@devices_app.command("label")
+def devices_label(
+    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
+    label: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="The labels.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Replace a device's labels (they then win over what the device reports)."""
+    with _api(url, token) as client:
+        device = client.set_labels(device_id, _parse_labels(label))
+    console.print(f"{device.id}: {device.labels}", highlight=False)
+
+
+@devices_app.command("list")
+def devices_list(
+    selector: Annotated[str, typer.Option(help="Label selector, e.g. site=berlin,hw!=rpi3.")] = "",
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """List devices with what they serve."""
+    with _api(url, token) as client:
+        rows = client.devices(selector)
+    table = Table("id", "online", "labels", "models (active)", "phase", "last error", "seq")
+    for d in rows:
+        models = d.state.models if d.state else []
+        active = ", ".join(f"{m.name} v{m.active.version}" for m in models if m.active)
+        phases = ", ".join(f"{m.name}:{m.phase.value}" for m in models)
+        errors = [
+            e
+            for e in [d.state.last_error if d.state else None, *(m.last_error for m in models)]
+            if e is not None
+        ]
+        table.add_row(
+            d.id,
+            "yes" if d.online else "no",
+            ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
+            active,
+            phases,
+            errors[-1].reason if errors else "",
+            str(d.deployment_seq),
+        )
+    out.print(table)
+
+
+deploy_app = typer.Typer()
+
+
+@deploy_app.command("deploy")
+def deploy_command(
+    target: Annotated[
+        str, typer.Argument(metavar="MODEL:VERSION", help="Model and version (or alias).")
+    ],
+    device: Annotated[str, typer.Option(help="Device id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Sign and publish a desired state that puts MODEL:VERSION on one device."""
+    model, sep, version = target.partition(":")
+    if not sep or not model or not version:
+        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
+    with _api(url, token) as client:
+        deployment = client.deploy(device, model, version)
+    state = "published" if deployment.published else "stored (not yet published: no broker)"
+    console.print(
+        f"{model}:{version} → {device}: desired state {deployment.seq} {state}", highlight=False
+    )
+    print(deployment.seq)
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+rollout_app = typer.Typer(help="Staged rollouts.", no_args_is_help=True)
+
+
+def _plan(
+    preset: str | None, stages: str | None, soak: float, on_failure: str, min_requests: int | None
+) -> dict[str, object]:
+    plan: dict[str, object] = {"on_failure": on_failure}
+    if stages:
+        specs: list[dict[str, object]] = []
+        for part in (p.strip() for p in stages.split(",")):
+            try:
+                specs.append(
+                    {"percent": float(part[:-1])} if part.endswith("%") else {"count": int(part)}
+                )
+            except ValueError as exc:
+                raise _fail(f"--stages: {part!r} is neither a count nor a percentage", 2) from exc
+            specs[-1]["soak_seconds"] = soak
+        plan["stages"] = specs
+    else:
+        plan["preset"], plan["soak_seconds"] = preset or "canary", soak
+    if min_requests is not None:
+        plan["gates"] = {
+            "min_requests": min_requests,
+            "min_devices_reporting": 1 if min_requests else 0,
+        }
+    return plan
+
+
+def _show_rollout(rollout: RolloutPublic) -> None:
+    stage = (
+        f"stage {rollout.stage + 1}/{len(rollout.stages)} ({rollout.stages[rollout.stage].label})"
+        if rollout.stage >= 0
+        else "not started"
+    )
+    out.print(
+        f"rollout {rollout.id}: {rollout.model} v{rollout.version} → "
+        f"{rollout.selector or 'all devices'} ({rollout.devices} devices): "
+        f"[bold]{rollout.status}[/bold], {stage}, {rollout.assigned} assigned"
+    )
+    if rollout.reason:
+        out.print(f"  reason: {rollout.reason}", highlight=False)
+    if rollout.gates:
+        table = Table("gate", "status", "value", "threshold", "devices", "requests", "detail")
+        for gate in rollout.gates:
+            value = "" if gate.value is None else f"{gate.value:.4g}"
+            table.add_row(
+                gate.name,
+                gate.status,
+                value,
+                f"{gate.threshold:g}",
+                "" if gate.devices is None else str(gate.devices),
+                "" if gate.requests is None else str(gate.requests),
+                gate.detail,
+            )
+        out.print(table)
+
+
+@rollout_app.command("create")
+def rollout_create(
+    target: Annotated[str, typer.Argument(metavar="MODEL:VERSION", help="Version or alias.")],
+    selector: Annotated[str, typer.Option(help="Label selector (default: every device).")] = "",
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="canary (1 device → 10% → 50% → 100%) or all-at-once.", show_default=False
+        ),
+    ] = None,
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help='Explicit stages, e.g. "1,10%,50%" (counts or percentages; 100% is implied).',
+            show_default=False,
+        ),
+    ] = None,
+    soak: Annotated[float, typer.Option(help="Soak seconds per stage.")] = 300,
+    on_failure: Annotated[str, typer.Option(help="rollback or pause.")] = "rollback",
+    min_requests: Annotated[
+        int | None,
+        typer.Option(
+            help="Requests on the new version before gates judge (default 50).", show_default=False
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the devices of each stage; change nothing.")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Start a staged rollout; prints its id last (with --dry-run: the stages and an id that
+    reproduces those cohorts)."""
+    model, sep, version = target.partition(":")
+    if not sep or not model or not version:
+        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
+    try:
+        body = RolloutCreate.model_validate(
+            {
+                "model": model,
+                "version": version,
+                "selector": selector,
+                "plan": _plan(preset, stages, soak, on_failure, min_requests),
+            }
+        )
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    with _api(url, token) as client:
+        if dry_run:
+            planned = client.plan_rollout(body)
+            for stage in planned.stages:
+                devices = ", ".join(f"{d.id} (v{d.current_version})" for d in stage.devices or [])
+                out.print(
+                    f"stage {stage.index + 1} ({stage.label}, {stage.target} devices, "
+                    f"soak {stage.soak_seconds:g} s): + {devices}",
+                    highlight=False,
+                )
+            print(planned.rollout_id)
+            return
+        rollout = client.create_rollout(body)
+    _show_rollout(rollout)
+    print(rollout.id)
+
+
+@rollout_app.command("list")
+def rollout_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+    """List rollouts, newest first."""
+    with _api(url, token) as client:
+        rows = client.rollouts()
+    table = Table("id", "model", "version", "selector", "status", "stage", "assigned")
+    for r in rows:
+        table.add_row(
+            r.id,
+            r.model,
+            str(r.version),
+            r.selector or "*",
+            r.status,
+            f"{r.stage + 1}/{len(r.stages)}",
+            f"{r.assigned}/{r.devices}",
+        )
+    out.print(table)
+
+
+@rollout_app.command("show")
+def rollout_show(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """A rollout's stage and its gates' latest readings."""
+    with _api(url, token) as client:
+        _show_rollout(client.rollout(rollout_id))
+
+
+@rollout_app.command("events")
+def rollout_events(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """What happened to a rollout."""
+    with _api(url, token) as client:
+        for event in client.rollout_events(rollout_id):
+            out.print(
+                f"{event.at:%Y-%m-%d %H:%M:%S}  {event.type:<14} {event.message}", highlight=False
+            )
+
+
+def _command(name: str, doc: str) -> None:
+    def command(
+        rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+        url: UrlOpt = DEFAULT_URL,
+        token: TokenOpt = None,
+    ) -> None:
+        with _api(url, token) as client:
+            _show_rollout(client.rollout_command(rollout_id, name))
+
+    command.__doc__ = doc
+    rollout_app.command(name)(command)
+
+
+for _name, _doc in (
+    ("pause", "Pause: no stage advances until resumed."),
+    ("resume", "Resume a paused rollout."),
+    ("promote", "Skip the current stage's soak and start the next."),
+    ("abort", "Stop here; devices keep what they have."),
+    ("rollback", "Every device of the rollout back to its previous version."),
+):
+    _command(_name, _doc)

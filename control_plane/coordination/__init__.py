@@ -1,0 +1,1 @@
+"""Several control-plane processes on one PostgreSQL: leadership and heartbeats."""

@@ -1,0 +1,298 @@
+"""The control plane's MQTT side (the only control-plane module that touches MQTT).
+
+Consumes device ``state``, ``online`` and ``telemetry`` (optionally through a shared
+subscription, so several control-plane processes split them), parses each payload once,
+writes in batches, and acknowledges telemetry to the device only after the commit.
+Publishes signed desired states retained at QoS 1 and waits for the broker's PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Literal
+
+import aiomqtt
+from pydantic import ValidationError
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from agent.config import parse_broker_url
+from agent.mqtt import raise_if_cancelling
+from control_plane.auth.keys import KeyStore
+from control_plane.config import ServerSettings
+from control_plane.fleet.deployments import all_desired, refresh_expiring
+from control_plane.fleet.ingestion import (
+    BatchResult,
+    Incoming,
+    database_answers,
+    implausible,
+    store_batch,
+)
+from control_plane.store.tables import utcnow
+from shared.messages import (
+    MAX_SAMPLES_BYTES,
+    MAX_STATE_BYTES,
+    MAX_TELEMETRY_BYTES,
+    Ack,
+    DesiredState,
+    DeviceState,
+    OnlineStatus,
+    SampleBatch,
+    TelemetryWindow,
+)
+from shared.topics import Channel, Topics
+
+log = logging.getLogger(__name__)
+QUEUE_MAX = 50_000
+_PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
+    Channel.STATE: (DeviceState, MAX_STATE_BYTES),
+    Channel.ONLINE: (OnlineStatus, MAX_STATE_BYTES),
+    Channel.TELEMETRY: (TelemetryWindow, MAX_TELEMETRY_BYTES),
+    Channel.SAMPLES: (SampleBatch, MAX_SAMPLES_BYTES),
+}
+
+
+@dataclass
+class BridgeCounters:
+    received: int = 0
+    dropped: int = 0  # invalid payloads, device id mismatches
+    stored_windows: int = 0
+    duplicate_windows: int = 0
+    batches: int = 0
+    poisoned: int = 0  # valid messages the database refused (dropped and acknowledged)
+
+
+class MqttBridge:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        engine: Engine,
+        keys: KeyStore,
+        leads: Callable[[], bool] = lambda: True,
+    ) -> None:
+        if settings.mqtt_url is None:
+            raise ValueError("mqtt_url is not set")
+        self.settings = settings
+        self.engine = engine
+        self.keys = keys
+        self._leads = leads  # only the leader re-signs expiring desired states
+        self.topics = Topics(settings.topic_root)
+        self.broker = parse_broker_url(settings.mqtt_url)
+        self.counters = BridgeCounters()
+        self.connected = asyncio.Event()
+        self._client: aiomqtt.Client | None = None
+        # None: no message, only drops to count (and refused windows to acknowledge).
+        self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue(QUEUE_MAX)
+        self._dropped: dict[str, int] = {}  # device → refused messages not yet counted in the DB
+        self._refused: dict[str, list[int]] = {}  # device → refused windows to acknowledge
+        self._ttl = timedelta(seconds=settings.desired_ttl_seconds)
+
+    def _filters(self) -> list[str]:
+        """Telemetry and samples (the volume) are split across the processes of a shared
+        group; every process gets every state and online message. Those are few, and a
+        process that dies takes the messages it had not stored yet with it: a device state
+        lost that way (its install of a rollout's version, say) would never come again,
+        since retained messages are not delivered to shared subscriptions. Storing them
+        twice is harmless: ``apply_state`` ignores a report it already has."""
+        group = self.settings.mqtt_shared_group
+        filters = []
+        for channel in _PARSERS:
+            topic = self.topics.all_devices(channel)
+            if group and channel in (Channel.TELEMETRY, Channel.SAMPLES):
+                topic = self.topics.shared(group, topic)
+            filters.append(topic)
+        return filters
+
+    async def run(self) -> None:
+        """Stay connected, consume, ingest, refresh expiring desired states; until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._ingest_loop())
+            group.create_task(self._refresh_loop())
+            group.create_task(self._connection_loop())
+
+    async def _connection_loop(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    self.broker.host,
+                    self.broker.port,
+                    username=self.broker.username,
+                    password=self.broker.password,
+                    keepalive=30,
+                    timeout=10,
+                    identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
+                    max_queued_incoming_messages=QUEUE_MAX,
+                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                ) as client:
+                    for topic_filter in self._filters():
+                        await client.subscribe(topic_filter, qos=1)
+                    self._client = client
+                    self.connected.set()
+                    delay = 0.5
+                    log.info(
+                        "control plane connected to the broker %s:%s",
+                        self.broker.host,
+                        self.broker.port,
+                    )
+                    await self._republish_desired()
+                    raise_if_cancelling()
+                    async for message in client.messages:
+                        self._accept(str(message.topic), message.payload)
+            except aiomqtt.MqttError as exc:
+                raise_if_cancelling(exc)
+                log.warning("broker connection lost: %s", exc)
+            finally:
+                self._client = None
+                self.connected.clear()
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
+            delay = min(delay * 2, 10.0)
+
+    def _accept(self, topic: str, payload: object) -> None:
+        """Parse at the edge; a bad message is dropped and counted (for its device too),
+        never raised."""
+        self.counters.received += 1
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed[1] not in _PARSERS or not isinstance(payload, bytes):
+            self.counters.dropped += 1
+            return
+        device_id, channel = parsed
+        model, cap = _PARSERS[channel]
+        try:
+            if len(payload) > cap:
+                raise ValueError(f"{len(payload)} bytes is over the {cap} cap")
+            message = model.model_validate_json(payload)
+            if message.device_id != device_id:  # the ACL pins the topic, not the payload
+                raise ValueError(f"payload names {message.device_id!r}")
+        except (ValidationError, ValueError) as exc:
+            self._drop(device_id, channel.value, str(exc))
+            return
+        if isinstance(message, TelemetryWindow) and (problem := implausible(message, utcnow())):
+            self._drop(device_id, channel.value, problem, refused=message)
+            return
+        try:
+            self._queue.put_nowait(message)
+        except asyncio.QueueFull:  # not acknowledged: the device sends it again later
+            self.counters.dropped += 1
+
+    def _drop(
+        self, device_id: str, what: str, why: str, refused: TelemetryWindow | None = None
+    ) -> None:
+        """Count a refused message against its device. A window refused for what it says
+        (not for its form) is acknowledged, so the device does not send it for ever."""
+        self.counters.dropped += 1
+        if not self._dropped and not self._refused:  # wake the ingest loop to count them
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)
+        self._dropped[device_id] = self._dropped.get(device_id, 0) + 1
+        if refused is not None:
+            self._refused.setdefault(device_id, []).append(refused.seq)
+        log.warning("dropped %s message from %s: %s", what, device_id, why[:200])
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first] if first is not None else []
+            await asyncio.sleep(0.02)  # let a burst gather into one transaction
+            while len(batch) < self.settings.ingest_batch_max and not self._queue.empty():
+                if (message := self._queue.get_nowait()) is not None:
+                    batch.append(message)
+            dropped, self._dropped = self._dropped, {}
+            refused, self._refused = self._refused, {}
+            result = await self._store(batch, dropped)
+            for device_id, seqs in refused.items():
+                result.acks.setdefault(device_id, []).extend(seqs)
+            await self._acknowledge(result)
+
+    async def _store(self, batch: list[Incoming], dropped: dict[str, int]) -> BatchResult:
+        """Store a batch (and the drop counts) in one transaction. When that fails while the
+        database answers, the batch is split until the message that fails is found: the
+        others are stored and acknowledged, that one is dropped, counted and acknowledged
+        (it would fail every time). While the database does not answer, the batch waits and
+        nothing is acknowledged."""
+        while True:
+            try:
+                result = await asyncio.to_thread(store_batch, self.engine, batch, dropped)
+            except Exception as exc:
+                if not await asyncio.to_thread(database_answers, self.engine):
+                    log.warning("ingest waits for the database: %s", str(exc)[:200])
+                    await asyncio.sleep(1.0)
+                    continue
+                if len(batch) > 1:
+                    middle = len(batch) // 2
+                    first = await self._store(batch[:middle], dropped)
+                    return first.merge(await self._store(batch[middle:], {}))
+                if not batch:  # only the drop counts failed: they are lost, nothing else
+                    log.exception("could not count %d dropped messages", sum(dropped.values()))
+                    return BatchResult()
+                (message,) = batch
+                log.exception("dropped a message of %s that cannot be stored", message.device_id)
+                self.counters.poisoned += 1
+                counted = {**dropped, message.device_id: dropped.get(message.device_id, 0) + 1}
+                return (await self._store([], counted)).refuse(message)
+            self.counters.batches += 1
+            self.counters.stored_windows += result.inserted
+            self.counters.duplicate_windows += result.duplicates
+            return result
+
+    async def _acknowledge(self, result: BatchResult) -> None:
+        channels: tuple[tuple[Literal["telemetry", "samples"], dict[str, list[int]]], ...] = (
+            ("telemetry", result.acks),
+            ("samples", result.sample_acks),
+        )
+        for channel, acks in channels:
+            for device_id, seqs in acks.items():
+                await self._publish(
+                    self.topics.device(device_id, Channel.ACK),
+                    Ack(channel=channel, seqs=seqs).model_dump_json(),
+                )
+
+    async def _refresh_loop(self) -> None:
+        interval = min(3600.0, self.settings.desired_ttl_seconds / 10)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._leads():
+                continue
+            with Session(self.engine) as session:
+                refreshed = await asyncio.to_thread(
+                    refresh_expiring, session, self.keys.deployment, self._ttl
+                )
+            for desired in refreshed:
+                await self.publish_desired(desired)
+
+    async def _republish_desired(self) -> None:
+        """On (re)connect: make sure the broker holds every device's latest desired state."""
+        with Session(self.engine) as session:
+            desired_states = await asyncio.to_thread(all_desired, session)
+        for desired in desired_states:
+            await self.publish_desired(desired)
+
+    async def _publish(self, topic: str, payload: str, retain: bool = False) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain)
+        except aiomqtt.MqttError as exc:
+            log.warning("publish to %s failed: %s", topic, exc)
+            return False
+        return True
+
+    async def publish_desired(self, desired: DesiredState, wait_seconds: float = 10.0) -> bool:
+        """Publish retained at QoS 1; True once the broker acknowledged it."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait_seconds):
+                await self.connected.wait()
+                return await self._publish(
+                    self.topics.device(desired.device_id, Channel.DESIRED),
+                    desired.model_dump_json(),
+                    retain=True,
+                )
+        return False

@@ -1,0 +1,112 @@
+"""Per-device desired states: built from registered versions, signed with the deployment key,
+with a per-device sequence that only grows (a rollback is a new deployment, too)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from control_plane.fleet.devices import get_device
+from control_plane.registry.versions import resolve_version
+from control_plane.store.tables import Device
+from shared.manifest import ModelManifest, utc_seconds
+from shared.messages import DeploymentModel, DesiredState
+from shared.signing import SigningKey
+
+
+def _next_seq(session: Session, device_id: str) -> int:
+    """Atomic per-device increment (row lock on PostgreSQL, write lock on SQLite)."""
+    session.execute(
+        update(Device)
+        .where(col(Device.id) == device_id)
+        .values(deployment_seq=Device.deployment_seq + 1)
+    )
+    device = session.get(Device, device_id, populate_existing=True)
+    assert device is not None
+    return device.deployment_seq
+
+
+def current_desired(device: Device) -> DesiredState | None:
+    return DesiredState.model_validate_json(device.desired) if device.desired else None
+
+
+def sign_desired(
+    session: Session, key: SigningKey, device_id: str, models: list[DeploymentModel], ttl: timedelta
+) -> DesiredState:
+    """Sign ``models`` as the device's next desired state and store it (caller commits)."""
+    seq = _next_seq(session, device_id)
+    issued = utc_seconds(datetime.now(UTC))
+    desired = DesiredState(
+        device_id=device_id,
+        seq=seq,
+        models=models,
+        issued_at=issued,
+        expires_at=issued + ttl,
+        key_id="",
+        signature="",
+    ).signed_with(key)
+    device = session.get(Device, device_id)
+    assert device is not None
+    device.previous_desired = device.desired  # its artifacts stay downloadable (rollback slot)
+    device.desired = desired.model_dump_json()
+    device.desired_expires_at = desired.expires_at
+    session.add(device)
+    return desired
+
+
+def deploy_version(
+    session: Session,
+    key: SigningKey,
+    *,
+    device_id: str,
+    model: str,
+    version: str,
+    ttl: timedelta,
+    rollout_id: str | None = None,
+    stage: str | None = None,
+) -> DesiredState:
+    """The device's next desired state with ``model`` set to ``version`` (other models
+    unchanged); the caller commits."""
+    device = get_device(session, device_id)
+    row = resolve_version(session, model, version)
+    manifest = ModelManifest.model_validate_json(row.manifest)
+    current = current_desired(device)
+    models = [m for m in (current.models if current else []) if m.manifest.name != model]
+    models.append(DeploymentModel(manifest=manifest, rollout_id=rollout_id, stage=stage))
+    return sign_desired(session, key, device_id, sorted(models, key=lambda m: m.manifest.name), ttl)
+
+
+def refresh_expiring(session: Session, key: SigningKey, ttl: timedelta) -> list[DesiredState]:
+    """Re-sign (with a new sequence) the desired states with less than half their lifetime
+    left, so devices that come back late still find a valid one."""
+    threshold = datetime.now(UTC) + ttl / 2
+    devices = session.exec(select(Device).where(col(Device.desired_expires_at) < threshold)).all()
+    refreshed = []
+    for device in devices:
+        current = current_desired(device)
+        if current is not None:
+            refreshed.append(sign_desired(session, key, device.id, list(current.models), ttl))
+    session.commit()
+    return refreshed
+
+
+def all_desired(session: Session) -> list[DesiredState]:
+    rows = session.exec(select(Device.desired).where(col(Device.desired).is_not(None))).all()
+    return [DesiredState.model_validate_json(r) for r in rows if r]
+
+
+def desired_deployment(device: Device, model: str) -> DeploymentModel | None:
+    """What the device was last told about ``model``."""
+    current = current_desired(device)
+    for deployment in current.models if current else []:
+        if deployment.manifest.name == model:
+            return deployment
+    return None
+
+
+def desired_version(device: Device, model: str) -> int | None:
+    """The version of ``model`` the device was last told to serve."""
+    deployment = desired_deployment(device, model)
+    return deployment.manifest.version if deployment else None

@@ -1,0 +1,150 @@
+"""The device registry: registration (with a device token), and what devices report."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from control_plane.auth.tokens import issue_token
+from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from control_plane.store.tables import ApiToken, Device, Event, Role, SampleRecord, TelemetryRecord
+from shared.messages import DeviceState, SequenceFloor
+from shared.topics import is_device_id
+
+MAX_LABELS = 32
+RESERVED_PREFIX = "edgefleet-"  # broker service accounts: edgefleet-control-plane, …
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidInputError(f"at most {MAX_LABELS} labels", loc=("body", "labels"))
+    for key, value in labels.items():
+        if not key or len(key) > 63 or len(value) > 63 or "," in key + value or "=" in key:
+            raise InvalidInputError(
+                f"label {key}={value}: keys and values are 1-63 characters "
+                "without ',' (and no '=' in keys)",
+                loc=("body", "labels"),
+            )
+
+
+def register_device(session: Session, device_id: str, labels: dict[str, str]) -> tuple[Device, str]:
+    """Register a device and issue its token (role ``device``); the token is also the
+    device's MQTT password (username = device id)."""
+    if not is_device_id(device_id):
+        raise InvalidInputError("device ids match ^[a-z0-9][a-z0-9-]{0,63}$", loc=("body", "id"))
+    if device_id.startswith(RESERVED_PREFIX):
+        raise InvalidInputError(
+            f"device ids starting with {RESERVED_PREFIX!r} are reserved for the broker's "
+            "service accounts (the control plane's, for one)",
+            loc=("body", "id"),
+            code="reserved",
+        )
+    check_labels(labels)
+    device = session.get(Device, device_id)
+    if device is not None and device.registered:
+        raise ConflictError(f"device {device_id!r} is already registered", loc=("body", "id"))
+    if device is None:
+        device = Device(id=device_id, labels=labels)
+    device.registered = True
+    device.labels = {**device.labels, **labels}
+    session.add(device)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(
+            f"device {device_id!r} is already registered", loc=("body", "id")
+        ) from exc
+    _, token = issue_token(
+        session, name=f"device:{device_id}", role=Role.DEVICE, device_id=device_id
+    )
+    session.refresh(device)
+    return device, token
+
+
+def get_device(session: Session, device_id: str) -> Device:
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}", loc=("path", "device_id"))
+    return device
+
+
+def sequence_floor(session: Session, device_id: str, caller: ApiToken) -> SequenceFloor:
+    """What this control plane has issued to and stored of a device: a device whose data dir
+    was wiped learns it before accepting anything. A device token sees only its own."""
+    if caller.role == Role.DEVICE and caller.device_id != device_id:
+        raise ForbiddenError("a device token reads only its own device", loc=("path", "device_id"))
+    device = get_device(session, device_id)
+    stored = [
+        session.exec(
+            select(func.coalesce(func.max(table.seq), 0)).where(table.device_id == device_id)
+        ).one()
+        for table in (TelemetryRecord, SampleRecord)
+    ]
+    return SequenceFloor(
+        device_id=device_id,
+        deployment_seq=device.deployment_seq,
+        telemetry_seq=int(stored[0]),
+        samples_seq=int(stored[1]),
+        state_seq=device.state_seq,
+    )
+
+
+def list_devices(session: Session) -> list[Device]:
+    return list(session.exec(select(Device).order_by(col(Device.id))).all())
+
+
+def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[str, str]]:
+    """Events worth recording between two state reports: versions, refusals, reverts."""
+    events = []
+    before = {m.name: m for m in old.models} if old else {}
+    for model in new.models:
+        was = before.get(model.name)
+        old_active = was.active.version if was and was.active else None
+        new_active = model.active.version if model.active else None
+        if new_active != old_active:
+            events.append(("device_model", f"{model.name}: v{old_active} → v{new_active}"))
+        error = model.last_error
+        if error and (was is None or was.last_error != error):
+            events.append(("device_refusal", f"{model.name}: {error.reason}: {error.message}"))
+    if new.last_error and (old is None or old.last_error != new.last_error):
+        events.append(("device_refusal", f"{new.last_error.reason}: {new.last_error.message}"))
+    return events
+
+
+def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
+    """Record a device's retained state (creating the device if it was never registered),
+    if it is newer by the device's own report counter than the stored one: a clock from the
+    future decides nothing. The row is locked first, so a second process storing the same
+    report sees it stored and records no events twice."""
+    device = session.get(Device, state.device_id, with_for_update=True) or Device(
+        id=state.device_id, labels={}
+    )
+    if state.seq <= device.state_seq:
+        return  # a report seen already, or an older one (redelivered, reordered)
+    old = DeviceState.model_validate_json(device.state) if device.state else None
+    for kind, message in _changes(old, state):
+        session.add(Event(type=kind, device_id=state.device_id, message=message))
+    device.state, device.state_seq = state.model_dump_json(), state.seq
+    if not device.registered:
+        device.labels = state.labels
+    device.last_seen = seen
+    session.add(device)
+
+
+def apply_online(session: Session, device_id: str, online: bool, seen: datetime) -> None:
+    device = session.get(Device, device_id, with_for_update=True) or Device(id=device_id, labels={})
+    if device.online != online:
+        session.add(
+            Event(
+                type="device_online" if online else "device_offline",
+                device_id=device_id,
+                message="online" if online else "offline",
+            )
+        )
+    device.online = online
+    device.last_seen = seen
+    session.add(device)

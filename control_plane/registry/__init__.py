@@ -1,0 +1,1 @@
+"""What can be deployed: datasets, models, their signed versions and aliases."""

@@ -1,0 +1,592 @@
+"""The rollout engine: the I/O around the pure state machine in ``rollouts.machine``.
+
+Each tick, for each active rollout: observe its devices (reported state) and telemetry,
+evaluate the current stage's gates, step the state machine, and carry out its actions —
+signing desired states, recording events — in the same transaction that stores the new
+state. Desired states are published after the commit (publishing again is harmless: they
+are retained and carry their own sequence), so a restart resumes exactly where the database
+says and never advances a stage twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Engine
+from sqlmodel import Session, col, select
+
+from control_plane.auth.keys import KeyStore
+from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
+from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
+from control_plane.fleet.devices import list_devices
+from control_plane.fleet.selectors import parse_selector
+from control_plane.registry.versions import resolve_version
+from control_plane.rollouts.gates import Installs, Pair, Traffic, evaluate
+from control_plane.rollouts.machine import (
+    TERMINAL,
+    Action,
+    Command,
+    MakeDefault,
+    Operator,
+    Record,
+    RestoreDefault,
+    RevertDevices,
+    RolloutState,
+    RolloutStatus,
+    StartStage,
+    Tick,
+    initial_state,
+    step,
+)
+from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
+from control_plane.store.tables import (
+    DefaultVersion,
+    Device,
+    Event,
+    ModelVersion,
+    Rollout,
+    RolloutDevice,
+    TelemetryRecord,
+    as_utc,
+    utcnow,
+)
+from shared.manifest import ModelManifest
+from shared.messages import DesiredState, DeviceState, ModelWindow, Phase, TelemetryWindow
+from shared.stats import rebin
+
+log = logging.getLogger(__name__)
+ACTIVE = (RolloutStatus.RUNNING.value, RolloutStatus.PAUSED.value)
+Publish = Callable[[DesiredState], Awaitable[bool]]
+
+
+def reported_version(device: Device, model: str) -> int | None:
+    """The version of ``model`` the device reports serving."""
+    if not device.state:
+        return None
+    for status in DeviceState.model_validate_json(device.state).models:
+        if status.name == model and status.active is not None:
+            return status.active.version
+    return None
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: Stage
+    devices: list[tuple[str, int | None]]  # new devices of the stage, with their current version
+
+
+def plan_rollout(
+    session: Session, *, model: str, version: str, selector: str, plan: PlanSpec, rollout_id: str
+) -> tuple[int, list[str], list[PlannedStage]]:
+    """Check a rollout request and compute its stages (the dry run and creation share it)."""
+    row = resolve_version(session, model, version)
+    parsed = parse_selector(selector, loc=("body", "selector"))
+    devices = [d for d in list_devices(session) if parsed.matches(d.labels)]
+    if not devices:
+        raise InvalidInputError(
+            f"selector {selector!r} matches no device",
+            loc=("body", "selector"),
+            code="empty_selection",
+        )
+    ids = [d.id for d in devices]
+    busy = session.exec(
+        select(RolloutDevice.device_id)
+        .join(Rollout, col(Rollout.id) == RolloutDevice.rollout_id)
+        .where(
+            Rollout.model_name == model,
+            col(Rollout.status).in_(ACTIVE),
+            col(RolloutDevice.device_id).in_(ids),
+        )
+    ).all()
+    if busy:
+        raise ConflictError(
+            f"{len(busy)} of these devices are in an active rollout of "
+            f"{model!r} (e.g. {sorted(busy)[:5]})",
+            loc=("body", "selector"),
+            code="overlapping_rollout",
+        )
+    ordered = cohort_order(rollout_id, ids)
+    by_id = {d.id: d for d in devices}
+    stages, planned, start = resolve(plan, len(ordered)), [], 0
+    for stage in stages:
+        planned.append(
+            PlannedStage(
+                stage,
+                [(d, reported_version(by_id[d], model)) for d in ordered[start : stage.target]],
+            )
+        )
+        start = stage.target
+    return row.version, ordered, planned
+
+
+def new_rollout_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def create_rollout(
+    session: Session,
+    *,
+    model: str,
+    version: str,
+    selector: str,
+    plan: PlanSpec,
+    actor: str,
+    rollout_id: str | None = None,
+) -> Rollout:
+    rollout_id = rollout_id or new_rollout_id()
+    if session.get(Rollout, rollout_id) is not None:
+        raise ConflictError(f"rollout {rollout_id!r} exists", loc=("body", "id"))
+    number, ordered, _ = plan_rollout(
+        session, model=model, version=version, selector=selector, plan=plan, rollout_id=rollout_id
+    )
+    state = initial_state()
+    rollout = Rollout(
+        id=rollout_id,
+        model_name=model,
+        version=number,
+        selector=parse_selector(selector).text,
+        plan=plan.model_dump(mode="json"),
+        status=state.status.value,
+        stage=state.stage,
+        created_by=actor,
+    )
+    session.add(rollout)
+    session.flush()
+    session.add_all(
+        RolloutDevice(rollout_id=rollout_id, device_id=d, rank=i) for i, d in enumerate(ordered)
+    )
+    session.add(
+        Event(
+            rollout_id=rollout_id,
+            type="created",
+            message=f"{model} v{number} to {len(ordered)} devices "
+            f"({rollout.selector or 'all devices'}) by {actor}",
+        )
+    )
+    session.commit()
+    return rollout
+
+
+def get_rollout(session: Session, rollout_id: str) -> Rollout:
+    rollout = session.get(Rollout, rollout_id)
+    if rollout is None:
+        raise NotFoundError(f"no rollout {rollout_id!r}", loc=("path", "rollout_id"))
+    return rollout
+
+
+def stages_of(session: Session, rollout: Rollout) -> list[Stage]:
+    count = len(
+        session.exec(
+            select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id)
+        ).all()
+    )
+    return resolve(PlanSpec.model_validate(rollout.plan), count)
+
+
+class RolloutEngine:
+    def __init__(
+        self, engine: Engine, keys: KeyStore, ttl: timedelta, publish: Publish | None
+    ) -> None:
+        self.engine = engine
+        self.keys = keys
+        self.ttl = ttl
+        self.publish = publish
+        self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
+        self._manifests: dict[tuple[str, int], ModelManifest] = {}
+
+    # --- driving ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        desired = await asyncio.to_thread(self._tick_all)
+        await self._publish(desired)
+
+    async def command(self, rollout_id: str, command: Command, actor: str) -> Rollout:
+        def run() -> tuple[Rollout, list[DesiredState]]:
+            with Session(self.engine) as session:
+                rollout = get_rollout(session, rollout_id)
+                out = self._step(session, rollout, Operator(command, datetime.now(UTC), actor))
+                session.commit()
+                session.refresh(rollout)
+                return rollout, out
+
+        rollout, desired = await asyncio.to_thread(run)
+        await self._publish(desired)
+        return rollout
+
+    async def _publish(self, desired: list[DesiredState]) -> None:
+        if self.publish is not None:
+            for document in desired:
+                await self.publish(document)
+
+    def _tick_all(self) -> list[DesiredState]:
+        """Step every active rollout, each in its own transaction: one that fails (bad data,
+        a bug) is logged with its id, counted and retried next tick, and holds up no other
+        rollout, nor the late joiners."""
+        out: list[DesiredState] = []
+        with Session(self.engine) as session:
+            ids = session.exec(select(Rollout.id).where(col(Rollout.status).in_(ACTIVE))).all()
+            for rollout_id in ids:
+                try:
+                    rollout = session.get(Rollout, rollout_id, with_for_update=True)
+                    if rollout is None or rollout.status not in ACTIVE:
+                        session.rollback()
+                        continue
+                    stepped = self._step(session, rollout, self._observe(session, rollout))
+                    session.commit()
+                    out.extend(stepped)
+                except Exception:
+                    session.rollback()
+                    self.failures += 1
+                    log.exception("rollout %s: tick failed; the others carry on", rollout_id)
+            try:
+                joiners = self._late_joiners(session)
+                session.commit()
+                out.extend(joiners)
+            except Exception:
+                session.rollback()
+                self.failures += 1
+                log.exception("late joiners: tick failed")
+        return out
+
+    # --- one rollout --------------------------------------------------------------------
+
+    def _observe(self, session: Session, rollout: Rollout) -> Tick:
+        now = datetime.now(UTC)
+        stages = stages_of(session, rollout)
+        if rollout.stage < 0 or rollout.status != RolloutStatus.RUNNING:
+            return Tick(now)
+        members = session.exec(
+            select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
+        ).all()
+        assigned = {m.device_id: m for m in members if m.assigned_stage is not None}
+        installed = failed = 0
+        for member in assigned.values():
+            device = session.get(Device, member.device_id)
+            outcome = _install_outcome(device, rollout, member.assigned_seq or 0)
+            installed += outcome == "installed"
+            failed += outcome == "failed"
+        started = as_utc(rollout.stage_started_at)
+        assert started is not None
+        stage = stages[rollout.stage]
+        lookback = timedelta(seconds=stage.gates.pair_lookback_seconds)
+        updated = {d: as_utc(m.assigned_at) or started for d, m in assigned.items()}
+        since = min([started, *(at - lookback for at in updated.values())])
+        pairs = {d: Pair(d) for d in assigned}
+        baseline = Traffic()
+        grid = self._prediction_grid(session, rollout.model_name, rollout.version)
+        windows = session.exec(
+            select(TelemetryRecord).where(
+                col(TelemetryRecord.device_id).in_([m.device_id for m in members]),
+                col(TelemetryRecord.window_end) >= since,
+            )
+        ).all()
+        for record in windows:
+            window = TelemetryWindow.model_validate_json(record.payload)
+            end = as_utc(record.window_end)
+            assert end is not None
+            device_id = record.device_id
+            for model_window in window.models:
+                if model_window.name != rollout.model_name:
+                    continue
+                predictions = self._on_grid(session, model_window, grid)
+                mine = assigned.get(device_id)
+                if mine is None:  # the rest of the rollout, over the stage's span
+                    if end >= started:
+                        baseline.add(device_id, model_window, predictions)
+                elif model_window.version == rollout.version and end >= updated[device_id]:
+                    pairs[device_id].after.add(device_id, model_window, predictions)
+                elif (
+                    model_window.version == mine.previous_version
+                    and updated[device_id] - lookback <= end <= updated[device_id]
+                ):
+                    pairs[device_id].before.add(device_id, model_window, predictions)
+        gates = evaluate(
+            stage.gates,
+            installs=Installs(len(assigned), installed, failed),
+            elapsed_seconds=(now - started).total_seconds(),
+            pairs=list(pairs.values()),
+            baseline=baseline,
+        )
+        rollout.gates = [g.model_dump() for g in gates]
+        return Tick(now, tuple(gates))
+
+    def _manifest(self, session: Session, model: str, version: int) -> ModelManifest | None:
+        key = (model, version)
+        if key not in self._manifests:
+            row = session.exec(
+                select(ModelVersion.manifest).where(
+                    ModelVersion.model_name == model, ModelVersion.version == version
+                )
+            ).first()
+            if row is None:
+                return None
+            self._manifests[key] = ModelManifest.model_validate_json(row)
+        return self._manifests[key]
+
+    def _prediction_grid(self, session: Session, model: str, version: int) -> list[float] | None:
+        """The bin edges predictions are compared on: the rolled-out version's reference
+        edges for a regression model (each version bins on its own), None for classes."""
+        manifest = self._manifest(session, model, version)
+        if manifest is None or manifest.output.task != "regression":
+            return None
+        return manifest.reference.prediction.bin_edges or None
+
+    def _on_grid(
+        self, session: Session, window: ModelWindow, grid: list[float] | None
+    ) -> npt.NDArray[np.float64] | None:
+        if grid is None:
+            return None
+        manifest = self._manifest(session, window.name, window.version)
+        edges = manifest.reference.prediction.bin_edges if manifest else []
+        if len(edges) != len(window.predictions) + 1:
+            return np.zeros(len(grid) - 1)  # binned on edges we do not know: no evidence
+        return rebin(window.predictions, edges, grid)
+
+    def _step(
+        self, session: Session, rollout: Rollout, event: Tick | Operator
+    ) -> list[DesiredState]:
+        stages = stages_of(session, rollout)
+        state = RolloutState(
+            status=RolloutStatus(rollout.status),
+            stage=rollout.stage,
+            stage_started_at=as_utc(rollout.stage_started_at),
+            reason=rollout.reason,
+        )
+        plan = PlanSpec.model_validate(rollout.plan)
+        new_state, actions = step(state, event, stages, plan.on_failure)
+        out = self._apply(session, rollout, actions, stages)
+        rollout.status, rollout.stage = new_state.status.value, new_state.stage
+        rollout.stage_started_at, rollout.reason = new_state.stage_started_at, new_state.reason
+        rollout.updated_at = utcnow()
+        if new_state.status in TERMINAL:
+            rollout.gates = rollout.gates or []
+        session.add(rollout)
+        return out
+
+    def _apply(
+        self, session: Session, rollout: Rollout, actions: list[Action], stages: list[Stage]
+    ) -> list[DesiredState]:
+        out: list[DesiredState] = []
+        members = session.exec(
+            select(RolloutDevice)
+            .where(RolloutDevice.rollout_id == rollout.id)
+            .order_by(col(RolloutDevice.rank))
+        ).all()
+        for action in actions:
+            if isinstance(action, Record):
+                session.add(Event(rollout_id=rollout.id, type=action.type, message=action.message))
+                log.info(
+                    "rollout %s (%s v%s): %s",
+                    rollout.id,
+                    rollout.model_name,
+                    rollout.version,
+                    action.message,
+                )
+            elif isinstance(action, StartStage):
+                label = stages[action.stage].label
+                for member in members[: action.target]:
+                    if member.assigned_stage is not None:
+                        continue
+                    device = session.get(Device, member.device_id)
+                    assert device is not None
+                    member.previous_version = desired_version(
+                        device, rollout.model_name
+                    ) or reported_version(device, rollout.model_name)
+                    desired = self._deploy(
+                        session,
+                        member.device_id,
+                        rollout.model_name,
+                        str(rollout.version),
+                        rollout.id,
+                        label,
+                    )
+                    member.assigned_stage, member.assigned_seq = action.stage, desired.seq
+                    member.assigned_at = utcnow()
+                    session.add(member)
+                    out.append(desired)
+            elif isinstance(action, RevertDevices):
+                out.extend(self._revert(session, rollout, members))
+            elif isinstance(action, MakeDefault):
+                default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
+                if default is None:
+                    default = DefaultVersion(
+                        model_name=rollout.model_name,
+                        selector=rollout.selector,
+                        version=rollout.version,
+                        rollout_id=rollout.id,
+                    )
+                elif default.rollout_id != rollout.id:
+                    default.previous_version = default.version
+                    default.previous_rollout_id = default.rollout_id
+                default.version, default.rollout_id = rollout.version, rollout.id
+                default.updated_at = utcnow()
+                session.add(default)
+            elif isinstance(action, RestoreDefault):
+                self._restore_default(session, rollout)
+        return out
+
+    def _restore_default(self, session: Session, rollout: Rollout) -> None:
+        """The default this rollout replaced comes back (or none, if there was none), unless
+        a later rollout has replaced it since."""
+        default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
+        if default is None or default.rollout_id != rollout.id:
+            return
+        if default.previous_version is None or default.previous_rollout_id is None:
+            session.delete(default)
+            message = f"{rollout.selector or 'all devices'} has no default {rollout.model_name}"
+        else:
+            default.version, default.rollout_id = (
+                default.previous_version,
+                default.previous_rollout_id,
+            )
+            default.previous_version = default.previous_rollout_id = None
+            default.updated_at = utcnow()
+            session.add(default)
+            message = (
+                f"{rollout.model_name} v{default.version} is the default for "
+                f"{rollout.selector or 'all devices'} again"
+            )
+        session.add(Event(rollout_id=rollout.id, type="default_restored", message=message))
+
+    def _deploy(
+        self,
+        session: Session,
+        device_id: str,
+        model: str,
+        version: str | int,
+        rollout_id: str,
+        stage: str,
+    ) -> DesiredState:
+        """The device's next desired state with ``model`` at ``version``, for a rollout."""
+        return deploy_version(
+            session,
+            self.keys.deployment,
+            device_id=device_id,
+            model=model,
+            version=str(version),
+            ttl=self.ttl,
+            rollout_id=rollout_id,
+            stage=stage,
+        )
+
+    def _revert(self, session: Session, rollout: Rollout, members: Any) -> list[DesiredState]:
+        out = []
+        for member in members:
+            if member.assigned_stage is None or member.reverted:
+                continue
+            member.reverted = True
+            session.add(member)
+            if member.previous_version is None:
+                session.add(
+                    Event(
+                        rollout_id=rollout.id,
+                        type="no_previous_version",
+                        message=f"{member.device_id} had no earlier version "
+                        f"of {rollout.model_name}; left as it is",
+                    )
+                )
+                continue
+            out.append(
+                self._deploy(
+                    session,
+                    member.device_id,
+                    rollout.model_name,
+                    str(member.previous_version),
+                    rollout.id,
+                    "rollback",
+                )
+            )
+        return out
+
+    def _late_joiners(self, session: Session) -> list[DesiredState]:
+        """Devices that match a finished rollout's selector get its version when they were
+        never told about that model (they joined later), or when what they were told came
+        from a rollout (or default) older than this default: e.g. a device that joined while
+        the rollout ran got the default before it; or the default of a rollout since rolled
+        back. A single-device deployment (no rollout)
+        and devices in an active rollout of the model are left alone."""
+        defaults = session.exec(select(DefaultVersion)).all()
+        if not defaults:
+            return []
+        out = []
+        devices = list_devices(session)
+        rollouts = session.exec(select(Rollout)).all()
+        finished = {r.id: as_utc(r.updated_at) for r in rollouts}
+        rolled_back = {r.id for r in rollouts if r.status == RolloutStatus.ROLLED_BACK.value}
+        busy = set(
+            session.exec(
+                select(RolloutDevice.device_id, Rollout.model_name)
+                .join(Rollout, col(Rollout.id) == RolloutDevice.rollout_id)
+                .where(col(Rollout.status).in_(ACTIVE))
+            ).all()
+        )
+
+        def behind(device: Device, default: DefaultVersion) -> bool:
+            deployment = desired_deployment(device, default.model_name)
+            if deployment is None:
+                return True
+            source = deployment.rollout_id
+            if source is None or source == default.rollout_id:
+                return False
+            if (device.id, default.model_name) in busy:
+                return False
+            if source in rolled_back and deployment.stage == "default":
+                return True  # joined while the default was a version since rolled back
+            told_at = finished.get(source)
+            default_at = as_utc(default.updated_at)
+            return told_at is not None and default_at is not None and told_at < default_at
+
+        for default in defaults:
+            selector = parse_selector(default.selector)
+            for device in devices:
+                if selector.matches(device.labels) and behind(device, default):
+                    out.append(
+                        self._deploy(
+                            session,
+                            device.id,
+                            default.model_name,
+                            str(default.version),
+                            default.rollout_id,
+                            "default",
+                        )
+                    )
+                    session.add(
+                        Event(
+                            rollout_id=default.rollout_id,
+                            type="late_joiner",
+                            message=f"{device.id} given {default.model_name} "
+                            f"v{default.version}, the default for "
+                            f"{default.selector or 'all devices'}",
+                        )
+                    )
+        return out
+
+
+def _install_outcome(device: Device | None, rollout: Rollout, seq: int) -> str:
+    if device is None or not device.state:
+        return "pending"
+    for status in DeviceState.model_validate_json(device.state).models:
+        if status.name != rollout.model_name:
+            continue
+        if (
+            status.active is not None
+            and status.active.version == rollout.version
+            and status.phase in (Phase.SERVING, Phase.PROBATION)
+        ):
+            return "installed" if status.phase is Phase.SERVING else "pending"
+        error = status.last_error
+        if (
+            status.phase in (Phase.FAILED, Phase.REVERTED)
+            and error is not None
+            and (error.seq or 0) >= seq
+        ):
+            return "failed"
+    return "pending"

@@ -1,0 +1,365 @@
+"""Database tables. API schemas live in ``api/schemas.py`` (plain pydantic, so the CLI client
+runs without the server extra); routes convert rows to them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bigint_zero() -> Column[int]:
+    """A BIGINT counter (sequences reach 2^53 - 1, past PostgreSQL's int4) starting at 0."""
+    return Column(BigInteger, nullable=False, server_default="0")
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands datetimes back naive; they were stored as UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment
+
+
+class Role(StrEnum):
+    """API roles. admin ⊃ operator ⊃ viewer; ``device`` stands apart: a device token may only
+    download artifacts (and later post its own feedback)."""
+
+    ADMIN = "admin"
+    OPERATOR = "operator"
+    VIEWER = "viewer"
+    DEVICE = "device"
+
+
+ROLE_RANK = {Role.DEVICE: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class ApiToken(SQLModel, table=True):
+    __tablename__ = "api_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    role: str = Field(max_length=16)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    device_id: str | None = Field(default=None, max_length=64, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class Dataset(SQLModel, table=True):
+    __tablename__ = "dataset"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64, index=True)
+    version: int
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    rows: int
+    label_column: str = Field(max_length=128)
+    label_kind: str = Field(max_length=16)
+    nan_policy: str = Field(max_length=16)
+    dropped_rows: int = 0
+    missing_values: int = 0
+    features: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    classes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "job"
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16, default="train")
+    status: str = Field(max_length=16, default=JobStatus.QUEUED.value, index=True)
+    stage: str = Field(max_length=32, default="queued")
+    progress: float = 0.0
+    model_name: str = Field(max_length=64, index=True)
+    request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    result_version: int | None = None
+    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    trigger_event_id: int | None = None
+    owner: str | None = Field(default=None, max_length=32, index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class Model(SQLModel, table=True):
+    __tablename__ = "model"
+
+    name: str = Field(max_length=64, primary_key=True)
+    task: str = Field(max_length=16)
+    latest_version: int = 0
+    policy: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelVersion(SQLModel, table=True):
+    __tablename__ = "model_version"
+    __table_args__ = (UniqueConstraint("model_name", "version"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=64, foreign_key="model.name", index=True)
+    version: int
+    sha256: str = Field(max_length=64, index=True)
+    size: int
+    algorithm: str = Field(max_length=32)
+    dataset_id: int = Field(foreign_key="dataset.id")
+    job_id: int | None = Field(default=None, foreign_key="job.id")
+    metrics: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
+    parity_max_abs_diff: float
+    parity_label_disagreements: int
+    manifest: str = Field(sa_column=Column(Text, nullable=False))
+    # Set for versions a retraining job registered: awaiting_approval → approved →
+    # rolling_out (then ``rollout_id``); pending_rollout when the policy rolls out by itself.
+    release: str | None = Field(default=None, max_length=32, index=True)
+    rollout_id: str | None = Field(default=None, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ModelAlias(SQLModel, table=True):
+    __tablename__ = "model_alias"
+
+    model_name: str = Field(max_length=64, foreign_key="model.name", primary_key=True)
+    alias: str = Field(max_length=32, primary_key=True)
+    version: int
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Device(SQLModel, table=True):
+    """A device: registered by an operator, or first seen through its MQTT messages."""
+
+    __tablename__ = "device"
+
+    id: str = Field(max_length=64, primary_key=True)
+    labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    registered: bool = False
+    online: bool = False
+    last_seen: datetime | None = None
+    state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The device's own report counter: a report with a higher one wins (not its clock).
+    state_seq: int = Field(default=0, sa_column=_bigint_zero())
+    deployment_seq: int = Field(default=0, sa_column=_bigint_zero())
+    desired: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    # The desired state before ``desired``: its artifacts may still be downloaded (the
+    # device's rollback slot), no others.
+    previous_desired: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    desired_expires_at: datetime | None = Field(default=None, index=True)
+    dropped_messages: int = Field(default=0, sa_column=_bigint_zero())  # refused at ingest
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class TelemetryRecord(SQLModel, table=True):
+    """One telemetry window, stored once per (device, seq) however often it arrives."""
+
+    __tablename__ = "telemetry_window"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64, index=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    window_start: datetime
+    window_end: datetime = Field(index=True)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class SampleRecord(SQLModel, table=True):
+    """One batch of opt-in sampled rows, stored once per (device, seq). Joined with labels
+    for retraining later."""
+
+    __tablename__ = "sample_batch"
+    __table_args__ = (UniqueConstraint("device_id", "seq"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    device_id: str = Field(max_length=64, index=True)
+    seq: int = Field(sa_column=Column(BigInteger, nullable=False))
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int
+    rows: int
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    received_at: datetime = Field(default_factory=utcnow)
+
+
+class Rollout(SQLModel, table=True):
+    """A staged rollout of one model version to the devices a selector matched."""
+
+    __tablename__ = "rollout"
+
+    id: str = Field(max_length=32, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    version: int
+    selector: str = Field(max_length=1024)
+    plan: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    status: str = Field(max_length=16, index=True)
+    stage: int = -1
+    stage_started_at: datetime | None = None
+    reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    gates: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_by: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RolloutDevice(SQLModel, table=True):
+    """A device of a rollout: its place in the cohort order and what it got."""
+
+    __tablename__ = "rollout_device"
+
+    rollout_id: str = Field(max_length=32, foreign_key="rollout.id", primary_key=True)
+    device_id: str = Field(max_length=64, primary_key=True)
+    rank: int
+    assigned_stage: int | None = None
+    assigned_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    assigned_at: datetime | None = None  # when it was given the version (paired gates)
+    previous_version: int | None = None
+    reverted: bool = False
+
+
+class Event(SQLModel, table=True):
+    """The audit log: every state change of a rollout or a device, drift and retraining."""
+
+    __tablename__ = "event"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    type: str = Field(max_length=32, index=True)
+    rollout_id: str | None = Field(default=None, max_length=32, index=True)
+    device_id: str | None = Field(default=None, max_length=64, index=True)
+    model_name: str | None = Field(default=None, max_length=64, index=True)
+    version: int | None = None
+    job_id: int | None = Field(default=None, index=True)
+    cause_id: int | None = None  # the event this one follows from (lineage)
+    data: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    message: str = Field(sa_column=Column(Text, nullable=False))
+
+
+class DefaultVersion(SQLModel, table=True):
+    """The version devices matching a selector get when they join (set by a finished rollout)."""
+
+    __tablename__ = "default_version"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    selector: str = Field(max_length=1024, primary_key=True)
+    version: int
+    rollout_id: str = Field(max_length=32)
+    updated_at: datetime = Field(default_factory=utcnow)
+    # What it was before this rollout made ``version`` the default: restored if the rollout
+    # is rolled back after it finished.
+    previous_version: int | None = None
+    previous_rollout_id: str | None = Field(default=None, max_length=32)
+
+
+class ControlPlaneProcess(SQLModel, table=True):
+    """A running control-plane process, with its heartbeat (see ``coordination.leadership``)."""
+
+    __tablename__ = "control_plane_process"
+
+    id: str = Field(max_length=32, primary_key=True)
+    host: str = Field(max_length=64)
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime = Field(index=True)
+
+
+class SampleRowRecord(SQLModel, table=True):
+    """One sampled inference row (from a ``SampleBatch``); a training row once feedback
+    with the same request id brings its label."""
+
+    __tablename__ = "sample_row"
+
+    request_id: str = Field(max_length=64, primary_key=True)
+    device_id: str = Field(max_length=64)
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int
+    features: list[float | None] = Field(sa_column=Column(JSON, nullable=False))
+    prediction: float
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Feedback(SQLModel, table=True):
+    """A true label for one prediction, by the request id the agent's response carried.
+    ``label`` and ``prediction`` are class indices (classification) or values."""
+
+    __tablename__ = "feedback"
+
+    request_id: str = Field(max_length=64, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    model_version: int | None = None
+    device_id: str | None = Field(default=None, max_length=64)
+    label: float
+    prediction: float | None = None
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class DriftResult(SQLModel, table=True):
+    """The monitor's reading of one model version on one selector over one time bucket."""
+
+    __tablename__ = "drift_result"
+    __table_args__ = (UniqueConstraint("model_name", "version", "selector", "bucket_start"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_name: str = Field(max_length=64, index=True)
+    version: int
+    selector: str = Field(max_length=1024)
+    bucket_start: datetime = Field(index=True)
+    bucket_end: datetime
+    devices: int
+    windows: int
+    requests: int
+    errors: int
+    p95_latency_us: float | None = None
+    features: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
+    prediction: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    drifted_share: float
+    drifted_features: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    dataset_drift: bool
+    labels: int = 0
+    accuracy: float | None = None
+    f1_macro: float | None = None
+
+
+class MonitorState(SQLModel, table=True):
+    """Streaks between buckets per (model, version, selector); the row with model_name ""
+    holds how far the monitor has read (``evaluated_until``)."""
+
+    __tablename__ = "monitor_state"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    version: int = Field(primary_key=True)
+    selector: str = Field(max_length=1024, primary_key=True)
+    state: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    accuracy_streak: int = 0
+    evaluated_until: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class RetrainState(SQLModel, table=True):
+    """Per model: a trigger waiting for its turn (cooldown, data) and when the last
+    retraining started."""
+
+    __tablename__ = "retrain_state"
+
+    model_name: str = Field(max_length=64, primary_key=True)
+    pending_event_id: int | None = None
+    pending_reason: str | None = Field(default=None, max_length=32)
+    waiting_for: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_started_at: datetime | None = None
+    last_job_id: int | None = None

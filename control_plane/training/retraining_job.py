@@ -1,0 +1,247 @@
+"""The retraining job (runs in a training worker process like any training job):
+
+recent labelled rows (sampled rows from devices joined with feedback labels) are split into
+a training part and a holdout; the challenger trains on the training part plus a sample of
+the champion's training data, stored first as a new dataset version (``{model}-retrain``) so
+its lineage is as complete as any other version's; champion and challenger are then both
+run with onnxruntime — as on devices — on the same holdout, and the challenger is
+registered and signed only when it beats the champion by the policy's margin.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlmodel import Session, col, select
+
+from agent.inference import session_for
+from control_plane.api.schemas import RetrainRequest, TrainRequest
+from control_plane.config import ServerSettings
+from control_plane.errors import ChallengerRefusedError, JobFailedError
+from control_plane.monitoring.monitor import labelled_since
+from control_plane.monitoring.policy import compare, metric_for
+from control_plane.registry.datasets import DatasetLimits, parse_csv, store_dataset
+from control_plane.registry.versions import resolve_version
+from control_plane.store.blobs import BlobStore
+from control_plane.store.tables import (
+    Dataset,
+    Event,
+    Feedback,
+    Job,
+    SampleRowRecord,
+    utcnow,
+)
+from control_plane.training.conversion import run_onnx
+from control_plane.training.supply_chain import load_dataset, set_progress, train_version
+from shared.hashing import sha256_bytes
+from shared.manifest import ModelManifest, Task
+
+
+def recent_labelled(
+    session: Session, model: str, since: Any, limit: int
+) -> list[tuple[SampleRowRecord, Feedback]]:
+    """Sampled rows of ``model`` received since ``since`` that have a label, newest first."""
+    rows = session.exec(
+        labelled_since(select(SampleRowRecord, Feedback), model, since)
+        .order_by(col(SampleRowRecord.received_at).desc())
+        .limit(limit)
+    ).all()
+    return [(s, f) for s, f in rows]
+
+
+def score(
+    model_bytes: bytes, X: npt.NDArray[np.float32], y: npt.NDArray[Any], task: Task, metric: str
+) -> float:
+    """``metric`` of a model on labelled rows, run by onnxruntime."""
+    out = run_onnx(session_for(model_bytes), X, task)
+    if metric == "accuracy":
+        assert out.labels is not None
+        return float(np.mean(out.labels == y))
+    if metric == "f1_macro":
+        from sklearn.metrics import f1_score
+
+        assert out.labels is not None
+        return float(f1_score(y, out.labels, average="macro"))
+    error = out.values.astype(np.float64) - y.astype(np.float64)
+    return float(np.sqrt(np.mean(error**2)) if metric == "rmse" else np.mean(np.abs(error)))
+
+
+def _csv(features: list[str], label: str, X: npt.NDArray[np.float32], labels: list[str]) -> bytes:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*features, label])
+    for row, value in zip(X.tolist(), labels, strict=True):
+        writer.writerow(["" if math.isnan(v) else repr(v) for v in row] + [value])
+    return buffer.getvalue().encode("utf-8")
+
+
+def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
+    assert job.id is not None
+    request = RetrainRequest.model_validate(job.request)
+    policy = request.policy
+    champion = resolve_version(session, job.model_name, str(request.champion_version))
+    manifest = ModelManifest.model_validate_json(champion.manifest)
+    task, classes = manifest.output.task, manifest.output.classes
+    features = manifest.input.features
+    blobs = BlobStore(settings.blobs_dir)
+
+    set_progress(session, job.id, "collecting", 0.02)
+    since = request.since or utcnow() - timedelta(seconds=policy.recent_seconds)
+    pairs = recent_labelled(session, job.model_name, since, policy.max_recent_rows)
+    usable = [
+        (s, f)
+        for s, f in pairs
+        if len(s.features) == len(features)
+        and (task != "classification" or (0 <= f.label < len(classes) and f.label.is_integer()))
+    ]
+    if len(usable) < policy.min_labelled_rows:
+        reason = (
+            f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
+            "nothing trained"
+        )
+        session.add(
+            Event(
+                type="challenger_refused",
+                model_name=job.model_name,
+                version=champion.version,
+                job_id=job.id,
+                cause_id=request.trigger_event_id,
+                data={"decision": "insufficient_data", "labelled_rows": len(usable)},
+                message=f"{job.model_name}: {reason}",
+            )
+        )
+        session.commit()
+        raise ChallengerRefusedError(reason)
+    X_recent = np.array(
+        [[math.nan if v is None else v for v in s.features] for s, _ in usable], dtype=np.float32
+    )
+    y_recent = np.array([f.label for _, f in usable], dtype=np.float64)
+    rng = np.random.default_rng(policy.seed)
+    order = rng.permutation(len(usable))
+    n_holdout = max(1, round(len(usable) * policy.holdout_fraction))
+    hold, fit = order[:n_holdout], order[n_holdout:]
+
+    reference = session.get(Dataset, champion.dataset_id)
+    if reference is None:
+        raise JobFailedError(f"the champion's dataset {champion.dataset_id} is gone")
+    X_parts, label_parts = [X_recent[fit]], [_label_texts(y_recent[fit], classes)]
+    reference_rows = 0
+    if policy.max_reference_rows:
+        parsed = load_dataset(blobs, reference)
+        keep = [i for i, v in enumerate(parsed.labels) if task != "classification" or v in classes]
+        if len(keep) > policy.max_reference_rows:
+            keep = sorted(rng.choice(keep, policy.max_reference_rows, replace=False).tolist())
+        X_parts.append(parsed.X[keep].astype(np.float32))
+        label_parts.append([parsed.labels[i] for i in keep])
+        reference_rows = len(keep)
+    X_train = np.concatenate(X_parts)
+    if task == "classification":
+        missing = set(classes) - {v for part in label_parts for v in part}
+        if missing:
+            raise ChallengerRefusedError(
+                f"the training data has no rows of class(es) {sorted(missing)}; a challenger "
+                "must know every class of the champion (raise max_reference_rows)"
+            )
+    data = _csv(features, reference.label_column, X_train, [v for p in label_parts for v in p])
+    nan_policy: Any = reference.nan_policy
+    parsed_new = parse_csv(
+        data,
+        label=reference.label_column,
+        nan_policy=nan_policy,
+        limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
+    )
+    dataset, _ = store_dataset(
+        session,
+        blobs,
+        name=f"{job.model_name}-retrain",
+        label=reference.label_column,
+        nan_policy=nan_policy,
+        data=data,
+        parsed=parsed_new,
+    )
+    assert dataset.id is not None
+
+    champion_bytes = blobs.read_bytes(champion.sha256)
+    if sha256_bytes(champion_bytes) != champion.sha256:
+        raise JobFailedError(f"the champion's stored artifact {champion.sha256[:12]} is corrupt")
+    metric = metric_for(policy, task)
+    X_hold, y_hold = X_recent[hold], y_recent[hold]
+    if task == "classification":
+        y_hold = y_hold.astype(np.int64)
+
+    def challenge(model_bytes: bytes) -> None:
+        comparison = compare(
+            metric,
+            champion=score(champion_bytes, X_hold, y_hold, task, metric),
+            challenger=score(model_bytes, X_hold, y_hold, task, metric),
+            margin=policy.min_improvement,
+        )
+        job.result = {
+            "decision": "registered" if comparison.better else "refused",
+            "reason": comparison.describe(),
+            "metric": metric,
+            "champion_version": champion.version,
+            "champion": comparison.champion,
+            "challenger": comparison.challenger,
+            "required": comparison.required,
+            "holdout_rows": len(hold),
+            "recent_training_rows": len(fit),
+            "reference_rows": reference_rows,
+            "dataset_id": dataset.id,
+        }
+        session.add(job)
+        if not comparison.better:
+            session.add(
+                Event(
+                    type="challenger_refused",
+                    model_name=job.model_name,
+                    version=champion.version,
+                    job_id=job.id,
+                    cause_id=request.trigger_event_id,
+                    data=job.result,
+                    message=f"{job.model_name}: {comparison.describe()}; nothing registered",
+                )
+            )
+            session.commit()
+            raise ChallengerRefusedError(comparison.describe())
+        session.commit()
+
+    train_request = TrainRequest(
+        dataset_id=dataset.id,
+        task=task,
+        algorithm=policy.algorithm or champion.algorithm,
+        params=policy.params if policy.params is not None else manifest.lineage.params,
+        seed=policy.seed,
+        validation_fraction=manifest.lineage.validation_fraction,
+    )
+    version = train_version(settings, session, job, train_request, challenge)
+    row = resolve_version(session, job.model_name, str(version))
+    row.release = "pending_rollout" if policy.auto_rollout else "awaiting_approval"
+    session.add(row)
+    assert job.result is not None
+    session.add(
+        Event(
+            type="challenger_registered",
+            model_name=job.model_name,
+            version=version,
+            job_id=job.id,
+            cause_id=request.trigger_event_id,
+            data=job.result,
+            message=f"{job.model_name} v{version} registered: {job.result['reason']}; "
+            + ("rolling out next" if policy.auto_rollout else "awaiting approval"),
+        )
+    )
+    session.commit()
+    return version
+
+
+def _label_texts(y: npt.NDArray[np.float64], classes: list[str]) -> list[str]:
+    if classes:
+        return [classes[int(v)] for v in y]
+    return [repr(float(v)) for v in y]

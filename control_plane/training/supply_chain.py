@@ -1,0 +1,330 @@
+"""The model supply chain, run as a job in a worker process:
+dataset → training → ONNX export → parity gate → reference statistics and golden vectors →
+signed manifest → registry. Each step reports stage and progress on the job row; any
+failure leaves the job ``failed`` with a clear message and nothing registered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from agent.inference import describe, session_for
+from control_plane.api.schemas import TrainRequest
+from control_plane.auth.keys import load_keys
+from control_plane.config import ServerSettings
+from control_plane.errors import ChallengerRefusedError, ControlPlaneError, JobFailedError
+from control_plane.registry.datasets import DatasetLimits, ParsedDataset, parse_csv
+from control_plane.registry.versions import latest_version, register_version
+from control_plane.store.blobs import BlobStore
+from control_plane.store.db import create_db_engine
+from control_plane.store.tables import Dataset, Job, JobStatus, utcnow
+from control_plane.training.algorithms import (
+    build_pipeline,
+    classification_metrics,
+    get_algorithm,
+    regression_metrics,
+    split,
+    validate_params,
+)
+from control_plane.training.conversion import export_onnx, opset_of, run_onnx
+from control_plane.training.parity import (
+    check_parity,
+    feature_references,
+    golden_vectors,
+    prediction_reference_classes,
+    prediction_reference_values,
+)
+from edgefleet import __version__
+from shared.hashing import sha256_bytes
+from shared.manifest import (
+    Golden,
+    InputSchema,
+    Lineage,
+    ModelManifest,
+    OutputSchema,
+    Reference,
+    utc_seconds,
+)
+
+log = logging.getLogger(__name__)
+GOLDEN_ATOL = 1e-4  # same reasoning as the parity tolerance: float32 noise is ~1e-7
+
+
+def _library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import skl2onnx
+    import sklearn
+
+    return {
+        "scikit-learn": sklearn.__version__,
+        "skl2onnx": skl2onnx.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def set_progress(session: Session, job_id: int, stage: str, progress: float) -> None:
+    job = session.get(Job, job_id, populate_existing=True)
+    assert job is not None
+    job.stage, job.progress = stage, progress
+    session.add(job)
+    session.commit()
+
+
+def finish_job(
+    session: Session,
+    job_id: int,
+    *,
+    error: str | None = None,
+    version: int | None = None,
+    refused: str | None = None,
+) -> None:
+    """Mark a job finished (failed when ``error``; succeeded without a version, stage
+    ``refused``, when a challenger lost); a job already finished is left alone."""
+    session.rollback()
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        return
+    job.status = JobStatus.FAILED if error else JobStatus.SUCCEEDED
+    job.stage = "failed" if error else "refused" if refused else "done"
+    job.progress = job.progress if error else 1.0
+    job.error = error or refused
+    job.result_version = version
+    job.finished_at = utcnow()
+    session.add(job)
+    session.commit()
+
+
+def run_training_job(settings: ServerSettings, job_id: int) -> None:
+    """Worker-process entry point: claim job ``job_id`` and run it to the end."""
+    engine = create_db_engine(settings.resolved_database_url)
+    try:
+        with Session(engine) as session:
+            claimed = session.execute(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED)
+                .values(status=JobStatus.RUNNING, stage="loading", started_at=utcnow())
+            )
+            session.commit()
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return  # another worker has it, or it was cancelled
+            try:
+                job = session.get(Job, job_id)
+                assert job is not None
+                if job.kind == "retrain":
+                    from control_plane.training.retraining_job import (
+                        retrain,  # it builds on this module
+                    )
+
+                    version = retrain(settings, session, job)
+                else:
+                    request = TrainRequest.model_validate(job.request)
+                    version = train_version(settings, session, job, request)
+            except ChallengerRefusedError as exc:
+                log.info("job %s: %s", job_id, exc.message)
+                finish_job(session, job_id, refused=exc.message)
+            except ControlPlaneError as exc:
+                log.info("job %s failed: %s", job_id, exc.message)
+                finish_job(session, job_id, error=exc.message)
+            except Exception as exc:
+                log.exception("job %s crashed", job_id)
+                finish_job(session, job_id, error=f"internal error: {type(exc).__name__}: {exc}")
+            else:
+                finish_job(session, job_id, version=version)
+    finally:
+        engine.dispose()
+
+
+def load_dataset(blobs: BlobStore, dataset: Dataset) -> ParsedDataset:
+    """A stored dataset, checked against its sha256 and parsed as it was at upload."""
+    data = blobs.read_bytes(dataset.sha256)
+    if sha256_bytes(data) != dataset.sha256:
+        raise JobFailedError(f"dataset {dataset.id}'s stored file is corrupt (sha256 mismatch)")
+    nan_policy: Any = dataset.nan_policy
+    return parse_csv(
+        data,
+        label=dataset.label_column,
+        nan_policy=nan_policy,
+        limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
+    )
+
+
+def train_version(
+    settings: ServerSettings,
+    session: Session,
+    job: Job,
+    request: TrainRequest,
+    challenge: Callable[[bytes], None] | None = None,
+) -> int:
+    """Train, export, check and register. ``challenge`` sees the exported model before it
+    is registered and may refuse it (raising ``ChallengerRefusedError``)."""
+    assert job.id is not None
+    job_id = job.id
+    dataset = session.get(Dataset, request.dataset_id)
+    if dataset is None or dataset.id is None:
+        raise JobFailedError(f"dataset {request.dataset_id} does not exist")
+    algorithm = get_algorithm(request.task, request.algorithm)
+    params = validate_params(algorithm, request.params)
+    blobs = BlobStore(settings.blobs_dir)
+    nan_policy: Any = dataset.nan_policy
+    parsed = load_dataset(blobs, dataset)
+    check_features_match(session, job.model_name, parsed.features)
+
+    X = parsed.X.astype(np.float32)
+    classes: list[str] = []
+    if request.task == "classification":
+        classes = parsed.classes or []
+        if not 2 <= len(classes) <= settings.max_classes:
+            raise JobFailedError(
+                f"classification needs 2 to {settings.max_classes} classes; the "
+                f"label has {len(set(parsed.labels))} distinct values"
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        y: Any = np.asarray([index[v] for v in parsed.labels], dtype=np.int64)
+    else:
+        if parsed.label_kind == "string":
+            raise JobFailedError("regression needs a numeric label column")
+        y = np.asarray([float(v) for v in parsed.labels], dtype=np.float64)
+
+    set_progress(session, job_id, "training", 0.1)
+    X_train, X_val, y_train, y_val = split(
+        X, y, task=request.task, fraction=request.validation_fraction, seed=request.seed
+    )
+    if request.task == "classification" and len(np.unique(y_train)) != len(classes):
+        raise JobFailedError(
+            "every class needs rows in the training split; some class has too few rows"
+        )
+    pipeline = build_pipeline(algorithm, params, nan_policy, request.seed)
+    pipeline.fit(X_train, y_train)
+
+    set_progress(session, job_id, "exporting", 0.6)
+    model_bytes = export_onnx(pipeline, X.shape[1], request.task)
+    onnx_session = session_for(model_bytes)
+    onnx_out = run_onnx(onnx_session, X_val, request.task)
+
+    set_progress(session, job_id, "parity", 0.75)
+    if request.task == "classification":
+        sk_values = pipeline.predict_proba(X_val)
+        sk_labels = pipeline.predict(X_val)
+        metrics = classification_metrics(y_val, sk_labels, sk_values, len(classes))
+    else:
+        sk_values = pipeline.predict(X_val)
+        sk_labels = None
+        metrics = regression_metrics(y_val, sk_values)
+    parity = check_parity(
+        sk_values=sk_values,
+        onnx_values=onnx_out.values,
+        sk_labels=sk_labels,
+        onnx_labels=onnx_out.labels,
+        atol=settings.parity_atol,
+        max_label_disagreement=settings.parity_max_label_disagreement,
+    )
+    if onnx_out.labels is not None:
+        prediction = prediction_reference_classes(onnx_out.labels, len(classes))
+    else:
+        prediction = prediction_reference_values(onnx_out.values, settings.reference_bins)
+
+    set_progress(session, job_id, "signing", 0.9)
+    input_specs, output_specs = describe(onnx_session)
+    output = OutputSchema(
+        task=request.task,
+        outputs=output_specs,
+        classes=classes,
+        label_output=output_specs[0].name if request.task == "classification" else None,
+        probabilities_output=output_specs[1].name if request.task == "classification" else None,
+        value_output=output_specs[0].name if request.task == "regression" else None,
+    )
+    golden = Golden(
+        atol=GOLDEN_ATOL,
+        vectors=golden_vectors(
+            X_val,
+            values=onnx_out.values,
+            labels=onnx_out.labels,
+            count=settings.golden_vectors,
+        ),
+    )
+    reference = Reference(
+        rows=int(X_train.shape[0]),
+        features=feature_references(X_train, parsed.features, settings.reference_bins),
+        prediction=prediction,
+    )
+    lineage = Lineage(
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        dataset_version=dataset.version,
+        dataset_sha256=dataset.sha256,
+        label_column=dataset.label_column,
+        algorithm=algorithm.name,
+        params=params,
+        seed=request.seed,
+        validation_fraction=request.validation_fraction,
+        train_rows=int(X_train.shape[0]),
+        validation_rows=int(X_val.shape[0]),
+        metrics=metrics,
+        parity=parity,
+        code_version=__version__,
+        library_versions=_library_versions(),
+        job_id=job_id,
+    )
+    created_at = utc_seconds(datetime.now(UTC))
+
+    def make_manifest(version: int) -> ModelManifest:
+        return ModelManifest(
+            name=job.model_name,
+            version=version,
+            sha256=sha256_bytes(model_bytes),
+            size=len(model_bytes),
+            opset=opset_of(model_bytes),
+            input=InputSchema(
+                tensor=input_specs[0],
+                features=parsed.features,
+                nan_policy="impute" if nan_policy == "impute" else "reject",
+            ),
+            output=output,
+            reference=reference,
+            golden=golden,
+            created_at=created_at,
+            lineage=lineage,
+            key_id="",
+            signature="",
+        )
+
+    if challenge is not None:
+        set_progress(session, job_id, "challenge", 0.85)
+        challenge(model_bytes)
+    keys = load_keys(settings.keys_dir)
+    row = register_version(
+        session,
+        blobs,
+        keys.model,
+        name=job.model_name,
+        task=request.task,
+        model_bytes=model_bytes,
+        make_manifest=make_manifest,
+        algorithm=algorithm.name,
+        dataset_id=dataset.id,
+        job_id=job_id,
+    )
+    return row.version
+
+
+def check_features_match(session: Session, model_name: str, features: list[str]) -> None:
+    """A model keeps one input interface across versions, so apps on devices keep working."""
+    latest = latest_version(session, model_name)
+    if latest is None:
+        return
+    current = ModelManifest.model_validate_json(latest.manifest).input.features
+    if current != features:
+        raise JobFailedError(
+            f"model {model_name!r} takes features {current}; this dataset has {features}. "
+            "Train under a new model name to change the inputs.",
+            code="feature_mismatch",
+        )
