@@ -6,10 +6,9 @@ agents can run in one process (the simulator does).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -19,34 +18,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.broker_address import BrokerAddress, parse_broker_url
 from shared.messages import DEVICE_ID_PATTERN
 from shared.topics import DEFAULT_ROOT
 
 MiB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    host: str
-    port: int
-    username: str | None
-    password: str | None
-    tls: bool
-
-
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://user:pass@host:port`` or ``mqtts://…`` (TLS; default port 8883)."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
-        raise ValueError("broker_url must look like mqtt://user:pass@host:1883 or mqtts://…")
-    tls = parts.scheme == "mqtts"
-    return BrokerAddress(
-        host=parts.hostname,
-        port=parts.port or (8883 if tls else 1883),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=tls,
-    )
 
 
 class AgentSettings(BaseSettings):

@@ -19,20 +19,12 @@ from typing import Any
 import aiomqtt
 
 from agent.config import AgentSettings
+from shared.cancellation import raise_if_cancelling
 from shared.messages import OnlineStatus
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INCOMING_QUEUE = 1000
-
-
-def raise_if_cancelling(exc: BaseException | None = None) -> None:
-    """Re-raise a cancellation that got lost: Python 3.11's ``asyncio.wait_for`` (which aiomqtt
-    awaits its CONNACK/SUBACK/PUBACK with) can swallow a cancel that lands as the awaited
-    reply arrives, and an MqttError raised while disconnecting can replace it."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError from exc
 
 
 class DeviceSession:

@@ -5,7 +5,8 @@
    repeated from independent draws to make 20), 4 classes. Medians over repeats of:
    parsing the 1,000 ``TelemetryWindow`` JSON payloads as the monitor reads them from the
    database; ``merge_windows``; a naive merge (one numpy add per window and feature, as
-   ``rollouts.gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` + ``advance``.
+   ``rollouts.gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` +
+   ``advance``.
 2. Detection. One N(0, 1) feature, a fresh 4,000-row training draw (10 quantile bins) per
    run, then windows of a stated size with the mean moved by δσ from the first window, the
    default ``DriftPolicy``: windows until the feature's drift verdict (median, p90; at least

@@ -23,8 +23,6 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from agent.config import parse_broker_url
-from agent.mqtt import raise_if_cancelling
 from control_plane.auth.keys import KeyStore
 from control_plane.config import ServerSettings
 from control_plane.fleet.deployments import all_desired, refresh_expiring
@@ -36,6 +34,8 @@ from control_plane.fleet.ingestion import (
     store_batch,
 )
 from control_plane.store.tables import utcnow
+from shared.broker_address import parse_broker_url
+from shared.cancellation import raise_if_cancelling
 from shared.messages import (
     MAX_SAMPLES_BYTES,
     MAX_STATE_BYTES,

@@ -13,13 +13,13 @@ from sqlmodel import Session, col, select
 from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
 from control_plane.store.tables import Job, JobStatus
-from control_plane.training.supply_chain import finish_job, run_training_job
+from control_plane.training.supply_chain import finish_job
+from control_plane.training.worker import run_training_job
 
 log = logging.getLogger(__name__)
 # Imported once by the fork server (a module that fails to import there is skipped).
 TRAINING_MODULES = [
-    "control_plane.training.supply_chain",
-    "control_plane.training.retraining_job",
+    "control_plane.training.worker",
     "sklearn.linear_model",
     "sklearn.ensemble",
     "sklearn.pipeline",

@@ -11,18 +11,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import update
-from sqlmodel import Session, col
+from sqlmodel import Session
 
 from agent.inference import describe, session_for
 from control_plane.api.schemas import TrainRequest
 from control_plane.auth.keys import load_keys
 from control_plane.config import ServerSettings
-from control_plane.errors import ChallengerRefusedError, ControlPlaneError, JobFailedError
+from control_plane.errors import JobFailedError
 from control_plane.registry.datasets import DatasetLimits, ParsedDataset, parse_csv
 from control_plane.registry.versions import latest_version, register_version
 from control_plane.store.blobs import BlobStore
-from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Dataset, Job, JobStatus, utcnow
 from control_plane.training.algorithms import (
     build_pipeline,
@@ -101,46 +99,6 @@ def finish_job(
     job.finished_at = utcnow()
     session.add(job)
     session.commit()
-
-
-def run_training_job(settings: ServerSettings, job_id: int) -> None:
-    """Worker-process entry point: claim job ``job_id`` and run it to the end."""
-    engine = create_db_engine(settings.resolved_database_url)
-    try:
-        with Session(engine) as session:
-            claimed = session.execute(
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.status) == JobStatus.QUEUED)
-                .values(status=JobStatus.RUNNING, stage="loading", started_at=utcnow())
-            )
-            session.commit()
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return  # another worker has it, or it was cancelled
-            try:
-                job = session.get(Job, job_id)
-                assert job is not None
-                if job.kind == "retrain":
-                    from control_plane.training.retraining_job import (
-                        retrain,  # it builds on this module
-                    )
-
-                    version = retrain(settings, session, job)
-                else:
-                    request = TrainRequest.model_validate(job.request)
-                    version = train_version(settings, session, job, request)
-            except ChallengerRefusedError as exc:
-                log.info("job %s: %s", job_id, exc.message)
-                finish_job(session, job_id, refused=exc.message)
-            except ControlPlaneError as exc:
-                log.info("job %s failed: %s", job_id, exc.message)
-                finish_job(session, job_id, error=exc.message)
-            except Exception as exc:
-                log.exception("job %s crashed", job_id)
-                finish_job(session, job_id, error=f"internal error: {type(exc).__name__}: {exc}")
-            else:
-                finish_job(session, job_id, version=version)
-    finally:
-        engine.dispose()
 
 
 def load_dataset(blobs: BlobStore, dataset: Dataset) -> ParsedDataset:

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_CONFIG, load_agent_settings, parse_broker_url
+from agent.config import DEFAULT_CONFIG, load_agent_settings
 from agent.verify import Accepted, Decision, check_desired, parse_desired
+from shared.broker_address import parse_broker_url
 from shared.errors import VerificationError
 from shared.messages import DesiredState
 from shared.signing import KeyRole, SigningKey
