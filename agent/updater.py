@@ -477,6 +477,10 @@ class ModelWorker:
                 await self._report()
                 return Outcome.RETRY
             log.warning("model %s v%s refused: %s", name, manifest.version, exc)
+            # The refused bytes go before the refusal shows: whoever sees it sees no leftover.
+            await asyncio.to_thread(self.store.discard_staging, sha)
+            if self._kept_part == sha:
+                self._kept_part = None
             slot.last_error = error_info(exc.reason, exc.message, name, seq)
             await self._write(
                 self.disk.model_copy(
@@ -486,9 +490,6 @@ class ModelWorker:
                     }
                 )
             )
-            await asyncio.to_thread(self.store.discard_staging, sha)
-            if self._kept_part == sha:
-                self._kept_part = None
             slot.phase, slot.target = Phase.FAILED, None
             await self._report()
             return Outcome.REFUSED
