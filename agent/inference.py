@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from agent.verify import check_golden, check_io, golden_inputs
 from shared.errors import VerificationError
-from shared.manifest import ModelManifest, TensorSpec
+from shared.manifest import ModelManifest, OutputSchema, TensorSpec
 
 MAX_BATCH_ROWS = 10_000
 _DTYPES = {
@@ -64,6 +64,44 @@ class Outputs:
 
 
 @dataclass(frozen=True)
+class Decoder:
+    """How one model's raw outputs become ``Outputs``: which output holds the class indices
+    and which the probabilities (positions found once, not per request). The device serves
+    with it and the control plane checks an export with it: one reading of a model's
+    outputs everywhere."""
+
+    task: str
+    label: int
+    probabilities: int
+
+    @classmethod
+    def of(cls, output: OutputSchema) -> Decoder:
+        names = [o.name for o in output.outputs]
+        if output.task != "classification":
+            return cls(output.task, 0, 0)
+        return cls(
+            output.task,
+            names.index(output.label_output or "label"),
+            names.index(output.probabilities_output or "probabilities"),
+        )
+
+    def __call__(self, raw: Sequence[Any]) -> Outputs:
+        if self.task == "classification":
+            return Outputs(
+                values=np.asarray(raw[self.probabilities], dtype=np.float32),
+                labels=np.asarray(raw[self.label], dtype=np.int64),
+            )
+        return Outputs(values=np.asarray(raw[0], dtype=np.float32).reshape(-1), labels=None)
+
+
+def run(
+    session: ort.InferenceSession, input_name: str, decoder: Decoder, X: npt.NDArray[np.float32]
+) -> Outputs:
+    """``X`` through the model, decoded."""
+    return decoder(session.run(None, {input_name: X}))
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A verified model ready to serve. Immutable: a swap replaces the whole object, so a
     request that started on one version finishes on it."""
@@ -76,23 +114,11 @@ class LoadedModel:
         return self.manifest.name
 
     @cached_property
-    def _indexes(self) -> tuple[int, int]:
-        """Positions of the label and probability outputs (computed once, not per request)."""
-        names = [o.name for o in self.manifest.output.outputs]
-        return (
-            names.index(self.manifest.output.label_output or "label"),
-            names.index(self.manifest.output.probabilities_output or "probabilities"),
-        )
+    def _decoder(self) -> Decoder:
+        return Decoder.of(self.manifest.output)
 
     def run(self, X: npt.NDArray[np.float32]) -> Outputs:
-        raw = self.session.run(None, {self.manifest.input.tensor.name: X})
-        if self.manifest.output.task == "classification":
-            label_i, proba_i = self._indexes
-            return Outputs(
-                values=np.asarray(raw[proba_i], dtype=np.float32),
-                labels=np.asarray(raw[label_i], dtype=np.int64),
-            )
-        return Outputs(values=np.asarray(raw[0], dtype=np.float32).reshape(-1), labels=None)
+        return run(self.session, self.manifest.input.tensor.name, self._decoder, X)
 
     def rows_from_lists(self, rows: Rows) -> npt.NDArray[np.float32]:
         """Validate positional rows against the schema: count, numbers, NaN policy."""

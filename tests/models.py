@@ -9,22 +9,9 @@ import numpy as np
 
 from agent.inference import describe, session_for
 from control_plane.training.algorithms import ALGORITHMS, build_pipeline
-from control_plane.training.conversion import export_onnx, opset_of, run_onnx
-from control_plane.training.parity import (
-    feature_references,
-    golden_vectors,
-    prediction_reference_classes,
-)
-from shared.hashing import sha256_bytes
-from shared.manifest import (
-    Golden,
-    InputSchema,
-    Lineage,
-    ModelManifest,
-    OutputSchema,
-    Parity,
-    Reference,
-)
+from control_plane.training.conversion import export_onnx, run_onnx
+from control_plane.training.manifest import Trained, build_manifest
+from shared.manifest import Lineage, ModelManifest, Parity
 from shared.signing import SigningKey
 from simulator.data import CLASSES, FEATURES, sensor_rows
 
@@ -47,33 +34,23 @@ def make_model(
     pipeline.fit(X, y)
     model_bytes = export_onnx(pipeline, X.shape[1], "classification")
     session = session_for(model_bytes)
-    outputs = run_onnx(session, X[:50], "classification")
-    assert outputs.labels is not None
-    inputs, output_specs = describe(session)
-    manifest = ModelManifest(
+    inputs, outputs = describe(session)
+    trained = Trained(
+        model_bytes=model_bytes,
+        inputs=inputs,
+        outputs=outputs,
+        task="classification",
+        classes=CLASSES,
+        features=FEATURES,
+        nan_policy="reject",
+        X_train=X,
+        X_check=X[:50],
+        check_outputs=run_onnx(session, X[:50], "classification"),
+    )
+    manifest = build_manifest(
+        trained,
         name=name,
         version=version,
-        sha256=sha256_bytes(model_bytes),
-        size=len(model_bytes),
-        opset=opset_of(model_bytes),
-        input=InputSchema(tensor=inputs[0], features=FEATURES, nan_policy="reject"),
-        output=OutputSchema(
-            task="classification",
-            outputs=output_specs,
-            classes=CLASSES,
-            label_output="label",
-            probabilities_output="probabilities",
-        ),
-        reference=Reference(
-            rows=rows,
-            features=feature_references(X, FEATURES, 10),
-            prediction=prediction_reference_classes(outputs.labels, len(CLASSES)),
-        ),
-        golden=Golden(
-            atol=1e-4,
-            vectors=golden_vectors(X, values=outputs.values, labels=outputs.labels, count=4),
-        ),
-        created_at=datetime(2026, 11, 22, tzinfo=UTC),
         lineage=Lineage(
             dataset_id=1,
             dataset_name="sensors",
@@ -98,7 +75,8 @@ def make_model(
             library_versions={},
             job_id=1,
         ),
-        key_id="",
-        signature="",
+        created_at=datetime(2026, 11, 22, tzinfo=UTC),
+        reference_bins=10,
+        golden_count=4,
     )
     return manifest.signed_with(key), model_bytes

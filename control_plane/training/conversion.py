@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agent.inference import Outputs
+from agent.inference import Decoder, Outputs, describe, run
 from control_plane.errors import JobFailedError
-from shared.manifest import Task
+from shared.manifest import OutputSchema, Task, TensorSpec
 
 TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 INPUT_NAME = "input"
@@ -38,14 +38,25 @@ def export_onnx(pipeline: Any, n_features: int, task: Task) -> bytes:
     return proto.SerializeToString()  # type: ignore[no-any-return]
 
 
+def output_schema(task: Task, outputs: list[TensorSpec], classes: list[str]) -> OutputSchema:
+    """The output schema of an export: skl2onnx names the label output first and the
+    probabilities second for a classifier, the value first for a regressor."""
+    classification = task == "classification"
+    return OutputSchema(
+        task=task,
+        outputs=outputs,
+        classes=classes,
+        label_output=outputs[0].name if classification else None,
+        probabilities_output=outputs[1].name if classification else None,
+        value_output=outputs[0].name if not classification else None,
+    )
+
+
 def run_onnx(session: Any, X: npt.NDArray[np.float32], task: Task) -> Outputs:
-    outputs = session.run(None, {INPUT_NAME: np.ascontiguousarray(X, dtype=np.float32)})
-    if task == "classification":
-        return Outputs(
-            values=np.asarray(outputs[1], dtype=np.float32),
-            labels=np.asarray(outputs[0], dtype=np.int64),
-        )
-    return Outputs(values=np.asarray(outputs[0], dtype=np.float32).reshape(-1), labels=None)
+    """An exported model on rows, decoded by the device's own ``agent.inference.Decoder``."""
+    inputs, outputs = describe(session)
+    decoder = Decoder.of(output_schema(task, outputs, classes=[]))
+    return run(session, inputs[0].name, decoder, np.ascontiguousarray(X, dtype=np.float32))
 
 
 def opset_of(model_bytes: bytes) -> dict[str, int]:

@@ -30,28 +30,18 @@ from control_plane.training.algorithms import (
     split,
     validate_params,
 )
-from control_plane.training.conversion import export_onnx, opset_of, run_onnx
-from control_plane.training.parity import (
-    check_parity,
-    feature_references,
-    golden_vectors,
-    prediction_reference_classes,
-    prediction_reference_values,
-)
+from control_plane.training.conversion import export_onnx, run_onnx
+from control_plane.training.manifest import Trained, build_manifest
+from control_plane.training.parity import check_parity
 from edgefleet import __version__
 from shared.hashing import sha256_bytes
 from shared.manifest import (
-    Golden,
-    InputSchema,
     Lineage,
     ModelManifest,
-    OutputSchema,
-    Reference,
     utc_seconds,
 )
 
 log = logging.getLogger(__name__)
-GOLDEN_ATOL = 1e-4  # same reasoning as the parity tolerance: float32 noise is ~1e-7
 
 
 def _library_versions() -> dict[str, str]:
@@ -185,34 +175,19 @@ def train_version(
         atol=settings.parity_atol,
         max_label_disagreement=settings.parity_max_label_disagreement,
     )
-    if onnx_out.labels is not None:
-        prediction = prediction_reference_classes(onnx_out.labels, len(classes))
-    else:
-        prediction = prediction_reference_values(onnx_out.values, settings.reference_bins)
-
     set_progress(session, job_id, "signing", 0.9)
     input_specs, output_specs = describe(onnx_session)
-    output = OutputSchema(
-        task=request.task,
+    trained = Trained(
+        model_bytes=model_bytes,
+        inputs=input_specs,
         outputs=output_specs,
+        task=request.task,
         classes=classes,
-        label_output=output_specs[0].name if request.task == "classification" else None,
-        probabilities_output=output_specs[1].name if request.task == "classification" else None,
-        value_output=output_specs[0].name if request.task == "regression" else None,
-    )
-    golden = Golden(
-        atol=GOLDEN_ATOL,
-        vectors=golden_vectors(
-            X_val,
-            values=onnx_out.values,
-            labels=onnx_out.labels,
-            count=settings.golden_vectors,
-        ),
-    )
-    reference = Reference(
-        rows=int(X_train.shape[0]),
-        features=feature_references(X_train, parsed.features, settings.reference_bins),
-        prediction=prediction,
+        features=parsed.features,
+        nan_policy="impute" if nan_policy == "impute" else "reject",
+        X_train=X_train,
+        X_check=X_val,
+        check_outputs=onnx_out,
     )
     lineage = Lineage(
         dataset_id=dataset.id,
@@ -235,24 +210,14 @@ def train_version(
     created_at = utc_seconds(datetime.now(UTC))
 
     def make_manifest(version: int) -> ModelManifest:
-        return ModelManifest(
+        return build_manifest(
+            trained,
             name=job.model_name,
             version=version,
-            sha256=sha256_bytes(model_bytes),
-            size=len(model_bytes),
-            opset=opset_of(model_bytes),
-            input=InputSchema(
-                tensor=input_specs[0],
-                features=parsed.features,
-                nan_policy="impute" if nan_policy == "impute" else "reject",
-            ),
-            output=output,
-            reference=reference,
-            golden=golden,
-            created_at=created_at,
             lineage=lineage,
-            key_id="",
-            signature="",
+            created_at=created_at,
+            reference_bins=settings.reference_bins,
+            golden_count=settings.golden_vectors,
         )
 
     if challenge is not None:
