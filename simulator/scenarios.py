@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sqlite3
 import statistics
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -335,20 +334,20 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
 
 
 async def _windows(sim: Simulation) -> tuple[int, int, int, int]:
-    """Telemetry windows the agents produced (their outbox sequence), stored (in the
-    control plane's database), lost (neither stored nor still waiting in an outbox) and
-    stored twice. Agents are read before the database, and an outbox forgets a window only
-    once the control plane acknowledged storing it, so a window in flight counts as waiting
-    or as stored, never as lost; counted again (for up to a minute) while any is lost."""
+    """Telemetry windows the agents produced (their outbox sequence), stored (what the
+    control plane's API lists), lost (neither stored nor still waiting in an outbox) and
+    stored twice. Agents are read before the API, and an outbox forgets a window only once
+    the control plane acknowledged storing it, so a window in flight counts as waiting or
+    as stored, never as lost; counted again (for up to a minute) while any is lost."""
     deadline = asyncio.get_running_loop().time() + 60
     while True:
-        counted = _count_windows(sim)
+        counted = await _count_windows(sim)
         if counted[2] == 0 or asyncio.get_running_loop().time() > deadline:
             return counted
         await asyncio.sleep(0.5)
 
 
-def _count_windows(sim: Simulation) -> tuple[int, int, int, int]:
+async def _count_windows(sim: Simulation) -> tuple[int, int, int, int]:
     produced: dict[str, int] = {}
     waiting: dict[str, set[int]] = {}
     for device_id, agent in sim.fleet.agents.items():
@@ -356,18 +355,16 @@ def _count_windows(sim: Simulation) -> tuple[int, int, int, int]:
         waiting[device_id] = {
             item.seq for item in agent.outbox.pending(10_000) if item.channel == "telemetry"
         }
-    database = sim.control.settings.data_dir / "edgefleet.db"
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        rows = db.execute("SELECT device_id, seq FROM telemetry_window").fetchall()
     stored: dict[str, list[int]] = {}
-    for device_id, seq in rows:
-        stored.setdefault(device_id, []).append(seq)
+    for device_id in produced:
+        windows = await sim.get(f"/devices/{device_id}/telemetry", limit=10_000)
+        stored[device_id] = [w["window"]["seq"] for w in windows]
     lost = duplicates = 0
     for device_id, last in produced.items():
-        seqs = stored.get(device_id, [])
+        seqs = stored[device_id]
         duplicates += len(seqs) - len(set(seqs))
         lost += len(set(range(1, last + 1)) - set(seqs) - waiting[device_id])
-    return sum(produced.values()), len(rows), lost, duplicates
+    return sum(produced.values()), sum(map(len, stored.values())), lost, duplicates
 
 
 # --- churn -------------------------------------------------------------------------------------
