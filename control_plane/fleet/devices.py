@@ -8,9 +8,11 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from control_plane.audit.record import record_event
+from control_plane.audit.types import EventType
 from control_plane.auth.tokens import issue_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
-from control_plane.store.tables import ApiToken, Device, Event, Role, SampleRecord, TelemetryRecord
+from control_plane.store.tables import ApiToken, Device, Role, SampleRecord, TelemetryRecord
 from shared.messages import DeviceState, SequenceFloor
 from shared.topics import is_device_id
 
@@ -97,21 +99,25 @@ def list_devices(session: Session) -> list[Device]:
     return list(session.exec(select(Device).order_by(col(Device.id))).all())
 
 
-def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[str, str]]:
+def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[EventType, str]]:
     """Events worth recording between two state reports: versions, refusals, reverts."""
-    events = []
+    events: list[tuple[EventType, str]] = []
     before = {m.name: m for m in old.models} if old else {}
     for model in new.models:
         was = before.get(model.name)
         old_active = was.active.version if was and was.active else None
         new_active = model.active.version if model.active else None
         if new_active != old_active:
-            events.append(("device_model", f"{model.name}: v{old_active} → v{new_active}"))
+            events.append((EventType.DEVICE_MODEL, f"{model.name}: v{old_active} → v{new_active}"))
         error = model.last_error
         if error and (was is None or was.last_error != error):
-            events.append(("device_refusal", f"{model.name}: {error.reason}: {error.message}"))
+            events.append(
+                (EventType.DEVICE_REFUSAL, f"{model.name}: {error.reason}: {error.message}")
+            )
     if new.last_error and (old is None or old.last_error != new.last_error):
-        events.append(("device_refusal", f"{new.last_error.reason}: {new.last_error.message}"))
+        events.append(
+            (EventType.DEVICE_REFUSAL, f"{new.last_error.reason}: {new.last_error.message}")
+        )
     return events
 
 
@@ -127,7 +133,7 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
         return  # a report seen already, or an older one (redelivered, reordered)
     old = DeviceState.model_validate_json(device.state) if device.state else None
     for kind, message in _changes(old, state):
-        session.add(Event(type=kind, device_id=state.device_id, message=message))
+        record_event(session, kind, message, device_id=state.device_id)
     device.state, device.state_seq = state.model_dump_json(), state.seq
     if not device.registered:
         device.labels = state.labels
@@ -138,12 +144,11 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
 def apply_online(session: Session, device_id: str, online: bool, seen: datetime) -> None:
     device = session.get(Device, device_id, with_for_update=True) or Device(id=device_id, labels={})
     if device.online != online:
-        session.add(
-            Event(
-                type="device_online" if online else "device_offline",
-                device_id=device_id,
-                message="online" if online else "offline",
-            )
+        record_event(
+            session,
+            EventType.DEVICE_ONLINE if online else EventType.DEVICE_OFFLINE,
+            "online" if online else "offline",
+            device_id=device_id,
         )
     device.online = online
     device.last_seen = seen

@@ -32,6 +32,15 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from control_plane.api.schemas import RetrainRequest
+from control_plane.audit.record import event_payload, record_event
+from control_plane.audit.types import (
+    AccuracyDropData,
+    DriftClearedData,
+    DriftData,
+    EventType,
+    FeatureReading,
+    Onset,
+)
 from control_plane.errors import ControlPlaneError
 from control_plane.fleet.selectors import parse_selector
 from control_plane.monitoring.drift import (
@@ -277,14 +286,13 @@ class Monitor:
                 onset = start - (policy.drift.consecutive - 1) * self.bucket
                 self._drift_event(session, manifest, selector, drift, verdict, onset, end)
             elif before is not None and _in_drift(before, policy) and not _in_drift(state, policy):
-                session.add(
-                    Event(
-                        type="drift_cleared",
-                        model_name=name,
-                        version=version,
-                        data={"selector": selector, "bucket_start": start.isoformat()},
-                        message=f"{name} v{version} on {where}: no drift any more",
-                    )
+                record_event(
+                    session,
+                    EventType.DRIFT_CLEARED,
+                    f"{name} v{version} on {where}: no drift any more",
+                    data=DriftClearedData(selector=selector, bucket_start=start),
+                    model_name=name,
+                    version=version,
                 )
         accuracy = f1 = None
         if pairs and manifest.output.task == "classification":
@@ -380,27 +388,26 @@ class Monitor:
             parts.append(f"predictions (JS {drift.prediction.js:.2f})")
         if verdict.newly_dataset_drift:
             parts.append(f"the dataset ({drift.drifted_share:.0%} of features)")
-        event = Event(
-            type="drift",
-            model_name=name,
-            version=version,
-            data={
-                "selector": selector,
-                "onset": onset.isoformat(),
-                "bucket_end": end.isoformat(),
-                "features": list(verdict.newly_drifted_features),
-                "prediction_drift": verdict.newly_prediction_drift,
-                "dataset_drift": verdict.newly_dataset_drift,
-                "readings": {
-                    f.name: {"psi": f.psi, "js": f.js, "mean_shift": f.mean_shift}
+        event = record_event(
+            session,
+            EventType.DRIFT,
+            f"{name} v{version} on {selector or 'all devices'}: drift in " + ", ".join(parts),
+            data=DriftData(
+                selector=selector,
+                onset=onset,
+                bucket_end=end,
+                features=list(verdict.newly_drifted_features),
+                prediction_drift=verdict.newly_prediction_drift,
+                dataset_drift=verdict.newly_dataset_drift,
+                readings={
+                    f.name: FeatureReading(psi=f.psi, js=f.js, mean_shift=f.mean_shift)
                     for f in drift.features
                     if f.name in verdict.newly_drifted_features
                 },
-            },
-            message=f"{name} v{version} on {selector or 'all devices'}: drift in "
-            + ", ".join(parts),
+            ),
+            model_name=name,
+            version=version,
         )
-        session.add(event)
         session.flush()
         self._trigger(session, name, "drift", event)
 
@@ -414,21 +421,21 @@ class Monitor:
         labels: int,
         onset: datetime,
     ) -> None:
-        event = Event(
-            type="accuracy_drop",
+        event = record_event(
+            session,
+            EventType.ACCURACY_DROP,
+            f"{manifest.name} v{manifest.version} on {selector or 'all devices'}: "
+            f"accuracy {accuracy:.3f} on {labels} labels, validation {validation:.3f}",
+            data=AccuracyDropData(
+                selector=selector,
+                onset=onset,
+                accuracy=accuracy,
+                validation_accuracy=validation,
+                labels=labels,
+            ),
             model_name=manifest.name,
             version=manifest.version,
-            data={
-                "selector": selector,
-                "onset": onset.isoformat(),
-                "accuracy": accuracy,
-                "validation_accuracy": validation,
-                "labels": labels,
-            },
-            message=f"{manifest.name} v{manifest.version} on {selector or 'all devices'}: "
-            f"accuracy {accuracy:.3f} on {labels} labels, validation {validation:.3f}",
         )
-        session.add(event)
         session.flush()
         self._trigger(session, manifest.name, "accuracy", event)
 
@@ -523,17 +530,16 @@ class Monitor:
             return
         row.release, row.rollout_id = "rolling_out", rollout.id
         session.add(row)
-        session.add(
-            Event(
-                type="release",
-                model_name=row.model_name,
-                version=row.version,
-                rollout_id=rollout.id,
-                job_id=row.job_id,
-                cause_id=job.trigger_event_id if job else None,
-                message=f"{row.model_name} v{row.version} rolling out "
-                f"({rollout.id}) to {policy.selector or 'all devices'}",
-            )
+        record_event(
+            session,
+            EventType.RELEASE,
+            f"{row.model_name} v{row.version} rolling out "
+            f"({rollout.id}) to {policy.selector or 'all devices'}",
+            model_name=row.model_name,
+            version=row.version,
+            rollout_id=rollout.id,
+            job_id=row.job_id,
+            cause_id=job.trigger_event_id if job else None,
         )
         session.commit()
 
@@ -554,8 +560,9 @@ def data_since(
     drift or accuracy drop triggered it, only rows from its onset on (the new world)."""
     since = now - timedelta(seconds=policy.recent_seconds)
     cause = session.get(Event, event_id) if event_id is not None else None
-    onset = (cause.data or {}).get("onset") if cause is not None else None
-    return max(since, datetime.fromisoformat(onset)) if onset else since
+    if cause is None or cause.type not in (EventType.DRIFT, EventType.ACCURACY_DROP):
+        return since  # the schedule, or an operator
+    return max(since, event_payload(cause, Onset).onset)
 
 
 def champion_of(session: Session, name: str, policy: ModelPolicy) -> int | None:
@@ -605,15 +612,14 @@ def start_retraining(
     state.pending_event_id = state.pending_reason = state.waiting_for = None
     state.last_started_at, state.last_job_id = datetime.now(UTC), job.id
     session.add(state)
-    session.add(
-        Event(
-            type="retrain_started",
-            model_name=name,
-            version=champion,
-            job_id=job.id,
-            cause_id=event_id,
-            message=f"{name}: retraining job {job.id} ({trigger}) to challenge v{champion}",
-        )
+    record_event(
+        session,
+        EventType.RETRAIN_STARTED,
+        f"{name}: retraining job {job.id} ({trigger}) to challenge v{champion}",
+        model_name=name,
+        version=champion,
+        job_id=job.id,
+        cause_id=event_id,
     )
     session.flush()
     return job.id

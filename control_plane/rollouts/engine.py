@@ -23,6 +23,8 @@ import numpy.typing as npt
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from control_plane.audit.record import record_event
+from control_plane.audit.types import EventType
 from control_plane.auth.keys import KeyStore
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
@@ -50,7 +52,6 @@ from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
-    Event,
     ModelVersion,
     Rollout,
     RolloutDevice,
@@ -163,13 +164,12 @@ def create_rollout(
     session.add_all(
         RolloutDevice(rollout_id=rollout_id, device_id=d, rank=i) for i, d in enumerate(ordered)
     )
-    session.add(
-        Event(
-            rollout_id=rollout_id,
-            type="created",
-            message=f"{model} v{number} to {len(ordered)} devices "
-            f"({rollout.selector or 'all devices'}) by {actor}",
-        )
+    record_event(
+        session,
+        EventType.CREATED,
+        f"{model} v{number} to {len(ordered)} devices "
+        f"({rollout.selector or 'all devices'}) by {actor}",
+        rollout_id=rollout_id,
     )
     session.commit()
     return rollout
@@ -382,7 +382,7 @@ class RolloutEngine:
         ).all()
         for action in actions:
             if isinstance(action, Record):
-                session.add(Event(rollout_id=rollout.id, type=action.type, message=action.message))
+                record_event(session, action.type, action.message, rollout_id=rollout.id)
                 log.info(
                     "rollout %s (%s v%s): %s",
                     rollout.id,
@@ -454,7 +454,7 @@ class RolloutEngine:
                 f"{rollout.model_name} v{default.version} is the default for "
                 f"{rollout.selector or 'all devices'} again"
             )
-        session.add(Event(rollout_id=rollout.id, type="default_restored", message=message))
+        record_event(session, EventType.DEFAULT_RESTORED, message, rollout_id=rollout.id)
 
     def _deploy(
         self,
@@ -485,13 +485,12 @@ class RolloutEngine:
             member.reverted = True
             session.add(member)
             if member.previous_version is None:
-                session.add(
-                    Event(
-                        rollout_id=rollout.id,
-                        type="no_previous_version",
-                        message=f"{member.device_id} had no earlier version "
-                        f"of {rollout.model_name}; left as it is",
-                    )
+                record_event(
+                    session,
+                    EventType.NO_PREVIOUS_VERSION,
+                    f"{member.device_id} had no earlier version "
+                    f"of {rollout.model_name}; left as it is",
+                    rollout_id=rollout.id,
                 )
                 continue
             out.append(
@@ -558,14 +557,13 @@ class RolloutEngine:
                             "default",
                         )
                     )
-                    session.add(
-                        Event(
-                            rollout_id=default.rollout_id,
-                            type="late_joiner",
-                            message=f"{device.id} given {default.model_name} "
-                            f"v{default.version}, the default for "
-                            f"{default.selector or 'all devices'}",
-                        )
+                    record_event(
+                        session,
+                        EventType.LATE_JOINER,
+                        f"{device.id} given {default.model_name} "
+                        f"v{default.version}, the default for "
+                        f"{default.selector or 'all devices'}",
+                        rollout_id=default.rollout_id,
                     )
         return out
 

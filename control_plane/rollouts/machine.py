@@ -9,6 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
+from control_plane.audit.types import EventType
 from control_plane.errors import ConflictError
 from control_plane.rollouts.gates import GateResult
 from control_plane.rollouts.plans import Stage
@@ -78,7 +79,7 @@ class RestoreDefault:
 
 @dataclass(frozen=True)
 class Record:
-    type: str
+    type: EventType
     message: str
 
 
@@ -106,14 +107,17 @@ def step(
         if on_failure == "pause":
             return (
                 replace(state, status=RolloutStatus.PAUSED, reason=reason),
-                [Record("gate_failed", reason), Record("paused", "paused by policy")],
+                [
+                    Record(EventType.GATE_FAILED, reason),
+                    Record(EventType.PAUSED, "paused by policy"),
+                ],
             )
         return (
             replace(state, status=RolloutStatus.ROLLED_BACK, reason=reason),
             [
-                Record("gate_failed", reason),
+                Record(EventType.GATE_FAILED, reason),
                 RevertDevices(),
-                Record("rolled_back", "rolled back by policy"),
+                Record(EventType.ROLLED_BACK, "rolled back by policy"),
             ],
         )
     stage = stages[state.stage]
@@ -133,7 +137,7 @@ def _start(
         [
             StartStage(index, stage.target),
             Record(
-                "stage_started",
+                EventType.STAGE_STARTED,
                 f"stage {index + 1}/{len(stages)} ({stage.label}): {stage.target} devices",
             ),
         ],
@@ -143,11 +147,11 @@ def _start(
 def _advance(
     state: RolloutState, stages: list[Stage], now: datetime, why: str
 ) -> tuple[RolloutState, list[Action]]:
-    done = Record("stage_passed", f"stage {state.stage + 1}/{len(stages)} passed: {why}")
+    done = Record(EventType.STAGE_PASSED, f"stage {state.stage + 1}/{len(stages)} passed: {why}")
     if state.stage + 1 >= len(stages):
         return (
             replace(state, status=RolloutStatus.SUCCEEDED, reason=None),
-            [done, MakeDefault(), Record("succeeded", "every stage passed")],
+            [done, MakeDefault(), Record(EventType.SUCCEEDED, "every stage passed")],
         )
     new_state, actions = _start(state, state.stage + 1, stages, now)
     return new_state, [done, *actions]
@@ -157,7 +161,7 @@ def _command(
     state: RolloutState, event: Operator, stages: list[Stage]
 ) -> tuple[RolloutState, list[Action]]:
     command, now = event.command, event.now
-    note = Record(command, f"{command} by {event.actor}")
+    note = Record(EventType(command), f"{command} by {event.actor}")
     if command == "rollback":
         if state.status is RolloutStatus.ROLLED_BACK:
             raise ConflictError("the rollout is already rolled back", code="invalid_state")

@@ -22,6 +22,8 @@ from sqlmodel import Session, col, select
 
 from agent.inference import session_for
 from control_plane.api.schemas import RetrainRequest, TrainRequest
+from control_plane.audit.record import record_event
+from control_plane.audit.types import ChallengeData, EventType
 from control_plane.config import ServerSettings
 from control_plane.errors import ChallengerRefusedError, JobFailedError
 from control_plane.monitoring.monitor import labelled_since
@@ -31,7 +33,6 @@ from control_plane.registry.versions import resolve_version
 from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import (
     Dataset,
-    Event,
     Feedback,
     Job,
     SampleRowRecord,
@@ -105,16 +106,15 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
             f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
             "nothing trained"
         )
-        session.add(
-            Event(
-                type="challenger_refused",
-                model_name=job.model_name,
-                version=champion.version,
-                job_id=job.id,
-                cause_id=request.trigger_event_id,
-                data={"decision": "insufficient_data", "labelled_rows": len(usable)},
-                message=f"{job.model_name}: {reason}",
-            )
+        record_event(
+            session,
+            EventType.CHALLENGER_REFUSED,
+            f"{job.model_name}: {reason}",
+            data=ChallengeData(decision="insufficient_data", labelled_rows=len(usable)),
+            model_name=job.model_name,
+            version=champion.version,
+            job_id=job.id,
+            cause_id=request.trigger_event_id,
         )
         session.commit()
         raise ChallengerRefusedError(reason)
@@ -175,6 +175,8 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     if task == "classification":
         y_hold = y_hold.astype(np.int64)
 
+    outcome: list[ChallengeData] = []  # what the challenge found, once it ran
+
     def challenge(model_bytes: bytes) -> None:
         comparison = compare(
             metric,
@@ -182,31 +184,32 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
             challenger=score(model_bytes, X_hold, y_hold, task, metric),
             margin=policy.min_improvement,
         )
-        job.result = {
-            "decision": "registered" if comparison.better else "refused",
-            "reason": comparison.describe(),
-            "metric": metric,
-            "champion_version": champion.version,
-            "champion": comparison.champion,
-            "challenger": comparison.challenger,
-            "required": comparison.required,
-            "holdout_rows": len(hold),
-            "recent_training_rows": len(fit),
-            "reference_rows": reference_rows,
-            "dataset_id": dataset.id,
-        }
+        result = ChallengeData(
+            decision="registered" if comparison.better else "refused",
+            reason=comparison.describe(),
+            metric=metric,
+            champion_version=champion.version,
+            champion=comparison.champion,
+            challenger=comparison.challenger,
+            required=comparison.required,
+            holdout_rows=len(hold),
+            recent_training_rows=len(fit),
+            reference_rows=reference_rows,
+            dataset_id=dataset.id,
+        )
+        outcome.append(result)
+        job.result = result.model_dump(mode="json", exclude_none=True)
         session.add(job)
         if not comparison.better:
-            session.add(
-                Event(
-                    type="challenger_refused",
-                    model_name=job.model_name,
-                    version=champion.version,
-                    job_id=job.id,
-                    cause_id=request.trigger_event_id,
-                    data=job.result,
-                    message=f"{job.model_name}: {comparison.describe()}; nothing registered",
-                )
+            record_event(
+                session,
+                EventType.CHALLENGER_REFUSED,
+                f"{job.model_name}: {comparison.describe()}; nothing registered",
+                data=result,
+                model_name=job.model_name,
+                version=champion.version,
+                job_id=job.id,
+                cause_id=request.trigger_event_id,
             )
             session.commit()
             raise ChallengerRefusedError(comparison.describe())
@@ -224,18 +227,17 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     row = resolve_version(session, job.model_name, str(version))
     row.release = "pending_rollout" if policy.auto_rollout else "awaiting_approval"
     session.add(row)
-    assert job.result is not None
-    session.add(
-        Event(
-            type="challenger_registered",
-            model_name=job.model_name,
-            version=version,
-            job_id=job.id,
-            cause_id=request.trigger_event_id,
-            data=job.result,
-            message=f"{job.model_name} v{version} registered: {job.result['reason']}; "
-            + ("rolling out next" if policy.auto_rollout else "awaiting approval"),
-        )
+    (result,) = outcome
+    record_event(
+        session,
+        EventType.CHALLENGER_REGISTERED,
+        f"{job.model_name} v{version} registered: {result.reason}; "
+        + ("rolling out next" if policy.auto_rollout else "awaiting approval"),
+        data=result,
+        model_name=job.model_name,
+        version=version,
+        job_id=job.id,
+        cause_id=request.trigger_event_id,
     )
     session.commit()
     return version

@@ -21,6 +21,7 @@ ALLOWED = {
 # The control plane runs models with the device's own code, and nothing else of the agent.
 AGENT_API = {"agent.inference"}
 PURE = {
+    "control_plane.audit.types",
     "control_plane.rollouts.machine",
     "control_plane.rollouts.plans",
     "control_plane.rollouts.gates",

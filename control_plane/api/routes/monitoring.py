@@ -28,6 +28,8 @@ from control_plane.api.schemas import (
     JobPublic,
     RetrainCreate,
 )
+from control_plane.audit.record import record_event
+from control_plane.audit.types import EventType
 from control_plane.errors import (
     ConflictError,
     ForbiddenError,
@@ -40,7 +42,6 @@ from control_plane.monitoring.policy import ModelPolicy, policy_of
 from control_plane.registry.versions import get_model, latest_version, resolve_version
 from control_plane.store.tables import (
     DriftResult,
-    Event,
     Feedback,
     Job,
     Role,
@@ -300,14 +301,13 @@ def approve(
         )
     row.release = "approved"
     session.add(row)
-    session.add(
-        Event(
-            type="approved",
-            model_name=name,
-            version=version,
-            job_id=row.job_id,
-            message=f"{name} v{version} approved by {token.name}",
-        )
+    record_event(
+        session,
+        EventType.APPROVED,
+        f"{name} v{version} approved by {token.name}",
+        model_name=name,
+        version=version,
+        job_id=row.job_id,
     )
     session.commit()
     return {"release": "approved"}

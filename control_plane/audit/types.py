@@ -1,0 +1,108 @@
+"""Event types and the payload each carries (pure: no database).
+
+Every event of the audit log has one of these types; the types that carry figures carry
+them as one of the payload models below, checked when the event is recorded and when it
+is read back, so a reader never looks a figure up by a string key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EventType(StrEnum):
+    # rollouts
+    CREATED = "created"
+    STAGE_STARTED = "stage_started"
+    STAGE_PASSED = "stage_passed"
+    GATE_FAILED = "gate_failed"
+    PAUSED = "paused"
+    ROLLED_BACK = "rolled_back"
+    SUCCEEDED = "succeeded"
+    PAUSE = "pause"  # operator commands, as given
+    RESUME = "resume"
+    PROMOTE = "promote"
+    ABORT = "abort"
+    ROLLBACK = "rollback"
+    DEFAULT_RESTORED = "default_restored"
+    LATE_JOINER = "late_joiner"
+    NO_PREVIOUS_VERSION = "no_previous_version"
+    # devices
+    DEVICE_ONLINE = "device_online"
+    DEVICE_OFFLINE = "device_offline"
+    DEVICE_MODEL = "device_model"
+    DEVICE_REFUSAL = "device_refusal"
+    # models
+    DRIFT = "drift"
+    DRIFT_CLEARED = "drift_cleared"
+    ACCURACY_DROP = "accuracy_drop"
+    RETRAIN_STARTED = "retrain_started"
+    CHALLENGER_REGISTERED = "challenger_registered"
+    CHALLENGER_REFUSED = "challenger_refused"
+    RELEASE = "release"
+    APPROVED = "approved"
+
+
+class Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Onset(Payload):
+    """A verdict on a population over time: where, and since when."""
+
+    selector: str = Field(description="Device population (label selector; empty: all).")
+    onset: datetime = Field(description="Start of the first bucket of the episode.")
+
+
+class FeatureReading(Payload):
+    psi: float | None = None
+    js: float | None = None
+    mean_shift: float | None = None
+
+
+class DriftData(Onset):
+    bucket_end: datetime
+    features: list[str] = Field(description="Features that started drifting.")
+    prediction_drift: bool
+    dataset_drift: bool
+    readings: dict[str, FeatureReading] = Field(description="Their readings, by feature.")
+
+
+class DriftClearedData(Payload):
+    selector: str
+    bucket_start: datetime
+
+
+class AccuracyDropData(Onset):
+    accuracy: float
+    validation_accuracy: float | None = None
+    labels: int
+
+
+class ChallengeData(Payload):
+    """How a challenger fared against the champion (also the retraining job's result)."""
+
+    decision: Literal["registered", "refused", "insufficient_data"]
+    reason: str | None = None
+    metric: str | None = None
+    champion_version: int | None = None
+    champion: float | None = None
+    challenger: float | None = None
+    required: float | None = None
+    holdout_rows: int | None = None
+    recent_training_rows: int | None = None
+    reference_rows: int | None = None
+    dataset_id: int | None = None
+    labelled_rows: int | None = None
+
+
+PAYLOADS: dict[EventType, type[Payload]] = {
+    EventType.DRIFT: DriftData,
+    EventType.DRIFT_CLEARED: DriftClearedData,
+    EventType.ACCURACY_DROP: AccuracyDropData,
+    EventType.CHALLENGER_REGISTERED: ChallengeData,
+    EventType.CHALLENGER_REFUSED: ChallengeData,
+}
