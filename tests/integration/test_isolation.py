@@ -177,7 +177,9 @@ def test_a_failing_rollout_holds_up_no_other(make_api: MakeApi) -> None:
     )
     assert api.get(f"/rollouts/{broken['id']}").json()["status"] == "running"
     engine_ = api.client.app.state.rollouts  # type: ignore[attr-defined]
-    wait_until(lambda: engine_.failures > 0, what="the broken rollout's failure counted")
+    wait_until(
+        lambda: engine_.failures > 0, timeout=60, what="the broken rollout's failure counted"
+    )
 
 
 def test_one_models_unreadable_policy_holds_up_no_other_model(make_api: MakeApi) -> None:
