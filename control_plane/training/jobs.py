@@ -14,7 +14,7 @@ from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
 from control_plane.store.tables import Job, JobStatus
 from control_plane.training.supply_chain import finish_job
-from control_plane.training.worker import run_training_job
+from control_plane.training.worker import exit_with_parent, run_training_job
 
 log = logging.getLogger(__name__)
 # Imported once by the fork server (a module that fails to import there is skipped).
@@ -42,7 +42,11 @@ class JobRunner:
         # scikit-learn and skl2onnx for every new pool.
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(TRAINING_MODULES)
-        return ProcessPoolExecutor(max_workers=self._settings.training_workers, mp_context=context)
+        return ProcessPoolExecutor(
+            max_workers=self._settings.training_workers,
+            mp_context=context,
+            initializer=exit_with_parent,
+        )
 
     def submit(self, job_id: int) -> None:
         try:

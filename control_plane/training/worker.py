@@ -4,6 +4,10 @@ retraining a challenger), and record how it ended."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 
 from sqlalchemy import update
 from sqlmodel import Session, col
@@ -17,6 +21,22 @@ from control_plane.training.retraining_job import retrain
 from control_plane.training.supply_chain import finish_job, train_version
 
 log = logging.getLogger(__name__)
+
+
+def exit_with_parent() -> None:
+    """Pool initializer: a worker whose control plane died (kill -9, out of memory) exits
+    instead of waiting for jobs forever (and keeping the fork server alive with it). The
+    parent's sentinel is the write end of the pipe it sent the worker over, which only its
+    death closes."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def run_training_job(settings: ServerSettings, job_id: int) -> None:
