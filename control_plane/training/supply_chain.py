@@ -11,9 +11,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from sqlmodel import Session
 
-from agent.inference import describe, session_for
+from agent.inference import Outputs, describe, session_for
 from control_plane.api.schemas import TrainRequest
 from control_plane.auth.keys import load_keys
 from control_plane.config import ServerSettings
@@ -35,11 +36,7 @@ from control_plane.training.manifest import Trained, build_manifest
 from control_plane.training.parity import check_parity
 from edgefleet import __version__
 from shared.hashing import sha256_bytes
-from shared.manifest import (
-    Lineage,
-    ModelManifest,
-    utc_seconds,
-)
+from shared.manifest import Lineage, ModelManifest, Parity, Task, utc_seconds
 
 log = logging.getLogger(__name__)
 
@@ -125,62 +122,35 @@ def train_version(
     nan_policy: Any = dataset.nan_policy
     parsed = load_dataset(blobs, dataset)
     check_features_match(session, job.model_name, parsed.features)
-
-    X = parsed.X.astype(np.float32)
-    classes: list[str] = []
-    if request.task == "classification":
-        classes = parsed.classes or []
-        if not 2 <= len(classes) <= settings.max_classes:
-            raise JobFailedError(
-                f"classification needs 2 to {settings.max_classes} classes; the "
-                f"label has {len(set(parsed.labels))} distinct values"
-            )
-        index = {c: i for i, c in enumerate(classes)}
-        y: Any = np.asarray([index[v] for v in parsed.labels], dtype=np.int64)
-    else:
-        if parsed.label_kind == "string":
-            raise JobFailedError("regression needs a numeric label column")
-        y = np.asarray([float(v) for v in parsed.labels], dtype=np.float64)
+    classes, y = encode_labels(parsed, request.task, settings.max_classes)
 
     set_progress(session, job_id, "training", 0.1)
     X_train, X_val, y_train, y_val = split(
-        X, y, task=request.task, fraction=request.validation_fraction, seed=request.seed
+        parsed.X.astype(np.float32),
+        y,
+        task=request.task,
+        fraction=request.validation_fraction,
+        seed=request.seed,
     )
     if request.task == "classification" and len(np.unique(y_train)) != len(classes):
         raise JobFailedError(
             "every class needs rows in the training split; some class has too few rows"
         )
-    pipeline = build_pipeline(algorithm, params, nan_policy, request.seed)
-    pipeline.fit(X_train, y_train)
+    pipeline = build_pipeline(algorithm, params, nan_policy, request.seed).fit(X_train, y_train)
 
     set_progress(session, job_id, "exporting", 0.6)
-    model_bytes = export_onnx(pipeline, X.shape[1], request.task)
-    onnx_session = session_for(model_bytes)
-    onnx_out = run_onnx(onnx_session, X_val, request.task)
+    model_bytes = export_onnx(pipeline, X_train.shape[1], request.task)
+    onnx_out = run_onnx(onnx_session := session_for(model_bytes), X_val, request.task)
 
     set_progress(session, job_id, "parity", 0.75)
-    if request.task == "classification":
-        sk_values = pipeline.predict_proba(X_val)
-        sk_labels = pipeline.predict(X_val)
-        metrics = classification_metrics(y_val, sk_labels, sk_values, len(classes))
-    else:
-        sk_values = pipeline.predict(X_val)
-        sk_labels = None
-        metrics = regression_metrics(y_val, sk_values)
-    parity = check_parity(
-        sk_values=sk_values,
-        onnx_values=onnx_out.values,
-        sk_labels=sk_labels,
-        onnx_labels=onnx_out.labels,
-        atol=settings.parity_atol,
-        max_label_disagreement=settings.parity_max_label_disagreement,
-    )
+    metrics, parity = _evaluate(settings, pipeline, X_val, y_val, onnx_out, request.task, classes)
+
     set_progress(session, job_id, "signing", 0.9)
-    input_specs, output_specs = describe(onnx_session)
+    inputs, outputs = describe(onnx_session)
     trained = Trained(
         model_bytes=model_bytes,
-        inputs=input_specs,
-        outputs=output_specs,
+        inputs=inputs,
+        outputs=outputs,
         task=request.task,
         classes=classes,
         features=parsed.features,
@@ -207,6 +177,72 @@ def train_version(
         library_versions=_library_versions(),
         job_id=job_id,
     )
+    if challenge is not None:
+        set_progress(session, job_id, "challenge", 0.85)
+        challenge(model_bytes)
+    return _register(settings, session, blobs, job, trained, lineage, algorithm.name, dataset.id)
+
+
+def encode_labels(
+    parsed: ParsedDataset, task: Task, max_classes: int
+) -> tuple[list[str], npt.NDArray[Any]]:
+    """The label column as class indices (classification, with the class names) or
+    numbers (regression)."""
+    if task == "regression":
+        if parsed.label_kind == "string":
+            raise JobFailedError("regression needs a numeric label column")
+        return [], np.asarray([float(v) for v in parsed.labels], dtype=np.float64)
+    classes = parsed.classes or []
+    if not 2 <= len(classes) <= max_classes:
+        raise JobFailedError(
+            f"classification needs 2 to {max_classes} classes; the "
+            f"label has {len(set(parsed.labels))} distinct values"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, np.asarray([index[v] for v in parsed.labels], dtype=np.int64)
+
+
+def _evaluate(
+    settings: ServerSettings,
+    pipeline: Any,
+    X_val: npt.NDArray[np.float32],
+    y_val: npt.NDArray[Any],
+    onnx_out: Outputs,
+    task: Task,
+    classes: list[str],
+) -> tuple[dict[str, float], Parity]:
+    """Validation metrics of the fitted pipeline, and the parity gate: the export must give
+    the pipeline's answers."""
+    if task == "classification":
+        sk_values = pipeline.predict_proba(X_val)
+        sk_labels = pipeline.predict(X_val)
+        metrics = classification_metrics(y_val, sk_labels, sk_values, len(classes))
+    else:
+        sk_values = pipeline.predict(X_val)
+        sk_labels = None
+        metrics = regression_metrics(y_val, sk_values)
+    parity = check_parity(
+        sk_values=sk_values,
+        onnx_values=onnx_out.values,
+        sk_labels=sk_labels,
+        onnx_labels=onnx_out.labels,
+        atol=settings.parity_atol,
+        max_label_disagreement=settings.parity_max_label_disagreement,
+    )
+    return metrics, parity
+
+
+def _register(
+    settings: ServerSettings,
+    session: Session,
+    blobs: BlobStore,
+    job: Job,
+    trained: Trained,
+    lineage: Lineage,
+    algorithm: str,
+    dataset_id: int,
+) -> int:
+    """Sign the manifest and register the version; its number."""
     created_at = utc_seconds(datetime.now(UTC))
 
     def make_manifest(version: int) -> ModelManifest:
@@ -220,21 +256,17 @@ def train_version(
             golden_count=settings.golden_vectors,
         )
 
-    if challenge is not None:
-        set_progress(session, job_id, "challenge", 0.85)
-        challenge(model_bytes)
-    keys = load_keys(settings.keys_dir)
     row = register_version(
         session,
         blobs,
-        keys.model,
+        load_keys(settings.keys_dir).model,
         name=job.model_name,
-        task=request.task,
-        model_bytes=model_bytes,
+        task=trained.task,
+        model_bytes=trained.model_bytes,
         make_manifest=make_manifest,
-        algorithm=algorithm.name,
-        dataset_id=dataset.id,
-        job_id=job_id,
+        algorithm=algorithm,
+        dataset_id=dataset_id,
+        job_id=job.id,
     )
     return row.version
 
