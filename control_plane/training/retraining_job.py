@@ -13,8 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +29,7 @@ from control_plane.audit.types import ChallengeData, EventType
 from control_plane.config import ServerSettings
 from control_plane.errors import ChallengerRefusedError, JobFailedError
 from control_plane.monitoring.monitor import labelled_since
-from control_plane.monitoring.policy import compare, metric_for
+from control_plane.monitoring.policy import RetrainPolicy, compare, metric_for
 from control_plane.registry.datasets import DatasetLimits, parse_csv, store_dataset
 from control_plane.registry.versions import resolve_version
 from control_plane.store.blobs import BlobStore
@@ -35,6 +37,7 @@ from control_plane.store.tables import (
     Dataset,
     Feedback,
     Job,
+    ModelVersion,
     SampleRowRecord,
     utcnow,
 )
@@ -82,142 +85,75 @@ def _csv(features: list[str], label: str, X: npt.NDArray[np.float32], labels: li
     return buffer.getvalue().encode("utf-8")
 
 
+@dataclass
+class _Retraining:
+    """One retraining job's inputs, read once."""
+
+    session: Session
+    job: Job
+    request: RetrainRequest
+    champion: ModelVersion
+    manifest: ModelManifest
+    blobs: BlobStore
+
+    @property
+    def policy(self) -> RetrainPolicy:
+        return self.request.policy
+
+    def refuse(self, reason: str, result: ChallengeData, message: str) -> NoReturn:
+        """Record the refusal and end the job ``refused`` (nothing registered)."""
+        record_event(
+            self.session,
+            EventType.CHALLENGER_REFUSED,
+            f"{self.job.model_name}: {message}",
+            data=result,
+            model_name=self.job.model_name,
+            version=self.champion.version,
+            job_id=self.job.id,
+            cause_id=self.request.trigger_event_id,
+        )
+        self.session.commit()
+        raise ChallengerRefusedError(reason)
+
+
 def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     assert job.id is not None
     request = RetrainRequest.model_validate(job.request)
-    policy = request.policy
     champion = resolve_version(session, job.model_name, str(request.champion_version))
-    manifest = ModelManifest.model_validate_json(champion.manifest)
-    task, classes = manifest.output.task, manifest.output.classes
-    features = manifest.input.features
-    blobs = BlobStore(settings.blobs_dir)
-
-    set_progress(session, job.id, "collecting", 0.02)
-    since = request.since or utcnow() - timedelta(seconds=policy.recent_seconds)
-    pairs = recent_labelled(session, job.model_name, since, policy.max_recent_rows)
-    usable = [
-        (s, f)
-        for s, f in pairs
-        if len(s.features) == len(features)
-        and (task != "classification" or (0 <= f.label < len(classes) and f.label.is_integer()))
-    ]
-    if len(usable) < policy.min_labelled_rows:
-        reason = (
-            f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
-            "nothing trained"
-        )
-        record_event(
-            session,
-            EventType.CHALLENGER_REFUSED,
-            f"{job.model_name}: {reason}",
-            data=ChallengeData(decision="insufficient_data", labelled_rows=len(usable)),
-            model_name=job.model_name,
-            version=champion.version,
-            job_id=job.id,
-            cause_id=request.trigger_event_id,
-        )
-        session.commit()
-        raise ChallengerRefusedError(reason)
-    X_recent = np.array(
-        [[math.nan if v is None else v for v in s.features] for s, _ in usable], dtype=np.float32
-    )
-    y_recent = np.array([f.label for _, f in usable], dtype=np.float64)
-    rng = np.random.default_rng(policy.seed)
-    order = rng.permutation(len(usable))
-    n_holdout = max(1, round(len(usable) * policy.holdout_fraction))
-    hold, fit = order[:n_holdout], order[n_holdout:]
-
-    reference = session.get(Dataset, champion.dataset_id)
-    if reference is None:
-        raise JobFailedError(f"the champion's dataset {champion.dataset_id} is gone")
-    X_parts, label_parts = [X_recent[fit]], [_label_texts(y_recent[fit], classes)]
-    reference_rows = 0
-    if policy.max_reference_rows:
-        parsed = load_dataset(blobs, reference)
-        keep = [i for i, v in enumerate(parsed.labels) if task != "classification" or v in classes]
-        if len(keep) > policy.max_reference_rows:
-            keep = sorted(rng.choice(keep, policy.max_reference_rows, replace=False).tolist())
-        X_parts.append(parsed.X[keep].astype(np.float32))
-        label_parts.append([parsed.labels[i] for i in keep])
-        reference_rows = len(keep)
-    X_train = np.concatenate(X_parts)
-    if task == "classification":
-        missing = set(classes) - {v for part in label_parts for v in part}
-        if missing:
-            raise ChallengerRefusedError(
-                f"the training data has no rows of class(es) {sorted(missing)}; a challenger "
-                "must know every class of the champion (raise max_reference_rows)"
-            )
-    data = _csv(features, reference.label_column, X_train, [v for p in label_parts for v in p])
-    nan_policy: Any = reference.nan_policy
-    parsed_new = parse_csv(
-        data,
-        label=reference.label_column,
-        nan_policy=nan_policy,
-        limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
-    )
-    dataset, _ = store_dataset(
+    run = _Retraining(
         session,
-        blobs,
-        name=f"{job.model_name}-retrain",
-        label=reference.label_column,
-        nan_policy=nan_policy,
-        data=data,
-        parsed=parsed_new,
+        job,
+        request,
+        champion,
+        ModelManifest.model_validate_json(champion.manifest),
+        BlobStore(settings.blobs_dir),
     )
-    assert dataset.id is not None
-
-    champion_bytes = blobs.read_bytes(champion.sha256)
-    if sha256_bytes(champion_bytes) != champion.sha256:
-        raise JobFailedError(f"the champion's stored artifact {champion.sha256[:12]} is corrupt")
-    metric = metric_for(policy, task)
-    X_hold, y_hold = X_recent[hold], y_recent[hold]
-    if task == "classification":
-        y_hold = y_hold.astype(np.int64)
-
+    set_progress(session, job.id, "collecting", 0.02)
+    X_recent, y_recent = _recent_rows(run)
+    rng = np.random.default_rng(run.policy.seed)
+    order = rng.permutation(len(y_recent))
+    n_holdout = max(1, round(len(y_recent) * run.policy.holdout_fraction))
+    hold, fit = order[:n_holdout], order[n_holdout:]
+    dataset, reference_rows = _training_dataset(run, X_recent[fit], y_recent[fit], rng)
     outcome: list[ChallengeData] = []  # what the challenge found, once it ran
-
-    def challenge(model_bytes: bytes) -> None:
-        comparison = compare(
-            metric,
-            champion=score(champion_bytes, X_hold, y_hold, task, metric),
-            challenger=score(model_bytes, X_hold, y_hold, task, metric),
-            margin=policy.min_improvement,
-        )
-        result = ChallengeData(
-            decision="registered" if comparison.better else "refused",
-            reason=comparison.describe(),
-            metric=metric,
-            champion_version=champion.version,
-            champion=comparison.champion,
-            challenger=comparison.challenger,
-            required=comparison.required,
+    challenge = _challenge(
+        run,
+        X_recent[hold],
+        y_recent[hold],
+        ChallengeData(
+            decision="refused",
             holdout_rows=len(hold),
             recent_training_rows=len(fit),
             reference_rows=reference_rows,
             dataset_id=dataset.id,
-        )
-        outcome.append(result)
-        job.result = result.model_dump(mode="json", exclude_none=True)
-        session.add(job)
-        if not comparison.better:
-            record_event(
-                session,
-                EventType.CHALLENGER_REFUSED,
-                f"{job.model_name}: {comparison.describe()}; nothing registered",
-                data=result,
-                model_name=job.model_name,
-                version=champion.version,
-                job_id=job.id,
-                cause_id=request.trigger_event_id,
-            )
-            session.commit()
-            raise ChallengerRefusedError(comparison.describe())
-        session.commit()
-
+        ),
+        outcome,
+    )
+    assert dataset.id is not None
+    policy, manifest = run.policy, run.manifest
     train_request = TrainRequest(
         dataset_id=dataset.id,
-        task=task,
+        task=manifest.output.task,
         algorithm=policy.algorithm or champion.algorithm,
         params=policy.params if policy.params is not None else manifest.lineage.params,
         seed=policy.seed,
@@ -241,6 +177,132 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     )
     session.commit()
     return version
+
+
+def _recent_rows(run: _Retraining) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """Recent labelled rows that fit the champion's inputs (and classes); too few end the
+    job with a refusal."""
+    policy, output = run.policy, run.manifest.output
+    task, classes, features = output.task, output.classes, run.manifest.input.features
+    since = run.request.since or utcnow() - timedelta(seconds=policy.recent_seconds)
+    pairs = recent_labelled(run.session, run.job.model_name, since, policy.max_recent_rows)
+    usable = [
+        (s, f)
+        for s, f in pairs
+        if len(s.features) == len(features)
+        and (task != "classification" or (0 <= f.label < len(classes) and f.label.is_integer()))
+    ]
+    if len(usable) < policy.min_labelled_rows:
+        reason = (
+            f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
+            "nothing trained"
+        )
+        run.refuse(
+            reason, ChallengeData(decision="insufficient_data", labelled_rows=len(usable)), reason
+        )
+    X = np.array(
+        [[math.nan if v is None else v for v in s.features] for s, _ in usable], dtype=np.float32
+    )
+    return X, np.array([f.label for _, f in usable], dtype=np.float64)
+
+
+def _training_dataset(
+    run: _Retraining,
+    X_fit: npt.NDArray[np.float32],
+    y_fit: npt.NDArray[np.float64],
+    rng: np.random.Generator,
+) -> tuple[Dataset, int]:
+    """The challenger's training rows (recent ones plus a sample of the champion's training
+    data), stored as a new dataset version so its lineage is complete; and how many came
+    from the champion's data."""
+    policy, output = run.policy, run.manifest.output
+    task, classes = output.task, output.classes
+    reference = run.session.get(Dataset, run.champion.dataset_id)
+    if reference is None:
+        raise JobFailedError(f"the champion's dataset {run.champion.dataset_id} is gone")
+    X_parts, label_parts = [X_fit], [_label_texts(y_fit, classes)]
+    reference_rows = 0
+    if policy.max_reference_rows:
+        parsed = load_dataset(run.blobs, reference)
+        keep = [i for i, v in enumerate(parsed.labels) if task != "classification" or v in classes]
+        if len(keep) > policy.max_reference_rows:
+            keep = sorted(rng.choice(keep, policy.max_reference_rows, replace=False).tolist())
+        X_parts.append(parsed.X[keep].astype(np.float32))
+        label_parts.append([parsed.labels[i] for i in keep])
+        reference_rows = len(keep)
+    if task == "classification":
+        missing = set(classes) - {v for part in label_parts for v in part}
+        if missing:
+            raise ChallengerRefusedError(
+                f"the training data has no rows of class(es) {sorted(missing)}; a challenger "
+                "must know every class of the champion (raise max_reference_rows)"
+            )
+    features, label = run.manifest.input.features, reference.label_column
+    data = _csv(features, label, np.concatenate(X_parts), [v for p in label_parts for v in p])
+    nan_policy: Any = reference.nan_policy
+    dataset, _ = store_dataset(
+        run.session,
+        run.blobs,
+        name=f"{run.job.model_name}-retrain",
+        label=label,
+        nan_policy=nan_policy,
+        data=data,
+        parsed=parse_csv(
+            data,
+            label=label,
+            nan_policy=nan_policy,
+            limits=DatasetLimits(max_rows=10**9, max_columns=10**6, min_rows=2),
+        ),
+    )
+    return dataset, reference_rows
+
+
+def _challenge(
+    run: _Retraining,
+    X_hold: npt.NDArray[np.float32],
+    y_hold: npt.NDArray[np.float64],
+    evidence: ChallengeData,
+    outcome: list[ChallengeData],
+) -> Callable[[bytes], None]:
+    """The check the exported challenger must pass before it is registered: beat the
+    champion on the holdout, both run by onnxruntime. Its result goes to the job, to
+    ``outcome`` and, for a refusal, to the audit log."""
+    champion = run.champion
+    champion_bytes = run.blobs.read_bytes(champion.sha256)
+    if sha256_bytes(champion_bytes) != champion.sha256:
+        raise JobFailedError(f"the champion's stored artifact {champion.sha256[:12]} is corrupt")
+    task = run.manifest.output.task
+    metric = metric_for(run.policy, task)
+    labels: npt.NDArray[Any] = y_hold.astype(np.int64) if task == "classification" else y_hold
+
+    def challenge(model_bytes: bytes) -> None:
+        comparison = compare(
+            metric,
+            champion=score(champion_bytes, X_hold, labels, task, metric),
+            challenger=score(model_bytes, X_hold, labels, task, metric),
+            margin=run.policy.min_improvement,
+        )
+        result = evidence.model_copy(
+            update={
+                "decision": "registered" if comparison.better else "refused",
+                "reason": comparison.describe(),
+                "metric": metric,
+                "champion_version": champion.version,
+                "champion": comparison.champion,
+                "challenger": comparison.challenger,
+                "required": comparison.required,
+            }
+        )
+        outcome.append(result)
+        run.job.result = result.model_dump(mode="json", exclude_none=True)
+        run.session.add(run.job)
+        if not comparison.better:
+            run.refuse(
+                comparison.describe(), result, f"{comparison.describe()}; nothing registered"
+            )
+        run.session.commit()
+
+    return challenge
 
 
 def _label_texts(y: npt.NDArray[np.float64], classes: list[str]) -> list[str]:
