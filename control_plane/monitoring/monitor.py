@@ -45,6 +45,8 @@ from control_plane.errors import ControlPlaneError
 from control_plane.fleet.selectors import parse_selector
 from control_plane.monitoring.drift import (
     DriftState,
+    DriftVerdict,
+    MergedWindow,
     WindowDrift,
     advance,
     evaluate_window,
@@ -259,9 +261,8 @@ class Monitor:
                 return True
             return device_id is not None and parsed.matches(devices.get(device_id, {}))
 
-        reference = manifest.reference
         mine = [(d, w) for d, w in windows if member(d)]
-        fitting = [w for _, w in mine if window_fits(w, reference)]
+        fitting = [w for _, w in mine if window_fits(w, manifest.reference)]
         self.dropped_windows += len(mine) - len(fitting)
         merged = merge_windows(fitting)
         pairs = [(label, pred) for d, label, pred in labelled if member(d)]
@@ -271,47 +272,16 @@ class Monitor:
         row = session.get(MonitorState, key, with_for_update=True) or MonitorState(
             model_name=name, version=version, selector=selector
         )
-        drift: WindowDrift | None = None
-        state = DriftState.model_validate(row.state) if row.state else None
-        before = state
-        drifted: tuple[str, ...] = ()
-        dataset_drift = False
+        drift = verdict = None
         if merged is not None:
-            drift = evaluate_window(reference, merged, policy.drift)
-            state, verdict = advance(state, drift, policy.drift)
-            row.state = state.model_dump(mode="json")
-            drifted, dataset_drift = verdict.drifted_features, verdict.dataset_drift
-            where = selector or "all devices"
-            if verdict.newly:
-                onset = start - (policy.drift.consecutive - 1) * self.bucket
-                self._drift_event(session, manifest, selector, drift, verdict, onset, end)
-            elif before is not None and _in_drift(before, policy) and not _in_drift(state, policy):
-                record_event(
-                    session,
-                    EventType.DRIFT_CLEARED,
-                    f"{name} v{version} on {where}: no drift any more",
-                    data=DriftClearedData(selector=selector, bucket_start=start),
-                    model_name=name,
-                    version=version,
-                )
+            drift, verdict = self._judge_drift(
+                session, manifest, policy, selector, row, merged, (start, end)
+            )
         accuracy = f1 = None
         if pairs and manifest.output.task == "classification":
-            y = np.array([p[0] for p in pairs], dtype=np.int64)
-            predicted = np.array([p[1] for p in pairs], dtype=np.int64)
-            accuracy = float(np.mean(y == predicted))
-            from sklearn.metrics import f1_score
-
-            f1 = float(f1_score(y, predicted, average="macro"))
-            validation = manifest.lineage.metrics.get("accuracy")
-            low = accuracy_low(accuracy, len(pairs), validation, policy.accuracy)
-            streak = next_accuracy_streak(row.accuracy_streak, low)
-            k = policy.accuracy.consecutive
-            if row.accuracy_streak < k <= streak:
-                onset = start - (k - 1) * self.bucket
-                self._accuracy_event(
-                    session, manifest, selector, accuracy, validation, len(pairs), onset
-                )
-            row.accuracy_streak = streak
+            accuracy, f1 = self._judge_accuracy(
+                session, manifest, policy, selector, row, pairs, start
+            )
         row.updated_at = end
         session.add(row)
         empty = {"name": "prediction", "rows": 0, "psi": None, "js": None}
@@ -334,13 +304,75 @@ class Monitor:
                     else {**empty, "verdict": "insufficient"}
                 ),
                 drifted_share=drift.drifted_share if drift else 0.0,
-                drifted_features=list(drifted),
-                dataset_drift=dataset_drift,
+                drifted_features=list(verdict.drifted_features) if verdict else [],
+                dataset_drift=verdict.dataset_drift if verdict else False,
                 labels=len(pairs),
                 accuracy=accuracy,
                 f1_macro=f1,
             )
         )
+
+    def _judge_drift(
+        self,
+        session: Session,
+        manifest: ModelManifest,
+        policy: ModelPolicy,
+        selector: str,
+        row: MonitorState,
+        merged: MergedWindow,
+        bucket: tuple[datetime, datetime],
+    ) -> tuple[WindowDrift, DriftVerdict]:
+        """The bucket's drift reading and the verdict it leads to (with the streaks kept on
+        ``row``); a drift that starts, or ends, is an event."""
+        start, end = bucket
+        name, version = manifest.name, manifest.version
+        before = DriftState.model_validate(row.state) if row.state else None
+        drift = evaluate_window(manifest.reference, merged, policy.drift)
+        state, verdict = advance(before, drift, policy.drift)
+        row.state = state.model_dump(mode="json")
+        if verdict.newly:
+            onset = start - (policy.drift.consecutive - 1) * self.bucket
+            self._drift_event(session, manifest, selector, drift, verdict, onset, end)
+        elif before is not None and _in_drift(before, policy) and not _in_drift(state, policy):
+            record_event(
+                session,
+                EventType.DRIFT_CLEARED,
+                f"{name} v{version} on {selector or 'all devices'}: no drift any more",
+                data=DriftClearedData(selector=selector, bucket_start=start),
+                model_name=name,
+                version=version,
+            )
+        return drift, verdict
+
+    def _judge_accuracy(
+        self,
+        session: Session,
+        manifest: ModelManifest,
+        policy: ModelPolicy,
+        selector: str,
+        row: MonitorState,
+        pairs: list[tuple[float, float]],
+        start: datetime,
+    ) -> tuple[float, float]:
+        """Accuracy and macro F1 on the bucket's labels; a drop below the version's
+        validation accuracy for ``consecutive`` buckets is an event."""
+        y = np.array([p[0] for p in pairs], dtype=np.int64)
+        predicted = np.array([p[1] for p in pairs], dtype=np.int64)
+        accuracy = float(np.mean(y == predicted))
+        from sklearn.metrics import f1_score
+
+        f1 = float(f1_score(y, predicted, average="macro"))
+        validation = manifest.lineage.metrics.get("accuracy")
+        low = accuracy_low(accuracy, len(pairs), validation, policy.accuracy)
+        streak = next_accuracy_streak(row.accuracy_streak, low)
+        k = policy.accuracy.consecutive
+        if row.accuracy_streak < k <= streak:
+            onset = start - (k - 1) * self.bucket
+            self._accuracy_event(
+                session, manifest, selector, accuracy, validation, len(pairs), onset
+            )
+        row.accuracy_streak = streak
+        return accuracy, f1
 
     def _labels(
         self, session: Session, start: datetime, end: datetime
