@@ -66,63 +66,66 @@ async def _lead(
         await asyncio.sleep(interval)
 
 
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Start: migrate, load the keys, start the bridge, the leader loop and the job workers;
+    stop them in turn."""
+    settings: ServerSettings = app.state.settings
+    keys = load_keys(settings.keys_dir)
+    engine = create_db_engine(settings.resolved_database_url)
+    migrate(engine)
+    runner = JobRunner(settings, engine)
+    leadership = Leadership(engine)
+    bridge = (
+        MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
+        if settings.mqtt_url
+        else None
+    )
+    bridge_task = asyncio.create_task(bridge.run()) if bridge else None
+    rollouts = RolloutEngine(
+        engine,
+        keys,
+        timedelta(seconds=settings.desired_ttl_seconds),
+        bridge.publish_desired if bridge else None,
+    )
+    monitor = Monitor(
+        engine,
+        bucket_seconds=settings.monitor_bucket_seconds,
+        grace_seconds=settings.monitor_grace_seconds,
+        submit=runner.submit,
+        owner=leadership.process_id,
+    )
+    leader_task = asyncio.create_task(
+        _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
+    )
+    app.state.rollouts = rollouts
+    app.state.monitor = monitor
+    app.state.leadership = leadership
+    app.state.bridge = bridge
+    app.state.engine = engine
+    app.state.keys = keys
+    app.state.blobs = BlobStore(settings.blobs_dir)
+    app.state.artifact_access = ArtifactAccess(engine)
+    app.state.jobs = runner
+    if engine.dialect.name == "sqlite":
+        runner.recover()  # one process per SQLite file: whatever ran before is gone
+    log.info("control plane ready (data dir %s)", settings.data_dir)
+    try:
+        yield
+    finally:
+        for task in (leader_task, bridge_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        runner.shutdown()
+        leadership.release()
+        engine.dispose()
+
+
 def create_app(settings: ServerSettings) -> FastAPI:
     """Build the API for ``settings``. Startup migrates the database, loads the keys (the data
     directory must have been set up by ``edgefleet init``) and starts the job workers."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        keys = load_keys(settings.keys_dir)
-        engine = create_db_engine(settings.resolved_database_url)
-        migrate(engine)
-        runner = JobRunner(settings, engine)
-        leadership = Leadership(engine)
-        bridge = (
-            MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
-            if settings.mqtt_url
-            else None
-        )
-        bridge_task = asyncio.create_task(bridge.run()) if bridge else None
-        rollouts = RolloutEngine(
-            engine,
-            keys,
-            timedelta(seconds=settings.desired_ttl_seconds),
-            bridge.publish_desired if bridge else None,
-        )
-        monitor = Monitor(
-            engine,
-            bucket_seconds=settings.monitor_bucket_seconds,
-            grace_seconds=settings.monitor_grace_seconds,
-            submit=runner.submit,
-            owner=leadership.process_id,
-        )
-        leader_task = asyncio.create_task(
-            _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
-        )
-        app.state.rollouts = rollouts
-        app.state.monitor = monitor
-        app.state.leadership = leadership
-        app.state.bridge = bridge
-        app.state.settings = settings
-        app.state.engine = engine
-        app.state.keys = keys
-        app.state.blobs = BlobStore(settings.blobs_dir)
-        app.state.artifact_access = ArtifactAccess(engine)
-        app.state.jobs = runner
-        if engine.dialect.name == "sqlite":
-            runner.recover()  # one process per SQLite file: whatever ran before is gone
-        log.info("control plane ready (data dir %s)", settings.data_dir)
-        try:
-            yield
-        finally:
-            for task in (leader_task, bridge_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            runner.shutdown()
-            leadership.release()
-            engine.dispose()
 
     app = FastAPI(
         title="edgefleet control plane",
@@ -133,9 +136,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         "<token>`. Every error (400, 401, 403, 404, 409, 413, 422, 500) answers "
         '`{"detail": [{"loc", "msg", "type"}]}`, naming the field and the rule, and echoes at '
         "most a short piece of the input. JSON bodies are at most 2 MiB and 32 levels deep.",
-        lifespan=lifespan,
+        lifespan=_lifespan,
     )
 
+    app.state.settings = settings
     errors.install(app)
 
     for module in (
