@@ -110,13 +110,8 @@ def parse_csv(
         raise _invalid("file", f"malformed CSV: {exc}", "malformed") from exc
 
 
-def _parse_stream(
-    reader: Iterator[list[str]],
-    lines: int,
-    label: str,
-    nan_policy: NanPolicy,
-    limits: DatasetLimits,
-) -> ParsedDataset:
+def _header(reader: Iterator[list[str]], label: str, limits: DatasetLimits) -> list[str]:
+    """The header row, checked: size, names, the label among them, a feature besides."""
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration as exc:
@@ -140,7 +135,47 @@ def _parse_stream(
         )
     if len(header) < 2:
         raise _invalid("file", "no feature columns besides the label", "no_features")
+    return header
 
+
+def _numbers(
+    record: list[str], header: list[str], label_index: int, line_no: int, nan_policy: NanPolicy
+) -> tuple[list[float], int]:
+    """A row's feature values, and how many are missing (refused under ``reject``)."""
+    values: list[float] = []
+    missing = 0
+    for i, cell in enumerate(record):
+        if i == label_index:
+            continue
+        number = _as_float(cell)
+        if number is None:
+            raise _invalid(
+                "file",
+                f"line {line_no}, column {header[i]!r}: {cell[:40]!r} is not a finite number",
+                "non_numeric",
+            )
+        if math.isnan(number):
+            missing += 1
+            if nan_policy == "reject":
+                raise _invalid(
+                    "file",
+                    f"line {line_no}, column {header[i]!r}: missing "
+                    "value, and nan_policy is 'reject' (use 'drop' or "
+                    "'impute')",
+                    "missing_value",
+                )
+        values.append(number)
+    return values, missing
+
+
+def _parse_stream(
+    reader: Iterator[list[str]],
+    lines: int,
+    label: str,
+    nan_policy: NanPolicy,
+    limits: DatasetLimits,
+) -> ParsedDataset:
+    header = _header(reader, label, limits)
     label_index = header.index(label)
     features = [h for i, h in enumerate(header) if i != label_index]
     X = np.empty((min(lines, limits.max_rows + 1), len(features)), dtype=np.float64)
@@ -165,29 +200,7 @@ def _parse_stream(
             raise _invalid(
                 "label", f"line {line_no}: the label {label!r} is missing", "missing_label"
             )
-        values: list[float] = []
-        row_missing = 0
-        for i, cell in enumerate(record):
-            if i == label_index:
-                continue
-            number = _as_float(cell)
-            if number is None:
-                raise _invalid(
-                    "file",
-                    f"line {line_no}, column {header[i]!r}: {cell[:40]!r} is not a finite number",
-                    "non_numeric",
-                )
-            if math.isnan(number):
-                row_missing += 1
-                if nan_policy == "reject":
-                    raise _invalid(
-                        "file",
-                        f"line {line_no}, column {header[i]!r}: missing "
-                        "value, and nan_policy is 'reject' (use 'drop' or "
-                        "'impute')",
-                        "missing_value",
-                    )
-            values.append(number)
+        values, row_missing = _numbers(record, header, label_index, line_no, nan_policy)
         if row_missing and nan_policy == "drop":
             dropped += 1
             continue
