@@ -258,9 +258,25 @@ def merge_windows(
     if np.any(flat < 0):
         row = int(np.flatnonzero((flat < 0).any(axis=1))[0])
         raise ValueError(f"window {row} has a negative count")
-    total = flat.sum(axis=0)
-    moment_total = np.asarray(floats, dtype=np.float64).reshape(len(items), -1).sum(axis=0)
+    return _unflatten(
+        flat.sum(axis=0),
+        np.asarray(floats, dtype=np.float64).reshape(len(items), -1).sum(axis=0),
+        bins,
+        n_latency,
+        n_predictions,
+        len(items),
+    )
 
+
+def _unflatten(
+    total: npt.NDArray[np.int64],
+    moment_total: npt.NDArray[np.float64],
+    bins: list[int],
+    n_latency: int,
+    n_predictions: int,
+    windows: int,
+) -> MergedWindow:
+    """The column sums of ``merge_windows`` back in the shape of a window."""
     at = 2
     latency = total[at : at + n_latency]
     at += n_latency
@@ -287,7 +303,7 @@ def merge_windows(
         latency_counts=latency.copy(),
         features=tuple(features),
         predictions=predictions.copy(),
-        windows=len(items),
+        windows=windows,
     )
 
 
