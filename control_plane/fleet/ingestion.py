@@ -88,42 +88,10 @@ def store_batch(
             else:
                 apply_online(session, message.device_id, message.online, now)
         if windows:
-            inserted = _insert_once(
-                session,
-                TelemetryRecord,
-                [
-                    {
-                        "device_id": w.device_id,
-                        "seq": w.seq,
-                        "window_start": w.window_start,
-                        "window_end": w.window_end,
-                        "payload": w.model_dump_json(),
-                        "received_at": now,
-                    }
-                    for w in windows
-                ],
-            )
+            inserted = _insert_windows(session, windows, now)
             result.inserted, result.duplicates = len(inserted), len(windows) - len(inserted)
         if samples:
-            stored = _insert_once(
-                session,
-                SampleRecord,
-                [
-                    {
-                        "device_id": b.device_id,
-                        "seq": b.seq,
-                        "model_name": b.model.name,
-                        "model_version": b.model.version,
-                        "rows": len(b.rows),
-                        "payload": b.model_dump_json(),
-                        "received_at": now,
-                    }
-                    for b in samples
-                ],
-            )
-            _insert_sample_rows(
-                session, [b for b in samples if (b.device_id, b.seq) in stored], now
-            )
+            _insert_samples(session, samples, now)
         for device_id, count in sorted((dropped or {}).items()):
             session.execute(
                 update(Device)
@@ -136,6 +104,46 @@ def store_batch(
     for batch in samples:
         result.sample_acks.setdefault(batch.device_id, []).append(batch.seq)
     return result
+
+
+def _insert_windows(
+    session: Session, windows: list[TelemetryWindow], now: datetime
+) -> set[tuple[str, int]]:
+    return _insert_once(
+        session,
+        TelemetryRecord,
+        [
+            {
+                "device_id": w.device_id,
+                "seq": w.seq,
+                "window_start": w.window_start,
+                "window_end": w.window_end,
+                "payload": w.model_dump_json(),
+                "received_at": now,
+            }
+            for w in windows
+        ],
+    )
+
+
+def _insert_samples(session: Session, samples: list[SampleBatch], now: datetime) -> None:
+    stored = _insert_once(
+        session,
+        SampleRecord,
+        [
+            {
+                "device_id": b.device_id,
+                "seq": b.seq,
+                "model_name": b.model.name,
+                "model_version": b.model.version,
+                "rows": len(b.rows),
+                "payload": b.model_dump_json(),
+                "received_at": now,
+            }
+            for b in samples
+        ],
+    )
+    _insert_sample_rows(session, [b for b in samples if (b.device_id, b.seq) in stored], now)
 
 
 def _insert_once(
