@@ -43,6 +43,7 @@ from control_plane.audit.types import (
 )
 from control_plane.errors import ControlPlaneError
 from control_plane.fleet.selectors import parse_selector
+from control_plane.monitoring import release
 from control_plane.monitoring.drift import (
     DriftState,
     DriftVerdict,
@@ -532,7 +533,7 @@ class Monitor:
         with Session(self.engine) as session:
             waiting = session.exec(
                 select(ModelVersion).where(
-                    col(ModelVersion.release).in_(["pending_rollout", "approved"])
+                    col(ModelVersion.release).in_([r.value for r in release.READY])
                 )
             ).all()
             for row in waiting:
@@ -560,7 +561,7 @@ class Monitor:
             session.rollback()
             log.info("release of %s v%s waits: %s", row.model_name, row.version, exc)
             return
-        row.release, row.rollout_id = "rolling_out", rollout.id
+        row.release, row.rollout_id = release.rolling_out(row.release), rollout.id
         session.add(row)
         record_event(
             session,

@@ -28,6 +28,7 @@ from control_plane.audit.record import record_event
 from control_plane.audit.types import ChallengeData, EventType
 from control_plane.config import ServerSettings
 from control_plane.errors import ChallengerRefusedError, JobFailedError
+from control_plane.monitoring import release
 from control_plane.monitoring.monitor import labelled_since
 from control_plane.monitoring.policy import RetrainPolicy, compare, metric_for
 from control_plane.registry.datasets import DatasetLimits, parse_csv, store_dataset
@@ -161,7 +162,7 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     )
     version = train_version(settings, session, job, train_request, challenge)
     row = resolve_version(session, job.model_name, str(version))
-    row.release = "pending_rollout" if policy.auto_rollout else "awaiting_approval"
+    row.release = release.registered(policy.auto_rollout)
     session.add(row)
     (result,) = outcome
     record_event(

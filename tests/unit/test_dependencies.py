@@ -27,6 +27,7 @@ PURE = {
     "control_plane.rollouts.gates",
     "control_plane.monitoring.drift",
     "control_plane.monitoring.policy",
+    "control_plane.monitoring.release",
     "control_plane.training.parity",
     "control_plane.fleet.selectors",
 }

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
+from control_plane.monitoring import release
 from control_plane.monitoring.policy import (
     Go,
     ModelPolicy,
@@ -18,6 +19,7 @@ from control_plane.monitoring.policy import (
     retrain_decision,
     schedule_due,
 )
+from control_plane.monitoring.release import Release
 
 NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 
@@ -99,3 +101,16 @@ def test_policy_validation() -> None:
         ModelPolicy.model_validate({"surprise": 1})
     plan = ModelPolicy.model_validate({}).retrain.plan
     assert plan.preset == "canary" and plan.gates.max_prediction_js == 1.0
+
+
+def test_the_release_of_a_challenger_goes_one_way() -> None:
+    assert release.registered(auto_rollout=True) is Release.PENDING_ROLLOUT
+    waiting = release.registered(auto_rollout=False)
+    assert waiting is Release.AWAITING_APPROVAL
+    assert release.rolling_out(waiting) is None  # not before an operator approves it
+    assert release.approved(waiting) is Release.APPROVED
+    assert release.approved(Release.APPROVED) is None  # approving twice changes nothing
+    assert release.approved(None) is None  # nor a version that is no challenger
+    for ready in (Release.PENDING_ROLLOUT, Release.APPROVED):
+        assert release.rolling_out(ready) is Release.ROLLING_OUT
+    assert release.rolling_out(Release.ROLLING_OUT) is None  # one rollout per release

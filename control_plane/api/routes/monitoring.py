@@ -37,6 +37,7 @@ from control_plane.errors import (
     PayloadTooLargeError,
 )
 from control_plane.fleet.selectors import parse_selector
+from control_plane.monitoring import release
 from control_plane.monitoring.monitor import start_retraining
 from control_plane.monitoring.policy import ModelPolicy, policy_of
 from control_plane.registry.versions import get_model, latest_version, resolve_version
@@ -293,13 +294,14 @@ def approve(
     """Mark a retrained version approved: the monitor starts its rollout (the policy's
     selector and plan) on its next tick, once no other rollout holds the devices."""
     row = resolve_version(session, name, str(version))
-    if row.release != "awaiting_approval":
+    after = release.approved(row.release)
+    if after is None:
         raise ConflictError(
             f"{name} v{version} is not awaiting approval (release: {row.release or 'none'})",
             loc=("path", "version"),
             code="not_awaiting_approval",
         )
-    row.release = "approved"
+    row.release = after
     session.add(row)
     record_event(
         session,
