@@ -52,7 +52,7 @@ from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Channel  # noqa: E402
 from simulator.broker import MosquittoBroker, free_port  # noqa: E402
 from simulator.data import FEATURES, sensor_rows  # noqa: E402
-from tests.fleet import (  # noqa: E402
+from simulator.rig.agents import (  # noqa: E402
     CP_PASSWORD,
     AgentThread,
     ArtifactServer,
@@ -62,7 +62,7 @@ from tests.fleet import (  # noqa: E402
     trusted_keys,
     wait_until,
 )
-from tests.models import make_model  # noqa: E402
+from simulator.rig.models import make_model  # noqa: E402
 
 DEVICE = "bench-inproc"
 SUB_DEVICE = "bench-proc"

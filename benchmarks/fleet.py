@@ -59,8 +59,8 @@ from shared.stats import LATENCY_BUCKETS  # noqa: E402
 from simulator.broker import MosquittoBroker, find_tool  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
-from tests.conftest import ServerProcess, start_server  # noqa: E402
-from tests.fleet import CP_PASSWORD  # noqa: E402
+from simulator.rig.agents import CP_PASSWORD  # noqa: E402
+from simulator.rig.server import ServerProcess, start_server  # noqa: E402
 
 MiB = 1024 * 1024
 MODEL = "fault"

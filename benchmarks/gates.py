@@ -66,7 +66,7 @@ from shared.signing import SigningKey
 from shared.stats import histogram_quantile, latency_counts
 from simulator.data import sensor_rows
 from simulator.faults import slow_variant
-from tests.models import make_model
+from simulator.rig.models import make_model
 
 HARDWARE = {"rpi3": 3.0, "rpi4": 1.6, "jetson": 1.0}
 FLEET = [name for name in HARDWARE for _ in range(7)][:20]

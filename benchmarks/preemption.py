@@ -1,8 +1,8 @@
 """How fast a newer desired state pre-empts what the agent is doing.
 
-A real agent (in a thread), a private mosquitto and an HTTP artifact server (tests.agent_rig):
-the time from publishing a rollback (a desired state naming the rollback slot's version) to
-that version serving again,
+A real agent (in a thread), a private mosquitto and an HTTP artifact server
+(``simulator.rig.agent_rig``): the time from publishing a rollback (a desired state naming
+the rollback slot's version) to that version serving again,
 
 * while the device is on probation with the version being rolled back (shipped probation:
   50 requests or 30 s, no traffic), and
@@ -32,9 +32,9 @@ from agent.slot import ModelSlot
 from shared.manifest import ModelManifest
 from shared.messages import Phase
 from simulator.data import sensor_rows
-from tests.agent_rig import DEVICE, Rig, open_rig, serving
-from tests.fleet import AgentThread, sign_desired, wait_until
-from tests.models import make_model
+from simulator.rig.agent_rig import DEVICE, Rig, open_rig, serving
+from simulator.rig.agents import AgentThread, sign_desired, wait_until
+from simulator.rig.models import make_model
 
 SLOW_BYTES_PER_SECOND = 320 * 1024  # the artifact server's "slow" mode
 

@@ -30,9 +30,9 @@ from shared.topics import Channel, Topics
 from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 from simulator.data import sensor_rows, write_sensor_csv
 from simulator.faults import StallProxy
-from tests.conftest import REPO, ServerProcess, edgefleet_cmd, start_server, stop_server
-from tests.fleet import CP_PASSWORD, AgentThread, wait_until
-from tests.rig import open_fleet
+from simulator.rig.agents import CP_PASSWORD, AgentThread, wait_until
+from simulator.rig.fleet import open_fleet
+from simulator.rig.server import REPO, ServerProcess, edgefleet_cmd, start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEVICE = "dev-field"

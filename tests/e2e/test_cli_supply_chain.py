@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, run_cli, start_server, stop_server
+from simulator.rig.server import ServerProcess, run_cli, start_server, stop_server
 
 pytestmark = pytest.mark.integration
 

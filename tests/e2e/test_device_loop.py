@@ -19,8 +19,15 @@ import pytest
 
 from simulator.broker import MosquittoBroker, free_port
 from simulator.data import FEATURES, sensor_rows
-from tests.conftest import REPO, ServerProcess, edgefleet_cmd, run_cli, start_server, stop_server
-from tests.fleet import CP_PASSWORD, wait_until
+from simulator.rig.agents import CP_PASSWORD, wait_until
+from simulator.rig.server import (
+    REPO,
+    ServerProcess,
+    edgefleet_cmd,
+    run_cli,
+    start_server,
+    stop_server,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from simulator.data import CLASSES, sensor_csv, sensor_rows
-from tests.fleet import wait_until
-from tests.rig import OPEN_GATES, Fleet, open_fleet
+from simulator.rig.agents import wait_until
+from simulator.rig.fleet import OPEN_GATES, Fleet, open_fleet
 
 pytestmark = pytest.mark.integration
 DEVICES = 6

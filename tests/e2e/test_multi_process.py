@@ -12,8 +12,8 @@ import pytest
 
 from simulator.broker import MosquittoBroker, free_port
 from simulator.data import write_sensor_csv
-from tests.conftest import start_server, stop_server
-from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.agents import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.server import start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 OPEN = {"min_requests": 0, "min_devices_reporting": 0}

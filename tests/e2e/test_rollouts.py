@@ -12,9 +12,9 @@ import pytest
 
 from simulator.data import sensor_rows, write_sensor_csv
 from simulator.faults import register_slow_version
-from tests.conftest import start_server
-from tests.fleet import AgentThread, wait_until
-from tests.rig import OPEN_GATES, Fleet, open_fleet
+from simulator.rig.agents import AgentThread, wait_until
+from simulator.rig.fleet import OPEN_GATES, Fleet, open_fleet
+from simulator.rig.server import start_server
 
 pytestmark = pytest.mark.integration
 FLEET = 20
@@ -253,7 +253,7 @@ def test_control_plane_killed_mid_rollout_resumes_without_repeating_a_stage(flee
 
 
 def test_operator_cli(fleet: Fleet) -> None:
-    from tests.conftest import run_cli
+    from simulator.rig.server import run_cli
 
     env = fleet.server.env
     csv = write_sensor_csv(fleet.tmp / "s.csv", 300, seed=1)

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from control_plane.app import create_app
 from control_plane.config import ServerSettings, load_settings
 from control_plane.store.datadir import init_data_dir
-from tests.agent_rig import Rig, open_rig
+from simulator.rig.agent_rig import Rig, open_rig
 
 
 @dataclass

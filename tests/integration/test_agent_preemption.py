@@ -17,9 +17,9 @@ from agent.runtime import CRASH_FILE, AgentCrashedError
 from agent.slot import ModelSlot
 from shared.manifest import ModelManifest
 from shared.messages import Phase, SequenceFloor, Verdict
-from tests.agent_rig import DEVICE, Rig, predict_ok, refused, serving
-from tests.fleet import AgentThread, sign_desired, wait_until
-from tests.models import make_model
+from simulator.rig.agent_rig import DEVICE, Rig, predict_ok, refused, serving
+from simulator.rig.agents import AgentThread, sign_desired, wait_until
+from simulator.rig.models import make_model
 
 pytestmark = pytest.mark.integration
 

@@ -24,7 +24,7 @@ from shared.hashing import sha256_bytes
 from shared.manifest import InputSchema, ModelManifest, OutputSchema, Reference
 from shared.signing import SigningKey
 from simulator.data import CLASSES, FEATURES, sensor_rows
-from tests.models import make_model
+from simulator.rig.models import make_model
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ from shared.messages import MAX_DESIRED_BYTES, Ack, Phase, SampleBatch
 from shared.signing import SigningKey
 from shared.topics import Channel
 from simulator.data import sensor_rows
-from tests.agent_rig import (
+from simulator.rig.agent_rig import (
     DEVICE,
     Rig,
     active_bytes,
@@ -24,11 +24,11 @@ from tests.agent_rig import (
     refused,
     serving,
 )
-from tests.fleet import (
+from simulator.rig.agents import (
     sign_desired,
     wait_until,
 )
-from tests.models import make_model
+from simulator.rig.models import make_model
 
 pytestmark = pytest.mark.integration
 

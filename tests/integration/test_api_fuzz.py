@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from simulator.data import sensor_csv
-from tests.conftest import ServerProcess, start_server, stop_server
-from tests.fleet import wait_until
+from simulator.rig.agents import wait_until
+from simulator.rig.server import ServerProcess, start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PUBLIC = {("GET", "/api/v1/healthz"), ("GET", "/api/v1/keys")}

@@ -18,7 +18,7 @@ from shared.signing import KeyRole
 from shared.trust import TrustStore
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
-from tests.fleet import CP_PASSWORD, wait_until
+from simulator.rig.agents import CP_PASSWORD, wait_until
 from tests.integration.conftest import Api, MakeApi
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from control_plane.store.tables import Model, RetrainState, Rollout
 from shared.stats import LATENCY_BUCKETS
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
-from tests.fleet import CP_PASSWORD, wait_until
+from simulator.rig.agents import CP_PASSWORD, wait_until
 from tests.integration.conftest import Api, MakeApi
 from tests.integration.test_bridge import Device, bridge_of
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from tests.fleet import wait_until
+from simulator.rig.agents import wait_until
 
 PARENT = """
 import multiprocessing, os, sys

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import DEFAULT_CONFIG, AgentSettings
-from tests.conftest import run_cli
+from simulator.rig.server import run_cli
 
 REQUIRED = ("device_id", "broker_url", "control_plane_url", "token", "trust_store", "data_dir")
 

@@ -107,6 +107,25 @@ def test_packages_depend_one_way() -> None:
     assert not wrong
 
 
+def test_nothing_but_tests_imports_the_tests() -> None:
+    """Benchmarks and the simulator share the rig (``simulator.rig``), not test helpers."""
+    sources = [*MODULES.values(), *(REPO / "benchmarks").glob("*.py")]
+    wrong = []
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            wrong += [
+                f"{path.relative_to(REPO)} imports {n}" for n in names if n.split(".")[0] == "tests"
+            ]
+    assert not wrong
+
+
 def test_the_control_plane_uses_the_agent_only_through_its_inference_api() -> None:
     wrong = [
         f"{module} imports {name}"

@@ -6,7 +6,7 @@ import pytest
 from agent.inference import InputError, LoadedModel, session_for
 from shared.signing import SigningKey
 from simulator.data import FEATURES
-from tests.models import make_model
+from simulator.rig.models import make_model
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from shared.trust import TrustedKey, TrustStore
 from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
 
 T = TypeVar("T")
-CP_PASSWORD = "cp-secret"
+CP_PASSWORD = "cp-secret"  # noqa: S105  (a test rig's throw-away secret)
 
 
 def wait_until(

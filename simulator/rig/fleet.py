@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from simulator.broker import MosquittoBroker
-from tests.conftest import ServerProcess, start_server, stop_server
-from tests.fleet import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.agents import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.server import ServerProcess, start_server, stop_server
 
 OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 60}
 

@@ -16,8 +16,7 @@ from shared.messages import DesiredState, Phase
 from shared.signing import SigningKey
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_rows
-from tests.conftest import REPO, edgefleet_cmd
-from tests.fleet import (
+from simulator.rig.agents import (
     CP_PASSWORD,
     AgentThread,
     ArtifactServer,
@@ -27,10 +26,11 @@ from tests.fleet import (
     trusted_keys,
     wait_until,
 )
-from tests.models import make_model
+from simulator.rig.models import make_model
+from simulator.rig.server import REPO, edgefleet_cmd
 
 DEVICE = "dev-a"
-TOKEN = "ef_device-token-a"
+TOKEN = "ef_device-token-a"  # noqa: S105  (a test rig's throw-away secret)
 
 
 @dataclass
