@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from agent.errors import AgentError
 from agent.verify import check_golden, check_io, golden_inputs
 from shared.errors import VerificationError
 from shared.manifest import ModelManifest, OutputSchema, TensorSpec
@@ -31,7 +32,7 @@ _DTYPES = {
 Rows = Sequence[Sequence[float | None]] | npt.NDArray[Any]  # positional rows
 
 
-class InputError(ValueError):
+class InputError(AgentError, ValueError):
     """A request's inputs do not fit the model's schema (a 4xx, not a model failure)."""
 
 

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from agent.config import AgentSettings
 from agent.durable import write_atomic
+from agent.errors import AgentError
 from agent.inference import LoadedModel, Rows
 from agent.model_store import ModelStore
 from agent.mqtt import DeviceSession
@@ -355,7 +356,7 @@ class Agent:
             pass  # the restart reports it from the data dir
 
 
-class AgentCrashedError(RuntimeError):
+class AgentCrashedError(AgentError, RuntimeError):
     """A long-running part of the agent failed; the process should exit and be restarted."""
 
     def __init__(self, part: str, error: BaseException) -> None:

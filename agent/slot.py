@@ -15,13 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from agent.errors import AgentError
 from agent.inference import LoadedModel, Outputs, timed_run
 from agent.telemetry import WindowAccumulator
 from shared.manifest import ModelManifest
 from shared.messages import ErrorInfo, ModelRef, ModelStatus, Phase, Verdict
 
 
-class ModelUnavailableError(LookupError):
+class ModelUnavailableError(AgentError, LookupError):
     """No verified model of that name is serving on this device."""
 
 

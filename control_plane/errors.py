@@ -1,15 +1,16 @@
-"""Errors of the control plane. Services raise these; routes map them to HTTP.
+"""Errors of the control plane: what went wrong, in the domain's terms. Services raise
+these; ``api/errors.py`` maps each kind to an HTTP status.
 
-``ControlPlaneError`` is the base. Each subclass names its HTTP status and carries the
-field it concerns (``loc``) and a stable ``code``, so an API answer names the field and
-the rule it broke.
+``ControlPlaneError`` is the base. An error carries the field it concerns (``loc``: a path
+into what the caller gave, e.g. ``("plan", "stages", 1, "percent")``; services that know
+where a value came from in a request may say so, e.g. ``("path", "name")``) and a stable
+``code``, so an answer names the field and the rule it broke.
 """
 
 from __future__ import annotations
 
 
 class ControlPlaneError(Exception):
-    status_code = 500
     code = "internal"
 
     def __init__(self, message: str, *, loc: tuple[str | int, ...] = (), code: str | None = None):
@@ -23,29 +24,24 @@ class ControlPlaneError(Exception):
 class InvalidInputError(ControlPlaneError):
     """The request is well-formed but breaks a rule (bad CSV, unknown parameter, ...)."""
 
-    status_code = 422
     code = "invalid"
 
 
 class PayloadTooLargeError(ControlPlaneError):
-    status_code = 413
     code = "too_large"
 
 
 class ForbiddenError(ControlPlaneError):
     """The caller's token may not do this (e.g. a device token asking about another device)."""
 
-    status_code = 403
     code = "forbidden"
 
 
 class NotFoundError(ControlPlaneError):
-    status_code = 404
     code = "not_found"
 
 
 class ConflictError(ControlPlaneError):
-    status_code = 409
     code = "conflict"
 
 

@@ -21,7 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from control_plane.errors import ControlPlaneError
+from control_plane.errors import (
+    ConflictError,
+    ControlPlaneError,
+    ForbiddenError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -142,13 +149,36 @@ class JsonBodyGuard:
         await send({"type": "http.response.body", "body": payload})
 
 
+STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
+    (InvalidInputError, 422),
+    (PayloadTooLargeError, 413),
+    (ForbiddenError, 403),
+    (NotFoundError, 404),
+    (ConflictError, 409),
+)
+REQUEST_PARTS = ("body", "query", "path", "header")
+
+
+def status_of(exc: ControlPlaneError) -> int:
+    """The HTTP status of a domain error (500: the control plane's own fault)."""
+    return next((status for kind, status in STATUS if isinstance(exc, kind)), 500)
+
+
+def request_loc(loc: tuple[str | int, ...]) -> list[str | int]:
+    """Where in the request the field was: a domain path names a field of the body."""
+    if loc and loc[0] not in REQUEST_PARTS:
+        return ["body", *loc]
+    return list(loc)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the one shape, and the body guard."""
 
     @app.exception_handler(ControlPlaneError)
     async def _domain(_: Request, exc: ControlPlaneError) -> JSONResponse:
         return JSONResponse(
-            status_code=exc.status_code, content=error_body(list(exc.loc), exc.message, exc.code)
+            status_code=status_of(exc),
+            content=error_body(request_loc(exc.loc), exc.message, exc.code),
         )
 
     @app.exception_handler(RequestValidationError)

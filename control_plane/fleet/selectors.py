@@ -41,7 +41,7 @@ class Selector:
         return all(term.matches(labels) for term in self.terms)
 
 
-def parse_selector(text: str, *, loc: tuple[str | int, ...] = ("query", "selector")) -> Selector:
+def parse_selector(text: str, *, loc: tuple[str | int, ...] = ("selector",)) -> Selector:
     """Parse a selector, or raise ``InvalidInputError`` naming the bad term."""
     terms = []
     for raw in (t.strip() for t in text.split(",")) if text.strip() else ():

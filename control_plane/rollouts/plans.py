@@ -174,7 +174,7 @@ def _check_order(stages: list[StageSpec]) -> None:
                 raise InvalidInputError(
                     f"stage {i}: {stage.percent}% comes after "
                     f"{last_percent}%; percentages must not decrease",
-                    loc=("body", "plan", "stages", i, "percent"),
+                    loc=("plan", "stages", i, "percent"),
                 )
             last_percent = stage.percent
         if stage.count is not None:
@@ -182,7 +182,7 @@ def _check_order(stages: list[StageSpec]) -> None:
                 raise InvalidInputError(
                     f"stage {i}: {stage.count} devices comes after "
                     f"{last_count}; counts must not decrease",
-                    loc=("body", "plan", "stages", i, "count"),
+                    loc=("plan", "stages", i, "count"),
                 )
             last_count = stage.count
 
@@ -219,7 +219,7 @@ def resolve(plan: PlanSpec, devices: int) -> list[Stage]:
                     raise InvalidInputError(
                         f"this ramp needs more than {MAX_STAGES} stages for {devices} "
                         "devices: use a larger factor or base",
-                        loc=("body", "plan", "exponential", "factor"),
+                        loc=("plan", "exponential", "factor"),
                     )
                 specs.append(StageSpec(count=target, soak_seconds=ramp.soak_seconds))
             if target >= devices:

@@ -77,7 +77,7 @@ def get_devices(
         str, Query(description="Label selector, e.g. `site=berlin,hw!=rpi3`.")
     ] = "",
 ) -> list[DevicePublic]:
-    parsed = parse_selector(selector)
+    parsed = parse_selector(selector, loc=("query", "selector"))
     return [device_public(d) for d in list_devices(session) if parsed.matches(d.labels)]
 
 

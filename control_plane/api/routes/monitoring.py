@@ -114,7 +114,9 @@ def get_drift(
     if version is not None:
         query = query.where(DriftResult.version == version)
     if selector is not None:
-        query = query.where(DriftResult.selector == parse_selector(selector).text)
+        query = query.where(
+            DriftResult.selector == parse_selector(selector, loc=("query", "selector")).text
+        )
     if since is not None:
         query = query.where(DriftResult.bucket_start >= since)
     rows = session.exec(
