@@ -55,10 +55,3 @@ class JobFailedError(ControlPlaneError):
     """A training job step failed; the message is what the job reports."""
 
     code = "job_failed"
-
-
-class ChallengerRefusedError(ControlPlaneError):
-    """A retrained model did not beat the champion (or there was too little data to judge):
-    nothing is registered, and the job ends ``succeeded`` at stage ``refused``."""
-
-    code = "challenger_refused"

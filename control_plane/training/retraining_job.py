@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from control_plane.api.schemas import RetrainRequest, TrainRequest
 from control_plane.audit.record import record_event
 from control_plane.audit.types import ChallengeData, EventType
 from control_plane.config import ServerSettings
-from control_plane.errors import ChallengerRefusedError, JobFailedError
+from control_plane.errors import JobFailedError
 from control_plane.monitoring import release
 from control_plane.monitoring.monitor import labelled_since
 from control_plane.monitoring.policy import RetrainPolicy, compare, metric_for
@@ -43,7 +43,12 @@ from control_plane.store.tables import (
     utcnow,
 )
 from control_plane.training.conversion import run_onnx
-from control_plane.training.supply_chain import load_dataset, set_progress, train_version
+from control_plane.training.supply_chain import (
+    Refused,
+    load_dataset,
+    set_progress,
+    train_version,
+)
 from shared.hashing import sha256_bytes
 from shared.manifest import ModelManifest, Task
 
@@ -101,8 +106,8 @@ class _Retraining:
     def policy(self) -> RetrainPolicy:
         return self.request.policy
 
-    def refuse(self, reason: str, result: ChallengeData, message: str) -> NoReturn:
-        """Record the refusal and end the job ``refused`` (nothing registered)."""
+    def refuse(self, reason: str, result: ChallengeData, message: str) -> Refused:
+        """Record the refusal: the job ends ``refused``, nothing registered."""
         record_event(
             self.session,
             EventType.CHALLENGER_REFUSED,
@@ -114,10 +119,10 @@ class _Retraining:
             cause_id=self.request.trigger_event_id,
         )
         self.session.commit()
-        raise ChallengerRefusedError(reason)
+        return Refused(reason)
 
 
-def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
+def retrain(settings: ServerSettings, session: Session, job: Job) -> int | Refused:
     assert job.id is not None
     request = RetrainRequest.model_validate(job.request)
     champion = resolve_version(session, job.model_name, str(request.champion_version))
@@ -130,12 +135,18 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
         BlobStore(settings.blobs_dir),
     )
     set_progress(session, job.id, "collecting", 0.02)
-    X_recent, y_recent = _recent_rows(run)
+    recent = _recent_rows(run)
+    if isinstance(recent, Refused):
+        return recent
+    X_recent, y_recent = recent
     rng = np.random.default_rng(run.policy.seed)
     order = rng.permutation(len(y_recent))
     n_holdout = max(1, round(len(y_recent) * run.policy.holdout_fraction))
     hold, fit = order[:n_holdout], order[n_holdout:]
-    dataset, reference_rows = _training_dataset(run, X_recent[fit], y_recent[fit], rng)
+    training = _training_dataset(run, X_recent[fit], y_recent[fit], rng)
+    if isinstance(training, Refused):
+        return training
+    dataset, reference_rows = training
     outcome: list[ChallengeData] = []  # what the challenge found, once it ran
     challenge = _challenge(
         run,
@@ -161,6 +172,8 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
         validation_fraction=manifest.lineage.validation_fraction,
     )
     version = train_version(settings, session, job, train_request, challenge)
+    if isinstance(version, Refused):
+        return version
     row = resolve_version(session, job.model_name, str(version))
     row.release = release.registered(policy.auto_rollout)
     session.add(row)
@@ -180,7 +193,9 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int:
     return version
 
 
-def _recent_rows(run: _Retraining) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+def _recent_rows(
+    run: _Retraining,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]] | Refused:
     """Recent labelled rows that fit the champion's inputs (and classes); too few end the
     job with a refusal."""
     policy, output = run.policy, run.manifest.output
@@ -198,7 +213,7 @@ def _recent_rows(run: _Retraining) -> tuple[npt.NDArray[np.float32], npt.NDArray
             f"{len(usable)} recent labelled rows, {policy.min_labelled_rows} needed; "
             "nothing trained"
         )
-        run.refuse(
+        return run.refuse(
             reason, ChallengeData(decision="insufficient_data", labelled_rows=len(usable)), reason
         )
     X = np.array(
@@ -212,7 +227,7 @@ def _training_dataset(
     X_fit: npt.NDArray[np.float32],
     y_fit: npt.NDArray[np.float64],
     rng: np.random.Generator,
-) -> tuple[Dataset, int]:
+) -> tuple[Dataset, int] | Refused:
     """The challenger's training rows (recent ones plus a sample of the champion's training
     data), stored as a new dataset version so its lineage is complete; and how many came
     from the champion's data."""
@@ -234,7 +249,7 @@ def _training_dataset(
     if task == "classification":
         missing = set(classes) - {v for part in label_parts for v in part}
         if missing:
-            raise ChallengerRefusedError(
+            return Refused(
                 f"the training data has no rows of class(es) {sorted(missing)}; a challenger "
                 "must know every class of the champion (raise max_reference_rows)"
             )
@@ -264,7 +279,7 @@ def _challenge(
     y_hold: npt.NDArray[np.float64],
     evidence: ChallengeData,
     outcome: list[ChallengeData],
-) -> Callable[[bytes], None]:
+) -> Callable[[bytes], Refused | None]:
     """The check the exported challenger must pass before it is registered: beat the
     champion on the holdout, both run by onnxruntime. Its result goes to the job, to
     ``outcome`` and, for a refusal, to the audit log."""
@@ -276,7 +291,7 @@ def _challenge(
     metric = metric_for(run.policy, task)
     labels: npt.NDArray[Any] = y_hold.astype(np.int64) if task == "classification" else y_hold
 
-    def challenge(model_bytes: bytes) -> None:
+    def challenge(model_bytes: bytes) -> Refused | None:
         comparison = compare(
             metric,
             champion=score(champion_bytes, X_hold, labels, task, metric),
@@ -298,10 +313,11 @@ def _challenge(
         run.job.result = result.model_dump(mode="json", exclude_none=True)
         run.session.add(run.job)
         if not comparison.better:
-            run.refuse(
+            return run.refuse(
                 comparison.describe(), result, f"{comparison.describe()}; nothing registered"
             )
         run.session.commit()
+        return None
 
     return challenge
 

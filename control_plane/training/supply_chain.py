@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +40,14 @@ from shared.hashing import sha256_bytes
 from shared.manifest import Lineage, ModelManifest, Parity, Task, utc_seconds
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A job that registered nothing on purpose (a challenger that did not win, too little
+    data to judge one): an outcome, not a failure."""
+
+    reason: str
 
 
 def _library_versions() -> dict[str, str]:
@@ -107,10 +116,10 @@ def train_version(
     session: Session,
     job: Job,
     request: TrainRequest,
-    challenge: Callable[[bytes], None] | None = None,
-) -> int:
-    """Train, export, check and register. ``challenge`` sees the exported model before it
-    is registered and may refuse it (raising ``ChallengerRefusedError``)."""
+    challenge: Callable[[bytes], Refused | None] | None = None,
+) -> int | Refused:
+    """Train, export, check and register: the version's number. ``challenge`` sees the
+    exported model before it is registered and may refuse it (then nothing is)."""
     assert job.id is not None
     job_id = job.id
     dataset = session.get(Dataset, request.dataset_id)
@@ -179,7 +188,9 @@ def train_version(
     )
     if challenge is not None:
         set_progress(session, job_id, "challenge", 0.85)
-        challenge(model_bytes)
+        refused = challenge(model_bytes)
+        if refused is not None:
+            return refused
     return _register(settings, session, blobs, job, trained, lineage, algorithm.name, dataset.id)
 
 

@@ -14,11 +14,11 @@ from sqlmodel import Session, col
 
 from control_plane.api.schemas import TrainRequest
 from control_plane.config import ServerSettings
-from control_plane.errors import ChallengerRefusedError, ControlPlaneError
+from control_plane.errors import ControlPlaneError
 from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Job, JobStatus, utcnow
 from control_plane.training.retraining_job import retrain
-from control_plane.training.supply_chain import finish_job, train_version
+from control_plane.training.supply_chain import Refused, finish_job, train_version
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,10 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
                 job = session.get(Job, job_id)
                 assert job is not None
                 if job.kind == "retrain":
-                    version = retrain(settings, session, job)
+                    outcome = retrain(settings, session, job)
                 else:
                     request = TrainRequest.model_validate(job.request)
-                    version = train_version(settings, session, job, request)
-            except ChallengerRefusedError as exc:
-                log.info("job %s: %s", job_id, exc.message)
-                finish_job(session, job_id, refused=exc.message)
+                    outcome = train_version(settings, session, job, request)
             except ControlPlaneError as exc:
                 log.info("job %s failed: %s", job_id, exc.message)
                 finish_job(session, job_id, error=exc.message)
@@ -70,6 +67,10 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
                 log.exception("job %s crashed", job_id)
                 finish_job(session, job_id, error=f"internal error: {type(exc).__name__}: {exc}")
             else:
-                finish_job(session, job_id, version=version)
+                if isinstance(outcome, Refused):
+                    log.info("job %s: %s", job_id, outcome.reason)
+                    finish_job(session, job_id, refused=outcome.reason)
+                else:
+                    finish_job(session, job_id, version=outcome)
     finally:
         engine.dispose()
