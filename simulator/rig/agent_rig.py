@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.config import AgentSettings
 from shared.messages import DesiredState, Phase
 from shared.signing import SigningKey
 from simulator.broker import MosquittoBroker
@@ -45,8 +46,9 @@ class Rig:
     agents: list[AgentThread]
     processes: list[subprocess.Popen[bytes]]
 
-    def start_agent(self, **overrides: object) -> AgentThread:
-        settings = agent_settings(
+    def settings(self, **overrides: object) -> AgentSettings:
+        """The rig's device against its broker, artifact server and trust store."""
+        return agent_settings(
             self.tmp,
             device_id=DEVICE,
             broker=self.broker,
@@ -55,21 +57,15 @@ class Rig:
             trust_store=self.trust_path,
             **overrides,
         )
-        agent = AgentThread(settings)
+
+    def start_agent(self, **overrides: object) -> AgentThread:
+        agent = AgentThread(self.settings(**overrides))
         self.agents.append(agent)
         return agent
 
     def start_agent_process(self, **overrides: object) -> subprocess.Popen[bytes]:
         """``edgefleet agent --config`` in its own process, so it can be killed with -9."""
-        settings = agent_settings(
-            self.tmp,
-            device_id=DEVICE,
-            broker=self.broker,
-            token=TOKEN,
-            control_plane_url=self.artifacts.url,
-            trust_store=self.trust_path,
-            **overrides,
-        )
+        settings = self.settings(**overrides)
         config = self.tmp / "agent.toml"
         values = settings.model_dump(mode="json", exclude={"labels"})
         values["token"] = TOKEN
