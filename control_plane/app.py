@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
@@ -46,18 +46,23 @@ async def _lead(
     monitor: Monitor,
     runner: JobRunner,
     interval: float,
+    on_leading: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Heartbeat always; while leading, drive rollouts and the monitor (drift, retraining,
     releases) every ``interval`` and, with several processes, take over the jobs of
-    processes that died."""
+    processes that died. ``on_leading`` runs each time this process becomes the leader."""
     beats = 0
+    leading = False
     while True:
         try:
             if beats % max(1, int(5 / interval)) == 0:
                 await asyncio.to_thread(leadership.heartbeat)
                 if leadership.engine.dialect.name != "sqlite" and leadership.is_leader:
                     await asyncio.to_thread(runner.recover_orphans, leadership)
-            if await asyncio.to_thread(leadership.try_lead):
+            was_leading, leading = leading, await asyncio.to_thread(leadership.try_lead)
+            if leading and not was_leading and on_leading is not None:
+                await on_leading()
+            if leading:
                 await rollouts.tick()
                 await asyncio.to_thread(monitor.tick)
         except Exception:  # a bad tick must not stop the loop
@@ -96,7 +101,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         owner=leadership.process_id,
     )
     leader_task = asyncio.create_task(
-        _lead(leadership, rollouts, monitor, runner, settings.rollout_tick_seconds)
+        _lead(
+            leadership,
+            rollouts,
+            monitor,
+            runner,
+            settings.rollout_tick_seconds,
+            bridge.republish_desired if bridge else None,
+        )
     )
     app.state.rollouts = rollouts
     app.state.monitor = monitor

@@ -142,7 +142,7 @@ class MqttBridge:
                         self.broker.host,
                         self.broker.port,
                     )
-                    await self._republish_desired()
+                    await self.republish_desired()
                     raise_if_cancelling()
                     async for message in client.messages:
                         self._accept(str(message.topic), message.payload)
@@ -267,8 +267,13 @@ class MqttBridge:
             for desired in refreshed:
                 await self.publish_desired(desired)
 
-    async def _republish_desired(self) -> None:
-        """On (re)connect: make sure the broker holds every device's latest desired state."""
+    async def republish_desired(self) -> None:
+        """Make sure the broker holds every device's latest desired state: on (re)connect,
+        and when this process becomes the leader (the one before may have died between
+        storing a desired state and publishing it). Not connected: nothing to do now, the
+        connection does it."""
+        if not self.connected.is_set():
+            return
         with Session(self.engine) as session:
             desired_states = await asyncio.to_thread(all_desired, session)
         for desired in desired_states:

@@ -5,14 +5,22 @@ the other takes over within seconds and finishes the rollout."""
 from __future__ import annotations
 
 import dataclasses
+import json
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlmodel import Session
 
+from control_plane.auth.keys import load_keys
+from control_plane.config import load_settings
+from control_plane.fleet.deployments import sign_desired
+from control_plane.store.db import create_db_engine
+from shared.topics import Channel, Topics
 from simulator.broker import MosquittoBroker, free_port
 from simulator.data import write_sensor_csv
-from simulator.rig.agents import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.agents import CP_PASSWORD, AgentThread, Publisher, agent_settings, wait_until
 from simulator.rig.server import start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -142,6 +150,64 @@ def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str
     finally:
         for agent in agents:
             agent.stop()
+        for server in servers:
+            if server.process.poll() is None:
+                stop_server(server)
+        broker.stop()
+
+
+def test_a_new_leader_publishes_what_the_old_one_stored_but_did_not(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """A leader killed between storing a desired state and publishing it: the process
+    that takes over publishes it (it was connected to the broker long before, so its own
+    connect-time republish does not)."""
+    broker = MosquittoBroker(tmp_path / "broker")
+    broker.add_control_plane_user(CP_PASSWORD)
+    broker.start()
+    env = {
+        "EDGEFLEET_DATABASE_URL": postgres_url,
+        "EDGEFLEET_MQTT_SHARED_GROUP": "cp",
+        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
+        "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+    }
+    first = start_server(tmp_path / "cp", env=env)
+    second = start_server(
+        tmp_path / "cp",
+        env=env,
+        restart=dataclasses.replace(first, url=f"http://127.0.0.1:{free_port()}"),
+    )
+    servers = [first, second]
+    watcher = Publisher(broker)
+    engine = create_db_engine(postgres_url)
+    try:
+        wait_until(
+            lambda: sorted(leader_flags([first.url, second.url])) == [False, True],
+            what="exactly one leader",
+        )
+        leader_index = leader_flags([first.url, second.url]).index(True)
+        leader, follower = servers[leader_index], servers[1 - leader_index]
+        with follower.client() as api:
+            assert api.post("/devices", json={"id": "dev-0"}).status_code == 201
+        # What the leader leaves behind when killed after its commit, before its publish.
+        keys = load_keys(load_settings(first.data_dir).keys_dir)
+        with Session(engine) as session:
+            stored = sign_desired(session, keys.deployment, "dev-0", [], timedelta(days=1))
+            session.commit()
+        leader.process.kill()
+        leader.process.wait(10)
+        wait_until(lambda: leader_flags([follower.url]) == [True], what="the follower leads")
+        watcher.client.subscribe(Topics().device("dev-0", Channel.DESIRED), qos=1)
+        wait_until(
+            lambda: any(
+                topic.endswith("/desired") and json.loads(payload)["seq"] == stored.seq
+                for topic, payload in list(watcher.received)
+            ),
+            what="the stored desired state on the broker",
+        )
+    finally:
+        watcher.close()
+        engine.dispose()
         for server in servers:
             if server.process.poll() is None:
                 stop_server(server)
