@@ -133,8 +133,10 @@ class DeviceSession:
             await client.publish(
                 self.topics.device(self.settings.device_id, channel), payload, qos=1, retain=retain
             )
-        except aiomqtt.MqttError:
+        except aiomqtt.MqttError as exc:
+            raise_if_cancelling(exc)
             return False
+        raise_if_cancelling()  # a cancel that landed as the PUBACK arrived (see there)
         return True
 
     async def go_offline(self) -> None:

@@ -286,8 +286,10 @@ class MqttBridge:
         try:
             await client.publish(topic, payload, qos=1, retain=retain)
         except aiomqtt.MqttError as exc:
+            raise_if_cancelling(exc)
             log.warning("publish to %s failed: %s", topic, exc)
             return False
+        raise_if_cancelling()  # a cancel that landed as the PUBACK arrived
         return True
 
     async def publish_desired(self, desired: DesiredState, wait_seconds: float = 10.0) -> bool:
