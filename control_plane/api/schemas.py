@@ -8,8 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from control_plane.audit.types import ChallengeData, EventType
 from control_plane.monitoring.policy import RetrainPolicy, Trigger
+from control_plane.monitoring.release import Release
 from control_plane.rollouts.gates import GateResult
+from control_plane.rollouts.machine import RolloutStatus
 from control_plane.rollouts.plans import PlanSpec
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
@@ -133,10 +136,11 @@ class JobPublic(ApiModel):
     request: TrainRequest | RetrainRequest = Field(description="The request as submitted.")
     error: str | None = Field(description="Why the job failed, or why its challenger was refused.")
     result_version: int | None = Field(description="The registered version, on success.")
-    result: dict[str, Any] | None = Field(
+    result: ChallengeData | None = Field(
         default=None,
         description="Retraining: champion and challenger scores on the holdout, the decision "
-        "and its reason, rows used, the dataset built.",
+        "and its reason, rows used, the dataset built (a training job's result is "
+        "`result_version`).",
     )
     trigger_event_id: int | None = Field(
         default=None, description="Retraining: the event that triggered it."
@@ -170,7 +174,7 @@ class VersionPublic(ApiModel):
         description="Validation rows whose class differed between sklearn and onnxruntime."
     )
     aliases: list[str] = Field(description="Aliases pointing at this version.")
-    release: str | None = Field(
+    release: Release | None = Field(
         default=None,
         description="Versions from retraining: awaiting_approval, approved, "
         "pending_rollout, rolling_out (see `rollout_id`).",
@@ -340,7 +344,7 @@ class RolloutPublic(ApiModel):
     version: int = Field(description="Version rolled out.")
     selector: str = Field(description="Selector of its devices.")
     plan: PlanSpec = Field(description="Its plan.")
-    status: str = Field(description="running, paused, succeeded, rolled_back or aborted.")
+    status: RolloutStatus = Field(description="running, paused, succeeded, rolled_back or aborted.")
     stage: int = Field(description="Current stage (-1 before the first).")
     stages: list[StagePublic] = Field(description="Resolved stages.")
     reason: str | None = Field(description="Why it paused, rolled back or aborted.")
@@ -354,13 +358,7 @@ class RolloutPublic(ApiModel):
 
 class EventPublic(ApiModel):
     at: datetime = Field(description="When.")
-    type: str = Field(
-        description="created, stage_started, stage_passed, gate_failed, paused, "
-        "resume, promote, abort, rollback, rolled_back, succeeded, late_joiner, "
-        "device_online, device_offline, device_model, device_refusal, drift, "
-        "drift_cleared, accuracy_drop, retrain_started, challenger_registered, "
-        "challenger_refused, approved, release, …"
-    )
+    type: EventType = Field(description="What happened (see the enum).")
     id: int = Field(description="Event id (other events refer to it as `cause_id`).")
     rollout_id: str | None = Field(description="Rollout it concerns, if any.")
     device_id: str | None = Field(description="Device it concerns, if any.")

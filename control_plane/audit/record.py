@@ -34,7 +34,7 @@ def record_event(
         wanted = expected.__name__ if expected else "no payload"
         raise TypeError(f"a {kind.value} event carries {wanted}, not {type(data).__name__}")
     event = Event(
-        type=kind.value,
+        type=kind,
         message=message,
         data=data.model_dump(mode="json", exclude_none=True) if data is not None else None,
         rollout_id=rollout_id,

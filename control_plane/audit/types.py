@@ -85,18 +85,29 @@ class AccuracyDropData(Onset):
 class ChallengeData(Payload):
     """How a challenger fared against the champion (also the retraining job's result)."""
 
-    decision: Literal["registered", "refused", "insufficient_data"]
-    reason: str | None = None
-    metric: str | None = None
-    champion_version: int | None = None
-    champion: float | None = None
-    challenger: float | None = None
-    required: float | None = None
-    holdout_rows: int | None = None
-    recent_training_rows: int | None = None
-    reference_rows: int | None = None
-    dataset_id: int | None = None
-    labelled_rows: int | None = None
+    decision: Literal["registered", "refused", "insufficient_data"] = Field(
+        description="`registered`, `refused` (did not beat the champion) or "
+        "`insufficient_data` (too few labelled rows to judge)."
+    )
+    reason: str | None = Field(default=None, description="The decision, in words.")
+    metric: str | None = Field(default=None, description="Holdout metric compared.")
+    champion_version: int | None = Field(default=None, description="Version it challenged.")
+    champion: float | None = Field(default=None, description="Champion's holdout score.")
+    challenger: float | None = Field(default=None, description="Challenger's holdout score.")
+    required: float | None = Field(
+        default=None, description="Score the challenger needed (champion + margin)."
+    )
+    holdout_rows: int | None = Field(default=None, description="Rows of the holdout.")
+    recent_training_rows: int | None = Field(
+        default=None, description="Labelled rows from the fleet in the training set."
+    )
+    reference_rows: int | None = Field(
+        default=None, description="Rows of the original dataset in the training set."
+    )
+    dataset_id: int | None = Field(default=None, description="The dataset built for it.")
+    labelled_rows: int | None = Field(
+        default=None, description="Fleet rows with a label (feedback) available."
+    )
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {

@@ -24,7 +24,7 @@ def issue_token(
 ) -> tuple[ApiToken, str]:
     """Create a token; return the row and the secret, which is shown once and not stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, role=role.value, token_hash=hash_token(secret), device_id=device_id)
+    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), device_id=device_id)
     session.add(row)
     session.commit()
     session.refresh(row)

@@ -73,6 +73,7 @@ from control_plane.store.tables import (
     Event,
     Feedback,
     Job,
+    JobKind,
     Model,
     ModelVersion,
     MonitorState,
@@ -633,7 +634,7 @@ def start_retraining(
         policy=policy.retrain,
     )
     job = Job(
-        kind="retrain",
+        kind=JobKind.RETRAIN,
         model_name=name,
         request=request.model_dump(mode="json"),
         trigger_event_id=event_id,

@@ -155,7 +155,7 @@ def create_rollout(
         version=number,
         selector=parse_selector(selector).text,
         plan=plan.model_dump(mode="json"),
-        status=state.status.value,
+        status=state.status,
         stage=state.stage,
         created_by=actor,
     )
@@ -363,7 +363,7 @@ class RolloutEngine:
         plan = PlanSpec.model_validate(rollout.plan)
         new_state, actions = step(state, event, stages, plan.on_failure)
         out = self._apply(session, rollout, actions, stages)
-        rollout.status, rollout.stage = new_state.status.value, new_state.stage
+        rollout.status, rollout.stage = new_state.status, new_state.stage
         rollout.stage_started_at, rollout.reason = new_state.stage_started_at, new_state.reason
         rollout.updated_at = utcnow()
         if new_state.status in TERMINAL:

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, BigInteger, Column, Text, UniqueConstraint
+from pydantic import BaseModel
+from sqlalchemy import JSON, BigInteger, Column, Dialect, String, Text, UniqueConstraint
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
+
+from control_plane.audit.types import ChallengeData, EventType
+from control_plane.monitoring.release import Release
+from control_plane.rollouts.machine import RolloutStatus
 
 
 def utcnow() -> datetime:
@@ -27,6 +33,53 @@ def as_utc(moment: datetime | None) -> datetime | None:
     return moment
 
 
+E = TypeVar("E", bound=StrEnum)
+P = TypeVar("P", bound=BaseModel)
+
+
+class EnumText(TypeDecorator[E]):
+    """A VARCHAR holding a StrEnum's value, read back as the enum member (the stored text
+    is the same as a plain string column's, so the schema does not change)."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
+class PayloadJSON(TypeDecorator[P]):
+    """A JSON column holding one pydantic model: checked when written and when read back."""
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self, model: type[P]) -> None:
+        super().__init__()
+        self.model = model
+
+    def process_bind_param(self, value: P | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return self.model.model_validate(value).model_dump(mode="json", exclude_none=True)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> P | None:
+        return None if value is None else self.model.model_validate(value)
+
+
+def enum_column(
+    enum: type[StrEnum], length: int, *, nullable: bool = False, index: bool = False
+) -> Any:
+    return Column(EnumText(enum, length), nullable=nullable, index=index)
+
+
 class Role(StrEnum):
     """API roles. admin ⊃ operator ⊃ viewer; ``device`` stands apart: a device token may only
     download artifacts (and later post its own feedback)."""
@@ -38,6 +91,11 @@ class Role(StrEnum):
 
 
 ROLE_RANK = {Role.DEVICE: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+
+
+class JobKind(StrEnum):
+    TRAIN = "train"
+    RETRAIN = "retrain"
 
 
 class JobStatus(StrEnum):
@@ -52,7 +110,7 @@ class ApiToken(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64)
-    role: str = Field(max_length=16)
+    role: Role = Field(sa_column=enum_column(Role, 16))
     token_hash: str = Field(max_length=64, unique=True, index=True)
     device_id: str | None = Field(default=None, max_length=64, index=True)
     created_at: datetime = Field(default_factory=utcnow)
@@ -83,15 +141,20 @@ class Job(SQLModel, table=True):
     __tablename__ = "job"
 
     id: int | None = Field(default=None, primary_key=True)
-    kind: str = Field(max_length=16, default="train")
-    status: str = Field(max_length=16, default=JobStatus.QUEUED.value, index=True)
+    kind: JobKind = Field(default=JobKind.TRAIN, sa_column=enum_column(JobKind, 16))
+    status: JobStatus = Field(
+        default=JobStatus.QUEUED, sa_column=enum_column(JobStatus, 16, index=True)
+    )
     stage: str = Field(max_length=32, default="queued")
     progress: float = 0.0
     model_name: str = Field(max_length=64, index=True)
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     result_version: int | None = None
-    result: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # A retraining job's result: how its challenger fared (a training job's is its version).
+    result: ChallengeData | None = Field(
+        default=None, sa_column=Column(PayloadJSON(ChallengeData), nullable=True)
+    )
     trigger_event_id: int | None = None
     owner: str | None = Field(default=None, max_length=32, index=True)
     created_at: datetime = Field(default_factory=utcnow)
@@ -127,7 +190,9 @@ class ModelVersion(SQLModel, table=True):
     manifest: str = Field(sa_column=Column(Text, nullable=False))
     # Set for versions a retraining job registered: awaiting_approval → approved →
     # rolling_out (then ``rollout_id``); pending_rollout when the policy rolls out by itself.
-    release: str | None = Field(default=None, max_length=32, index=True)
+    release: Release | None = Field(
+        default=None, sa_column=enum_column(Release, 32, nullable=True, index=True)
+    )
     rollout_id: str | None = Field(default=None, max_length=32)
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -206,7 +271,7 @@ class Rollout(SQLModel, table=True):
     version: int
     selector: str = Field(max_length=1024)
     plan: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    status: str = Field(max_length=16, index=True)
+    status: RolloutStatus = Field(sa_column=enum_column(RolloutStatus, 16, index=True))
     stage: int = -1
     stage_started_at: datetime | None = None
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -240,7 +305,7 @@ class Event(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     at: datetime = Field(default_factory=utcnow, index=True)
-    type: str = Field(max_length=32, index=True)
+    type: EventType = Field(sa_column=enum_column(EventType, 32, index=True))
     rollout_id: str | None = Field(default=None, max_length=32, index=True)
     device_id: str | None = Field(default=None, max_length=64, index=True)
     model_name: str | None = Field(default=None, max_length=64, index=True)

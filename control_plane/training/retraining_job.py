@@ -310,7 +310,7 @@ def _challenge(
             }
         )
         outcome.append(result)
-        run.job.result = result.model_dump(mode="json", exclude_none=True)
+        run.job.result = result
         run.session.add(run.job)
         if not comparison.better:
             return run.refuse(

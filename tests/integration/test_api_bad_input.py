@@ -102,6 +102,20 @@ def test_dataset_missing_query_parameters(api: Api) -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "known"),
+    [("/rollouts", "status", "running"), ("/events", "type", "gate_failed")],
+)
+def test_unknown_filter_values_are_refused(api: Api, path: str, name: str, known: str) -> None:
+    """A status or event type the control plane does not know is a 422 naming the parameter
+    and the values it takes, not an empty list (a typo would look like "none") or a 500."""
+    response = api.get(path, params={name: "runing\u00f4"})
+    assert response.status_code == 422
+    assert detail(response)["loc"] == ["query", name]
+    assert known in detail(response)["msg"]
+    assert api.get(path, params={name: known}).json() == []
+
+
 def test_dataset_versions_and_idempotent_reupload(api: Api) -> None:
     first = api.upload(GOOD, name="d", label="y")
     assert first.status_code == 201

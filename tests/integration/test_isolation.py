@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import Session, select
 
+from control_plane.audit.types import EventType
 from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Model, RetrainState, Rollout
 from shared.stats import LATENCY_BUCKETS
@@ -225,14 +226,14 @@ def test_a_failed_unit_of_the_monitor_leaves_nothing_behind_on_sqlite(tmp_path: 
     migrate(engine)
     try:
         with Session(engine) as session:
-            session.add(Event(type="opened", message="a write opens the transaction"))
+            session.add(Event(type=EventType.CREATED, message="a write opens the transaction"))
             session.flush()
             failed = session.begin_nested()
-            session.add(Event(type="failed", message="rolled back"))
+            session.add(Event(type=EventType.GATE_FAILED, message="rolled back"))
             session.flush()
             failed.rollback()
             released = session.begin_nested()
-            session.add(Event(type="released", message="kept until the commit"))
+            session.add(Event(type=EventType.RELEASE, message="kept until the commit"))
             session.flush()
             released.commit()
             session.rollback()  # the bucket as a whole fails

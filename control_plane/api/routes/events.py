@@ -9,6 +9,7 @@ from sqlmodel import col, select
 
 from control_plane.api.deps import SessionDep, Viewer
 from control_plane.api.schemas import MAX_ID, EventPublic
+from control_plane.audit.types import EventType
 from control_plane.store.tables import Event
 
 router = APIRouter(tags=["events"])
@@ -19,7 +20,7 @@ def list_events(
     session: SessionDep,
     _: Viewer,
     type_filter: Annotated[
-        str | None,
+        EventType | None,
         Query(alias="type", description="Only this type, e.g. gate_failed, drift, release."),
     ] = None,
     device_id: Annotated[str | None, Query(description="Only this device.")] = None,

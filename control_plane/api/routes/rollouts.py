@@ -25,6 +25,7 @@ from control_plane.rollouts.engine import (
     plan_rollout,
     stages_of,
 )
+from control_plane.rollouts.machine import RolloutStatus
 from control_plane.store.tables import Event, Rollout, RolloutDevice
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
@@ -131,7 +132,7 @@ def list_rollouts(
     session: SessionDep,
     _: Viewer,
     status_filter: Annotated[
-        str | None, Query(alias="status", description="Only this status.")
+        RolloutStatus | None, Query(alias="status", description="Only this status.")
     ] = None,
 ) -> list[RolloutPublic]:
     query = select(Rollout).order_by(col(Rollout.created_at).desc())
