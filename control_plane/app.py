@@ -7,9 +7,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 from fastapi import FastAPI
+from sqlalchemy import Engine
 
 from control_plane.api import errors
 from control_plane.api.routes import (
@@ -24,7 +26,7 @@ from control_plane.api.routes import (
     system,
     tokens,
 )
-from control_plane.auth.keys import load_keys
+from control_plane.auth.keys import KeyStore, load_keys
 from control_plane.auth.tokens import ArtifactAccess
 from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
@@ -59,9 +61,10 @@ async def _lead(
                 await asyncio.to_thread(leadership.heartbeat)
                 if leadership.engine.dialect.name != "sqlite" and leadership.is_leader:
                     await asyncio.to_thread(runner.recover_orphans, leadership)
-            was_leading, leading = leading, await asyncio.to_thread(leadership.try_lead)
-            if leading and not was_leading and on_leading is not None:
-                await on_leading()
+            now_leading = await asyncio.to_thread(leadership.try_lead)
+            if now_leading and not leading and on_leading is not None:
+                await on_leading()  # when it fails, ``leading`` stays False: the next tick retries
+            leading = now_leading
             if leading:
                 await rollouts.tick()
                 await asyncio.to_thread(monitor.tick)
@@ -71,51 +74,70 @@ async def _lead(
         await asyncio.sleep(interval)
 
 
+@dataclass(frozen=True)
+class _Services:
+    """What the control plane runs beside its API, sharing one engine and one set of keys."""
+
+    engine: Engine
+    keys: KeyStore
+    runner: JobRunner
+    leadership: Leadership
+    bridge: MqttBridge | None
+    rollouts: RolloutEngine
+    monitor: Monitor
+
+    @classmethod
+    def start(cls, settings: ServerSettings) -> _Services:
+        keys = load_keys(settings.keys_dir)
+        engine = create_db_engine(settings.resolved_database_url)
+        migrate(engine)
+        runner = JobRunner(settings, engine)
+        leadership = Leadership(engine)
+        bridge = (
+            MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
+            if settings.mqtt_url
+            else None
+        )
+        rollouts = RolloutEngine(
+            engine,
+            keys,
+            timedelta(seconds=settings.desired_ttl_seconds),
+            bridge.publish_desired if bridge else None,
+        )
+        monitor = Monitor(
+            engine,
+            bucket_seconds=settings.monitor_bucket_seconds,
+            grace_seconds=settings.monitor_grace_seconds,
+            submit=runner.submit,
+            owner=leadership.process_id,
+        )
+        return cls(engine, keys, runner, leadership, bridge, rollouts, monitor)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start: migrate, load the keys, start the bridge, the leader loop and the job workers;
     stop them in turn."""
     settings: ServerSettings = app.state.settings
-    keys = load_keys(settings.keys_dir)
-    engine = create_db_engine(settings.resolved_database_url)
-    migrate(engine)
-    runner = JobRunner(settings, engine)
-    leadership = Leadership(engine)
-    bridge = (
-        MqttBridge(settings, engine, keys, leads=lambda: leadership.is_leader)
-        if settings.mqtt_url
-        else None
-    )
+    parts = _Services.start(settings)
+    bridge, engine, runner = parts.bridge, parts.engine, parts.runner
     bridge_task = asyncio.create_task(bridge.run()) if bridge else None
-    rollouts = RolloutEngine(
-        engine,
-        keys,
-        timedelta(seconds=settings.desired_ttl_seconds),
-        bridge.publish_desired if bridge else None,
-    )
-    monitor = Monitor(
-        engine,
-        bucket_seconds=settings.monitor_bucket_seconds,
-        grace_seconds=settings.monitor_grace_seconds,
-        submit=runner.submit,
-        owner=leadership.process_id,
-    )
     leader_task = asyncio.create_task(
         _lead(
-            leadership,
-            rollouts,
-            monitor,
+            parts.leadership,
+            parts.rollouts,
+            parts.monitor,
             runner,
             settings.rollout_tick_seconds,
             bridge.republish_desired if bridge else None,
         )
     )
-    app.state.rollouts = rollouts
-    app.state.monitor = monitor
-    app.state.leadership = leadership
+    app.state.rollouts = parts.rollouts
+    app.state.monitor = parts.monitor
+    app.state.leadership = parts.leadership
     app.state.bridge = bridge
     app.state.engine = engine
-    app.state.keys = keys
+    app.state.keys = parts.keys
     app.state.blobs = BlobStore(settings.blobs_dir)
     app.state.artifact_access = ArtifactAccess(engine)
     app.state.jobs = runner
@@ -131,7 +153,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         runner.shutdown()
-        leadership.release()
+        parts.leadership.release()
         engine.dispose()
 
 

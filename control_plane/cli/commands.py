@@ -14,7 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from control_plane.api.schemas import JobPublic, RolloutCreate, RolloutPublic, TrainRequest
+from control_plane.api.schemas import (
+    JobPublic,
+    RolloutCreate,
+    RolloutPlanPublic,
+    RolloutPublic,
+    TrainRequest,
+)
 from control_plane.client import DEFAULT_URL, ApiClient, ApiError
 
 if TYPE_CHECKING:
@@ -632,19 +638,23 @@ def rollout_create(
         raise _fail(str(exc), 2) from exc
     with _api(url, token) as client:
         if dry_run:
-            planned = client.plan_rollout(body)
-            for stage in planned.stages:
-                devices = ", ".join(f"{d.id} (v{d.current_version})" for d in stage.devices or [])
-                out.print(
-                    f"stage {stage.index + 1} ({stage.label}, {stage.target} devices, "
-                    f"soak {stage.soak_seconds:g} s): + {devices}",
-                    highlight=False,
-                )
-            print(planned.rollout_id)
+            _show_plan(client.plan_rollout(body))
             return
         rollout = client.create_rollout(body)
     _show_rollout(rollout)
     print(rollout.id)
+
+
+def _show_plan(planned: RolloutPlanPublic) -> None:
+    """Each stage's new devices with what they run now; the id that reproduces them, last."""
+    for stage in planned.stages:
+        devices = ", ".join(f"{d.id} (v{d.current_version})" for d in stage.devices or [])
+        out.print(
+            f"stage {stage.index + 1} ({stage.label}, {stage.target} devices, "
+            f"soak {stage.soak_seconds:g} s): + {devices}",
+            highlight=False,
+        )
+    print(planned.rollout_id)
 
 
 @rollout_app.command("list")

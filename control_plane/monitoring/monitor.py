@@ -286,31 +286,18 @@ class Monitor:
             )
         row.updated_at = end
         session.add(row)
-        empty = {"name": "prediction", "rows": 0, "psi": None, "js": None}
         session.add(
-            DriftResult(
-                model_name=name,
-                version=version,
-                selector=selector,
-                bucket_start=start,
-                bucket_end=end,
+            _reading(
+                key,
+                (start, end),
                 devices=len({d for d, _ in mine}),
                 windows=len(fitting),
-                requests=merged.requests if merged else 0,
-                errors=merged.errors if merged else 0,
-                p95_latency_us=histogram_quantile(merged.latency_counts, 0.95) if merged else None,
-                features=[dataclasses.asdict(f) for f in drift.features] if drift else [],
-                prediction=(
-                    dataclasses.asdict(drift.prediction)
-                    if drift
-                    else {**empty, "verdict": "insufficient"}
-                ),
-                drifted_share=drift.drifted_share if drift else 0.0,
-                drifted_features=list(verdict.drifted_features) if verdict else [],
-                dataset_drift=verdict.dataset_drift if verdict else False,
+                merged=merged,
+                drift=drift,
+                verdict=verdict,
                 labels=len(pairs),
                 accuracy=accuracy,
-                f1_macro=f1,
+                f1=f1,
             )
         )
 
@@ -533,9 +520,7 @@ class Monitor:
     def _release(self) -> None:
         with Session(self.engine) as session:
             waiting = session.exec(
-                select(ModelVersion).where(
-                    col(ModelVersion.release).in_([r.value for r in release.READY])
-                )
+                select(ModelVersion).where(col(ModelVersion.release).in_(release.READY))
             ).all()
             for row in waiting:
                 with self._isolated(f"the release of {row.model_name} v{row.version}"):
@@ -576,6 +561,44 @@ class Monitor:
             cause_id=job.trigger_event_id if job else None,
         )
         session.commit()
+
+
+def _reading(
+    key: tuple[str, int, str],
+    bucket: tuple[datetime, datetime],
+    *,
+    devices: int,
+    windows: int,
+    merged: MergedWindow | None,
+    drift: WindowDrift | None,
+    verdict: DriftVerdict | None,
+    labels: int,
+    accuracy: float | None,
+    f1: float | None,
+) -> DriftResult:
+    """One bucket's reading as stored (what the drift API and the report show)."""
+    name, version, selector = key
+    empty = {"name": "prediction", "rows": 0, "psi": None, "js": None, "verdict": "insufficient"}
+    return DriftResult(
+        model_name=name,
+        version=version,
+        selector=selector,
+        bucket_start=bucket[0],
+        bucket_end=bucket[1],
+        devices=devices,
+        windows=windows,
+        requests=merged.requests if merged else 0,
+        errors=merged.errors if merged else 0,
+        p95_latency_us=histogram_quantile(merged.latency_counts, 0.95) if merged else None,
+        features=[dataclasses.asdict(f) for f in drift.features] if drift else [],
+        prediction=dataclasses.asdict(drift.prediction) if drift else empty,
+        drifted_share=drift.drifted_share if drift else 0.0,
+        drifted_features=list(verdict.drifted_features) if verdict else [],
+        dataset_drift=verdict.dataset_drift if verdict else False,
+        labels=labels,
+        accuracy=accuracy,
+        f1_macro=f1,
+    )
 
 
 def _in_drift(state: DriftState, policy: ModelPolicy) -> bool:

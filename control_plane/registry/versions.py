@@ -135,14 +135,16 @@ def register_version(
     except BaseException:
         session.rollback()
         if newly_written:
-            still_used = session.exec(
-                select(ModelVersion.id).where(ModelVersion.sha256 == sha)
-            ).first()
-            if still_used is None:
-                blobs.delete(sha)
+            _delete_unless_used(session, blobs, sha)
         raise
     session.refresh(row)
     return row
+
+
+def _delete_unless_used(session: Session, blobs: BlobStore, sha: str) -> None:
+    """An artifact no version points at is removed (another may share the same bytes)."""
+    if session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha)).first() is None:
+        blobs.delete(sha)
 
 
 def set_alias(session: Session, name: str, alias: str, version: int) -> ModelAlias:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -64,7 +64,7 @@ from shared.messages import DesiredState, DeviceState, ModelWindow, Phase, Telem
 from shared.stats import rebin
 
 log = logging.getLogger(__name__)
-ACTIVE = (RolloutStatus.RUNNING.value, RolloutStatus.PAUSED.value)
+ACTIVE = (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
 Publish = Callable[[DesiredState], Awaitable[bool]]
 
 
@@ -391,46 +391,45 @@ class RolloutEngine:
                     action.message,
                 )
             elif isinstance(action, StartStage):
-                label = stages[action.stage].label
-                for member in members[: action.target]:
-                    if member.assigned_stage is not None:
-                        continue
-                    device = session.get(Device, member.device_id)
-                    assert device is not None
-                    member.previous_version = desired_version(
-                        device, rollout.model_name
-                    ) or reported_version(device, rollout.model_name)
-                    desired = self._deploy(
-                        session,
-                        member.device_id,
-                        rollout.model_name,
-                        str(rollout.version),
-                        rollout.id,
-                        label,
-                    )
-                    member.assigned_stage, member.assigned_seq = action.stage, desired.seq
-                    member.assigned_at = utcnow()
-                    session.add(member)
-                    out.append(desired)
+                out.extend(self._start_stage(session, rollout, members, action, stages))
             elif isinstance(action, RevertDevices):
                 out.extend(self._revert(session, rollout, members))
             elif isinstance(action, MakeDefault):
-                default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
-                if default is None:
-                    default = DefaultVersion(
-                        model_name=rollout.model_name,
-                        selector=rollout.selector,
-                        version=rollout.version,
-                        rollout_id=rollout.id,
-                    )
-                elif default.rollout_id != rollout.id:
-                    default.previous_version = default.version
-                    default.previous_rollout_id = default.rollout_id
-                default.version, default.rollout_id = rollout.version, rollout.id
-                default.updated_at = utcnow()
-                session.add(default)
+                _make_default(session, rollout)
             elif isinstance(action, RestoreDefault):
                 self._restore_default(session, rollout)
+        return out
+
+    def _start_stage(
+        self,
+        session: Session,
+        rollout: Rollout,
+        members: Sequence[RolloutDevice],
+        action: StartStage,
+        stages: list[Stage],
+    ) -> list[DesiredState]:
+        """The stage's new members get the version; each remembers what it ran before."""
+        out = []
+        for member in members[: action.target]:
+            if member.assigned_stage is not None:
+                continue
+            device = session.get(Device, member.device_id)
+            assert device is not None
+            member.previous_version = desired_version(
+                device, rollout.model_name
+            ) or reported_version(device, rollout.model_name)
+            desired = self._deploy(
+                session,
+                member.device_id,
+                rollout.model_name,
+                str(rollout.version),
+                rollout.id,
+                stages[action.stage].label,
+            )
+            member.assigned_stage, member.assigned_seq = action.stage, desired.seq
+            member.assigned_at = utcnow()
+            session.add(member)
+            out.append(desired)
         return out
 
     def _restore_default(self, session: Session, rollout: Rollout) -> None:
@@ -519,7 +518,7 @@ class RolloutEngine:
         devices = list_devices(session)
         rollouts = session.exec(select(Rollout)).all()
         finished = {r.id: as_utc(r.updated_at) for r in rollouts}
-        rolled_back = {r.id for r in rollouts if r.status == RolloutStatus.ROLLED_BACK.value}
+        rolled_back = {r.id for r in rollouts if r.status == RolloutStatus.ROLLED_BACK}
         busy = set(
             session.exec(
                 select(RolloutDevice.device_id, Rollout.model_name)
@@ -547,25 +546,47 @@ class RolloutEngine:
             selector = parse_selector(default.selector)
             for device in devices:
                 if selector.matches(device.labels) and behind(device, default):
-                    out.append(
-                        self._deploy(
-                            session,
-                            device.id,
-                            default.model_name,
-                            str(default.version),
-                            default.rollout_id,
-                            "default",
-                        )
-                    )
-                    record_event(
-                        session,
-                        EventType.LATE_JOINER,
-                        f"{device.id} given {default.model_name} "
-                        f"v{default.version}, the default for "
-                        f"{default.selector or 'all devices'}",
-                        rollout_id=default.rollout_id,
-                    )
+                    out.append(self._give_default(session, device.id, default))
         return out
+
+    def _give_default(
+        self, session: Session, device_id: str, default: DefaultVersion
+    ) -> DesiredState:
+        desired = self._deploy(
+            session,
+            device_id,
+            default.model_name,
+            str(default.version),
+            default.rollout_id,
+            "default",
+        )
+        record_event(
+            session,
+            EventType.LATE_JOINER,
+            f"{device_id} given {default.model_name} v{default.version}, the default for "
+            f"{default.selector or 'all devices'}",
+            rollout_id=default.rollout_id,
+        )
+        return desired
+
+
+def _make_default(session: Session, rollout: Rollout) -> None:
+    """The finished rollout's version becomes the default of its selector; the one it
+    replaces is kept, to come back if this rollout is rolled back."""
+    default = session.get(DefaultVersion, (rollout.model_name, rollout.selector))
+    if default is None:
+        default = DefaultVersion(
+            model_name=rollout.model_name,
+            selector=rollout.selector,
+            version=rollout.version,
+            rollout_id=rollout.id,
+        )
+    elif default.rollout_id != rollout.id:
+        default.previous_version = default.version
+        default.previous_rollout_id = default.rollout_id
+    default.version, default.rollout_id = rollout.version, rollout.id
+    default.updated_at = utcnow()
+    session.add(default)
 
 
 def _install_outcome(device: Device | None, rollout: Rollout, seq: int) -> str:

@@ -90,9 +90,7 @@ class JobRunner:
         with Session(self._engine) as session:
             alive = leadership.live_processes(session)
             orphans = session.exec(
-                select(Job).where(
-                    col(Job.status).in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])
-                )
+                select(Job).where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
             ).all()
             resubmit = []
             for job in orphans:

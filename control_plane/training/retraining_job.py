@@ -161,36 +161,47 @@ def retrain(settings: ServerSettings, session: Session, job: Job) -> int | Refus
         ),
         outcome,
     )
+    version = train_version(settings, session, job, _train_request(run, dataset), challenge)
+    if isinstance(version, Refused):
+        return version
+    (result,) = outcome
+    _release(run, version, result)
+    return version
+
+
+def _train_request(run: _Retraining, dataset: Dataset) -> TrainRequest:
+    """Train the challenger as the champion was, on the dataset built for it (the policy
+    may name another algorithm or parameters)."""
     assert dataset.id is not None
     policy, manifest = run.policy, run.manifest
-    train_request = TrainRequest(
+    return TrainRequest(
         dataset_id=dataset.id,
         task=manifest.output.task,
-        algorithm=policy.algorithm or champion.algorithm,
+        algorithm=policy.algorithm or run.champion.algorithm,
         params=policy.params if policy.params is not None else manifest.lineage.params,
         seed=policy.seed,
         validation_fraction=manifest.lineage.validation_fraction,
     )
-    version = train_version(settings, session, job, train_request, challenge)
-    if isinstance(version, Refused):
-        return version
+
+
+def _release(run: _Retraining, version: int, result: ChallengeData) -> None:
+    """The registered challenger waits for approval or for its rollout, as the policy says."""
+    session, job, auto_rollout = run.session, run.job, run.policy.auto_rollout
     row = resolve_version(session, job.model_name, str(version))
-    row.release = release.registered(policy.auto_rollout)
+    row.release = release.registered(auto_rollout)
     session.add(row)
-    (result,) = outcome
     record_event(
         session,
         EventType.CHALLENGER_REGISTERED,
         f"{job.model_name} v{version} registered: {result.reason}; "
-        + ("rolling out next" if policy.auto_rollout else "awaiting approval"),
+        + ("rolling out next" if auto_rollout else "awaiting approval"),
         data=result,
         model_name=job.model_name,
         version=version,
         job_id=job.id,
-        cause_id=request.trigger_event_id,
+        cause_id=run.request.trigger_event_id,
     )
     session.commit()
-    return version
 
 
 def _recent_rows(

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,7 @@ from control_plane.registry.versions import latest_version, register_version
 from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import Dataset, Job, JobStatus, utcnow
 from control_plane.training.algorithms import (
+    Algorithm,
     build_pipeline,
     classification_metrics,
     get_algorithm,
@@ -37,7 +38,15 @@ from control_plane.training.manifest import Trained, build_manifest
 from control_plane.training.parity import check_parity
 from edgefleet import __version__
 from shared.hashing import sha256_bytes
-from shared.manifest import Lineage, ModelManifest, Parity, Task, utc_seconds
+from shared.manifest import (
+    Lineage,
+    ModelManifest,
+    NanPolicy,
+    ParamValue,
+    Parity,
+    Task,
+    utc_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,31 +137,22 @@ def train_version(
     algorithm = get_algorithm(request.task, request.algorithm)
     params = validate_params(algorithm, request.params)
     blobs = BlobStore(settings.blobs_dir)
-    nan_policy: Any = dataset.nan_policy
     parsed = load_dataset(blobs, dataset)
     check_features_match(session, job.model_name, parsed.features)
     classes, y = encode_labels(parsed, request.task, settings.max_classes)
 
     set_progress(session, job_id, "training", 0.1)
-    X_train, X_val, y_train, y_val = split(
-        parsed.X.astype(np.float32),
-        y,
-        task=request.task,
-        fraction=request.validation_fraction,
-        seed=request.seed,
-    )
-    if request.task == "classification" and len(np.unique(y_train)) != len(classes):
-        raise JobFailedError(
-            "every class needs rows in the training split; some class has too few rows"
-        )
-    pipeline = build_pipeline(algorithm, params, nan_policy, request.seed).fit(X_train, y_train)
+    nan_policy = cast("NanPolicy", dataset.nan_policy)  # checked at upload
+    fit = _fit(request, algorithm, params, nan_policy, parsed.X, y, classes)
 
     set_progress(session, job_id, "exporting", 0.6)
-    model_bytes = export_onnx(pipeline, X_train.shape[1], request.task)
-    onnx_out = run_onnx(onnx_session := session_for(model_bytes), X_val, request.task)
+    model_bytes = export_onnx(fit.pipeline, fit.X_train.shape[1], request.task)
+    onnx_out = run_onnx(onnx_session := session_for(model_bytes), fit.X_val, request.task)
 
     set_progress(session, job_id, "parity", 0.75)
-    metrics, parity = _evaluate(settings, pipeline, X_val, y_val, onnx_out, request.task, classes)
+    metrics, parity = _evaluate(
+        settings, fit.pipeline, fit.X_val, fit.y_val, onnx_out, request.task, classes
+    )
 
     set_progress(session, job_id, "signing", 0.9)
     inputs, outputs = describe(onnx_session)
@@ -164,34 +164,83 @@ def train_version(
         classes=classes,
         features=parsed.features,
         nan_policy="impute" if nan_policy == "impute" else "reject",
-        X_train=X_train,
-        X_check=X_val,
+        X_train=fit.X_train,
+        X_check=fit.X_val,
         check_outputs=onnx_out,
     )
-    lineage = Lineage(
-        dataset_id=dataset.id,
-        dataset_name=dataset.name,
-        dataset_version=dataset.version,
-        dataset_sha256=dataset.sha256,
-        label_column=dataset.label_column,
-        algorithm=algorithm.name,
-        params=params,
-        seed=request.seed,
-        validation_fraction=request.validation_fraction,
-        train_rows=int(X_train.shape[0]),
-        validation_rows=int(X_val.shape[0]),
-        metrics=metrics,
-        parity=parity,
-        code_version=__version__,
-        library_versions=_library_versions(),
-        job_id=job_id,
-    )
+    lineage = _lineage(dataset, request, algorithm.name, params, fit, metrics, parity, job_id)
     if challenge is not None:
         set_progress(session, job_id, "challenge", 0.85)
         refused = challenge(model_bytes)
         if refused is not None:
             return refused
     return _register(settings, session, blobs, job, trained, lineage, algorithm.name, dataset.id)
+
+
+@dataclass(frozen=True)
+class _Fit:
+    pipeline: Any
+    X_train: npt.NDArray[np.float32]
+    X_val: npt.NDArray[np.float32]
+    y_train: npt.NDArray[Any]
+    y_val: npt.NDArray[Any]
+
+
+def _fit(
+    request: TrainRequest,
+    algorithm: Algorithm,
+    params: dict[str, ParamValue],
+    nan_policy: NanPolicy,
+    X: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    classes: list[str],
+) -> _Fit:
+    """Split off the validation rows and fit the pipeline on the rest."""
+    X_train, X_val, y_train, y_val = split(
+        X.astype(np.float32),
+        y,
+        task=request.task,
+        fraction=request.validation_fraction,
+        seed=request.seed,
+    )
+    if request.task == "classification" and len(np.unique(y_train)) != len(classes):
+        raise JobFailedError(
+            "every class needs rows in the training split; some class has too few rows"
+        )
+    pipeline = build_pipeline(algorithm, params, nan_policy, request.seed).fit(X_train, y_train)
+    return _Fit(pipeline, X_train, X_val, y_train, y_val)
+
+
+def _lineage(
+    dataset: Dataset,
+    request: TrainRequest,
+    algorithm: str,
+    params: dict[str, ParamValue],
+    fit: _Fit,
+    metrics: dict[str, float],
+    parity: Parity,
+    job_id: int,
+) -> Lineage:
+    """Where the version came from: dataset, algorithm and parameters, code and libraries."""
+    assert dataset.id is not None
+    return Lineage(
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        dataset_version=dataset.version,
+        dataset_sha256=dataset.sha256,
+        label_column=dataset.label_column,
+        algorithm=algorithm,
+        params=params,
+        seed=request.seed,
+        validation_fraction=request.validation_fraction,
+        train_rows=int(fit.X_train.shape[0]),
+        validation_rows=int(fit.X_val.shape[0]),
+        metrics=metrics,
+        parity=parity,
+        code_version=__version__,
+        library_versions=_library_versions(),
+        job_id=job_id,
+    )
 
 
 def encode_labels(

@@ -4,6 +4,7 @@ failing rollout or one model's unreadable policy holds up no other."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -241,3 +242,50 @@ def test_a_failed_unit_of_the_monitor_leaves_nothing_behind_on_sqlite(tmp_path: 
             assert session.exec(select(Event)).all() == []
     finally:
         engine.dispose()
+
+
+def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) -> None:
+    """A process that becomes the leader publishes the stored desired states (the old leader
+    may have died before it did). When that fails (the broker away for a moment) the next
+    tick tries again, and rollouts are driven only once it succeeded."""
+    from control_plane.app import _lead
+    from control_plane.coordination.leadership import Leadership
+    from control_plane.store.db import migrate
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    migrate(engine)
+    attempts: list[int] = []
+    order: list[str] = []
+
+    async def republish() -> None:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise OSError("the broker is away")
+        order.append("republished")
+
+    class Counted:
+        async def tick(self) -> None:  # the rollout engine's tick
+            order.append("tick")
+            if order.count("tick") >= 2:
+                done.set()
+
+    class Monitor:
+        def tick(self) -> None:
+            pass
+
+    async def run() -> None:
+        leader = asyncio.create_task(
+            _lead(Leadership(engine), Counted(), Monitor(), None, 0.01, republish)  # type: ignore[arg-type]
+        )
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        finally:
+            leader.cancel()
+
+    done = asyncio.Event()
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
+    assert len(attempts) == 2
+    assert order[0] == "republished"

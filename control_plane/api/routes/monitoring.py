@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, status
 from sqlalchemy.dialects import postgresql, sqlite
@@ -45,6 +45,7 @@ from control_plane.store.tables import (
     DriftResult,
     Feedback,
     Job,
+    Model,
     Role,
     SampleRowRecord,
     utcnow,
@@ -174,12 +175,28 @@ def post_feedback(
             loc=("body", "items"),
         )
     model = get_model(session, body.model)
+    device_only = token.device_id if token.role == Role.DEVICE else None
+    rows = _feedback_rows(session, body, model, device_only)
+    if device_only:
+        _check_owner(session, device_only, [item.request_id for item in body.items])
+    _upsert_feedback(session, rows, device_only)
+    ids = [r["request_id"] for r in rows]
+    matched = session.exec(
+        select(SampleRowRecord.request_id).where(col(SampleRowRecord.request_id).in_(ids))
+    ).all()
+    session.commit()
+    return FeedbackResult(stored=len(rows), matched_samples=len(matched))
+
+
+def _feedback_rows(
+    session: Session, body: FeedbackCreate, model: Model, device_only: str | None
+) -> list[dict[str, Any]]:
+    """Every item checked and encoded as the model's classes (or values) before any is
+    stored; the first bad one is refused with its place in the body."""
     latest = latest_version(session, body.model)
     assert latest is not None
-    manifest = ModelManifest.model_validate_json(latest.manifest)
-    classes, task = manifest.output.classes, model.task
-    device_only = token.device_id if token.role == Role.DEVICE else None
-    now = utcnow()
+    classes = ModelManifest.model_validate_json(latest.manifest).output.classes
+    task, now = model.task, utcnow()
     rows = []
     for i, item in enumerate(body.items):
         loc: tuple[str | int, ...] = ("body", "items", i)
@@ -205,8 +222,11 @@ def post_feedback(
                 "received_at": now,
             }
         )
-    if device_only:
-        _check_owner(session, device_only, [item.request_id for item in body.items])
+    return rows
+
+
+def _upsert_feedback(session: Session, rows: list[dict[str, Any]], device_only: str | None) -> None:
+    """A label posted again replaces the earlier one."""
     table = Feedback.__table__  # type: ignore[attr-defined]
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     insert = dialect.insert(table)
@@ -220,12 +240,6 @@ def post_feedback(
         where=(table.c.device_id == insert.excluded.device_id) if device_only else None,
     )
     session.execute(statement, rows)
-    ids = [r["request_id"] for r in rows]
-    matched = session.exec(
-        select(SampleRowRecord.request_id).where(col(SampleRowRecord.request_id).in_(ids))
-    ).all()
-    session.commit()
-    return FeedbackResult(stored=len(rows), matched_samples=len(matched))
 
 
 def _check_owner(session: Session, device_id: str, request_ids: list[str]) -> None:
