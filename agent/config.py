@@ -11,21 +11,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
 
 from shared.broker_address import BrokerAddress, parse_broker_url
 from shared.messages import DEVICE_ID_PATTERN
+from shared.settings import TomlSettings, load
 from shared.topics import DEFAULT_ROOT
 
 MiB = 1024 * 1024
 
 
-class AgentSettings(BaseSettings):
+class AgentSettings(TomlSettings):
     """Settings of one device agent."""
 
     # Floats are finite: ``probation_seconds = inf`` would be the never-ending probation.
@@ -103,26 +99,11 @@ class AgentSettings(BaseSettings):
     def broker(self) -> BrokerAddress:
         return parse_broker_url(self.broker_url)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
 
 def load_agent_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
     """Settings from ``config_file`` (TOML), env ``EDGEFLEET_AGENT_*`` and ``overrides``."""
 
-    class _FromFile(AgentSettings):
-        model_config = SettingsConfigDict(toml_file=config_file)
-
-    loaded = _FromFile(**overrides)
-    return AgentSettings.model_construct(**loaded.model_dump())
+    return load(AgentSettings, config_file, **overrides)
 
 
 DEFAULT_CONFIG = """\

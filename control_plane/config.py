@@ -7,19 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic_settings import SettingsConfigDict
+
+from shared.settings import TomlSettings, load
 
 DEFAULT_DATA_DIR = Path("edgefleet-data")
 CONFIG_FILE_NAME = "config.toml"
 MiB = 1024 * 1024
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(TomlSettings):
     """Settings of one control-plane process."""
 
     model_config = SettingsConfigDict(env_prefix="EDGEFLEET_", extra="forbid")
@@ -109,17 +106,6 @@ class ServerSettings(BaseSettings):
     def blobs_dir(self) -> Path:
         return self.data_dir / "blobs"
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
-
 
 def load_settings(
     data_dir: Path | None = None, config_file: Path | None = None, **overrides: Any
@@ -129,13 +115,10 @@ def load_settings(
     resolved_dir = data_dir or Path(os.environ.get("EDGEFLEET_DATA_DIR", DEFAULT_DATA_DIR))
     toml_file = config_file or resolved_dir / CONFIG_FILE_NAME
 
-    class _FromFile(ServerSettings):
-        model_config = SettingsConfigDict(toml_file=toml_file if toml_file.is_file() else None)
-
     values = {k: v for k, v in overrides.items() if v is not None}
-    loaded = _FromFile(data_dir=resolved_dir, **values)
-    # A plain ServerSettings (picklable, for worker processes) with the same values.
-    return ServerSettings.model_construct(**loaded.model_dump())
+    return load(
+        ServerSettings, toml_file if toml_file.is_file() else None, data_dir=resolved_dir, **values
+    )
 
 
 CONFIG_TEMPLATE = """\
