@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from shared.topics import Channel, Topics
 from simulator.broker import MosquittoBroker, free_port
 from simulator.data import write_sensor_csv
 from simulator.rig.agents import CP_PASSWORD, AgentThread, Publisher, agent_settings, wait_until
-from simulator.rig.server import start_server, stop_server
+from simulator.rig.server import ServerProcess, start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 OPEN = {"min_requests": 0, "min_devices_reporting": 0}
@@ -37,7 +38,17 @@ def leader_flags(urls: list[str]) -> list[bool]:
     return flags
 
 
-def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str) -> None:
+@dataclasses.dataclass
+class Pair:
+    broker: MosquittoBroker
+    leader: ServerProcess
+    follower: ServerProcess
+
+
+@pytest.fixture
+def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
+    """Two control-plane processes on one database and one broker, once one of them leads;
+    whatever is still running is stopped afterwards."""
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
@@ -53,14 +64,25 @@ def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str
         env=env,
         restart=dataclasses.replace(first, url=f"http://127.0.0.1:{free_port()}"),
     )
-    servers, agents = [first, second], []
+    servers = [first, second]
     try:
         wait_until(
             lambda: sorted(leader_flags([first.url, second.url])) == [False, True],
             what="exactly one leader",
         )
         leader_index = leader_flags([first.url, second.url]).index(True)
-        leader, follower = servers[leader_index], servers[1 - leader_index]
+        yield Pair(broker, servers[leader_index], servers[1 - leader_index])
+    finally:
+        for server in servers:
+            if server.process.poll() is None:
+                stop_server(server)
+        broker.stop()
+
+
+def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, pair: Pair) -> None:
+    broker, leader, follower = pair.broker, pair.leader, pair.follower
+    agents: list[AgentThread] = []
+    try:
         api = follower.client()
         csv = write_sensor_csv(tmp_path / "s.csv", 300, seed=1)
         dataset = api.post(
@@ -150,47 +172,22 @@ def test_leader_killed_mid_rollout_is_replaced(tmp_path: Path, postgres_url: str
     finally:
         for agent in agents:
             agent.stop()
-        for server in servers:
-            if server.process.poll() is None:
-                stop_server(server)
-        broker.stop()
 
 
 def test_a_new_leader_publishes_what_the_old_one_stored_but_did_not(
-    tmp_path: Path, postgres_url: str
+    pair: Pair, postgres_url: str
 ) -> None:
     """A leader killed between storing a desired state and publishing it: the process
     that takes over publishes it (it was connected to the broker long before, so its own
     connect-time republish does not)."""
-    broker = MosquittoBroker(tmp_path / "broker")
-    broker.add_control_plane_user(CP_PASSWORD)
-    broker.start()
-    env = {
-        "EDGEFLEET_DATABASE_URL": postgres_url,
-        "EDGEFLEET_MQTT_SHARED_GROUP": "cp",
-        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-        "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
-    }
-    first = start_server(tmp_path / "cp", env=env)
-    second = start_server(
-        tmp_path / "cp",
-        env=env,
-        restart=dataclasses.replace(first, url=f"http://127.0.0.1:{free_port()}"),
-    )
-    servers = [first, second]
-    watcher = Publisher(broker)
+    leader, follower = pair.leader, pair.follower
+    watcher = Publisher(pair.broker)
     engine = create_db_engine(postgres_url)
     try:
-        wait_until(
-            lambda: sorted(leader_flags([first.url, second.url])) == [False, True],
-            what="exactly one leader",
-        )
-        leader_index = leader_flags([first.url, second.url]).index(True)
-        leader, follower = servers[leader_index], servers[1 - leader_index]
         with follower.client() as api:
             assert api.post("/devices", json={"id": "dev-0"}).status_code == 201
         # What the leader leaves behind when killed after its commit, before its publish.
-        keys = load_keys(load_settings(first.data_dir).keys_dir)
+        keys = load_keys(load_settings(leader.data_dir).keys_dir)
         with Session(engine) as session:
             stored = sign_desired(session, keys.deployment, "dev-0", [], timedelta(days=1))
             session.commit()
@@ -208,7 +205,3 @@ def test_a_new_leader_publishes_what_the_old_one_stored_but_did_not(
     finally:
         watcher.close()
         engine.dispose()
-        for server in servers:
-            if server.process.poll() is None:
-                stop_server(server)
-        broker.stop()
