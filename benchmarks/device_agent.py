@@ -38,35 +38,27 @@ from typing import Any
 # Not `agent.py`: a script's directory comes first on sys.path, so that name would shadow the
 # `agent` package for every benchmark here, and `mypy .` would see two modules named `agent`.
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests.* (broker, fleet helpers, model factory)
+sys.path.insert(0, str(REPO))  # the project's packages, run from anywhere
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from agent.config import AgentSettings  # noqa: E402
 from agent.fetch import hash_file  # noqa: E402
 from agent.inference import load_model, session_for  # noqa: E402
 from shared.manifest import ModelManifest  # noqa: E402
 from shared.messages import Phase  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from shared.topics import Channel  # noqa: E402
-from simulator.broker import MosquittoBroker, free_port  # noqa: E402
+from simulator.broker import free_port  # noqa: E402
 from simulator.data import FEATURES, sensor_rows  # noqa: E402
-from simulator.rig.agents import (  # noqa: E402
-    CP_PASSWORD,
-    AgentThread,
-    ArtifactServer,
-    Publisher,
-    agent_settings,
-    sign_desired,
-    trusted_keys,
-    wait_until,
-)
+from simulator.rig.agent_rig import Rig, open_rig  # noqa: E402
+from simulator.rig.agents import AgentThread, wait_until  # noqa: E402
 from simulator.rig.models import make_model  # noqa: E402
 
 DEVICE = "bench-inproc"
 SUB_DEVICE = "bench-proc"
-TOKEN = "ef_bench-device-token"
 MiB = 1024 * 1024
 # ~1 MB and ~10 MB ONNX random forests (unbounded depth: size grows with rows × trees).
 RF_1MB: dict[str, Any] = {"rows": 2000, "params": {"n_estimators": 30, "max_depth": None}}
@@ -164,62 +156,24 @@ def v2_body(tensor: str, batch: np.ndarray[Any, np.dtype[np.float32]]) -> bytes:
     return json.dumps({"inputs": [tensor_json]}).encode()
 
 
-# --- the rig: broker, keys, artifact server, publisher ---------------------------------------
-
-
-@dataclass
-class Rig:
-    tmp: Path
-    broker: MosquittoBroker
-    artifacts: ArtifactServer
-    publisher: Publisher
-    model_key: SigningKey
-    deploy_key: SigningKey
-    trust_path: Path
-    seq: dict[str, int]
-
-    def desired_payload(self, device: str, models: list[ModelManifest]) -> bytes:
-        self.seq[device] = self.seq.get(device, 0) + 1
-        signed = sign_desired(self.deploy_key, device, self.seq[device], models)
-        return signed.model_dump_json().encode()
-
-    def publish(self, device: str, models: list[ModelManifest]) -> None:
-        self.publisher.desired(device, self.desired_payload(device, models))
+# --- the rig: broker, keys, artifact server, publisher (simulator.rig.agent_rig) -------------
 
 
 @contextlib.contextmanager
 def rig() -> Iterator[Rig]:
-    with contextlib.ExitStack() as stack:
-        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-bench-")))
-        broker = MosquittoBroker(tmp / "broker")
-        broker.add_control_plane_user(CP_PASSWORD)
-        for device in (DEVICE, SUB_DEVICE):
-            broker.add_user(device, TOKEN)
-        stack.callback(broker.kill)
-        broker.start()
-        stack.callback(broker.stop)
-        model_key, deploy_key, trust_path = trusted_keys(tmp)
-        artifacts = ArtifactServer(token=TOKEN)
-        stack.callback(artifacts.close)
-        publisher = Publisher(broker)
-        stack.callback(publisher.close)
-        yield Rig(tmp, broker, artifacts, publisher, model_key, deploy_key, trust_path, {})
+    with (
+        tempfile.TemporaryDirectory(prefix="edgefleet-bench-") as tmp,
+        open_rig(Path(tmp), devices=(DEVICE, SUB_DEVICE)) as opened,
+    ):
+        yield opened
 
 
 def start_agent_thread(r: Rig) -> AgentThread:
-    settings = agent_settings(
-        r.tmp,
+    agent = r.start_agent(
         device_id=DEVICE,
-        broker=r.broker,
-        token=TOKEN,
-        control_plane_url=r.artifacts.url,
-        trust_store=r.trust_path,
         api_port=free_port(),
-        window_seconds=3600,
         probation_seconds=0,  # committed at once: the figures are about inference
-        probation_requests=0,
     )
-    agent = AgentThread(settings)
     wait_until(agent.a.session.connected.is_set, what="in-process agent connected")
     return agent
 
@@ -325,21 +279,16 @@ def rss_of_script(script: str, *args: str) -> float:
 
 
 def write_config(r: Rig, api_port: int) -> Path:
-    values: dict[str, str | int | float] = {
-        "device_id": SUB_DEVICE,
-        "broker_url": f"mqtt://{SUB_DEVICE}:{TOKEN}@127.0.0.1:{r.broker.port}",
-        "control_plane_url": r.artifacts.url,
-        "token": TOKEN,
-        "trust_store": str(r.trust_path),
-        "data_dir": str(r.tmp / SUB_DEVICE),
-        "api_port": api_port,
-        "probation_seconds": 0,  # committed at once: deploy latency up to "serving"
-        "probation_requests": 0,
-    }
-    lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON strings are TOML
-    path = r.tmp / f"{SUB_DEVICE}.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    """The second device's agent on the shipped telemetry window, committing at once (deploy
+    latency is measured up to "serving")."""
+    return r.config_file(
+        r.settings(
+            SUB_DEVICE,
+            api_port=api_port,
+            window_seconds=AgentSettings.model_fields["window_seconds"].default,
+            probation_seconds=0,
+        )
+    )
 
 
 def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, repeats: int) -> None:
@@ -377,7 +326,7 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, repeats: int) ->
         rss_empty = proc_rss_mib(process.pid)
         # The agent subscribes after it is live: publishing now still reaches it (retained).
         published = time.perf_counter()
-        r.publish(SUB_DEVICE, [manifest])
+        r.publish(r.next_desired(SUB_DEVICE, [manifest]))
         while not answers("/v2/models/fault/ready"):
             if time.perf_counter() - published > 60:
                 raise RuntimeError(f"model not ready after 60 s:\n{log_path.read_text()}")
@@ -449,7 +398,7 @@ def deploy_once(r: Rig, agent: AgentThread, manifest: ModelManifest) -> Deploy:
     slot = agent.a.updater.slots[manifest.name]
     old = serving_sha(agent, manifest.name)
     assert old != manifest.sha256
-    payload = r.desired_payload(DEVICE, [manifest])
+    payload = r.next_desired(DEVICE, [manifest]).model_dump_json()
     topic = r.publisher.topics.device(DEVICE, Channel.DESIRED)
     seen: dict[Phase, float] = {}
     start = time.perf_counter()
@@ -577,7 +526,7 @@ def main() -> None:
 
         agent = start_agent_thread(r)
         try:
-            r.publish(DEVICE, [logreg[0], rf[0]])
+            r.publish(r.next_desired(DEVICE, [logreg[0], rf[0]]))
             wait_until(
                 lambda: (
                     serving_sha(agent, "fault") == logreg[0].sha256

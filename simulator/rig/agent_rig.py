@@ -8,11 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from agent.config import AgentSettings
+from shared.manifest import ModelManifest
 from shared.messages import DesiredState, Phase
 from shared.signing import SigningKey
 from simulator.broker import MosquittoBroker
@@ -43,14 +45,15 @@ class Rig:
     model_key: SigningKey
     deploy_key: SigningKey
     trust_path: Path
-    agents: list[AgentThread]
-    processes: list[subprocess.Popen[bytes]]
+    agents: list[AgentThread] = field(default_factory=list)
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    seq: dict[str, int] = field(default_factory=dict)  # the last one signed, per device
 
-    def settings(self, **overrides: object) -> AgentSettings:
-        """The rig's device against its broker, artifact server and trust store."""
+    def settings(self, device_id: str = DEVICE, **overrides: Any) -> AgentSettings:
+        """A device of the rig against its broker, artifact server and trust store."""
         return agent_settings(
             self.tmp,
-            device_id=DEVICE,
+            device_id=device_id,
             broker=self.broker,
             token=TOKEN,
             control_plane_url=self.artifacts.url,
@@ -58,20 +61,24 @@ class Rig:
             **overrides,
         )
 
-    def start_agent(self, **overrides: object) -> AgentThread:
+    def start_agent(self, **overrides: Any) -> AgentThread:
         agent = AgentThread(self.settings(**overrides))
         self.agents.append(agent)
         return agent
 
-    def start_agent_process(self, **overrides: object) -> subprocess.Popen[bytes]:
-        """``edgefleet agent --config`` in its own process, so it can be killed with -9."""
-        settings = self.settings(**overrides)
-        config = self.tmp / "agent.toml"
+    def config_file(self, settings: AgentSettings) -> Path:
+        """``settings`` as the TOML file ``edgefleet agent --config`` reads."""
+        config = self.tmp / f"{settings.device_id}.toml"
         values = settings.model_dump(mode="json", exclude={"labels"})
         values["token"] = TOKEN
-        config.write_text(
+        config.write_text(  # JSON strings and numbers are TOML
             "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None)
         )
+        return config
+
+    def start_agent_process(self, **overrides: Any) -> subprocess.Popen[bytes]:
+        """``edgefleet agent --config`` in its own process, so it can be killed with -9."""
+        config = self.config_file(self.settings(**overrides))
         log = (self.tmp / "agent.log").open("ab")
         process = subprocess.Popen(
             edgefleet_cmd("agent", "--config", str(config)),
@@ -91,22 +98,31 @@ class Rig:
         return int(active["version"]) if active else None
 
     def publish(self, desired: DesiredState | bytes | str) -> None:
-        payload = desired.model_dump_json() if isinstance(desired, DesiredState) else desired
-        self.publisher.desired(DEVICE, payload)
+        """A desired state to its device (raw bytes or text: to the rig's first device)."""
+        if isinstance(desired, DesiredState):
+            self.publisher.desired(desired.device_id, desired.model_dump_json())
+        else:
+            self.publisher.desired(DEVICE, desired)
+
+    def next_desired(self, device_id: str, models: list[ModelManifest]) -> DesiredState:
+        """``models`` for ``device_id``, signed with the device's next sequence number."""
+        self.seq[device_id] = self.seq.get(device_id, 0) + 1
+        return sign_desired(self.deploy_key, device_id, self.seq[device_id], models)
 
 
 @contextlib.contextmanager
-def open_rig(tmp_path: Path) -> Iterator[Rig]:
-    """Broker, artifact server and publisher up; agents started on the rig are stopped (and
-    agent processes killed) on the way out."""
+def open_rig(tmp_path: Path, devices: Sequence[str] = (DEVICE,)) -> Iterator[Rig]:
+    """Broker (with an account per device), artifact server and publisher up; agents
+    started on the rig are stopped (and agent processes killed) on the way out."""
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_control_plane_user(CP_PASSWORD)
-    broker.add_user(DEVICE, TOKEN)
+    for device in devices:
+        broker.add_user(device, TOKEN)
     broker.start()
     model_key, deploy_key, trust_path = trusted_keys(tmp_path)
     artifacts = ArtifactServer(token=TOKEN)
     publisher = Publisher(broker)
-    rig = Rig(tmp_path, broker, artifacts, publisher, model_key, deploy_key, trust_path, [], [])
+    rig = Rig(tmp_path, broker, artifacts, publisher, model_key, deploy_key, trust_path)
     try:
         yield rig
     finally:  # the broker and servers go even if an agent fails to stop
