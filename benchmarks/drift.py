@@ -47,9 +47,9 @@ from control_plane.monitoring.drift import (
 )
 from control_plane.training.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
-from shared.messages import FeatureWindow, ModelWindow, TelemetryWindow
-from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts
-from simulator.data import CLASSES, FEATURES, sensor_rows
+from shared.messages import ModelWindow, TelemetryWindow
+from shared.stats import LATENCY_BUCKETS, bin_counts
+from simulator.data import CLASSES, FEATURES, model_window, sensor_rows
 
 BINS = ServerSettings.model_fields["reference_bins"].default
 TRAIN_ROWS = 4000
@@ -63,37 +63,6 @@ def wide_rows(n: int, seed: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[n
     draws = [sensor_rows(n, seed=seed * 10 + k) for k in range(-(-N_FEATURES // len(FEATURES)))]
     X = np.hstack([d[0] for d in draws])[:, :N_FEATURES]
     return X, draws[0][1]
-
-
-def device_window(
-    reference: Reference, X: npt.NDArray[np.float64], predicted: npt.NDArray[np.int64]
-) -> ModelWindow:
-    X = X.astype(np.float32).astype(np.float64)
-    features = []
-    for j, ref in enumerate(reference.features):
-        counted = bin_counts(X[:, j], ref.bin_edges)
-        features.append(
-            FeatureWindow(
-                counts=[int(c) for c in counted.counts],
-                below=counted.below,
-                above=counted.above,
-                missing=counted.missing,
-                n=X.shape[0] - counted.missing,
-                sum=float(np.nansum(X[:, j])),
-                sum_sq=float(np.nansum(np.square(X[:, j]))),
-            )
-        )
-    latencies = np.random.default_rng(X.shape[0]).lognormal(np.log(300.0), 0.4, X.shape[0])
-    return ModelWindow(
-        name="fault",
-        version=1,
-        sha256="ab" * 32,
-        requests=X.shape[0],
-        errors=0,
-        latency_counts=[int(c) for c in latency_counts(latencies)],
-        features=features,
-        predictions=[int(c) for c in np.bincount(predicted, minlength=len(CLASSES))],
-    )
 
 
 def naive_merge(windows: list[ModelWindow]) -> list[npt.NDArray[np.int64]]:
@@ -139,7 +108,7 @@ def cost(repeats: int) -> None:
             seq=1,
             window_start=now,
             window_end=now + timedelta(minutes=1),
-            models=[device_window(reference, X[a:b], y[a:b])],
+            models=[model_window(reference, X[a:b], y[a:b], seed=a)],
             outbox_dropped=0,
         ).model_dump_json()
         for d, (a, b) in enumerate(itertools.pairwise(starts))

@@ -2,7 +2,7 @@
 
 Deterministic from a seed. ``shift`` moves feature means (in units of each feature's
 standard deviation): covariate drift; ``drifted=True`` changes how a fault shows in the
-readings: concept drift.
+readings: concept drift. ``model_window``: what a device reports for such rows.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+
+from shared.manifest import Reference
+from shared.messages import FeatureWindow, ModelWindow
+from shared.stats import bin_counts, latency_counts
 
 FEATURES = ["temperature_c", "vibration_mm_s", "current_a", "pressure_bar", "rpm", "humidity_pct"]
 CLASSES = ["normal", "overheating", "bearing_wear", "clogged_filter"]
@@ -67,3 +71,37 @@ def sensor_csv(n: int, seed: int, shift: npt.ArrayLike | None = None) -> str:
 def write_sensor_csv(path: Path, n: int, seed: int) -> Path:
     path.write_text(sensor_csv(n, seed))
     return path
+
+
+def model_window(
+    reference: Reference, X: npt.NDArray[np.float64], predicted: npt.NDArray[np.int64], seed: int
+) -> ModelWindow:
+    """What a device's WindowAccumulator reports for these rows (float32 inputs)."""
+    X = X.astype(np.float32).astype(np.float64)
+    features = []
+    for j, ref in enumerate(reference.features):
+        counted = bin_counts(X[:, j], ref.bin_edges)
+        present = X[:, j][~np.isnan(X[:, j])]
+        features.append(
+            FeatureWindow(
+                counts=[int(c) for c in counted.counts],
+                below=counted.below,
+                above=counted.above,
+                missing=counted.missing,
+                n=int(present.size),
+                sum=float(present.sum()),
+                sum_sq=float(np.square(present).sum()),
+            )
+        )
+    latencies = np.random.default_rng(seed).lognormal(np.log(300.0), 0.4, size=X.shape[0])
+    n_classes = len(reference.prediction.class_counts)
+    return ModelWindow(
+        name="fault",
+        version=1,
+        sha256="ab" * 32,
+        requests=X.shape[0],
+        errors=0,
+        latency_counts=[int(c) for c in latency_counts(latencies)],
+        features=features,
+        predictions=[int(c) for c in np.bincount(predicted, minlength=n_classes)[:n_classes]],
+    )

@@ -28,8 +28,8 @@ from control_plane.monitoring.drift import (
 from control_plane.training.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
 from shared.messages import FeatureWindow, ModelWindow
-from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts
-from simulator.data import CLASSES, FEATURES, sensor_rows
+from shared.stats import LATENCY_BUCKETS, bin_counts
+from simulator.data import CLASSES, FEATURES, model_window, sensor_rows
 
 BINS = ServerSettings.model_fields["reference_bins"].default  # what export uses
 TRAIN_ROWS = 4000  # 5,000 rows with the default 20% held out
@@ -45,40 +45,6 @@ def reference() -> Reference:
         features=feature_references(X.astype(np.float32), FEATURES, BINS),
         # The true classes stand in for a model's predictions: same distribution, no model.
         prediction=prediction_reference_classes(y, len(CLASSES)),
-    )
-
-
-def model_window(
-    reference: Reference, X: npt.NDArray[np.float64], predicted: npt.NDArray[np.int64], seed: int
-) -> ModelWindow:
-    """What a device's WindowAccumulator reports for these rows (float32 inputs)."""
-    X = X.astype(np.float32).astype(np.float64)
-    features = []
-    for j, ref in enumerate(reference.features):
-        counted = bin_counts(X[:, j], ref.bin_edges)
-        present = X[:, j][~np.isnan(X[:, j])]
-        features.append(
-            FeatureWindow(
-                counts=[int(c) for c in counted.counts],
-                below=counted.below,
-                above=counted.above,
-                missing=counted.missing,
-                n=int(present.size),
-                sum=float(present.sum()),
-                sum_sq=float(np.square(present).sum()),
-            )
-        )
-    latencies = np.random.default_rng(seed).lognormal(np.log(300.0), 0.4, size=X.shape[0])
-    n_classes = len(reference.prediction.class_counts)
-    return ModelWindow(
-        name="fault",
-        version=1,
-        sha256="ab" * 32,
-        requests=X.shape[0],
-        errors=0,
-        latency_counts=[int(c) for c in latency_counts(latencies)],
-        features=features,
-        predictions=[int(c) for c in np.bincount(predicted, minlength=n_classes)[:n_classes]],
     )
 
 
