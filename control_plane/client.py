@@ -118,6 +118,31 @@ class ApiClient:
         response = self._http.post(f"/models/{model}/train", json=request.model_dump(mode="json"))
         return JobPublic.model_validate_json(self._check(response).content)
 
+    def import_model(
+        self,
+        model: str,
+        path: Path,
+        *,
+        dataset_id: int,
+        task: str = "classification",
+        classes: list[str] | None = None,
+    ) -> JobPublic:
+        """Upload an ONNX file to become the next version of ``model`` (a job)."""
+        params: dict[str, Any] = {"dataset_id": dataset_id, "task": task, "filename": path.name}
+        if classes:
+            params["classes"] = classes
+        with path.open("rb") as handle:
+            response = self._http.post(
+                f"/models/{model}/import",
+                params=params,
+                content=handle,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(path.stat().st_size),
+                },
+            )
+        return JobPublic.model_validate_json(self._check(response).content)
+
     def job(self, job_id: int) -> JobPublic:
         return self._get(f"/jobs/{job_id}", JobPublic)
 

@@ -30,6 +30,13 @@ class ServerSettings(TomlSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_dataset_bytes: int = Field(default=100 * MiB, ge=1, description="Upload size cap.")
+    max_import_bytes: int = Field(
+        default=256 * MiB,
+        ge=1,
+        le=2**31 - 1,
+        description="Largest model file accepted by an import (ONNX's own limit is 2 GiB; a "
+        "device downloads, hashes and loads the whole file).",
+    )
     max_dataset_rows: int = Field(default=1_000_000, ge=10)
     max_dataset_columns: int = Field(default=1_000, ge=2)
     min_dataset_rows: int = Field(default=20, ge=2, description="Fewer rows cannot be split.")

@@ -155,8 +155,20 @@ class Parity(WireModel):
     )
 
 
+class ImportSource(WireModel):
+    """A model trained elsewhere and imported: what was uploaded (or pulled) and how."""
+
+    format: Literal["onnx"] = Field(description="Format of what was imported.")
+    sha256: Sha256Hex = Field(description="sha256 of the file as uploaded.")
+    filename: str | None = Field(
+        default=None, max_length=255, description="The uploaded file's name, as given."
+    )
+
+
 class Lineage(WireModel):
-    """Where the model came from, so training can be reproduced and audited."""
+    """Where the model came from, so training can be reproduced and audited. An imported
+    model's ``source`` says what was imported; its metrics are measured on the reference
+    dataset, and its parity rows are 0 when there was no source model to compare with."""
 
     dataset_id: int = Field(description="Dataset id.")
     dataset_name: str = Field(description="Dataset name.")
@@ -173,7 +185,15 @@ class Lineage(WireModel):
     parity: Parity = Field(description="The parity gate's measurement.")
     code_version: str = Field(description="edgefleet version that trained and exported it.")
     library_versions: dict[str, str] = Field(description="scikit-learn, skl2onnx, onnx, ...")
-    job_id: int = Field(description="Training job id.")
+    job_id: int = Field(description="Training (or import) job id.")
+    # Absent, not null, for a model trained here: its manifest reads (and its signature
+    # covers) the same bytes as before imports existed, and agents that predate them still
+    # accept it.
+    source: ImportSource | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Imported models: what was imported (absent: trained here).",
+    )
 
 
 class ModelManifest(SignedDocument):

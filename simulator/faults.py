@@ -1,23 +1,15 @@
 """Faults the simulator injects on purpose: a model version that answers the same as its
 base but ~100× slower (a latency regression a rollout gate must stop at the canary),
-registered with the control plane's own registry code and signing key; and a relay that
-stalls the network of some devices."""
+imported through the control plane's API as a model trained elsewhere would be; and a
+relay that stalls the network of some devices."""
 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+import time
 
+import httpx
 import numpy as np
-from sqlmodel import Session
-
-from control_plane.auth.keys import load_keys
-from control_plane.config import load_settings
-from control_plane.registry.versions import register_version, resolve_version
-from control_plane.store.blobs import BlobStore
-from control_plane.store.db import create_db_engine
-from shared.hashing import sha256_bytes
-from shared.manifest import ModelManifest
 
 
 def slow_variant(model_bytes: bytes, size: int = 2000) -> bytes:
@@ -59,35 +51,45 @@ def slow_variant(model_bytes: bytes, size: int = 2000) -> bytes:
     return proto.SerializeToString()  # type: ignore[no-any-return]
 
 
-def register_slow_version(data_dir: Path, base_version: int, model: str = "fault") -> int:
-    """Register, with the server's own registry code and key, a version of the model that
-    answers the same but ~100x slower (see ``slow_variant``)."""
+def register_slow_version(
+    api: httpx.Client, base_version: int, model: str = "fault", timeout: float = 180
+) -> int:
+    """Import, through the control plane's API like any model trained elsewhere, a version
+    of ``model`` that answers as ``base_version`` does but ~100x slower (``slow_variant``),
+    checked against the base version's dataset; its number once the import job is done."""
+    base = _ok(api.get(f"/models/{model}/versions/{base_version}")).json()
+    manifest = base["manifest"]
+    slow = slow_variant(_ok(api.get(base["artifact_url"].removeprefix("/api/v1"))).content)
+    job = _ok(
+        api.post(
+            f"/models/{model}/import",
+            params={
+                "dataset_id": manifest["lineage"]["dataset_id"],
+                "task": manifest["output"]["task"],
+                "classes": manifest["output"]["classes"],
+                "filename": f"{model}-v{base_version}-slow.onnx",
+            },
+            content=slow,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+    ).json()
+    deadline = time.monotonic() + timeout
+    while (job := _ok(api.get(f"/jobs/{job['id']}")).json())["status"] not in (
+        "succeeded",
+        "failed",
+    ):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"import job {job['id']} still {job['status']} after {timeout} s")
+        time.sleep(0.1)
+    if job["status"] != "succeeded":
+        raise RuntimeError(f"import of the slow variant failed: {job['error']}")
+    return int(job["result_version"])
 
-    settings = load_settings(data_dir)
-    engine = create_db_engine(settings.resolved_database_url)
-    blobs = BlobStore(settings.blobs_dir)
-    try:
-        with Session(engine) as session:
-            base = resolve_version(session, model, str(base_version))
-            manifest = ModelManifest.model_validate_json(base.manifest)
-            slow = slow_variant(blobs.read_bytes(base.sha256))
-            row = register_version(
-                session,
-                blobs,
-                load_keys(settings.keys_dir).model,
-                name=model,
-                task="classification",
-                model_bytes=slow,
-                algorithm=base.algorithm,
-                dataset_id=base.dataset_id,
-                job_id=None,
-                make_manifest=lambda v: manifest.model_copy(
-                    update={"version": v, "sha256": sha256_bytes(slow), "size": len(slow)}
-                ),
-            )
-            return row.version
-    finally:
-        engine.dispose()
+
+def _ok(response: httpx.Response) -> httpx.Response:
+    if response.is_error:
+        raise RuntimeError(f"{response.request.url}: HTTP {response.status_code} {response.text}")
+    return response
 
 
 class StallProxy:

@@ -117,7 +117,8 @@ async def bad_model_scenario(sim: Simulation) -> Outcome:
     out = Outcome()
     await sim.add_devices(range(sim.options.devices))
     v1 = await _first_version(sim)
-    bad = await asyncio.to_thread(register_slow_version, sim.control.data_dir, v1)
+    with sim.control.client() as api:
+        bad = await asyncio.to_thread(register_slow_version, api, v1)
     sim.mark(f"v{bad}: same answers, ~100× slower", "fault")
     plan = {
         "stages": [

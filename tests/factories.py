@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import numpy as np
+
 from shared.manifest import (
     FeatureReference,
     Golden,
@@ -18,6 +20,7 @@ from shared.manifest import (
     TensorSpec,
 )
 from shared.signing import SigningKey
+from simulator.data import FEATURES, sensor_rows
 
 
 def make_manifest(
@@ -98,3 +101,24 @@ def make_manifest(
         signature="",
     )
     return unsigned.signed_with(key)
+
+
+def trained_elsewhere(*, zipmap: bool = False, features: int = len(FEATURES)) -> bytes:
+    """A classifier fitted and converted the way a notebook would: scikit-learn, skl2onnx."""
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = sensor_rows(400, seed=4)
+    classifier = LogisticRegression()
+    model = make_pipeline(StandardScaler(), classifier)
+    model.fit(X[:, :features].astype(np.float32), y)
+    proto = convert_sklearn(
+        model,
+        initial_types=[("x", FloatTensorType([None, features]))],
+        options={id(classifier): {"zipmap": zipmap}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    return proto.SerializeToString()  # type: ignore[no-any-return]

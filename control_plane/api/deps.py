@@ -13,6 +13,7 @@ from control_plane.api.schemas import MAX_ID
 from control_plane.auth.keys import KeyStore
 from control_plane.auth.tokens import find_token, has_role
 from control_plane.config import ServerSettings
+from control_plane.errors import PayloadTooLargeError
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import ApiToken, Role
@@ -93,3 +94,20 @@ Operator = Annotated[ApiToken, Depends(require(Role.OPERATOR))]
 Admin = Annotated[ApiToken, Depends(require(Role.ADMIN))]
 OperatorOrDevice = Annotated[ApiToken, Depends(require(Role.OPERATOR, Role.DEVICE))]
 ViewerOrDevice = Annotated[ApiToken, Depends(require(Role.VIEWER, Role.DEVICE))]
+
+
+async def read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``cap`` (never buffered past it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise PayloadTooLargeError(
+            f"the upload is {declared} bytes; the cap is {cap}", loc=("body",)
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise PayloadTooLargeError(f"the upload exceeds the cap of {cap} bytes", loc=("body",))
+        chunks.append(chunk)
+    return b"".join(chunks)

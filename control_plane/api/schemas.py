@@ -90,6 +90,22 @@ class TrainRequest(ApiRequest):
     )
 
 
+class ImportRequest(ApiModel):
+    """What an import job was asked to do (made by `POST /models/{name}/import`)."""
+
+    format: Literal["onnx"] = Field(default="onnx", description="Format of the upload.")
+    dataset_id: int = Field(ge=1, le=MAX_ID, description="The reference dataset.")
+    task: Task = Field(description="`classification` or `regression`.")
+    sha256: str = Field(description="sha256 of the stored upload.")
+    filename: str | None = Field(default=None, description="The upload's file name.")
+    classes: list[str] | None = Field(
+        default=None,
+        description="Class names in the order of the model's class indices (default: the "
+        "reference dataset's classes, sorted).",
+    )
+    seed: int = Field(default=0, description="Seed of the rows golden vectors come from.")
+
+
 class RetrainRequest(ApiModel):
     """What a retraining job was asked to do (made by the monitor or `POST .../retrain`)."""
 
@@ -123,7 +139,9 @@ class JobPublic(ApiModel):
     `failed`; a retraining whose challenger lost ends `succeeded` at stage `refused`."""
 
     id: int = Field(description="Job id.")
-    kind: Literal["train", "retrain"] = Field(description="Job kind (`train`, `retrain`).")
+    kind: Literal["train", "retrain", "import"] = Field(
+        description="Job kind (`train`, `retrain`, `import`)."
+    )
     status: Literal["queued", "running", "succeeded", "failed"] = Field(
         description="`queued`, `running`, `succeeded` or `failed`."
     )
@@ -133,7 +151,9 @@ class JobPublic(ApiModel):
     )
     progress: float = Field(ge=0, le=1, description="0 … 1.")
     model_name: str = Field(description="Model the job trains a version of.")
-    request: TrainRequest | RetrainRequest = Field(description="The request as submitted.")
+    request: TrainRequest | RetrainRequest | ImportRequest = Field(
+        description="The request as submitted."
+    )
     error: str | None = Field(description="Why the job failed, or why its challenger was refused.")
     result_version: int | None = Field(description="The registered version, on success.")
     result: ChallengeData | None = Field(

@@ -274,10 +274,14 @@ def train_command(
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
     with _api(url, token) as client:
-        job = wait_for_job(client, client.train(model, request))
-        if job.status != "succeeded" or job.result_version is None:
-            raise _fail(f"job {job.id} failed: {job.error}")
-        version = client.version(model, str(job.result_version))
+        _show_new_version(client, model, wait_for_job(client, client.train(model, request)))
+
+
+def _show_new_version(client: ApiClient, model: str, job: JobPublic) -> None:
+    """The version a finished job registered, with its figures; its number last."""
+    if job.status != "succeeded" or job.result_version is None:
+        raise _fail(f"job {job.id} failed: {job.error}")
+    version = client.version(model, str(job.result_version))
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items())
     console.print(
         f"{model} v{version.version} ({version.algorithm}): {metrics}; parity max diff "
@@ -334,6 +338,55 @@ def models_show(
             ",".join(v.aliases),
         )
     out.print(table)
+
+
+@models_app.command("import")
+def models_import(
+    model: Annotated[str, typer.Argument(help="Model name (versions accumulate under it).")],
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="ONNX file.")],
+    dataset: Annotated[
+        int | None,
+        typer.Option(help="Reference dataset id (or give --reference).", show_default=False),
+    ] = None,
+    reference: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            dir_okay=False,
+            help="Reference CSV to upload first, as dataset MODEL-reference (with --label).",
+            show_default=False,
+        ),
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="Label column of --reference.", show_default=False)
+    ] = None,
+    task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
+    classes: Annotated[
+        str | None,
+        typer.Option(
+            help="Class names in the order of the model's class indices, comma-separated "
+            "(default: the dataset's classes, sorted).",
+            show_default=False,
+        ),
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Import an ONNX model trained elsewhere: checked, run on the reference dataset (its
+    metrics, reference statistics and golden vectors), signed and registered like a trained
+    version. Waits for the job and prints the new version number last."""
+    if (dataset is None) == (reference is None):
+        raise _fail("give either --dataset ID or --reference CSV --label COLUMN", 2)
+    if reference is not None and not label:
+        raise _fail("--reference needs --label", 2)
+    with _api(url, token) as client:
+        if reference is not None:
+            assert label is not None
+            dataset = client.upload_dataset(reference, name=f"{model}-reference", label=label).id
+        assert dataset is not None
+        order = [c.strip() for c in classes.split(",")] if classes else None
+        job = client.import_model(model, file, dataset_id=dataset, task=task, classes=order)
+        _show_new_version(client, model, wait_for_job(client, job))
 
 
 @models_app.command("alias")

@@ -135,13 +135,13 @@ def register_version(
     except BaseException:
         session.rollback()
         if newly_written:
-            _delete_unless_used(session, blobs, sha)
+            delete_unless_used(session, blobs, sha)
         raise
     session.refresh(row)
     return row
 
 
-def _delete_unless_used(session: Session, blobs: BlobStore, sha: str) -> None:
+def delete_unless_used(session: Session, blobs: BlobStore, sha: str) -> None:
     """An artifact no version points at is removed (another may share the same bytes)."""
     if session.exec(select(ModelVersion.id).where(ModelVersion.sha256 == sha)).first() is None:
         blobs.delete(sha)

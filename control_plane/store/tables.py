@@ -96,6 +96,7 @@ ROLE_RANK = {Role.DEVICE: -1, Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 class JobKind(StrEnum):
     TRAIN = "train"
     RETRAIN = "retrain"
+    IMPORT = "import"
 
 
 class JobStatus(StrEnum):

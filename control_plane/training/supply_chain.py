@@ -59,7 +59,7 @@ class Refused:
     reason: str
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
     import skl2onnx
@@ -174,7 +174,9 @@ def train_version(
         refused = challenge(model_bytes)
         if refused is not None:
             return refused
-    return _register(settings, session, blobs, job, trained, lineage, algorithm.name, dataset.id)
+    return register_trained(
+        settings, session, blobs, job, trained, lineage, algorithm.name, dataset.id
+    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,7 @@ def _lineage(
         metrics=metrics,
         parity=parity,
         code_version=__version__,
-        library_versions=_library_versions(),
+        library_versions=library_versions(),
         job_id=job_id,
     )
 
@@ -292,7 +294,7 @@ def _evaluate(
     return metrics, parity
 
 
-def _register(
+def register_trained(
     settings: ServerSettings,
     session: Session,
     blobs: BlobStore,

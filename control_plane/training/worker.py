@@ -16,7 +16,8 @@ from control_plane.api.schemas import TrainRequest
 from control_plane.config import ServerSettings
 from control_plane.errors import ControlPlaneError
 from control_plane.store.db import create_db_engine
-from control_plane.store.tables import Job, JobStatus, utcnow
+from control_plane.store.tables import Job, JobKind, JobStatus, utcnow
+from control_plane.training.onnx_import import import_version
 from control_plane.training.retraining_job import retrain
 from control_plane.training.supply_chain import Refused, finish_job, train_version
 
@@ -39,6 +40,14 @@ def exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+def _run(settings: ServerSettings, session: Session, job: Job) -> int | Refused:
+    if job.kind == JobKind.RETRAIN:
+        return retrain(settings, session, job)
+    if job.kind == JobKind.IMPORT:
+        return import_version(settings, session, job)
+    return train_version(settings, session, job, TrainRequest.model_validate(job.request))
+
+
 def run_training_job(settings: ServerSettings, job_id: int) -> None:
     """Worker-process entry point: claim job ``job_id`` and run it to the end."""
     engine = create_db_engine(settings.resolved_database_url)
@@ -55,11 +64,7 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
             try:
                 job = session.get(Job, job_id)
                 assert job is not None
-                if job.kind == "retrain":
-                    outcome = retrain(settings, session, job)
-                else:
-                    request = TrainRequest.model_validate(job.request)
-                    outcome = train_version(settings, session, job, request)
+                outcome = _run(settings, session, job)
             except ControlPlaneError as exc:
                 log.info("job %s failed: %s", job_id, exc.message)
                 finish_job(session, job_id, error=exc.message)

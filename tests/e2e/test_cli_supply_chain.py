@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from simulator.data import CLASSES
 from simulator.rig.server import ServerProcess, run_cli, start_server, stop_server
+from tests.factories import trained_elsewhere
 
 pytestmark = pytest.mark.integration
 
@@ -157,6 +159,47 @@ def test_cli_refusals_are_clear(server: ServerProcess, tmp_path: Path) -> None:
     ci_id = issued.stderr.split()[1]  # "token 3 'ci' (viewer)"
     revoked = run_cli("tokens", "revoke", ci_id, env=server.env)
     assert "revoked" in revoked.stderr
+
+
+def test_user_imports_a_model_trained_elsewhere(
+    server: ServerProcess, sensor_csv: Path, tmp_path: Path
+) -> None:
+    """As the README writes it: an ONNX file from a notebook, its reference CSV uploaded on
+    the way; then pulled and verified offline like a trained version."""
+    model = tmp_path / "model.onnx"
+    model.write_bytes(trained_elsewhere())
+    imported = run_cli(
+        "models",
+        "import",
+        "my-model",
+        str(model),
+        "--reference",
+        str(sensor_csv),
+        "--label",
+        "fault",
+        "--classes",
+        ",".join(CLASSES),
+        env=server.env,
+    )
+    assert imported.stdout.strip().splitlines()[-1] == "1"
+    assert "my-model v1 (onnx): accuracy" in imported.stderr
+    out = tmp_path / "pulled"
+    run_cli("models", "pull", "my-model", "--out", str(out), env=server.env)
+    assert (out / "my-model-v1.onnx").read_bytes() == model.read_bytes()
+    run_cli(
+        "verify",
+        str(out / "my-model-v1.manifest.json"),
+        str(out / "my-model-v1.onnx"),
+        "--trust-store",
+        str(out / "trust-store.json"),
+    )
+    csv_as_model = ("models", "import", "my-model", str(sensor_csv), "--dataset", "1")
+    refused = run_cli(*csv_as_model, env=server.env, check=False)
+    assert refused.returncode == 1
+    assert "has classes ['normal', " in refused.stderr  # v1's order, not the dataset's
+    refused = run_cli(*csv_as_model, "--classes", ",".join(CLASSES), env=server.env, check=False)
+    assert refused.returncode == 1
+    assert "not an ONNX model" in refused.stderr
 
 
 def test_init_twice_keeps_keys_and_issues_a_new_token(tmp_path: Path) -> None:

@@ -166,7 +166,7 @@ def test_latency_regression_is_stopped_at_the_canary_and_rolled_back(fleet: Flee
     fleet.wait_status(first["id"], "succeeded")
     wait_until(lambda: all(fleet.serving(d) == v1 for d in fleet.agents), what="v1 everywhere")
 
-    bad = register_slow_version(fleet.server.data_dir, v1)
+    bad = register_slow_version(fleet.api, v1)
     stop = threading.Event()
     load = threading.Thread(target=keep_busy, args=(fleet, stop), daemon=True)
     load.start()

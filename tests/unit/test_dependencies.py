@@ -184,3 +184,17 @@ def test_no_control_plane_function_is_longer_than_a_screen() -> None:
         and node.end_lineno - node.lineno + 1 > 60
     ]
     assert not long
+
+
+def test_the_simulator_drives_the_control_plane_through_its_api() -> None:
+    """Never through its database: the simulator uses the control plane's settings, the
+    code of ``edgefleet init``, and (for the rig's agent-only models) its training code."""
+    allowed = ("control_plane.config", "control_plane.store.datadir", "control_plane.training.")
+    wrong = [
+        f"{module} imports {name}"
+        for module in MODULES
+        if module.startswith("simulator")
+        for name in project_imports(module)
+        if name.startswith("control_plane") and not name.startswith(allowed)
+    ]
+    assert not wrong

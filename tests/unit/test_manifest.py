@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from shared.errors import SignatureError, VerificationError
-from shared.manifest import ModelManifest
+from shared.manifest import ImportSource, ModelManifest
 from shared.signing import KeyRole, SigningKey
 from shared.trust import TrustedKey, TrustStore
 from shared.verification import check_artifact, verify_manifest
@@ -90,3 +90,26 @@ def test_check_artifact(key: SigningKey) -> None:
         check_artifact(manifest, "ab" * 32, 11)
     with pytest.raises(VerificationError, match="sha256_mismatch"):
         check_artifact(manifest, "ac" * 32, 10)
+
+
+def test_an_import_source_is_signed_and_a_trained_model_carries_none(
+    key: SigningKey, trust: TrustStore
+) -> None:
+    """A model trained here has no ``source`` key (not null): its manifest and the bytes its
+    signature covers are the same as before imports existed, so agents that predate them
+    still accept it. An imported model's source is covered by the signature."""
+    trained = make_manifest(key)
+    assert "source" not in json.loads(trained.model_dump_json())["lineage"]
+    assert b'"source"' not in trained.signed_payload()
+    source = ImportSource(format="onnx", sha256="ef" * 32, filename="m.onnx")
+    unsigned = trained.model_copy(
+        update={"lineage": trained.lineage.model_copy(update={"source": source})}
+    )
+    imported = unsigned.signed_with(key)
+    again = ModelManifest.model_validate_json(imported.model_dump_json())
+    assert again.lineage.source == source
+    verify_manifest(again, trust)
+    forged = json.loads(imported.model_dump_json())
+    forged["lineage"]["source"]["filename"] = "other.onnx"
+    with pytest.raises(SignatureError):
+        verify_manifest(ModelManifest.model_validate_json(json.dumps(forged)), trust)

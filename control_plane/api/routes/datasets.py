@@ -8,9 +8,17 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from sqlmodel import col, select
 
-from control_plane.api.deps import BlobsDep, IdPath, Operator, SessionDep, SettingsDep, Viewer
+from control_plane.api.deps import (
+    BlobsDep,
+    IdPath,
+    Operator,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+    read_capped,
+)
 from control_plane.api.schemas import DatasetPublic
-from control_plane.errors import NotFoundError, PayloadTooLargeError
+from control_plane.errors import NotFoundError
 from control_plane.registry.datasets import DatasetLimits, check_name, parse_csv, store_dataset
 from control_plane.store.tables import Dataset
 from shared.manifest import NanPolicy
@@ -20,23 +28,6 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 def _public(row: Dataset) -> DatasetPublic:
     return DatasetPublic.model_validate(row, from_attributes=True)
-
-
-async def _read_capped(request: Request, cap: int) -> bytes:
-    """The request body, refused with 413 as soon as it exceeds ``cap`` (never buffered past it)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise PayloadTooLargeError(
-            f"the upload is {declared} bytes; the cap is {cap}", loc=("body",)
-        )
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise PayloadTooLargeError(f"the upload exceeds the cap of {cap} bytes", loc=("body",))
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 @router.post(
@@ -90,7 +81,7 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Validate and store a dataset. The body is the raw CSV (`Content-Type: text/csv`)."""
     check_name(name)
-    data = await _read_capped(request, settings.max_dataset_bytes)
+    data = await read_capped(request, settings.max_dataset_bytes)
     limits = DatasetLimits(
         max_rows=settings.max_dataset_rows,
         max_columns=settings.max_dataset_columns,

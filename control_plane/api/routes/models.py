@@ -2,34 +2,49 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Request, status
-from sqlmodel import col, select
+from fastapi import APIRouter, Path, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session, col, select
 
-from control_plane.api.deps import JobsDep, Operator, SessionDep, SettingsDep, Viewer
+from control_plane.api.deps import (
+    BlobsDep,
+    JobsDep,
+    Operator,
+    SessionDep,
+    SettingsDep,
+    Viewer,
+    read_capped,
+)
 from control_plane.api.routes.jobs import job_public
 from control_plane.api.schemas import (
+    MAX_ID,
     AliasPublic,
     AliasUpdate,
+    ImportRequest,
     JobPublic,
     ModelPublic,
     TrainRequest,
     VersionPublic,
 )
+from control_plane.config import ServerSettings
 from control_plane.errors import ConflictError, ControlPlaneError, InvalidInputError
 from control_plane.registry.versions import (
     aliases_of,
     check_model_name,
     delete_alias,
     get_model,
+    latest_version,
     resolve_version,
     set_alias,
 )
-from control_plane.store.tables import Dataset, Job, Model, ModelVersion
+from control_plane.store.tables import Dataset, Job, JobKind, Model, ModelVersion
 from control_plane.training.algorithms import get_algorithm, validate_params
+from control_plane.training.jobs import JobRunner
+from control_plane.training.onnx_import import inspect_onnx
 from control_plane.training.supply_chain import check_features_match
-from shared.manifest import ModelManifest
+from shared.manifest import ModelManifest, Task
 
 router = APIRouter(prefix="/models", tags=["models"])
 NamePath = Annotated[str, Path(description="Model name.")]
@@ -88,43 +103,171 @@ def train(
     request: Request,
 ) -> JobPublic:
     """Check the request, queue a job and return it at once; poll `GET /jobs/{id}`."""
-    process_id: str = request.app.state.leadership.process_id
     check_model_name(name)
-    dataset = session.get(Dataset, body.dataset_id)
+    _check_reference(session, settings, name, body.dataset_id, body.task, "body")
+    validate_params(get_algorithm(body.task, body.algorithm), body.params)
+    return _queue(
+        session, jobs, request, Job(model_name=name, request=body.model_dump(mode="json"))
+    )
+
+
+@router.post(
+    "/{name}/import",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Import a model trained elsewhere (a background job)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+    responses={
+        409: {"description": "Task or features differ from the model's."},
+        413: {"description": "Larger than `max_import_bytes`."},
+        422: {"description": "Not a model a device can run as this one; `detail` says why."},
+    },
+)
+async def import_model(
+    name: NamePath,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    jobs: JobsDep,
+    _: Operator,
+    request: Request,
+    dataset_id: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_ID,
+            description="Reference dataset: the model runs on its rows, which give the "
+            "version's metrics, reference statistics and golden vectors.",
+        ),
+    ],
+    task: Annotated[Task, Query(description="`classification` or `regression`.")] = (
+        "classification"
+    ),
+    filename: Annotated[
+        str | None, Query(max_length=255, description="The file's name, for the lineage.")
+    ] = None,
+    classes: Annotated[
+        list[str] | None,
+        Query(
+            max_length=1000,
+            description="Classifiers: the class names in the order of the model's class "
+            "indices, when not the reference dataset's (sorted) order. Repeat the parameter.",
+        ),
+    ] = None,
+) -> JobPublic:
+    """The body is an ONNX file (`Content-Type: application/octet-stream`). It is checked
+    before anything is stored: one float32 input `[batch, features]` matching the dataset;
+    a classifier's int64 class indices then float probabilities `[batch, classes]` (in the
+    order of the dataset's classes), a regressor's values; standard operators only, no
+    loops, nothing this onnxruntime cannot load. The job then signs and registers it like a
+    trained version (`lineage.source` says what was imported); poll `GET /jobs/{id}`."""
+    check_model_name(name)
+    dataset = _check_reference(session, settings, name, dataset_id, task, "query")
+    _check_classes(session, name, dataset, task, classes)
+    data = await read_capped(request, settings.max_import_bytes)
+    await run_in_threadpool(
+        inspect_onnx,
+        data,
+        task=task,
+        n_features=len(dataset.features),
+        n_classes=len(dataset.classes or []),
+    )
+    sha = (await run_in_threadpool(blobs.put_bytes, data))[0]
+    body = ImportRequest(
+        dataset_id=dataset_id, task=task, sha256=sha, filename=filename, classes=classes
+    )
+    return _queue(
+        session,
+        jobs,
+        request,
+        Job(kind=JobKind.IMPORT, model_name=name, request=body.model_dump(mode="json")),
+    )
+
+
+def _check_reference(
+    session: Session,
+    settings: ServerSettings,
+    name: str,
+    dataset_id: int,
+    task: Task,
+    where: Literal["body", "query"],
+) -> Dataset:
+    """The dataset a version of model ``name`` is trained on or checked against: it exists,
+    its labels fit the task, and its features are the model's."""
+    dataset = session.get(Dataset, dataset_id)
     if dataset is None:
         raise InvalidInputError(
-            f"no dataset {body.dataset_id}", loc=("body", "dataset_id"), code="unknown_dataset"
+            f"no dataset {dataset_id}", loc=(where, "dataset_id"), code="unknown_dataset"
         )
-    validate_params(get_algorithm(body.task, body.algorithm), body.params)
-    if body.task == "regression" and dataset.label_kind == "string":
+    if task == "regression" and dataset.label_kind == "string":
         raise InvalidInputError(
             f"label {dataset.label_column!r} is not numeric; regression needs numbers",
-            loc=("body", "task"),
+            loc=(where, "task"),
             code="label_not_numeric",
         )
     n_classes = len(dataset.classes) if dataset.classes is not None else None
-    if body.task == "classification" and not (
+    if task == "classification" and not (
         n_classes is not None and 2 <= n_classes <= settings.max_classes
     ):
         raise InvalidInputError(
             f"classification needs 2 to {settings.max_classes} distinct "
             f"labels; dataset {dataset.id} has "
             f"{n_classes if n_classes is not None else 'more than 1000'}",
-            loc=("body", "task"),
+            loc=(where, "task"),
             code="bad_class_count",
         )
     model = session.get(Model, name)
-    if model is not None and model.task != body.task:
+    if model is not None and model.task != task:
         raise ConflictError(
-            f"model {name!r} is a {model.task} model", loc=("body", "task"), code="task_mismatch"
+            f"model {name!r} is a {model.task} model", loc=(where, "task"), code="task_mismatch"
         )
     try:
         check_features_match(session, name, dataset.features)
     except ControlPlaneError as exc:
         raise ConflictError(
-            exc.message, loc=("body", "dataset_id"), code="feature_mismatch"
+            exc.message, loc=(where, "dataset_id"), code="feature_mismatch"
         ) from exc
-    job = Job(model_name=name, request=body.model_dump(mode="json"), owner=process_id)
+    return dataset
+
+
+def _check_classes(
+    session: Session, name: str, dataset: Dataset, task: Task, classes: list[str] | None
+) -> None:
+    """A classifier's class order is the dataset's classes, reordered at most; and the
+    model's earlier versions have the same one (gates and drift compare predictions by
+    class index across versions)."""
+    loc = ("query", "classes")
+    if task != "classification":
+        if classes:
+            raise InvalidInputError("a regressor has no classes", loc=loc)
+        return
+    order = classes or dataset.classes or []
+    if sorted(order) != sorted(dataset.classes or []) or len(set(order)) != len(order):
+        raise InvalidInputError(
+            f"classes {order} are not the reference dataset's {dataset.classes} reordered",
+            loc=loc,
+            code="class_mismatch",
+        )
+    latest = latest_version(session, name)
+    if latest is not None:
+        current = ModelManifest.model_validate_json(latest.manifest).output.classes
+        if current != order:
+            raise ConflictError(
+                f"model {name!r} has classes {current} in this order; this import has {order}",
+                loc=loc,
+                code="class_mismatch",
+            )
+
+
+def _queue(session: Session, jobs: JobRunner, request: Request, job: Job) -> JobPublic:
+    job.owner = request.app.state.leadership.process_id
     session.add(job)
     session.commit()
     session.refresh(job)
