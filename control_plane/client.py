@@ -126,9 +126,15 @@ class ApiClient:
         dataset_id: int,
         task: str = "classification",
         classes: list[str] | None = None,
+        fmt: str = "onnx",
     ) -> JobPublic:
-        """Upload an ONNX file to become the next version of ``model`` (a job)."""
-        params: dict[str, Any] = {"dataset_id": dataset_id, "task": task, "filename": path.name}
+        """Upload a model file to become the next version of ``model`` (a job)."""
+        params: dict[str, Any] = {
+            "dataset_id": dataset_id,
+            "task": task,
+            "filename": path.name,
+            "format": fmt,
+        }
         if classes:
             params["classes"] = classes
         with path.open("rb") as handle:

@@ -158,7 +158,10 @@ class Parity(WireModel):
 class ImportSource(WireModel):
     """A model trained elsewhere and imported: what was uploaded (or pulled) and how."""
 
-    format: Literal["onnx"] = Field(description="Format of what was imported.")
+    format: Literal["onnx", "sklearn", "xgboost", "lightgbm"] = Field(
+        description="Format of what was imported (sklearn: a skops file; xgboost, "
+        "lightgbm: their own model files)."
+    )
     sha256: Sha256Hex = Field(description="sha256 of the file as uploaded.")
     filename: str | None = Field(
         default=None, max_length=255, description="The uploaded file's name, as given."

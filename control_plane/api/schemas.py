@@ -90,10 +90,13 @@ class TrainRequest(ApiRequest):
     )
 
 
+ImportFormat = Literal["onnx", "sklearn", "xgboost", "lightgbm"]
+
+
 class ImportRequest(ApiModel):
     """What an import job was asked to do (made by `POST /models/{name}/import`)."""
 
-    format: Literal["onnx"] = Field(default="onnx", description="Format of the upload.")
+    format: ImportFormat = Field(default="onnx", description="Format of the upload.")
     dataset_id: int = Field(ge=1, le=MAX_ID, description="The reference dataset.")
     task: Task = Field(description="`classification` or `regression`.")
     sha256: str = Field(description="sha256 of the stored upload.")

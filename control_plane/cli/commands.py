@@ -340,10 +340,26 @@ def models_show(
     out.print(table)
 
 
+FORMATS_BY_SUFFIX = {
+    ".onnx": "onnx",
+    ".skops": "sklearn",
+    ".json": "xgboost",
+    ".ubj": "xgboost",
+    ".txt": "lightgbm",
+}
+
+
 @models_app.command("import")
 def models_import(
     model: Annotated[str, typer.Argument(help="Model name (versions accumulate under it).")],
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="ONNX file.")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            help="Model file: .onnx, .skops (scikit-learn), .json/.ubj (XGBoost), .txt (LightGBM).",
+        ),
+    ],
     dataset: Annotated[
         int | None,
         typer.Option(help="Reference dataset id (or give --reference).", show_default=False),
@@ -361,6 +377,14 @@ def models_import(
         str | None, typer.Option(help="Label column of --reference.", show_default=False)
     ] = None,
     task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="onnx, sklearn, xgboost or lightgbm (default: from the file's extension).",
+            show_default=False,
+        ),
+    ] = None,
     classes: Annotated[
         str | None,
         typer.Option(
@@ -372,9 +396,13 @@ def models_import(
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
-    """Import an ONNX model trained elsewhere: checked, run on the reference dataset (its
-    metrics, reference statistics and golden vectors), signed and registered like a trained
-    version. Waits for the job and prints the new version number last."""
+    """Import a model trained elsewhere: checked, converted to ONNX (other formats, with the
+    parity gate), run on the reference dataset (its metrics, reference statistics and golden
+    vectors), signed and registered like a trained version. Waits for the job and prints
+    the new version number last."""
+    fmt = fmt or FORMATS_BY_SUFFIX.get(file.suffix.lower())
+    if fmt is None:
+        raise _fail(f"cannot tell the format of {file.name}; give --format", 2)
     if (dataset is None) == (reference is None):
         raise _fail("give either --dataset ID or --reference CSV --label COLUMN", 2)
     if reference is not None and not label:
@@ -385,7 +413,9 @@ def models_import(
             dataset = client.upload_dataset(reference, name=f"{model}-reference", label=label).id
         assert dataset is not None
         order = [c.strip() for c in classes.split(",")] if classes else None
-        job = client.import_model(model, file, dataset_id=dataset, task=task, classes=order)
+        job = client.import_model(
+            model, file, dataset_id=dataset, task=task, classes=order, fmt=fmt
+        )
         _show_new_version(client, model, wait_for_job(client, job))
 
 

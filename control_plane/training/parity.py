@@ -21,6 +21,7 @@ def check_parity(
     onnx_labels: npt.NDArray[np.int64] | None,
     atol: float,
     max_label_disagreement: float,
+    source: str = "sklearn",
 ) -> Parity:
     """Compare scikit-learn and onnxruntime outputs on the same rows.
 
@@ -48,7 +49,7 @@ def check_parity(
     )
     if max_diff > atol:
         raise JobFailedError(
-            f"parity gate: sklearn and onnxruntime differ by {max_diff:.3g} "
+            f"parity gate: {source} and onnxruntime differ by {max_diff:.3g} "
             f"(tolerance {atol:g}) on {rows} validation rows; not registered",
             code="parity_failed",
         )

@@ -17,7 +17,7 @@ from control_plane.config import ServerSettings
 from control_plane.errors import ControlPlaneError
 from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Job, JobKind, JobStatus, utcnow
-from control_plane.training.onnx_import import import_version
+from control_plane.training.model_import import import_version
 from control_plane.training.retraining_job import retrain
 from control_plane.training.supply_chain import Refused, finish_job, train_version
 

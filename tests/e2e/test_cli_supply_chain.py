@@ -193,11 +193,15 @@ def test_user_imports_a_model_trained_elsewhere(
         "--trust-store",
         str(out / "trust-store.json"),
     )
-    csv_as_model = ("models", "import", "my-model", str(sensor_csv), "--dataset", "1")
-    refused = run_cli(*csv_as_model, env=server.env, check=False)
+    again = ("models", "import", "my-model", str(model), "--dataset", "1")
+    refused = run_cli(*again, env=server.env, check=False)
     assert refused.returncode == 1
     assert "has classes ['normal', " in refused.stderr  # v1's order, not the dataset's
-    refused = run_cli(*csv_as_model, "--classes", ",".join(CLASSES), env=server.env, check=False)
+    as_model = ("models", "import", "my-model", str(sensor_csv), "--dataset", "1")
+    refused = run_cli(*as_model, env=server.env, check=False)
+    assert refused.returncode == 2
+    assert "give --format" in refused.stderr
+    refused = run_cli(*as_model, "--format", "onnx", env=server.env, check=False)
     assert refused.returncode == 1
     assert "not an ONNX model" in refused.stderr
 

@@ -229,3 +229,104 @@ def test_a_model_whose_classes_do_not_fit_fails_and_leaves_nothing(
     assert "predicts class index 7" in job["error"]
     assert api.blob_files() == blobs
     assert api.get("/models").json() == []
+
+
+def _sklearn_model() -> tuple[bytes, list[str] | None]:
+    """A pipeline fitted on the class names: skops keeps them, so no order is given."""
+    import skops.io
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = sensor_rows(400, seed=4)
+    model = make_pipeline(StandardScaler(), RandomForestClassifier(n_estimators=10, random_state=0))
+    model.fit(X.astype(np.float32), np.asarray(CLASSES)[y])
+    return skops.io.dumps(model), None
+
+
+def _xgboost_model() -> tuple[bytes, list[str] | None]:
+    import xgboost
+
+    X, y = sensor_rows(400, seed=4)
+    model = xgboost.XGBClassifier(n_estimators=20, max_depth=3).fit(X.astype(np.float32), y)
+    return bytes(model.get_booster().save_raw("json")), CLASSES
+
+
+def _lightgbm_model() -> tuple[bytes, list[str] | None]:
+    import lightgbm
+
+    X, y = sensor_rows(400, seed=4)
+    model = lightgbm.LGBMClassifier(n_estimators=20, verbose=-1).fit(X.astype(np.float32), y)
+    return model.booster_.model_to_string().encode(), CLASSES
+
+
+@pytest.mark.parametrize(
+    ("fmt", "make"),
+    [("sklearn", _sklearn_model), ("xgboost", _xgboost_model), ("lightgbm", _lightgbm_model)],
+)
+def test_other_formats_are_converted_and_pass_the_parity_gate(
+    api: Api, dataset: dict[str, Any], tmp_path: Path, fmt: str, make: Any
+) -> None:
+    data, classes = make()
+    params: dict[str, Any] = {"format": fmt}
+    if classes:
+        params["classes"] = classes
+    response = importing(api, data, dataset["id"], **params)
+    assert response.status_code == 202, response.text
+    job = api.wait_job(response.json()["id"])
+    assert job["status"] == "succeeded", job["error"]
+    version = api.get(f"/models/fault/versions/{job['result_version']}").json()
+    manifest = ModelManifest.model_validate_json(json.dumps(version["manifest"]))
+    assert version["algorithm"] == fmt
+    source = manifest.lineage.source
+    assert source is not None and (source.format, source.sha256) == (fmt, sha256_bytes(data))
+    parity = manifest.lineage.parity
+    assert parity.rows == dataset["rows"] and parity.max_abs_diff <= parity.atol
+    assert manifest.lineage.metrics["accuracy"] > 0.7
+    # Devices get the conversion; the upload itself is not kept.
+    assert {p.name for p in api.blob_files()} >= {version["sha256"]}
+    assert not any(p.name == sha256_bytes(data) for p in api.blob_files())
+    path = tmp_path / "model.onnx"
+    path.write_bytes(api.client.get(version["artifact_url"], headers=api.auth()).content)
+    X, _ = sensor_rows(20, seed=5)
+    assert load_model(path, manifest).run(X.astype(np.float32)).labels is not None
+
+
+def _untrusted_skops() -> bytes:
+    """A transformer whose function would run on the inputs: numpy.load is not trusted."""
+    import skops.io
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    return skops.io.dumps(make_pipeline(FunctionTransformer(np.load), LogisticRegression()))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "make", "code", "text"),
+    [
+        ("sklearn", lambda: pickle.dumps([1, 2]), "not_skops", "pickles are never loaded"),
+        ("sklearn", _untrusted_skops, "untrusted_types", "untrusted types in the file: numpy.load"),
+        ("xgboost", lambda: b"{not json", "not_xgboost", "not an XGBoost model"),
+        ("lightgbm", lambda: b"\xff\xfe", "not_lightgbm", "not a LightGBM model"),
+        ("xgboost", lambda: _xgboost_model()[0], "task_mismatch", "not regression"),
+    ],
+    ids=["pickle", "untrusted", "xgboost", "lightgbm", "task"],
+)
+def test_other_formats_that_are_not_safe_or_do_not_fit_are_refused(
+    api: Api, fmt: str, make: Any, code: str, text: str
+) -> None:
+    regression = "a,b,c,d,e,f,y\n" + "".join(f"{i},1,2,3,4,5,{i * 0.5}\n" for i in range(50))
+    task = "regression" if code == "task_mismatch" else "classification"
+    if task == "regression":
+        dataset_id = api.upload(regression, name="r", label="y").json()["id"]
+    else:
+        dataset_id = api.upload(sensor_csv(300, seed=1)).json()["id"]
+    blobs = api.blob_files()
+    response = importing(api, make(), dataset_id, format=fmt, task=task)
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert (detail["type"], detail["loc"]) == (code, ["body"])
+    assert text in detail["msg"]
+    assert api.blob_files() == blobs
+    assert api.get("/jobs").json() == []

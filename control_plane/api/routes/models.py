@@ -22,6 +22,7 @@ from control_plane.api.schemas import (
     MAX_ID,
     AliasPublic,
     AliasUpdate,
+    ImportFormat,
     ImportRequest,
     JobPublic,
     ModelPublic,
@@ -42,7 +43,7 @@ from control_plane.registry.versions import (
 from control_plane.store.tables import Dataset, Job, JobKind, Model, ModelVersion
 from control_plane.training.algorithms import get_algorithm, validate_params
 from control_plane.training.jobs import JobRunner
-from control_plane.training.onnx_import import inspect_onnx
+from control_plane.training.model_import import check_upload
 from control_plane.training.supply_chain import check_features_match
 from shared.manifest import ModelManifest, Task
 
@@ -147,6 +148,16 @@ async def import_model(
             "version's metrics, reference statistics and golden vectors.",
         ),
     ],
+    format: Annotated[
+        ImportFormat,
+        Query(
+            description="`onnx`; `sklearn` (a fitted estimator or pipeline saved with "
+            "`skops.io.dump`: only scikit-learn and numpy types are loaded, never a pickle); "
+            "`xgboost` (`save_model`, .json or .ubj); `lightgbm` (`Booster.save_model`, text). "
+            "Other formats are converted to ONNX and the conversion must pass the parity gate "
+            "against the source model on the reference rows."
+        ),
+    ] = "onnx",
     task: Annotated[Task, Query(description="`classification` or `regression`.")] = (
         "classification"
     ),
@@ -162,26 +173,35 @@ async def import_model(
         ),
     ] = None,
 ) -> JobPublic:
-    """The body is an ONNX file (`Content-Type: application/octet-stream`). It is checked
-    before anything is stored: one float32 input `[batch, features]` matching the dataset;
-    a classifier's int64 class indices then float probabilities `[batch, classes]` (in the
-    order of the dataset's classes), a regressor's values; standard operators only, no
-    loops, nothing this onnxruntime cannot load. The job then signs and registers it like a
+    """The body is the model file (`Content-Type: application/octet-stream`), checked
+    before anything is stored. An ONNX file: one float32 input `[batch, features]` matching
+    the dataset; a classifier's int64 class indices then float probabilities
+    `[batch, classes]`, a regressor's values; standard operators only, no loops, nothing
+    this onnxruntime cannot load. Other formats: loaded without unpickling, and matching
+    the task, features and classes. The job converts them, runs the model on the reference
+    rows (metrics, reference statistics, golden vectors), signs and registers it like a
     trained version (`lineage.source` says what was imported); poll `GET /jobs/{id}`."""
     check_model_name(name)
     dataset = _check_reference(session, settings, name, dataset_id, task, "query")
-    _check_classes(session, name, dataset, task, classes)
     data = await read_capped(request, settings.max_import_bytes)
-    await run_in_threadpool(
-        inspect_onnx,
+    classes = await run_in_threadpool(
+        check_upload,
+        format,
         data,
         task=task,
         n_features=len(dataset.features),
-        n_classes=len(dataset.classes or []),
+        dataset_classes=dataset.classes or [],
+        classes=classes,
     )
+    _check_classes(session, name, dataset, task, classes)
     sha = (await run_in_threadpool(blobs.put_bytes, data))[0]
     body = ImportRequest(
-        dataset_id=dataset_id, task=task, sha256=sha, filename=filename, classes=classes
+        format=format,
+        dataset_id=dataset_id,
+        task=task,
+        sha256=sha,
+        filename=filename,
+        classes=classes,
     )
     return _queue(
         session,

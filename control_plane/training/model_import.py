@@ -14,15 +14,17 @@ import numpy.typing as npt
 from sqlmodel import Session
 
 from agent.inference import Outputs, describe, session_for
-from control_plane.api.schemas import ImportRequest
+from control_plane.api.schemas import ImportFormat, ImportRequest
 from control_plane.config import ServerSettings
-from control_plane.errors import InvalidInputError, JobFailedError
+from control_plane.errors import ControlPlaneError, InvalidInputError, JobFailedError
 from control_plane.registry.versions import delete_unless_used
 from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import Dataset, Job
 from control_plane.training.algorithms import classification_metrics, regression_metrics
 from control_plane.training.conversion import run_onnx
 from control_plane.training.manifest import Trained
+from control_plane.training.parity import check_parity
+from control_plane.training.sources import load_source
 from control_plane.training.supply_chain import (
     check_features_match,
     encode_labels,
@@ -125,6 +127,47 @@ def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) ->
     return OnnxSummary(opset, inputs, outputs)
 
 
+def check_upload(
+    fmt: ImportFormat,
+    data: bytes,
+    *,
+    task: Task,
+    n_features: int,
+    dataset_classes: list[str],
+    classes: list[str] | None,
+) -> list[str] | None:
+    """Refuse, with the reason, an upload that is not a model a device could run as this
+    one (see ``inspect_onnx``; other formats are loaded without unpickling and must fit
+    the task, the features and the classes). Returns the class order to record: the one
+    given, else the one a scikit-learn classifier knows by name, else ``None`` (the
+    dataset's)."""
+    if fmt == "onnx":
+        inspect_onnx(data, task=task, n_features=n_features, n_classes=len(dataset_classes))
+        return classes
+    source = load_source(fmt, data)
+    if source.task != task:
+        raise _refuse(f"the {fmt} model is a {source.task} model, not {task}", "task_mismatch")
+    if source.n_features != n_features:
+        raise _refuse(
+            f"the {fmt} model takes {source.n_features} features; the reference dataset has "
+            f"{n_features}",
+            "input_mismatch",
+        )
+    if task == "classification" and source.n_classes != len(dataset_classes):
+        raise _refuse(
+            f"the {fmt} model has {source.n_classes} classes; the reference dataset has "
+            f"{len(dataset_classes)}",
+            "output_mismatch",
+        )
+    named = source.classes if sorted(source.classes or []) == sorted(dataset_classes) else None
+    if named and classes and classes != named:
+        raise _refuse(
+            f"--classes {classes} contradicts the model's own class order {named}",
+            "class_mismatch",
+        )
+    return classes or named
+
+
 def _check_input(inputs: list[TensorSpec], n_features: int) -> None:
     if len(inputs) != 1:
         names = ", ".join(i.name for i in inputs)
@@ -194,26 +237,39 @@ def _check_outputs(outputs: list[TensorSpec], task: Task, n_classes: int) -> Non
 
 
 def import_version(settings: ServerSettings, session: Session, job: Job) -> int:
-    """The stored upload, run on the reference dataset, registered as the next version; an
-    upload that does not become a version is removed."""
+    """The stored upload (converted to ONNX when it is another format), run on the reference
+    dataset, registered as the next version. An ONNX upload that does not become a version,
+    and every upload of another format (the version is its conversion), is removed."""
     request = ImportRequest.model_validate(job.request)
+    blobs = BlobStore(settings.blobs_dir)
     try:
-        return _import(settings, session, job, request)
+        version = _import(settings, session, job, request, blobs)
     except BaseException:
         session.rollback()
-        delete_unless_used(session, BlobStore(settings.blobs_dir), request.sha256)
+        delete_unless_used(session, blobs, request.sha256)
         raise
+    if request.format != "onnx":
+        delete_unless_used(session, blobs, request.sha256)
+    return version
 
 
-def _import(settings: ServerSettings, session: Session, job: Job, request: ImportRequest) -> int:
-    assert job.id is not None
+@dataclass(frozen=True)
+class _Reference:
+    """The reference dataset's complete rows, labels encoded in the model's class order."""
+
+    dataset: Dataset
+    features: list[str]
+    classes: list[str]
+    X: npt.NDArray[np.float32]
+    y: npt.NDArray[Any]
+
+
+def _reference(
+    settings: ServerSettings, session: Session, job: Job, request: ImportRequest, blobs: BlobStore
+) -> _Reference:
     dataset = session.get(Dataset, request.dataset_id)
     if dataset is None or dataset.id is None:
         raise JobFailedError(f"dataset {request.dataset_id} does not exist")
-    blobs = BlobStore(settings.blobs_dir)
-    model_bytes = blobs.read_bytes(request.sha256)
-    if sha256_bytes(model_bytes) != request.sha256:
-        raise JobFailedError("the stored upload is corrupt (sha256 mismatch)")
     parsed = load_dataset(blobs, dataset)
     check_features_match(session, job.model_name, parsed.features)
     classes, y = encode_labels(parsed, request.task, settings.max_classes)
@@ -222,32 +278,87 @@ def _import(settings: ServerSettings, session: Session, job: Job, request: Impor
         classes = list(request.classes)
     X = parsed.X.astype(np.float32)
     complete = ~np.isnan(X).any(axis=1)  # the model is not known to handle missing values
-    X, y = X[complete], y[complete]
+    return _Reference(dataset, parsed.features, classes, X[complete], y[complete])
 
-    set_progress(session, job.id, "running", 0.3)
-    session_ = session_for(model_bytes)
-    out = run_onnx(session_, X, request.task)
-    metrics = _measure(out, y, request.task, classes)
-    check = np.random.default_rng(request.seed).permutation(len(X))[:CHECK_ROWS]
+
+def _import(
+    settings: ServerSettings,
+    session: Session,
+    job: Job,
+    request: ImportRequest,
+    blobs: BlobStore,
+) -> int:
+    assert job.id is not None
+    upload = blobs.read_bytes(request.sha256)
+    if sha256_bytes(upload) != request.sha256:
+        raise JobFailedError("the stored upload is corrupt (sha256 mismatch)")
+    ref = _reference(settings, session, job, request, blobs)
+    assert ref.dataset.id is not None
+    set_progress(session, job.id, "converting" if request.format != "onnx" else "running", 0.2)
+    model_bytes, parity = _as_onnx(settings, request, upload, ref)
+
+    set_progress(session, job.id, "running", 0.5)
+    onnx_session = session_for(model_bytes)
+    out = run_onnx(onnx_session, ref.X, request.task)
+    metrics = _measure(out, ref.y, request.task, ref.classes)
+    check = np.random.default_rng(request.seed).permutation(len(ref.X))[:CHECK_ROWS]
 
     set_progress(session, job.id, "signing", 0.8)
-    inputs, outputs = describe(session_)
+    inputs, outputs = describe(onnx_session)
     trained = Trained(
         model_bytes=model_bytes,
         inputs=inputs,
         outputs=outputs,
         task=request.task,
-        classes=classes,
-        features=parsed.features,
+        classes=ref.classes,
+        features=ref.features,
         nan_policy="reject",
-        X_train=X,
-        X_check=X[check],
+        X_train=ref.X,
+        X_check=ref.X[check],
         check_outputs=Outputs(
             values=out.values[check], labels=None if out.labels is None else out.labels[check]
         ),
     )
-    lineage = _lineage(settings, dataset, request, job.id, metrics, rows=len(X))
-    return register_trained(settings, session, blobs, job, trained, lineage, "onnx", dataset.id)
+    lineage = _lineage(settings, ref.dataset, request, job.id, metrics, len(ref.X), parity)
+    return register_trained(
+        settings, session, blobs, job, trained, lineage, request.format, ref.dataset.id
+    )
+
+
+def _as_onnx(
+    settings: ServerSettings, request: ImportRequest, upload: bytes, ref: _Reference
+) -> tuple[bytes, Parity]:
+    """The ONNX a device will run, and the parity gate's measurement: an ONNX upload as it
+    is (no source to compare with: 0 rows); another format converted, and the conversion
+    checked against the source model on the reference rows."""
+    if request.format == "onnx":
+        return upload, Parity(
+            rows=0,
+            max_abs_diff=0.0,
+            label_disagreements=0,
+            atol=settings.parity_atol,
+            max_label_disagreement=settings.parity_max_label_disagreement,
+        )
+    source = load_source(request.format, upload)
+    converted = source.to_onnx()
+    try:
+        inspect_onnx(
+            converted, task=request.task, n_features=len(ref.features), n_classes=len(ref.classes)
+        )
+    except ControlPlaneError as exc:
+        raise JobFailedError(f"the conversion does not fit: {exc.message}") from exc
+    values, labels = source.outputs(ref.X)
+    out = run_onnx(session_for(converted), ref.X, request.task)
+    parity = check_parity(
+        sk_values=values,
+        onnx_values=out.values,
+        sk_labels=labels,
+        onnx_labels=out.labels,
+        atol=settings.parity_atol,
+        max_label_disagreement=settings.parity_max_label_disagreement,
+        source=request.format,
+    )
+    return converted, parity
 
 
 def _lineage(
@@ -257,9 +368,9 @@ def _lineage(
     job_id: int,
     metrics: dict[str, float],
     rows: int,
+    parity: Parity,
 ) -> Lineage:
-    """An import's lineage: the reference dataset, what was uploaded, and no parity rows
-    (there was no source model to compare with)."""
+    """An import's lineage: the reference dataset and what was uploaded."""
     assert dataset.id is not None
     return Lineage(
         dataset_id=dataset.id,
@@ -267,24 +378,20 @@ def _lineage(
         dataset_version=dataset.version,
         dataset_sha256=dataset.sha256,
         label_column=dataset.label_column,
-        algorithm="onnx",
+        algorithm=request.format,
         params={},
         seed=request.seed,
         validation_fraction=0.0,
         train_rows=0,
         validation_rows=rows,
         metrics=metrics,
-        parity=Parity(
-            rows=0,
-            max_abs_diff=0.0,
-            label_disagreements=0,
-            atol=settings.parity_atol,
-            max_label_disagreement=settings.parity_max_label_disagreement,
-        ),
+        parity=parity,
         code_version=__version__,
         library_versions=library_versions(),
         job_id=job_id,
-        source=ImportSource(format="onnx", sha256=request.sha256, filename=request.filename),
+        source=ImportSource(
+            format=request.format, sha256=request.sha256, filename=request.filename
+        ),
     )
 
 
