@@ -75,8 +75,9 @@ class TrainRequest(ApiRequest):
     dataset_id: int = Field(ge=1, le=MAX_ID, description="Id of the dataset to train on.")
     algorithm: str = Field(
         max_length=32,
-        description="`logreg`, `random_forest`, `hist_gb` (classification); "
-        "`ridge`, `random_forest`, `hist_gb` (regression).",
+        description="`logreg`, `random_forest`, `hist_gb`, `xgboost`, `lightgbm` "
+        "(classification); `ridge`, `random_forest`, `hist_gb`, `xgboost`, `lightgbm` "
+        "(regression).",
     )
     task: Task = Field(default="classification", description="`classification` or `regression`.")
     params: dict[str, ParamValue] = Field(
@@ -91,6 +92,38 @@ class TrainRequest(ApiRequest):
 
 
 ImportFormat = Literal["onnx", "sklearn", "xgboost", "lightgbm"]
+
+
+class ImportQuery(ApiModel):
+    """The query of `POST /models/{name}/import` (the body is the model file): query
+    strings are text, so numbers are parsed; unknown parameters are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int = Field(
+        ge=1,
+        le=MAX_ID,
+        description="Reference dataset: the model runs on its rows, which give the version's "
+        "metrics, reference statistics and golden vectors.",
+    )
+    format: ImportFormat = Field(
+        default="onnx",
+        description="`onnx`; `sklearn` (a fitted estimator or pipeline saved with "
+        "`skops.io.dump`: only scikit-learn types are loaded, never a pickle); `xgboost` "
+        "(`save_model`, .json or .ubj); `lightgbm` (`Booster.save_model`, text). Other "
+        "formats are converted to ONNX and the conversion must pass the parity gate against "
+        "the source model on the reference rows.",
+    )
+    task: Task = Field(default="classification", description="`classification` or `regression`.")
+    filename: str | None = Field(
+        default=None, max_length=255, description="The file's name, for the lineage."
+    )
+    classes: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Classifiers: the class names in the order of the model's class indices, "
+        "when not the reference dataset's (sorted) order. Repeat the parameter.",
+    )
 
 
 class ImportRequest(ApiModel):

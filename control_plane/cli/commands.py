@@ -245,7 +245,8 @@ def train_command(
     algorithm: Annotated[
         str,
         typer.Option(
-            help="logreg, random_forest or hist_gb (regression: ridge, random_forest, hist_gb)."
+            help="logreg, random_forest, hist_gb, xgboost or lightgbm (regression: ridge "
+            "instead of logreg)."
         ),
     ],
     task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
@@ -349,50 +350,56 @@ FORMATS_BY_SUFFIX = {
 }
 
 
+ModelFileArg = Annotated[
+    Path,
+    typer.Argument(
+        exists=True,
+        dir_okay=False,
+        help="Model file: .onnx, .skops (scikit-learn), .json/.ubj (XGBoost), .txt (LightGBM).",
+    ),
+]
+ReferenceOpt = Annotated[
+    Path | None,
+    typer.Option(
+        exists=True,
+        dir_okay=False,
+        help="Reference CSV to upload first, as dataset MODEL-reference (with --label).",
+        show_default=False,
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="onnx, sklearn, xgboost or lightgbm (default: from the file's extension).",
+        show_default=False,
+    ),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Class names in the order of the model's class indices, comma-separated "
+        "(default: the dataset's classes, sorted).",
+        show_default=False,
+    ),
+]
+
+
 @models_app.command("import")
 def models_import(
     model: Annotated[str, typer.Argument(help="Model name (versions accumulate under it).")],
-    file: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="Model file: .onnx, .skops (scikit-learn), .json/.ubj (XGBoost), .txt (LightGBM).",
-        ),
-    ],
+    file: ModelFileArg,
     dataset: Annotated[
         int | None,
         typer.Option(help="Reference dataset id (or give --reference).", show_default=False),
     ] = None,
-    reference: Annotated[
-        Path | None,
-        typer.Option(
-            exists=True,
-            dir_okay=False,
-            help="Reference CSV to upload first, as dataset MODEL-reference (with --label).",
-            show_default=False,
-        ),
-    ] = None,
+    reference: ReferenceOpt = None,
     label: Annotated[
         str | None, typer.Option(help="Label column of --reference.", show_default=False)
     ] = None,
     task: Annotated[str, typer.Option(help="classification or regression.")] = "classification",
-    fmt: Annotated[
-        str | None,
-        typer.Option(
-            "--format",
-            help="onnx, sklearn, xgboost or lightgbm (default: from the file's extension).",
-            show_default=False,
-        ),
-    ] = None,
-    classes: Annotated[
-        str | None,
-        typer.Option(
-            help="Class names in the order of the model's class indices, comma-separated "
-            "(default: the dataset's classes, sorted).",
-            show_default=False,
-        ),
-    ] = None,
+    fmt: FormatOpt = None,
+    classes: ClassesOpt = None,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:

@@ -59,6 +59,10 @@ _rf_clf = _estimator("sklearn.ensemble", "RandomForestClassifier", n_jobs=1)
 _rf_reg = _estimator("sklearn.ensemble", "RandomForestRegressor", n_jobs=1)
 _hgb_clf = _estimator("sklearn.ensemble", "HistGradientBoostingClassifier", early_stopping=False)
 _hgb_reg = _estimator("sklearn.ensemble", "HistGradientBoostingRegressor", early_stopping=False)
+_xgb_clf = _estimator("xgboost", "XGBClassifier", n_jobs=1, tree_method="hist")
+_xgb_reg = _estimator("xgboost", "XGBRegressor", n_jobs=1, tree_method="hist")
+_lgbm_clf = _estimator("lightgbm", "LGBMClassifier", n_jobs=1, verbose=-1)
+_lgbm_reg = _estimator("lightgbm", "LGBMRegressor", n_jobs=1, verbose=-1)
 
 
 _FOREST_RULES = {
@@ -84,6 +88,23 @@ _HGB_DEFAULTS: dict[str, ParamValue] = {
     "max_leaf_nodes": 31,
 }
 
+_XGB_RULES = {
+    "n_estimators": ParamRule(int, 1, 2000),
+    "max_depth": ParamRule(int, 1, 32),
+    "learning_rate": ParamRule(float, 0, 1, low_inclusive=False),
+}
+_XGB_DEFAULTS: dict[str, ParamValue] = {"n_estimators": 100, "max_depth": 6, "learning_rate": 0.3}
+_LGBM_RULES = {
+    "n_estimators": ParamRule(int, 1, 2000),
+    "num_leaves": ParamRule(int, 2, 1024),
+    "learning_rate": ParamRule(float, 0, 1, low_inclusive=False),
+}
+_LGBM_DEFAULTS: dict[str, ParamValue] = {
+    "n_estimators": 100,
+    "num_leaves": 31,
+    "learning_rate": 0.1,
+}
+
 ALGORITHMS: dict[tuple[Task, str], Algorithm] = {
     ("classification", "logreg"): Algorithm(
         "logreg",
@@ -99,6 +120,12 @@ ALGORITHMS: dict[tuple[Task, str], Algorithm] = {
     ("classification", "hist_gb"): Algorithm(
         "hist_gb", "classification", _HGB_RULES, _HGB_DEFAULTS, False, _hgb_clf
     ),
+    ("classification", "xgboost"): Algorithm(
+        "xgboost", "classification", _XGB_RULES, _XGB_DEFAULTS, False, _xgb_clf
+    ),
+    ("classification", "lightgbm"): Algorithm(
+        "lightgbm", "classification", _LGBM_RULES, _LGBM_DEFAULTS, False, _lgbm_clf
+    ),
     ("regression", "ridge"): Algorithm(
         "ridge", "regression", {"alpha": ParamRule(float, 0, 1e6)}, {"alpha": 1.0}, True, _ridge
     ),
@@ -107,6 +134,12 @@ ALGORITHMS: dict[tuple[Task, str], Algorithm] = {
     ),
     ("regression", "hist_gb"): Algorithm(
         "hist_gb", "regression", _HGB_RULES, _HGB_DEFAULTS, False, _hgb_reg
+    ),
+    ("regression", "xgboost"): Algorithm(
+        "xgboost", "regression", _XGB_RULES, _XGB_DEFAULTS, False, _xgb_reg
+    ),
+    ("regression", "lightgbm"): Algorithm(
+        "lightgbm", "regression", _LGBM_RULES, _LGBM_DEFAULTS, False, _lgbm_reg
     ),
 }
 ALGORITHM_NAMES = sorted({name for _, name in ALGORITHMS})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,50 @@ TARGET_OPSET = {"": 17, "ai.onnx.ml": 3}
 INPUT_NAME = "input"
 
 
+@cache
+def _register_boosters() -> None:
+    """skl2onnx converts XGBoost and LightGBM estimators inside a pipeline with
+    onnxmltools' converters, once they are registered (as skl2onnx documents)."""
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm
+    from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+    from xgboost import XGBClassifier, XGBRegressor
+
+    options = {"nocl": [True, False], "zipmap": [True, False, "columns"]}
+    for estimator, convert in (
+        (XGBClassifier, convert_xgboost),
+        (LGBMClassifier, convert_lightgbm),
+    ):
+        update_registered_converter(
+            estimator,
+            f"edgefleet{estimator.__name__}",
+            calculate_linear_classifier_output_shapes,
+            convert,
+            options=options,
+        )
+    regressors = ((XGBRegressor, convert_xgboost), (LGBMRegressor, convert_lightgbm))
+    for estimator, convert in regressors:
+        update_registered_converter(
+            estimator,
+            f"edgefleet{estimator.__name__}",
+            calculate_linear_regressor_output_shapes,
+            convert,
+            options={"split": None} if estimator is LGBMRegressor else None,
+        )
+
+
 def export_onnx(pipeline: Any, n_features: int, task: Task) -> bytes:
     """Convert a fitted pipeline: float32 input ``[None, n_features]``, plain tensor outputs
     (``zipmap=False``: ~10% faster than a list of dicts and a fixed output shape)."""
     from skl2onnx import convert_sklearn
     from skl2onnx.common.data_types import FloatTensorType
+
+    _register_boosters()
 
     options = {id(pipeline.steps[-1][1]): {"zipmap": False}} if task == "classification" else None
     try:

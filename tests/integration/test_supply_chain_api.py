@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -59,10 +60,14 @@ def test_each_algorithm_end_to_end(make_api: MakeApi, database_url: str | None) 
     assert dataset["rows"] == 500 and dataset["label_kind"] == "string"
     assert dataset["classes"] == ["bearing_wear", "clogged_filter", "normal", "overheating"]
 
-    for number, algorithm in enumerate(["logreg", "random_forest", "hist_gb"], start=1):
-        params = {"n_estimators": 20, "max_depth": 6} if algorithm == "random_forest" else {}
-        if algorithm == "hist_gb":
-            params = {"max_iter": 30}
+    small: dict[str, dict[str, Any]] = {
+        "logreg": {},
+        "random_forest": {"n_estimators": 20, "max_depth": 6},
+        "hist_gb": {"max_iter": 30},
+        "xgboost": {"n_estimators": 30, "max_depth": 4},
+        "lightgbm": {"n_estimators": 30, "num_leaves": 15},
+    }
+    for number, (algorithm, params) in enumerate(small.items(), start=1):
         job = api.train_ok(
             "fault", dataset_id=dataset["id"], algorithm=algorithm, params=params, seed=7
         )
@@ -86,9 +91,9 @@ def test_each_algorithm_end_to_end(make_api: MakeApi, database_url: str | None) 
         check_signed_artifact(api, version)
 
     models = api.get("/models").json()
-    assert [(m["name"], m["latest_version"]) for m in models] == [("fault", 3)]
+    assert [(m["name"], m["latest_version"]) for m in models] == [("fault", 5)]
     versions = api.get("/models/fault/versions").json()
-    assert [v["version"] for v in versions] == [1, 2, 3]
+    assert [v["version"] for v in versions] == [1, 2, 3, 4, 5]
     assert all(v["manifest"] is None for v in versions)
 
 
@@ -104,6 +109,13 @@ def test_regression(api: Api) -> None:
     assert version["manifest"]["output"]["value_output"] == "variable"
     assert version["metrics"]["r2"] > 0.95
     check_signed_artifact(api, version)
+    for algorithm in ("xgboost", "lightgbm"):  # trees on a linear target: looser, still good
+        job = api.train_ok(
+            "power", dataset_id=dataset["id"], algorithm=algorithm, task="regression"
+        )
+        version = api.get(f"/models/power/versions/{job['result_version']}").json()
+        assert version["metrics"]["r2"] > 0.8
+        check_signed_artifact(api, version)
     # The model's task is fixed by its first version.
     conflict = api.train("power", dataset_id=dataset["id"], algorithm="hist_gb")
     assert conflict.status_code == 422  # 'number' labels have too many classes for classification

@@ -19,10 +19,9 @@ from control_plane.api.deps import (
 )
 from control_plane.api.routes.jobs import job_public
 from control_plane.api.schemas import (
-    MAX_ID,
     AliasPublic,
     AliasUpdate,
-    ImportFormat,
+    ImportQuery,
     ImportRequest,
     JobPublic,
     ModelPublic,
@@ -139,39 +138,7 @@ async def import_model(
     jobs: JobsDep,
     _: Operator,
     request: Request,
-    dataset_id: Annotated[
-        int,
-        Query(
-            ge=1,
-            le=MAX_ID,
-            description="Reference dataset: the model runs on its rows, which give the "
-            "version's metrics, reference statistics and golden vectors.",
-        ),
-    ],
-    format: Annotated[
-        ImportFormat,
-        Query(
-            description="`onnx`; `sklearn` (a fitted estimator or pipeline saved with "
-            "`skops.io.dump`: only scikit-learn and numpy types are loaded, never a pickle); "
-            "`xgboost` (`save_model`, .json or .ubj); `lightgbm` (`Booster.save_model`, text). "
-            "Other formats are converted to ONNX and the conversion must pass the parity gate "
-            "against the source model on the reference rows."
-        ),
-    ] = "onnx",
-    task: Annotated[Task, Query(description="`classification` or `regression`.")] = (
-        "classification"
-    ),
-    filename: Annotated[
-        str | None, Query(max_length=255, description="The file's name, for the lineage.")
-    ] = None,
-    classes: Annotated[
-        list[str] | None,
-        Query(
-            max_length=1000,
-            description="Classifiers: the class names in the order of the model's class "
-            "indices, when not the reference dataset's (sorted) order. Repeat the parameter.",
-        ),
-    ] = None,
+    query: Annotated[ImportQuery, Query()],
 ) -> JobPublic:
     """The body is the model file (`Content-Type: application/octet-stream`), checked
     before anything is stored. An ONNX file: one float32 input `[batch, features]` matching
@@ -182,33 +149,23 @@ async def import_model(
     rows (metrics, reference statistics, golden vectors), signs and registers it like a
     trained version (`lineage.source` says what was imported); poll `GET /jobs/{id}`."""
     check_model_name(name)
-    dataset = _check_reference(session, settings, name, dataset_id, task, "query")
+    task = query.task
+    dataset = _check_reference(session, settings, name, query.dataset_id, task, "query")
     data = await read_capped(request, settings.max_import_bytes)
     classes = await run_in_threadpool(
         check_upload,
-        format,
+        query.format,
         data,
         task=task,
         n_features=len(dataset.features),
         dataset_classes=dataset.classes or [],
-        classes=classes,
+        classes=query.classes,
     )
     _check_classes(session, name, dataset, task, classes)
     sha = (await run_in_threadpool(blobs.put_bytes, data))[0]
-    body = ImportRequest(
-        format=format,
-        dataset_id=dataset_id,
-        task=task,
-        sha256=sha,
-        filename=filename,
-        classes=classes,
-    )
-    return _queue(
-        session,
-        jobs,
-        request,
-        Job(kind=JobKind.IMPORT, model_name=name, request=body.model_dump(mode="json")),
-    )
+    body = ImportRequest(**query.model_dump(exclude={"classes"}), sha256=sha, classes=classes)
+    job = Job(kind=JobKind.IMPORT, model_name=name, request=body.model_dump(mode="json"))
+    return _queue(session, jobs, request, job)
 
 
 def _check_reference(
