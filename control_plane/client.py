@@ -149,6 +149,21 @@ class ApiClient:
             )
         return JobPublic.model_validate_json(self._check(response).content)
 
+    def import_from_mlflow(
+        self,
+        model: str,
+        uri: str,
+        *,
+        dataset_id: int,
+        task: str = "classification",
+        classes: list[str] | None = None,
+    ) -> JobPublic:
+        """Import ``uri`` (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``) from the
+        control plane's MLflow registry (a job)."""
+        body = {"uri": uri, "dataset_id": dataset_id, "task": task, "classes": classes}
+        response = self._http.post(f"/models/{model}/import/mlflow", json=body)
+        return JobPublic.model_validate_json(self._check(response).content)
+
     def job(self, job_id: int) -> JobPublic:
         return self._get(f"/jobs/{job_id}", JobPublic)
 

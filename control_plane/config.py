@@ -30,6 +30,11 @@ class ServerSettings(TomlSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_dataset_bytes: int = Field(default=100 * MiB, ge=1, description="Upload size cap.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking server models are imported from (`models:/…` URIs), "
+        "e.g. http://mlflow:5000; unset: no MLflow import.",
+    )
     max_import_bytes: int = Field(
         default=256 * MiB,
         ge=1,

@@ -166,6 +166,12 @@ class ImportSource(WireModel):
     filename: str | None = Field(
         default=None, max_length=255, description="The uploaded file's name, as given."
     )
+    uri: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        max_length=512,
+        description="Where it was pulled from (an MLflow model URI); absent for an upload.",
+    )
 
 
 class Lineage(WireModel):

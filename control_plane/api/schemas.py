@@ -126,6 +126,24 @@ class ImportQuery(ApiModel):
     )
 
 
+class MlflowImport(ApiRequest):
+    """A model of an MLflow registry to import."""
+
+    uri: str = Field(
+        max_length=512,
+        pattern=r"^models:/[^/@\s]+(/[0-9]+|@[A-Za-z0-9_-]+)$",
+        description="`models:/NAME/VERSION` or `models:/NAME@ALIAS`.",
+    )
+    dataset_id: int = Field(ge=1, le=MAX_ID, description="The reference dataset.")
+    task: Task = Field(default="classification", description="`classification` or `regression`.")
+    classes: list[str] | None = Field(
+        default=None,
+        max_length=1000,
+        description="Classifiers: the class names in the order of the model's class indices, "
+        "when not the reference dataset's (sorted) order.",
+    )
+
+
 class ImportRequest(ApiModel):
     """What an import job was asked to do (made by `POST /models/{name}/import`)."""
 
@@ -139,6 +157,7 @@ class ImportRequest(ApiModel):
         description="Class names in the order of the model's class indices (default: the "
         "reference dataset's classes, sorted).",
     )
+    uri: str | None = Field(default=None, description="The MLflow model URI it came from.")
     seed: int = Field(default=0, description="Seed of the rows golden vectors come from.")
 
 

@@ -351,11 +351,12 @@ FORMATS_BY_SUFFIX = {
 
 
 ModelFileArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        exists=True,
-        dir_okay=False,
-        help="Model file: .onnx, .skops (scikit-learn), .json/.ubj (XGBoost), .txt (LightGBM).",
+        metavar="FILE|URI",
+        help="Model file (.onnx, .skops for scikit-learn, .json/.ubj for XGBoost, .txt for "
+        "LightGBM), or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS) of the "
+        "control plane's registry.",
     ),
 ]
 ReferenceOpt = Annotated[
@@ -407,22 +408,32 @@ def models_import(
     parity gate), run on the reference dataset (its metrics, reference statistics and golden
     vectors), signed and registered like a trained version. Waits for the job and prints
     the new version number last."""
-    fmt = fmt or FORMATS_BY_SUFFIX.get(file.suffix.lower())
-    if fmt is None:
-        raise _fail(f"cannot tell the format of {file.name}; give --format", 2)
+    mlflow = file.startswith("models:/")
+    path = Path(file)
+    if not mlflow and not path.is_file():
+        raise _fail(f"{file}: no such file", 2)
+    fmt = fmt or FORMATS_BY_SUFFIX.get(path.suffix.lower())
+    if fmt is None and not mlflow:
+        raise _fail(f"cannot tell the format of {path.name}; give --format", 2)
     if (dataset is None) == (reference is None):
         raise _fail("give either --dataset ID or --reference CSV --label COLUMN", 2)
     if reference is not None and not label:
         raise _fail("--reference needs --label", 2)
+    order = [c.strip() for c in classes.split(",")] if classes else None
     with _api(url, token) as client:
         if reference is not None:
             assert label is not None
             dataset = client.upload_dataset(reference, name=f"{model}-reference", label=label).id
         assert dataset is not None
-        order = [c.strip() for c in classes.split(",")] if classes else None
-        job = client.import_model(
-            model, file, dataset_id=dataset, task=task, classes=order, fmt=fmt
-        )
+        if mlflow:
+            job = client.import_from_mlflow(
+                model, file, dataset_id=dataset, task=task, classes=order
+            )
+        else:
+            assert fmt is not None
+            job = client.import_model(
+                model, path, dataset_id=dataset, task=task, classes=order, fmt=fmt
+            )
         _show_new_version(client, model, wait_for_job(client, job))
 
 

@@ -390,7 +390,10 @@ def _lineage(
         library_versions=library_versions(),
         job_id=job_id,
         source=ImportSource(
-            format=request.format, sha256=request.sha256, filename=request.filename
+            format=request.format,
+            sha256=request.sha256,
+            filename=request.filename,
+            uri=request.uri,
         ),
     )
 

@@ -5,6 +5,7 @@ model formats), described (features, task, classes), run, and converted to ONNX
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -15,10 +16,14 @@ from control_plane.errors import InvalidInputError, JobFailedError
 from shared.manifest import Task
 
 SourceFormat = Literal["sklearn", "xgboost", "lightgbm"]
-# What a scikit-learn upload may hold beyond skops' own defaults (which cover numpy's
-# arrays and scalars): scikit-learn's estimators and their state. Not numpy's or anyone
-# else's functions: a FunctionTransformer(numpy.load) would run on the inputs.
-TRUSTED_PREFIXES = ("sklearn.",)
+# What a scikit-learn upload may hold beyond skops' own defaults (which cover estimators,
+# numpy's arrays and scalars): the trees' node storage, which scikit-learn indexes without
+# bounds checks, so every tree is checked before anything runs it (``_check_trees``). Not
+# numpy's or anyone else's functions: a FunctionTransformer(numpy.load) would run on the
+# inputs.
+TREE = "sklearn.tree._tree.Tree"
+TREE_PREDICTOR = "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"
+TRUSTED_TYPES = frozenset({TREE, TREE_PREDICTOR})
 ONNXMLTOOLS_OPSET = 15  # the highest onnxmltools' converters target
 
 
@@ -122,7 +127,7 @@ def _sklearn(data: bytes) -> Source:
             "skops.io.dump (pickles are never loaded)",
             "not_skops",
         ) from exc
-    refused = sorted(t for t in untrusted if not t.startswith(TRUSTED_PREFIXES))
+    refused = sorted(t for t in untrusted if t not in TRUSTED_TYPES)
     if refused:
         raise _refuse(
             f"untrusted types in the file: {', '.join(refused[:5])}; only scikit-learn "
@@ -135,6 +140,7 @@ def _sklearn(data: bytes) -> Source:
         raise _refuse(f"the skops file does not load: {str(exc)[:300]}") from exc
     if not hasattr(model, "predict") or not hasattr(model, "n_features_in_"):
         raise _refuse(f"a {type(model).__name__} is not a fitted scikit-learn estimator")
+    _check_trees(model, int(model.n_features_in_))
     if is_classifier(model):
         classes = [str(c) for c in model.classes_]
         return Source(
@@ -191,4 +197,72 @@ def _lightgbm(data: bytes) -> Source:
         f"LightGBM objective {objective!r} is not supported; use multiclass, binary or "
         "a regression objective",
         "unsupported_objective",
+    )
+
+
+def _parts(obj: Any, depth: int = 0) -> Iterator[Any]:
+    """Every object inside a fitted estimator (pipelines, ensembles, their trees)."""
+    yield obj
+    if depth > 8:
+        return
+    if isinstance(obj, list | tuple):
+        children: Any = obj
+    elif isinstance(obj, dict):
+        children = obj.values()
+    elif isinstance(obj, np.ndarray) and obj.dtype == object:
+        children = obj.ravel()
+    elif type(obj).__module__.startswith("sklearn") and hasattr(obj, "__dict__"):
+        children = vars(obj).values()
+    else:
+        return
+    for child in children:
+        yield from _parts(child, depth + 1)
+
+
+def _check_trees(model: Any, n_features: int) -> None:
+    """Every tree's nodes point inside the tree, forward only (no cycles), and split on
+    features the model has: what a file could otherwise set to make ``predict`` read out of
+    bounds or never end."""
+    from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+    from sklearn.tree._tree import Tree
+
+    for part in _parts(model):
+        if isinstance(part, Tree):
+            internal = part.children_left != -1
+            ok = _nodes_ok(
+                part.children_left, part.children_right, internal, part.feature, n_features
+            ) and part.value.shape[0] == part.node_count == len(part.children_left)
+        elif isinstance(part, TreePredictor):
+            nodes = part.nodes
+            internal = nodes["is_leaf"] == 0
+            categorical = internal & (nodes["is_categorical"] != 0)
+            ok = _nodes_ok(
+                nodes["left"], nodes["right"], internal, nodes["feature_idx"], n_features
+            ) and bool(np.all(nodes["bitset_idx"][categorical] < len(part.raw_left_cat_bitsets)))
+        else:
+            continue
+        if not ok:
+            raise _refuse(
+                f"a {type(part).__name__} in the file has nodes that point outside it; "
+                "refused before anything ran it",
+                "bad_tree",
+            )
+
+
+def _nodes_ok(
+    left: npt.NDArray[Any],
+    right: npt.NDArray[Any],
+    internal: npt.NDArray[np.bool_],
+    feature: npt.NDArray[Any],
+    n_features: int,
+) -> bool:
+    n = len(left)
+    index = np.arange(n)
+    return bool(
+        len(right) == len(feature) == n
+        and np.all(left[internal] > index[internal])
+        and np.all(right[internal] > index[internal])
+        and np.all(left[internal] < n)
+        and np.all(right[internal] < n)
+        and np.all((feature[internal] >= 0) & (feature[internal] < n_features))
     )

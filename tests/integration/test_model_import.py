@@ -302,16 +302,33 @@ def _untrusted_skops() -> bytes:
     return skops.io.dumps(make_pipeline(FunctionTransformer(np.load), LogisticRegression()))  # type: ignore[no-any-return]
 
 
+def _tampered_tree() -> bytes:
+    """A fitted forest whose first tree's root points far outside the tree: predict would
+    read out of bounds (scikit-learn does not check), so it must never run."""
+    import skops.io
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = sensor_rows(200, seed=4)
+    model = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    tree = model.estimators_[0].tree_
+    state = tree.__getstate__()
+    nodes = state["nodes"].copy()
+    nodes["left_child"][0] = 10**6
+    tree.__setstate__({**state, "nodes": nodes})
+    return skops.io.dumps(model)  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize(
     ("fmt", "make", "code", "text"),
     [
         ("sklearn", lambda: pickle.dumps([1, 2]), "not_skops", "pickles are never loaded"),
         ("sklearn", _untrusted_skops, "untrusted_types", "untrusted types in the file: numpy.load"),
+        ("sklearn", _tampered_tree, "bad_tree", "nodes that point outside it"),
         ("xgboost", lambda: b"{not json", "not_xgboost", "not an XGBoost model"),
         ("lightgbm", lambda: b"\xff\xfe", "not_lightgbm", "not a LightGBM model"),
         ("xgboost", lambda: _xgboost_model()[0], "task_mismatch", "not regression"),
     ],
-    ids=["pickle", "untrusted", "xgboost", "lightgbm", "task"],
+    ids=["pickle", "untrusted", "tampered-tree", "xgboost", "lightgbm", "task"],
 )
 def test_other_formats_that_are_not_safe_or_do_not_fit_are_refused(
     api: Api, fmt: str, make: Any, code: str, text: str

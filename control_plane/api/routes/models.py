@@ -24,6 +24,7 @@ from control_plane.api.schemas import (
     ImportQuery,
     ImportRequest,
     JobPublic,
+    MlflowImport,
     ModelPublic,
     TrainRequest,
     VersionPublic,
@@ -39,9 +40,11 @@ from control_plane.registry.versions import (
     resolve_version,
     set_alias,
 )
+from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import Dataset, Job, JobKind, Model, ModelVersion
 from control_plane.training.algorithms import get_algorithm, validate_params
 from control_plane.training.jobs import JobRunner
+from control_plane.training.mlflow_registry import fetch_model
 from control_plane.training.model_import import check_upload
 from control_plane.training.supply_chain import check_features_match
 from shared.manifest import ModelManifest, Task
@@ -149,21 +152,77 @@ async def import_model(
     rows (metrics, reference statistics, golden vectors), signs and registers it like a
     trained version (`lineage.source` says what was imported); poll `GET /jobs/{id}`."""
     check_model_name(name)
-    task = query.task
-    dataset = _check_reference(session, settings, name, query.dataset_id, task, "query")
+    dataset = _check_reference(session, settings, name, query.dataset_id, query.task, "query")
     data = await read_capped(request, settings.max_import_bytes)
-    classes = await run_in_threadpool(
-        check_upload,
+    return await run_in_threadpool(
+        _queue_import, session, blobs, jobs, request, name, dataset, query, data
+    )
+
+
+@router.post(
+    "/{name}/import/mlflow",
+    response_model=JobPublic,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Import a model from an MLflow registry (a background job)",
+    responses={
+        409: {"description": "Task, features or class order differ from the model's."},
+        413: {"description": "Larger than `max_import_bytes`."},
+        422: {"description": "No such model in the registry, or not one a device can run."},
+    },
+)
+def import_from_mlflow(
+    name: NamePath,
+    body: MlflowImport,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    jobs: JobsDep,
+    _: Operator,
+    request: Request,
+) -> JobPublic:
+    """Fetch `uri` from the MLflow tracking server of the setting `mlflow_tracking_uri` with
+    MLflow's client, take its ONNX, scikit-learn (skops), XGBoost or LightGBM flavor (never
+    a pickle), and import it as `POST /models/{name}/import` does."""
+    check_model_name(name)
+    dataset = _check_reference(session, settings, name, body.dataset_id, body.task, "body")
+    fetched = fetch_model(body.uri, settings.mlflow_tracking_uri, settings.max_import_bytes)
+    query = ImportQuery(
+        dataset_id=body.dataset_id,
+        format=fetched.format,
+        task=body.task,
+        filename=fetched.filename,
+        classes=body.classes,
+    )
+    return _queue_import(
+        session, blobs, jobs, request, name, dataset, query, fetched.data, uri=body.uri
+    )
+
+
+def _queue_import(
+    session: Session,
+    blobs: BlobStore,
+    jobs: JobRunner,
+    request: Request,
+    name: str,
+    dataset: Dataset,
+    query: ImportQuery,
+    data: bytes,
+    uri: str | None = None,
+) -> JobPublic:
+    """Check the model file, store it and queue its import job."""
+    classes = check_upload(
         query.format,
         data,
-        task=task,
+        task=query.task,
         n_features=len(dataset.features),
         dataset_classes=dataset.classes or [],
         classes=query.classes,
     )
-    _check_classes(session, name, dataset, task, classes)
-    sha = (await run_in_threadpool(blobs.put_bytes, data))[0]
-    body = ImportRequest(**query.model_dump(exclude={"classes"}), sha256=sha, classes=classes)
+    _check_classes(session, name, dataset, query.task, classes)
+    sha = blobs.put_bytes(data)[0]
+    body = ImportRequest(
+        **query.model_dump(exclude={"classes"}), sha256=sha, classes=classes, uri=uri
+    )
     job = Job(kind=JobKind.IMPORT, model_name=name, request=body.model_dump(mode="json"))
     return _queue(session, jobs, request, job)
 
