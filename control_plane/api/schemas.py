@@ -14,6 +14,7 @@ from control_plane.monitoring.release import Release
 from control_plane.rollouts.gates import GateResult
 from control_plane.rollouts.machine import RolloutStatus
 from control_plane.rollouts.plans import PlanSpec
+from control_plane.training.results import SearchResult
 from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
@@ -69,6 +70,25 @@ class DatasetPublic(ApiModel):
     created_at: datetime = Field(description="Upload time (UTC).")
 
 
+class SearchSpec(ApiRequest):
+    """A bounded hyperparameter search: each candidate is scored by cross-validation on the
+    training rows, and the best is trained on all of them and registered."""
+
+    params: dict[str, list[ParamValue]] = Field(
+        min_length=1,
+        max_length=8,
+        description='Parameter → values to try, e.g. {"max_depth": [4, 8, null]}; each '
+        "value is checked against the algorithm's rules.",
+    )
+    folds: int = Field(default=3, ge=2, le=10, description="Cross-validation folds.")
+    max_candidates: int = Field(
+        default=20,
+        ge=1,
+        le=200,
+        description="Most candidates tried: a larger grid is sampled (seeded).",
+    )
+
+
 class TrainRequest(ApiRequest):
     """Train a new version of a model on a stored dataset."""
 
@@ -88,6 +108,11 @@ class TrainRequest(ApiRequest):
     seed: int = Field(default=0, ge=0, le=2**32 - 1, description="Seed for split and model.")
     validation_fraction: float = Field(
         default=0.2, ge=0.05, le=0.5, description="Share of rows held out for validation."
+    )
+    search: SearchSpec | None = Field(
+        default=None,
+        description="Search these parameters first (the job's result keeps "
+        "every candidate's score).",
     )
 
 
@@ -202,6 +227,7 @@ class JobPublic(ApiModel):
     )
     stage: str = Field(
         description="Current step: queued, loading, (retraining: collecting,) training, "
+        "(with a search: search i/n,) "
         "exporting, parity, (retraining: challenge,) signing, done, refused, failed."
     )
     progress: float = Field(ge=0, le=1, description="0 … 1.")
@@ -211,11 +237,11 @@ class JobPublic(ApiModel):
     )
     error: str | None = Field(description="Why the job failed, or why its challenger was refused.")
     result_version: int | None = Field(description="The registered version, on success.")
-    result: ChallengeData | None = Field(
+    result: ChallengeData | SearchResult | None = Field(
         default=None,
         description="Retraining: champion and challenger scores on the holdout, the decision "
-        "and its reason, rows used, the dataset built (a training job's result is "
-        "`result_version`).",
+        "and its reason, rows used, the dataset built. Training with `search`: every "
+        "candidate's cross-validation score and the best (the version is `result_version`).",
     )
     trigger_event_id: int | None = Field(
         default=None, description="Retraining: the event that triggered it."

@@ -22,6 +22,7 @@ from control_plane.api.schemas import (
     TrainRequest,
 )
 from control_plane.client import DEFAULT_URL, ApiClient, ApiError
+from control_plane.training.results import SearchResult
 
 if TYPE_CHECKING:
     from control_plane.config import ServerSettings
@@ -201,20 +202,40 @@ def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
 train_app = typer.Typer()
 
 
-def _parse_params(pairs: list[str]) -> dict[str, int | float | str | bool | None]:
-    params: dict[str, int | float | str | bool | None] = {}
+ParamValue = int | float | str | bool | None
+
+
+def _parse_value(option: str, key: str, raw: str) -> ParamValue:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    if not isinstance(value, int | float | str | bool) and value is not None:
+        raise _fail(f"{option} {key}: a number, string, true/false or null", 2)
+    return value
+
+
+def _parse_params(pairs: list[str]) -> dict[str, ParamValue]:
+    params: dict[str, ParamValue] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise _fail(f"--param takes NAME=VALUE, got {pair!r}", 2)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        if not isinstance(value, int | float | str | bool) and value is not None:
-            raise _fail(f"--param {key}: a number, string, true/false or null", 2)
-        params[key] = value
+        params[key] = _parse_value("--param", key, raw)
     return params
+
+
+def _parse_search(pairs: list[str], folds: int, most: int) -> dict[str, object] | None:
+    """``--search NAME=V1,V2,...`` (repeatable) as the request's search."""
+    if not pairs:
+        return None
+    grid: dict[str, list[ParamValue]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or not raw:
+            raise _fail(f"--search takes NAME=V1,V2,..., got {pair!r}", 2)
+        grid[key] = [_parse_value("--search", key, part) for part in raw.split(",")]
+    return {"params": grid, "folds": folds, "max_candidates": most}
 
 
 def wait_for_job(
@@ -256,6 +277,18 @@ def train_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = 0,
     validation_fraction: Annotated[float, typer.Option(help="Held-out share.")] = 0.2,
+    search: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Search a parameter first: NAME=V1,V2,... (repeatable); the best candidate "
+            "by cross-validation on the training rows is registered.",
+            show_default=False,
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds of --search.")] = 3,
+    max_candidates: Annotated[
+        int, typer.Option(help="Most candidates --search tries (a larger grid is sampled).")
+    ] = 20,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
@@ -270,12 +303,27 @@ def train_command(
                 "params": _parse_params(param or []),
                 "seed": seed,
                 "validation_fraction": validation_fraction,
+                "search": _parse_search(search or [], folds, max_candidates),
             }
         )
     except ValueError as exc:
         raise _fail(str(exc), 2) from exc
     with _api(url, token) as client:
-        _show_new_version(client, model, wait_for_job(client, client.train(model, request)))
+        job = wait_for_job(client, client.train(model, request))
+        if isinstance(job.result, SearchResult):
+            _show_search(job.result)
+        _show_new_version(client, model, job)
+
+
+def _show_search(result: SearchResult) -> None:
+    table = Table(title=f"search: {result.metric}, {result.folds}-fold cross-validation")
+    for column in ("candidate", "mean", "std", ""):
+        table.add_column(column)
+    for candidate in result.candidates:
+        params = ", ".join(f"{k}={json.dumps(v)}" for k, v in candidate.params.items())
+        best = "best" if candidate.params == result.best else ""
+        table.add_row(params, f"{candidate.mean:.4f}", f"{candidate.std:.4f}", best)
+    console.print(table)
 
 
 def _show_new_version(client: ApiClient, model: str, job: JobPublic) -> None:

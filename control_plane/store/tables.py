@@ -7,14 +7,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 from sqlalchemy import JSON, BigInteger, Column, Dialect, String, Text, UniqueConstraint
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from control_plane.audit.types import ChallengeData, EventType
+from control_plane.audit.types import EventType
 from control_plane.monitoring.release import Release
 from control_plane.rollouts.machine import RolloutStatus
+from control_plane.training.results import JobResult
 
 
 def utcnow() -> datetime:
@@ -34,7 +35,6 @@ def as_utc(moment: datetime | None) -> datetime | None:
 
 
 E = TypeVar("E", bound=StrEnum)
-P = TypeVar("P", bound=BaseModel)
 
 
 class EnumText(TypeDecorator[E]):
@@ -55,23 +55,26 @@ class EnumText(TypeDecorator[E]):
         return None if value is None else self.enum(value)
 
 
-class PayloadJSON(TypeDecorator[P]):
-    """A JSON column holding one pydantic model: checked when written and when read back."""
+class PayloadJSON(TypeDecorator[Any]):
+    """A JSON column holding a pydantic model (or a union of them): checked when written
+    and when read back."""
 
     impl = JSON
     cache_ok = True
 
-    def __init__(self, model: type[P]) -> None:
+    def __init__(self, kind: Any) -> None:
         super().__init__()
-        self.model = model
+        self.kind = kind
+        self.adapter: TypeAdapter[Any] = TypeAdapter(kind)
 
-    def process_bind_param(self, value: P | None, dialect: Dialect) -> Any:
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
-        return self.model.model_validate(value).model_dump(mode="json", exclude_none=True)
+        checked = self.adapter.validate_python(value)
+        return self.adapter.dump_python(checked, mode="json", exclude_none=True)
 
-    def process_result_value(self, value: Any, dialect: Dialect) -> P | None:
-        return None if value is None else self.model.model_validate(value)
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else self.adapter.validate_python(value)
 
 
 def enum_column(
@@ -152,9 +155,9 @@ class Job(SQLModel, table=True):
     request: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     result_version: int | None = None
-    # A retraining job's result: how its challenger fared (a training job's is its version).
-    result: ChallengeData | None = Field(
-        default=None, sa_column=Column(PayloadJSON(ChallengeData), nullable=True)
+    # A retraining job's challenge, or a training job's search (see ``training.results``).
+    result: JobResult | None = Field(
+        default=None, sa_column=Column(PayloadJSON(JobResult), nullable=True)
     )
     trigger_event_id: int | None = None
     owner: str | None = Field(default=None, max_length=32, index=True)

@@ -157,11 +157,16 @@ def get_algorithm(task: Task, name: str) -> Algorithm:
         ) from None
 
 
-def validate_params(algorithm: Algorithm, params: dict[str, ParamValue]) -> dict[str, ParamValue]:
-    """Defaults merged with ``params``, every value checked against its rule."""
+def validate_params(
+    algorithm: Algorithm,
+    params: dict[str, ParamValue],
+    where: tuple[str, ...] = ("body", "params"),
+) -> dict[str, ParamValue]:
+    """Defaults merged with ``params``, every value checked against its rule (a refusal's
+    location is ``where`` and the parameter's name)."""
     merged = dict(algorithm.defaults)
     for key, value in params.items():
-        loc = ("body", "params", key)
+        loc = (*where, key)
         rule = algorithm.rules.get(key)
         if rule is None:
             raise InvalidInputError(

@@ -36,6 +36,7 @@ from control_plane.training.algorithms import (
 from control_plane.training.conversion import export_onnx, run_onnx
 from control_plane.training.manifest import Trained, build_manifest
 from control_plane.training.parity import check_parity
+from control_plane.training.search import search
 from edgefleet import __version__
 from shared.hashing import sha256_bytes
 from shared.manifest import (
@@ -143,7 +144,8 @@ def train_version(
 
     set_progress(session, job_id, "training", 0.1)
     nan_policy = cast("NanPolicy", dataset.nan_policy)  # checked at upload
-    fit = _fit(request, algorithm, params, nan_policy, parsed.X, y, classes)
+    fit = _fit(request, algorithm, params, nan_policy, parsed.X, y, classes, session, job)
+    params = fit.params
 
     set_progress(session, job_id, "exporting", 0.6)
     model_bytes = export_onnx(fit.pipeline, fit.X_train.shape[1], request.task)
@@ -182,6 +184,7 @@ def train_version(
 @dataclass(frozen=True)
 class _Fit:
     pipeline: Any
+    params: dict[str, ParamValue]  # what it was fitted with (a search's best, if any)
     X_train: npt.NDArray[np.float32]
     X_val: npt.NDArray[np.float32]
     y_train: npt.NDArray[Any]
@@ -196,8 +199,11 @@ def _fit(
     X: npt.NDArray[Any],
     y: npt.NDArray[Any],
     classes: list[str],
+    session: Session,
+    job: Job,
 ) -> _Fit:
-    """Split off the validation rows and fit the pipeline on the rest."""
+    """Split off the validation rows and fit the pipeline on the rest (with a search's best
+    parameters, its result kept on the job)."""
     X_train, X_val, y_train, y_val = split(
         X.astype(np.float32),
         y,
@@ -209,8 +215,23 @@ def _fit(
         raise JobFailedError(
             "every class needs rows in the training split; some class has too few rows"
         )
+    if request.search is not None:
+        assert job.id is not None
+        job_id = job.id
+
+        def progress(done: int, total: int) -> None:
+            set_progress(session, job_id, f"search {done}/{total}", 0.1 + 0.4 * done / total)
+
+        found = search(
+            request.search, algorithm, params, nan_policy, request.seed, request.task,
+            X_train, y_train, progress,
+        )  # fmt: skip
+        params = validate_params(algorithm, {**params, **found.best})
+        job.result = found
+        session.add(job)
+        session.commit()
     pipeline = build_pipeline(algorithm, params, nan_policy, request.seed).fit(X_train, y_train)
-    return _Fit(pipeline, X_train, X_val, y_train, y_val)
+    return _Fit(pipeline, params, X_train, X_val, y_train, y_val)
 
 
 def _lineage(

@@ -49,8 +49,28 @@ def test_user_trains_and_verifies_offline(
     assert train.stdout.strip().splitlines()[-1] == "1"
     assert "parity max diff" in train.stderr
 
+    searched = run_cli(
+        "train",
+        "--model",
+        "searched",
+        "--dataset",
+        dataset_id,
+        "--algorithm",
+        "random_forest",
+        "--search",
+        "max_depth=2,6",
+        "--search",
+        "n_estimators=5,10",
+        "--folds",
+        "2",
+        env=env,
+    )
+    assert searched.stdout.strip().splitlines()[-1] == "1"
+    assert "search: accuracy, 2-fold cross-validation" in searched.stderr
+    assert searched.stderr.count("best") == 1
+
     listing = run_cli("models", "list", env=env).stdout
-    assert "fault" in listing and "classification" in listing
+    assert "fault" in listing and "searched" in listing and "classification" in listing
     shown = json.loads(run_cli("models", "show", "fault", "--version", "1", env=env).stdout)
     assert shown["manifest"]["lineage"]["params"]["max_depth"] is None
 

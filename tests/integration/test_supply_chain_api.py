@@ -249,3 +249,46 @@ def test_openapi_describes_every_field(api: Api) -> None:
                 missing.append(f"{name}.{prop}")
     assert not missing, f"fields without a description: {missing}"
     assert json.dumps(spec)  # serialisable
+
+
+def test_a_search_registers_the_best_candidate_and_keeps_every_score(api: Api) -> None:
+    dataset = api.upload(sensor_csv(400, seed=3)).json()
+    search = {"params": {"max_depth": [1, 8], "n_estimators": [3, 20]}, "folds": 3}
+    job = api.train_ok("fault", dataset_id=dataset["id"], algorithm="random_forest", search=search)
+    result = job["result"]
+    assert (result["metric"], result["folds"], result["grid_size"]) == ("accuracy", 3, 4)
+    scores = {json.dumps(c["params"], sort_keys=True): c["mean"] for c in result["candidates"]}
+    assert len(scores) == 4
+    best = max(result["candidates"], key=lambda c: c["mean"])
+    assert result["best"] == best["params"]
+    assert best["params"]["max_depth"] == 8  # a stump cannot tell four faults apart
+    lineage = api.get(f"/models/fault/versions/{job['result_version']}").json()["manifest"][
+        "lineage"
+    ]
+    assert lineage["params"] | result["best"] == lineage["params"]
+    # A larger grid than max_candidates is sampled, seeded.
+    sampled = {"params": {"max_depth": [2, 3, 4, 5, 6]}, "max_candidates": 2}
+    job = api.train_ok("fault", dataset_id=dataset["id"], algorithm="random_forest", search=sampled)
+    assert (job["result"]["grid_size"], len(job["result"]["candidates"])) == (5, 2)
+
+
+@pytest.mark.parametrize(
+    ("search", "loc", "text"),
+    [
+        ({"params": {"depth": [1]}}, ["body", "search", "params", "depth"], "unknown parameter"),
+        ({"params": {"max_depth": [4, 0]}}, ["body", "search", "params", "max_depth"], "outside"),
+        ({"params": {}}, ["body", "search", "params"], "at least 1"),
+        ({"params": {"max_depth": [4]}, "folds": 1}, ["body", "search", "folds"], "2"),
+    ],
+)
+def test_a_bad_search_is_refused_before_a_job_exists(
+    api: Api, search: dict[str, Any], loc: list[str], text: str
+) -> None:
+    dataset = api.upload(sensor_csv(200, seed=3)).json()
+    response = api.train(
+        "fault", dataset_id=dataset["id"], algorithm="random_forest", search=search
+    )
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == loc and text in detail["msg"], detail
+    assert api.get("/jobs").json() == []

@@ -108,7 +108,11 @@ def train(
     """Check the request, queue a job and return it at once; poll `GET /jobs/{id}`."""
     check_model_name(name)
     _check_reference(session, settings, name, body.dataset_id, body.task, "body")
-    validate_params(get_algorithm(body.task, body.algorithm), body.params)
+    algorithm = get_algorithm(body.task, body.algorithm)
+    validate_params(algorithm, body.params)
+    for param, values in (body.search.params if body.search else {}).items():
+        for value in values:
+            validate_params(algorithm, {param: value}, ("body", "search", "params"))
     return _queue(
         session, jobs, request, Job(model_name=name, request=body.model_dump(mode="json"))
     )
