@@ -11,6 +11,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from control_plane.api.schemas import (
     AliasPublic,
+    Comparison,
     DatasetPublic,
     DeploymentCreate,
     DeploymentPublic,
@@ -175,6 +176,9 @@ class ApiClient:
 
     def version(self, model: str, ref: str) -> VersionPublic:
         return self._get(f"/models/{model}/versions/{ref}", VersionPublic)
+
+    def compare(self, model: str, a: str, b: str) -> Comparison:
+        return self._get(f"/models/{model}/compare", Comparison, a=a, b=b)
 
     def set_alias(self, model: str, alias: str, version: int) -> AliasPublic:
         response = self._http.put(f"/models/{model}/aliases/{alias}", json={"version": version})

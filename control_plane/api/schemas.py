@@ -15,7 +15,7 @@ from control_plane.rollouts.gates import GateResult
 from control_plane.rollouts.machine import RolloutStatus
 from control_plane.rollouts.plans import PlanSpec
 from control_plane.training.results import SearchResult
-from shared.manifest import ModelManifest, NanPolicy, ParamValue, Task
+from shared.manifest import Lineage, ModelManifest, NanPolicy, ParamValue, Task
 from shared.messages import DEVICE_ID_PATTERN, DeviceState, TelemetryWindow
 
 MAX_ID = 2**63 - 1  # ids and versions in paths and bodies: what a BIGINT holds
@@ -249,6 +249,39 @@ class JobPublic(ApiModel):
     created_at: datetime = Field(description="When the job was queued (UTC).")
     started_at: datetime | None = Field(description="When a worker started it.")
     finished_at: datetime | None = Field(description="When it ended.")
+
+
+class Holdout(ApiModel):
+    dataset_id: int = Field(description="Dataset the holdout rows come from.")
+    rows: int = Field(description="Holdout rows (complete ones).")
+    of_version: int = Field(
+        description="The newer version: its validation rows when it was trained here, else "
+        "its whole reference dataset."
+    )
+    unseen_by_both: bool = Field(
+        description="Neither version trained on these rows (both trained here on the same "
+        "dataset and split); otherwise the older one may have."
+    )
+
+
+class ComparedVersion(ApiModel):
+    version: int = Field(description="Version number.")
+    algorithm: str = Field(description="Algorithm, or the format it was imported from.")
+    size: int = Field(description="ONNX bytes.")
+    metrics: dict[str, float] = Field(description="Metrics on the holdout.")
+    latency_us: dict[str, float] = Field(
+        description="Median µs of one onnxruntime run on this machine, by rows per run "
+        '("1", "64"); one intra-op thread, as on devices.'
+    )
+    lineage: Lineage = Field(description="Where it came from.")
+
+
+class Comparison(ApiModel):
+    """Two versions on the same holdout."""
+
+    holdout: Holdout = Field(description="The rows both were scored on.")
+    a: ComparedVersion = Field(description="The first version asked for.")
+    b: ComparedVersion = Field(description="The second.")
 
 
 class ModelPublic(ApiModel):

@@ -485,6 +485,42 @@ def models_import(
         _show_new_version(client, model, wait_for_job(client, job))
 
 
+@models_app.command("compare")
+def models_compare(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    a: Annotated[str, typer.Argument(help="A version number or alias.")],
+    b: Annotated[str, typer.Argument(help="Another.")],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Two versions side by side: metrics on one holdout, size, latency on the control
+    plane's machine, lineage."""
+    with _api(url, token) as client:
+        result = client.compare(name, a, b)
+    left, right = result.a, result.b
+    table = Table(
+        title=f"{name}: holdout of v{result.holdout.of_version}, {result.holdout.rows} rows of "
+        f"dataset {result.holdout.dataset_id}"
+        + ("" if result.holdout.unseen_by_both else " (the older may have trained on them)")
+    )
+    table.add_column("")
+    table.add_column(f"v{left.version}")
+    table.add_column(f"v{right.version}")
+    rows = [("algorithm", left.algorithm, right.algorithm), ("bytes", left.size, right.size)]
+    rows += [(m, f"{left.metrics[m]:.4f}", f"{right.metrics.get(m, 0):.4f}") for m in left.metrics]
+    rows += [
+        (f"µs / run, {n} rows", f"{left.latency_us[n]:.0f}", f"{right.latency_us[n]:.0f}")
+        for n in left.latency_us
+    ]
+    rows += [
+        ("dataset", left.lineage.dataset_name, right.lineage.dataset_name),
+        ("params", json.dumps(left.lineage.params), json.dumps(right.lineage.params)),
+    ]
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    out.print(table)
+
+
 @models_app.command("alias")
 def models_alias(
     name: Annotated[str, typer.Argument(help="Model name.")],

@@ -68,6 +68,8 @@ def test_user_trains_and_verifies_offline(
     assert searched.stdout.strip().splitlines()[-1] == "1"
     assert "search: accuracy, 2-fold cross-validation" in searched.stderr
     assert searched.stderr.count("best") == 1
+    compared = run_cli("models", "compare", "searched", "1", "1", env=env).stdout
+    assert "µs / run, 64 rows" in compared and "accuracy" in compared
 
     listing = run_cli("models", "list", env=env).stdout
     assert "fault" in listing and "searched" in listing and "classification" in listing

@@ -292,3 +292,33 @@ def test_a_bad_search_is_refused_before_a_job_exists(
     detail = response.json()["detail"][0]
     assert detail["loc"] == loc and text in detail["msg"], detail
     assert api.get("/jobs").json() == []
+
+
+def test_two_versions_compared_on_one_holdout(api: Api) -> None:
+    dataset = api.upload(sensor_csv(400, seed=3)).json()
+    api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")
+    api.train_ok("fault", dataset_id=dataset["id"], algorithm="random_forest")
+    api.put("/models/fault/aliases/champion", json={"version": 1})
+    result = api.get("/models/fault/compare", params={"a": "champion", "b": "2"}).json()
+    holdout = result["holdout"]
+    assert holdout == {
+        "dataset_id": dataset["id"],
+        "rows": 80,  # v2's validation rows: 20% of 400
+        "of_version": 2,
+        "unseen_by_both": True,  # same dataset, same seed and fraction: the same split
+    }
+    a, b = result["a"], result["b"]
+    assert (a["version"], a["algorithm"], b["version"], b["algorithm"]) == (
+        1,
+        "logreg",
+        2,
+        "random_forest",
+    )
+    # v2's own validation accuracy is what its training measured on the same rows.
+    trained = api.get("/models/fault/versions/2").json()["metrics"]["accuracy"]
+    assert abs(b["metrics"]["accuracy"] - trained) < 1e-9
+    assert b["size"] == api.get("/models/fault/versions/2").json()["size"]
+    assert all(v > 0 for v in (*a["latency_us"].values(), *b["latency_us"].values()))
+    assert set(a["latency_us"]) == {"1", "64"}
+    missing = api.get("/models/fault/compare", params={"a": "1", "b": "9"})
+    assert missing.status_code == 404

@@ -21,6 +21,7 @@ from control_plane.api.routes.jobs import job_public
 from control_plane.api.schemas import (
     AliasPublic,
     AliasUpdate,
+    Comparison,
     ImportQuery,
     ImportRequest,
     JobPublic,
@@ -43,6 +44,7 @@ from control_plane.registry.versions import (
 from control_plane.store.blobs import BlobStore
 from control_plane.store.tables import Dataset, Job, JobKind, Model, ModelVersion
 from control_plane.training.algorithms import get_algorithm, validate_params
+from control_plane.training.comparison import compare
 from control_plane.training.jobs import JobRunner
 from control_plane.training.mlflow_registry import fetch_model
 from control_plane.training.model_import import check_upload
@@ -356,6 +358,27 @@ def get_version(
 ) -> VersionPublic:
     row = resolve_version(session, name, version)
     return _version_public(row, aliases_of(session, name), with_manifest=True)
+
+
+@router.get(
+    "/{name}/compare",
+    response_model=Comparison,
+    summary="Two versions side by side on one holdout",
+)
+def compare_versions(
+    name: NamePath,
+    session: SessionDep,
+    settings: SettingsDep,
+    blobs: BlobsDep,
+    _: Viewer,
+    a: Annotated[str, Query(max_length=32, description="A version number or alias.")],
+    b: Annotated[str, Query(max_length=32, description="Another.")],
+) -> Comparison:
+    """Metrics of both on the same holdout (the newer one's validation rows, or its whole
+    reference dataset when it was imported), size, median onnxruntime latency on the
+    control plane's machine for 1 and 64 rows, and lineage."""
+    first, second = resolve_version(session, name, a), resolve_version(session, name, b)
+    return compare(session, blobs, first, second, settings.max_classes)
 
 
 @router.put(
