@@ -151,4 +151,6 @@ CONFIG_TEMPLATE = """\
 # mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1883"
 # topic_root = "edgefleet/v1"
 # desired_ttl_seconds = 604800          # 7 days; re-signed when half is left
+# mlflow_tracking_uri = "http://127.0.0.1:5000"   # import models:/… from it; log each version
+# max_import_bytes = 268435456                   # 256 MiB model upload cap
 """

@@ -1,17 +1,27 @@
-"""Models from an MLflow model registry (``models:/name/3``, ``models:/name@champion``),
-fetched with MLflow's client library from the tracking server the settings name. Only
-flavors whose files load without unpickling are taken: ONNX, scikit-learn saved as skops
-(MLflow's default), XGBoost and LightGBM in their own formats."""
+"""MLflow, when the settings name a tracking server (``mlflow_tracking_uri``): models are
+imported from its registry (``models:/name/3``, ``models:/name@champion``), taking only
+flavors whose files load without unpickling (ONNX, scikit-learn saved as skops, MLflow's
+default, XGBoost and LightGBM in their own formats); and every version edgefleet trains
+or imports is logged to it as a run, so a team keeps one experiment history."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlmodel import Session
+
 from control_plane.api.schemas import ImportFormat
+from control_plane.config import ServerSettings
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
+from control_plane.registry.versions import resolve_version
+from control_plane.store.blobs import BlobStore
+from shared.manifest import ModelManifest
+
+log = logging.getLogger(__name__)
 
 LOC = ("body", "uri")
 
@@ -41,9 +51,7 @@ def fetch_model(uri: str, tracking_uri: str | None, max_bytes: int) -> Fetched:
             loc=LOC,
             code="mlflow_not_installed",
         ) from exc
-    # A registry that is down answers within seconds, not after MLflow's default retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    _bounded_retries()
     with tempfile.TemporaryDirectory(prefix="edgefleet-mlflow-") as tmp:
         try:
             mlflow.set_tracking_uri(tracking_uri)
@@ -95,3 +103,44 @@ def _flavor(uri: str, flavors: dict[str, dict[str, object]]) -> tuple[ImportForm
         loc=LOC,
         code="mlflow_flavor",
     )
+
+
+def _bounded_retries() -> None:
+    """A tracking server that is down answers within seconds, not after MLflow's default
+    retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def log_to_mlflow(settings: ServerSettings, session: Session, model: str, version: int) -> None:
+    """A run in experiment ``edgefleet-MODEL``: the version's parameters, metrics, the ONNX
+    artifact and its signed manifest, tagged with its edgefleet model, version and sha256.
+    The version is registered already: a failure here is logged, never fatal."""
+    try:
+        import mlflow
+
+        row = resolve_version(session, model, str(version))
+        manifest = ModelManifest.model_validate_json(row.manifest)
+        _bounded_retries()
+        assert settings.mlflow_tracking_uri is not None
+        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+        mlflow.set_experiment(f"edgefleet-{model}")
+        with tempfile.TemporaryDirectory(prefix="edgefleet-mlflow-") as tmp:
+            artifact = Path(tmp) / f"{model}-v{version}.onnx"
+            artifact.write_bytes(BlobStore(settings.blobs_dir).read_bytes(row.sha256))
+            (Path(tmp) / f"{model}-v{version}.manifest.json").write_text(row.manifest)
+            with mlflow.start_run(run_name=f"{model} v{version}"):
+                lineage = manifest.lineage
+                mlflow.log_params({"algorithm": lineage.algorithm, **lineage.params})
+                mlflow.log_metrics(lineage.metrics)
+                mlflow.set_tags(
+                    {
+                        "edgefleet.model": model,
+                        "edgefleet.version": str(version),
+                        "edgefleet.sha256": row.sha256,
+                        "edgefleet.dataset": f"{lineage.dataset_name} v{lineage.dataset_version}",
+                    }
+                )
+                mlflow.log_artifacts(tmp, artifact_path="edgefleet")
+    except Exception:  # MLflow down or not installed: the version stands without its run
+        log.warning("%s v%s: logging to MLflow failed", model, version, exc_info=True)

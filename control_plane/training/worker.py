@@ -17,9 +17,10 @@ from control_plane.config import ServerSettings
 from control_plane.errors import ControlPlaneError
 from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Job, JobKind, JobStatus, utcnow
+from control_plane.training.mlflow_registry import log_to_mlflow
 from control_plane.training.model_import import import_version
 from control_plane.training.retraining_job import retrain
-from control_plane.training.supply_chain import Refused, finish_job, train_version
+from control_plane.training.supply_chain import Refused, finish_job, set_progress, train_version
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
                     log.info("job %s: %s", job_id, outcome.reason)
                     finish_job(session, job_id, refused=outcome.reason)
                 else:
+                    if settings.mlflow_tracking_uri:
+                        set_progress(session, job_id, "mlflow", 0.99)
+                        log_to_mlflow(settings, session, job.model_name, outcome)
                     finish_job(session, job_id, version=outcome)
     finally:
         engine.dispose()

@@ -162,3 +162,24 @@ def test_without_a_registry_configured_the_import_says_so(make_api: MakeApi) -> 
     bad = api.post("/models/fault/import/mlflow", json={**body, "uri": "runs:/abc/model"})
     assert bad.status_code == 422
     assert bad.json()["detail"][0]["loc"] == ["body", "uri"]
+
+
+def test_each_new_version_is_logged_to_mlflow(make_api: MakeApi, registry: str) -> None:
+    """With a tracking server set, a trained version is a run there: parameters, metrics,
+    the ONNX file and its signed manifest, tagged with the edgefleet version."""
+    import mlflow
+
+    api = make_api(mlflow_tracking_uri=registry)
+    dataset = api.upload(sensor_csv(300, seed=1)).json()
+    job = api.train_ok("logged", dataset_id=dataset["id"], algorithm="logreg")
+    version = api.get(f"/models/logged/versions/{job['result_version']}").json()
+    client = mlflow.MlflowClient(registry)
+    experiment = client.get_experiment_by_name("edgefleet-logged")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["edgefleet.version"] == str(version["version"])
+    assert run.data.tags["edgefleet.sha256"] == version["sha256"]
+    assert run.data.params["algorithm"] == "logreg"
+    assert run.data.metrics["accuracy"] == version["metrics"]["accuracy"]
+    files = {f.path for f in client.list_artifacts(run.info.run_id, "edgefleet")}
+    assert files == {"edgefleet/logged-v1.onnx", "edgefleet/logged-v1.manifest.json"}
