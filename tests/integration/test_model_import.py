@@ -347,3 +347,22 @@ def test_other_formats_that_are_not_safe_or_do_not_fit_are_refused(
     assert text in detail["msg"]
     assert api.blob_files() == blobs
     assert api.get("/jobs").json() == []
+
+
+def test_a_conversion_that_fails_the_parity_gate_is_refused_with_the_difference(
+    make_api: MakeApi,
+) -> None:
+    """onnxruntime's float32 trees differ from XGBoost's by ~1e-7: under a tolerance of
+    1e-12 that is a failed parity gate, refused with the measured difference."""
+    api = make_api(parity_atol=1e-12)
+    dataset = api.upload(sensor_csv(300, seed=1)).json()
+    blobs = api.blob_files()
+    data, classes = _xgboost_model()
+    response = importing(api, data, dataset["id"], format="xgboost", classes=classes)
+    assert response.status_code == 202, response.text
+    job = api.wait_job(response.json()["id"])
+    assert job["status"] == "failed"
+    assert "parity gate: xgboost and onnxruntime differ by" in job["error"]
+    assert "tolerance 1e-12" in job["error"]
+    assert api.blob_files() == blobs
+    assert api.get("/models").json() == []
