@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
 from sqlalchemy import Engine
 
 from control_plane.api import errors
@@ -32,6 +32,7 @@ from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.monitoring.monitor import Monitor
+from control_plane.observability.metrics import Metrics
 from control_plane.rollouts.engine import RolloutEngine
 from control_plane.store.blobs import BlobStore
 from control_plane.store.db import create_db_engine, migrate
@@ -141,6 +142,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.blobs = BlobStore(settings.blobs_dir)
     app.state.artifact_access = ArtifactAccess(engine)
     app.state.jobs = runner
+    app.state.metrics = Metrics(engine, app.state)
     if engine.dialect.name == "sqlite":
         runner.recover()  # one process per SQLite file: whatever ran before is gone
     log.info("control plane ready (data dir %s)", settings.data_dir)
@@ -189,4 +191,15 @@ def create_app(settings: ServerSettings) -> FastAPI:
         monitoring,
     ):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(system.metrics_router)
+
+    @app.middleware("http")
+    async def time_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        metrics: Metrics | None = getattr(app.state, "metrics", None)
+        if metrics is None:  # before startup finished
+            return await call_next(request)
+        return await metrics.middleware(request, call_next)
+
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -30,6 +30,14 @@ class ServerSettings(TomlSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     max_dataset_bytes: int = Field(default=100 * MiB, ge=1, description="Upload size cap.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level of the control plane (and uvicorn)."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="`text`, or `json`: one object a line with device_id, rollout_id, model, "
+        "version and job_id as fields.",
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         description="MLflow tracking server models are imported from (`models:/…` URIs), "

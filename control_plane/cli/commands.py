@@ -107,6 +107,18 @@ def init_command(data_dir: DataDirOpt = None) -> None:
 
 
 server_app = typer.Typer()
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option(help="debug, info, warning or error [default: info].", show_default=False),
+]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="text, or json: one object a line with device_id, rollout_id, model, version and "
+        "job_id as fields [default: text].",
+        show_default=False,
+    ),
+]
 
 
 @server_app.command("server")
@@ -130,7 +142,8 @@ def server_command(
             help="Broker for device traffic, mqtt://user:pass@host:port.",
         ),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+    log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Serve the REST API (migrates the database first) and, with --mqtt-url, talk to devices:
     ingest their state and telemetry, publish signed desired states. Needs `edgefleet init`."""
@@ -139,14 +152,26 @@ def server_command(
     from control_plane.app import create_app
     from control_plane.auth.keys import load_keys
     from control_plane.errors import NotInitialisedError
+    from control_plane.observability.logs import log_config
 
-    settings = _settings(data_dir, config, host=host, port=port, mqtt_url=mqtt_url)
+    settings = _settings(
+        data_dir,
+        config,
+        host=host,
+        port=port,
+        mqtt_url=mqtt_url,
+        log_level=log_level and log_level.lower(),
+        log_format=log_format,
+    )
     try:
         load_keys(settings.keys_dir)
     except NotInitialisedError as exc:
         raise _fail(exc.message, 2) from exc
     uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=log_level.lower()
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=log_config(settings.log_level, settings.log_format),
     )
 
 

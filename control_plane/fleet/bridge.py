@@ -33,6 +33,7 @@ from control_plane.fleet.ingestion import (
     implausible,
     store_batch,
 )
+from control_plane.observability.logs import about
 from control_plane.store.tables import utcnow
 from shared.broker_address import parse_broker_url
 from shared.cancellation import raise_if_cancelling
@@ -194,7 +195,13 @@ class MqttBridge:
         self._dropped[device_id] = self._dropped.get(device_id, 0) + 1
         if refused is not None:
             self._refused.setdefault(device_id, []).append(refused.seq)
-        log.warning("dropped %s message from %s: %s", what, device_id, why[:200])
+        log.warning(
+            "dropped %s message from %s: %s",
+            what,
+            device_id,
+            why[:200],
+            extra=about(device_id=device_id),
+        )
 
     async def _ingest_loop(self) -> None:
         while True:
@@ -233,7 +240,11 @@ class MqttBridge:
                     log.exception("could not count %d dropped messages", sum(dropped.values()))
                     return BatchResult()
                 (message,) = batch
-                log.exception("dropped a message of %s that cannot be stored", message.device_id)
+                log.exception(
+                    "dropped a message of %s that cannot be stored",
+                    message.device_id,
+                    extra=about(device_id=message.device_id),
+                )
                 self.counters.poisoned += 1
                 counted = {**dropped, message.device_id: dropped.get(message.device_id, 0) + 1}
                 return (await self._store([], counted)).refuse(message)

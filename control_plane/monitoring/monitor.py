@@ -65,6 +65,7 @@ from control_plane.monitoring.policy import (
     retrain_decision,
     schedule_due,
 )
+from control_plane.observability.logs import about
 from control_plane.rollouts.engine import create_rollout
 from control_plane.store.tables import (
     DefaultVersion,
@@ -545,7 +546,13 @@ class Monitor:
             )
         except ControlPlaneError as exc:  # e.g. another rollout holds the devices
             session.rollback()
-            log.info("release of %s v%s waits: %s", row.model_name, row.version, exc)
+            log.info(
+                "release of %s v%s waits: %s",
+                row.model_name,
+                row.version,
+                exc,
+                extra=about(model=row.model_name, version=row.version),
+            )
             return
         row.release, row.rollout_id = release.rolling_out(row.release), rollout.id
         session.add(row)

@@ -30,6 +30,7 @@ from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
 from control_plane.fleet.devices import list_devices
 from control_plane.fleet.selectors import parse_selector
+from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
 from control_plane.rollouts.gates import Installs, Pair, Traffic, evaluate
 from control_plane.rollouts.machine import (
@@ -245,7 +246,11 @@ class RolloutEngine:
                 except Exception:
                     session.rollback()
                     self.failures += 1
-                    log.exception("rollout %s: tick failed; the others carry on", rollout_id)
+                    log.exception(
+                        "rollout %s: tick failed; the others carry on",
+                        rollout_id,
+                        extra=about(rollout_id=rollout_id),
+                    )
             try:
                 joiners = self._late_joiners(session)
                 session.commit()
@@ -389,6 +394,9 @@ class RolloutEngine:
                     rollout.model_name,
                     rollout.version,
                     action.message,
+                    extra=about(
+                        rollout_id=rollout.id, model=rollout.model_name, version=rollout.version
+                    ),
                 )
             elif isinstance(action, StartStage):
                 out.extend(self._start_stage(session, rollout, members, action, stages))

@@ -12,9 +12,10 @@ from sqlmodel import Session, col, select
 
 from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
+from control_plane.observability.logs import about
 from control_plane.store.tables import Job, JobStatus
 from control_plane.training.supply_chain import finish_job
-from control_plane.training.worker import exit_with_parent, run_training_job
+from control_plane.training.worker import run_training_job, start_worker
 
 log = logging.getLogger(__name__)
 # Imported once by the fork server (a module that fails to import there is skipped).
@@ -45,7 +46,8 @@ class JobRunner:
         return ProcessPoolExecutor(
             max_workers=self._settings.training_workers,
             mp_context=context,
-            initializer=exit_with_parent,
+            initializer=start_worker,
+            initargs=(self._settings.log_level, self._settings.log_format),
         )
 
     def submit(self, job_id: int) -> None:
@@ -62,7 +64,9 @@ class JobRunner:
             return
         exc = future.exception()
         if exc is not None:  # the worker died (killed, out of memory): the job must not hang
-            log.error("training worker for job %s died: %r", job_id, exc)
+            log.error(
+                "training worker for job %s died: %r", job_id, exc, extra=about(job_id=job_id)
+            )
             with Session(self._engine) as session:
                 finish_job(session, job_id, error=f"training worker died: {exc!r}")
 

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from control_plane.api.schemas import ImportFormat
 from control_plane.config import ServerSettings
 from control_plane.errors import InvalidInputError, PayloadTooLargeError
+from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
 from control_plane.store.blobs import BlobStore
 from shared.manifest import ModelManifest
@@ -143,4 +144,10 @@ def log_to_mlflow(settings: ServerSettings, session: Session, model: str, versio
                 )
                 mlflow.log_artifacts(tmp, artifact_path="edgefleet")
     except Exception:  # MLflow down or not installed: the version stands without its run
-        log.warning("%s v%s: logging to MLflow failed", model, version, exc_info=True)
+        log.warning(
+            "%s v%s: logging to MLflow failed",
+            model,
+            version,
+            exc_info=True,
+            extra=about(model=model, version=version),
+        )

@@ -4,6 +4,7 @@ retraining a challenger), and record how it ended."""
 from __future__ import annotations
 
 import logging
+import logging.config
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -15,6 +16,7 @@ from sqlmodel import Session, col
 from control_plane.api.schemas import TrainRequest
 from control_plane.config import ServerSettings
 from control_plane.errors import ControlPlaneError
+from control_plane.observability.logs import LogFormat, about, log_config
 from control_plane.store.db import create_db_engine
 from control_plane.store.tables import Job, JobKind, JobStatus, utcnow
 from control_plane.training.mlflow_registry import log_to_mlflow
@@ -23,6 +25,12 @@ from control_plane.training.retraining_job import retrain
 from control_plane.training.supply_chain import Refused, finish_job, set_progress, train_version
 
 log = logging.getLogger(__name__)
+
+
+def start_worker(log_level: str, log_format: LogFormat) -> None:
+    """Pool initializer: the server's logging, and an exit when the server dies."""
+    logging.config.dictConfig(log_config(log_level, log_format))
+    exit_with_parent()
 
 
 def exit_with_parent() -> None:
@@ -67,14 +75,14 @@ def run_training_job(settings: ServerSettings, job_id: int) -> None:
                 assert job is not None
                 outcome = _run(settings, session, job)
             except ControlPlaneError as exc:
-                log.info("job %s failed: %s", job_id, exc.message)
+                log.info("job %s failed: %s", job_id, exc.message, extra=about(job_id=job_id))
                 finish_job(session, job_id, error=exc.message)
             except Exception as exc:
-                log.exception("job %s crashed", job_id)
+                log.exception("job %s crashed", job_id, extra=about(job_id=job_id))
                 finish_job(session, job_id, error=f"internal error: {type(exc).__name__}: {exc}")
             else:
                 if isinstance(outcome, Refused):
-                    log.info("job %s: %s", job_id, outcome.reason)
+                    log.info("job %s: %s", job_id, outcome.reason, extra=about(job_id=job_id))
                     finish_job(session, job_id, refused=outcome.reason)
                 else:
                     if settings.mlflow_tracking_uri:

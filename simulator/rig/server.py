@@ -73,12 +73,10 @@ def start_server(
         token, port = restart.token, int(restart.url.rsplit(":", 1)[1])
     log = (data_dir / "server.log").open("wb")
     process = subprocess.Popen(
-        edgefleet_cmd(
-            "server", "--data-dir", str(data_dir), "--port", str(port), "--log-level", "warning"
-        ),
+        edgefleet_cmd("server", "--data-dir", str(data_dir), "--port", str(port)),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, "EDGEFLEET_LOG_LEVEL": "warning", **(env or {})},
         cwd=REPO,
     )
     url = f"http://127.0.0.1:{port}"
