@@ -17,7 +17,10 @@ from control_plane.api.schemas import (
     DeploymentPublic,
     DevicePublic,
     DeviceRegistered,
+    DriftPointPublic,
     EventPublic,
+    FeedbackCreate,
+    FeedbackResult,
     Health,
     JobPublic,
     ModelPublic,
@@ -29,6 +32,7 @@ from control_plane.api.schemas import (
     TrainRequest,
     VersionPublic,
 )
+from control_plane.monitoring.policy import ModelPolicy
 from shared.trust import TrustStore
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -167,6 +171,41 @@ class ApiClient:
 
     def job(self, job_id: int) -> JobPublic:
         return self._get(f"/jobs/{job_id}", JobPublic)
+
+    def jobs(self, limit: int = 50) -> list[JobPublic]:
+        return self._get_list("/jobs", JobPublic, limit=limit)
+
+    def events(self, **filters: Any) -> list[EventPublic]:
+        """The audit log, newest first; filters: type, device_id, rollout_id, model, job_id,
+        limit (``None`` values are left out)."""
+        given = {k: v for k, v in filters.items() if v is not None}
+        response = self._check(self._http.get("/events", params=given))
+        return TypeAdapter(list[EventPublic]).validate_json(response.content)
+
+    def drift(self, model: str, **filters: Any) -> list[DriftPointPublic]:
+        given = {k: v for k, v in filters.items() if v is not None}
+        return self._get_list(f"/models/{model}/drift", DriftPointPublic, **given)
+
+    def policy(self, model: str) -> ModelPolicy:
+        return self._get(f"/models/{model}/policy", ModelPolicy)
+
+    def set_policy(self, model: str, policy: ModelPolicy) -> ModelPolicy:
+        response = self._http.put(f"/models/{model}/policy", json=policy.model_dump(mode="json"))
+        return ModelPolicy.model_validate_json(self._check(response).content)
+
+    def retrain(self, model: str, champion_version: int | None = None) -> JobPublic:
+        body = {"champion_version": champion_version} if champion_version else None
+        response = self._http.post(f"/models/{model}/retrain", json=body)
+        return JobPublic.model_validate_json(self._check(response).content)
+
+    def approve(self, model: str, version: int) -> dict[str, str]:
+        response = self._http.post(f"/models/{model}/versions/{version}/approve")
+        result: dict[str, str] = self._check(response).json()
+        return result
+
+    def post_feedback(self, body: FeedbackCreate) -> FeedbackResult:
+        response = self._http.post("/feedback", json=body.model_dump(mode="json"))
+        return FeedbackResult.model_validate_json(self._check(response).content)
 
     def models(self) -> list[ModelPublic]:
         return self._get_list("/models", ModelPublic)

@@ -20,6 +20,7 @@ class LazyCommand:
 
 
 CONTROL_PLANE = "control_plane.cli.commands"
+OPERATIONS = "control_plane.cli.operations"
 COMMANDS: dict[str, LazyCommand] = {
     "init": LazyCommand(
         CONTROL_PLANE,
@@ -35,17 +36,23 @@ COMMANDS: dict[str, LazyCommand] = {
         "Train, export, sign and register a model version.",
     ),
     "models": LazyCommand(
-        CONTROL_PLANE, "models_app", "List, show, alias and pull model versions."
+        CONTROL_PLANE,
+        "models_app",
+        "Models and versions: list, show, import, compare, alias, pull; drift, policy, "
+        "retrain, approve.",
     ),
-    "tokens": LazyCommand(CONTROL_PLANE, "tokens_app", "Issue API tokens (admin)."),
+    "tokens": LazyCommand(CONTROL_PLANE, "tokens_app", "Issue, list and revoke API tokens."),
     "devices": LazyCommand(CONTROL_PLANE, "devices_app", "Register and list devices."),
     "deploy": LazyCommand(CONTROL_PLANE, "deploy_app", "Put a model version on a device."),
     "rollout": LazyCommand(
         CONTROL_PLANE,
         "rollout_app",
         "Staged rollouts: create (or dry "
-        "run), show, events, pause, resume, promote, abort, rollback.",
+        "run), list, show, watch, events, pause, resume, promote, abort, rollback.",
     ),
+    "events": LazyCommand(OPERATIONS, "events_app", "The audit log, newest first."),
+    "jobs": LazyCommand(OPERATIONS, "jobs_app", "List, show and wait for jobs."),
+    "feedback": LazyCommand(OPERATIONS, "feedback_app", "Post true labels for predictions."),
     "verify": LazyCommand("agent.cli", "verify_app", "Verify a signed model offline."),
     "agent": LazyCommand("agent.cli", "agent_app", "Run the device agent."),
     "demo": LazyCommand("simulator.demo", "demo_app", "Run the whole loop on this machine.", "sim"),

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from control_plane.api.schemas import (
@@ -21,34 +17,25 @@ from control_plane.api.schemas import (
     RolloutPublic,
     TrainRequest,
 )
-from control_plane.client import DEFAULT_URL, ApiClient, ApiError
+from control_plane.cli.common import (
+    DataDirOpt,
+    Output,
+    OutputOpt,
+    TokenOpt,
+    UrlOpt,
+    api,
+    console,
+    fail,
+    out,
+    print_json,
+    wait_for_job,
+)
+from control_plane.cli.operations import models_approve, models_drift, models_retrain, policy_app
+from control_plane.client import DEFAULT_URL, ApiClient
 from control_plane.training.results import SearchResult
 
 if TYPE_CHECKING:
     from control_plane.config import ServerSettings
-
-console = Console(stderr=True)
-out = Console()
-
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir",
-        envvar="EDGEFLEET_DATA_DIR",
-        help="Data directory [default: ./edgefleet-data].",
-        show_default=False,
-    ),
-]
-UrlOpt = Annotated[str, typer.Option("--url", envvar="EDGEFLEET_URL", help="Control-plane URL.")]
-TokenOpt = Annotated[
-    str | None,
-    typer.Option("--token", envvar="EDGEFLEET_TOKEN", help="API token.", show_default=False),
-]
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(code)
 
 
 def _settings(
@@ -65,21 +52,7 @@ def _settings(
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        raise _fail(f"invalid settings: {problems}", 2) from exc
-
-
-@contextlib.contextmanager
-def _api(url: str, token: str | None) -> Iterator[ApiClient]:
-    """A client for a command; an API error ends the command with its reasons (exit 1)."""
-    if not token:
-        raise _fail(
-            "no API token: pass --token or set EDGEFLEET_TOKEN (printed by `edgefleet init`)", 2
-        )
-    with ApiClient(url, token) as client:
-        try:
-            yield client
-        except ApiError as exc:
-            raise _fail(str(exc)) from exc
+        raise fail(f"invalid settings: {problems}", 2) from exc
 
 
 # --- init / server -------------------------------------------------------------------------
@@ -166,7 +139,7 @@ def server_command(
     try:
         load_keys(settings.keys_dir)
     except NotInitialisedError as exc:
-        raise _fail(exc.message, 2) from exc
+        raise fail(exc.message, 2) from exc
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -192,7 +165,7 @@ def datasets_upload(
     token: TokenOpt = None,
 ) -> None:
     """Upload a CSV (numeric features + a label column). Prints the dataset id last."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         ds = client.upload_dataset(file, name=name, label=label, nan_policy=nan_policy)
     console.print(
         f"dataset {ds.name} v{ds.version}: {ds.rows} rows, {len(ds.features)} "
@@ -204,10 +177,15 @@ def datasets_upload(
 
 
 @datasets_app.command("list")
-def datasets_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def datasets_list(
+    output: OutputOpt = Output.TABLE, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
     """List datasets."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         rows = client.datasets()
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("id", "name", "version", "rows", "features", "label", "sha256")
     for ds in rows:
         table.add_row(
@@ -236,7 +214,7 @@ def _parse_value(option: str, key: str, raw: str) -> ParamValue:
     except json.JSONDecodeError:
         value = raw
     if not isinstance(value, int | float | str | bool) and value is not None:
-        raise _fail(f"{option} {key}: a number, string, true/false or null", 2)
+        raise fail(f"{option} {key}: a number, string, true/false or null", 2)
     return value
 
 
@@ -245,7 +223,7 @@ def _parse_params(pairs: list[str]) -> dict[str, ParamValue]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise _fail(f"--param takes NAME=VALUE, got {pair!r}", 2)
+            raise fail(f"--param takes NAME=VALUE, got {pair!r}", 2)
         params[key] = _parse_value("--param", key, raw)
     return params
 
@@ -258,30 +236,9 @@ def _parse_search(pairs: list[str], folds: int, most: int) -> dict[str, object] 
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key or not raw:
-            raise _fail(f"--search takes NAME=V1,V2,..., got {pair!r}", 2)
+            raise fail(f"--search takes NAME=V1,V2,..., got {pair!r}", 2)
         grid[key] = [_parse_value("--search", key, part) for part in raw.split(",")]
     return {"params": grid, "folds": folds, "max_candidates": most}
-
-
-def wait_for_job(
-    client: ApiClient, job: JobPublic, *, show: bool = True, poll: float = 0.3
-) -> JobPublic:
-    """Poll a job until it ends, showing a progress bar on stderr."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show,
-        transient=True,
-    ) as progress:
-        task = progress.add_task(f"job {job.id}: {job.stage}", total=1.0)
-        while job.status in ("queued", "running"):
-            time.sleep(poll)
-            job = client.job(job.id)
-            progress.update(task, completed=job.progress, description=f"job {job.id}: {job.stage}")
-    return job
 
 
 @train_app.command("train")
@@ -332,8 +289,8 @@ def train_command(
             }
         )
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
-    with _api(url, token) as client:
+        raise fail(str(exc), 2) from exc
+    with api(url, token) as client:
         job = wait_for_job(client, client.train(model, request))
         if isinstance(job.result, SearchResult):
             _show_search(job.result)
@@ -354,7 +311,7 @@ def _show_search(result: SearchResult) -> None:
 def _show_new_version(client: ApiClient, model: str, job: JobPublic) -> None:
     """The version a finished job registered, with its figures; its number last."""
     if job.status != "succeeded" or job.result_version is None:
-        raise _fail(f"job {job.id} failed: {job.error}")
+        raise fail(f"job {job.id} failed: {job.error}")
     version = client.version(model, str(job.result_version))
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in version.metrics.items())
     console.print(
@@ -369,13 +326,22 @@ def _show_new_version(client: ApiClient, model: str, job: JobPublic) -> None:
 # --- models ----------------------------------------------------------------------------------
 
 models_app = typer.Typer(help="Registered models and versions.", no_args_is_help=True)
+models_app.command("drift")(models_drift)
+models_app.command("retrain")(models_retrain)
+models_app.command("approve")(models_approve)
+models_app.add_typer(policy_app, name="policy")
 
 
 @models_app.command("list")
-def models_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def models_list(
+    output: OutputOpt = Output.TABLE, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
     """List models with their latest version and aliases."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         rows = client.models()
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("name", "task", "latest", "aliases")
     for m in rows:
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
@@ -394,7 +360,7 @@ def models_show(
     token: TokenOpt = None,
 ) -> None:
     """Show a model's versions, or one version as JSON (with --version)."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         if version is not None:
             print(client.version(name, version).model_dump_json(indent=2))
             return
@@ -484,16 +450,16 @@ def models_import(
     mlflow = file.startswith("models:/")
     path = Path(file)
     if not mlflow and not path.is_file():
-        raise _fail(f"{file}: no such file", 2)
+        raise fail(f"{file}: no such file", 2)
     fmt = fmt or FORMATS_BY_SUFFIX.get(path.suffix.lower())
     if fmt is None and not mlflow:
-        raise _fail(f"cannot tell the format of {path.name}; give --format", 2)
+        raise fail(f"cannot tell the format of {path.name}; give --format", 2)
     if (dataset is None) == (reference is None):
-        raise _fail("give either --dataset ID or --reference CSV --label COLUMN", 2)
+        raise fail("give either --dataset ID or --reference CSV --label COLUMN", 2)
     if reference is not None and not label:
-        raise _fail("--reference needs --label", 2)
+        raise fail("--reference needs --label", 2)
     order = [c.strip() for c in classes.split(",")] if classes else None
-    with _api(url, token) as client:
+    with api(url, token) as client:
         if reference is not None:
             assert label is not None
             dataset = client.upload_dataset(reference, name=f"{model}-reference", label=label).id
@@ -520,7 +486,7 @@ def models_compare(
 ) -> None:
     """Two versions side by side: metrics on one holdout, size, latency on the control
     plane's machine, lineage."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         result = client.compare(name, a, b)
     left, right = result.a, result.b
     table = Table(
@@ -555,7 +521,7 @@ def models_alias(
     token: TokenOpt = None,
 ) -> None:
     """Point an alias at a version."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         row = client.set_alias(name, alias, version)
     console.print(f"{row.model_name}: {row.alias} → {row.version}", highlight=False)
 
@@ -571,7 +537,7 @@ def models_pull(
     """Download a version for offline checks: NAME-vN.manifest.json, NAME-vN.onnx and
     trust-store.json (the server's public keys). Then run `edgefleet verify`."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with _api(url, token) as client:
+    with api(url, token) as client:
         ref = version
         if ref == "latest":
             ref = str(max((v.version for v in client.versions(name)), default=0))
@@ -599,17 +565,22 @@ def tokens_create(
     token: TokenOpt = None,
 ) -> None:
     """Issue a token; prints EDGEFLEET_TOKEN=<secret> last (shown once)."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         issued = client.create_token(name, role)
     console.print(f"token {issued.id} {issued.name!r} ({issued.role})", highlight=False)
     print(f"EDGEFLEET_TOKEN={issued.token}")
 
 
 @tokens_app.command("list")
-def tokens_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def tokens_list(
+    output: OutputOpt = Output.TABLE, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
     """Tokens (never their secrets): id, name, role, device, issued, revoked."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         rows = client.tokens()
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("id", "name", "role", "device", "issued", "revoked")
     for row in rows:
         table.add_row(
@@ -630,7 +601,7 @@ def tokens_revoke(
     token: TokenOpt = None,
 ) -> None:
     """Revoke a token at once (artifact downloads: within 30 s on other processes)."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         revoked = client.revoke_token(token_id)
     console.print(f"token {revoked.id} {revoked.name!r} revoked", highlight=False)
 
@@ -645,7 +616,7 @@ def _parse_labels(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise _fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
+            raise fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
         labels[key] = value
     return labels
 
@@ -662,7 +633,7 @@ def devices_add(
     """Register a device; prints its device token last (shown once). The token goes into the
     agent's config and, as the password of user ID, into the broker's password file."""
     labels = _parse_labels(label or [])
-    with _api(url, token) as client:
+    with api(url, token) as client:
         registered = client.register_device(device_id, labels)
     console.print(
         f"device {registered.device.id} registered with labels {registered.device.labels}",
@@ -679,7 +650,7 @@ def devices_label(
     token: TokenOpt = None,
 ) -> None:
     """Replace a device's labels (they then win over what the device reports)."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         device = client.set_labels(device_id, _parse_labels(label))
     console.print(f"{device.id}: {device.labels}", highlight=False)
 
@@ -687,12 +658,16 @@ def devices_label(
 @devices_app.command("list")
 def devices_list(
     selector: Annotated[str, typer.Option(help="Label selector, e.g. site=berlin,hw!=rpi3.")] = "",
+    output: OutputOpt = Output.TABLE,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
     """List devices with what they serve."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         rows = client.devices(selector)
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("id", "online", "labels", "models (active)", "phase", "last error", "seq")
     for d in rows:
         models = d.state.models if d.state else []
@@ -730,8 +705,8 @@ def deploy_command(
     """Sign and publish a desired state that puts MODEL:VERSION on one device."""
     model, sep, version = target.partition(":")
     if not sep or not model or not version:
-        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
-    with _api(url, token) as client:
+        raise fail(f"expected MODEL:VERSION, got {target!r}", 2)
+    with api(url, token) as client:
         deployment = client.deploy(device, model, version)
     state = "published" if deployment.published else "stored (not yet published: no broker)"
     console.print(
@@ -757,7 +732,7 @@ def _plan(
                     {"percent": float(part[:-1])} if part.endswith("%") else {"count": int(part)}
                 )
             except ValueError as exc:
-                raise _fail(f"--stages: {part!r} is neither a count nor a percentage", 2) from exc
+                raise fail(f"--stages: {part!r} is neither a count nor a percentage", 2) from exc
             specs[-1]["soak_seconds"] = soak
         plan["stages"] = specs
     else:
@@ -834,7 +809,7 @@ def rollout_create(
     reproduces those cohorts)."""
     model, sep, version = target.partition(":")
     if not sep or not model or not version:
-        raise _fail(f"expected MODEL:VERSION, got {target!r}", 2)
+        raise fail(f"expected MODEL:VERSION, got {target!r}", 2)
     try:
         body = RolloutCreate.model_validate(
             {
@@ -845,8 +820,8 @@ def rollout_create(
             }
         )
     except ValueError as exc:
-        raise _fail(str(exc), 2) from exc
-    with _api(url, token) as client:
+        raise fail(str(exc), 2) from exc
+    with api(url, token) as client:
         if dry_run:
             _show_plan(client.plan_rollout(body))
             return
@@ -868,10 +843,15 @@ def _show_plan(planned: RolloutPlanPublic) -> None:
 
 
 @rollout_app.command("list")
-def rollout_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
+def rollout_list(
+    output: OutputOpt = Output.TABLE, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
     """List rollouts, newest first."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         rows = client.rollouts()
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("id", "model", "version", "selector", "status", "stage", "assigned")
     for r in rows:
         table.add_row(
@@ -889,12 +869,38 @@ def rollout_list(url: UrlOpt = DEFAULT_URL, token: TokenOpt = None) -> None:
 @rollout_app.command("show")
 def rollout_show(
     rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    output: OutputOpt = Output.TABLE,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
     """A rollout's stage and its gates' latest readings."""
-    with _api(url, token) as client:
-        _show_rollout(client.rollout(rollout_id))
+    with api(url, token) as client:
+        rollout = client.rollout(rollout_id)
+    print_json(rollout) if output is Output.JSON else _show_rollout(rollout)
+
+
+@rollout_app.command("watch")
+def rollout_watch(
+    rollout_id: Annotated[str, typer.Argument(help="Rollout id.")],
+    interval: Annotated[float, typer.Option(help="Seconds between looks.", min=0.1)] = 2.0,
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Show the rollout each time its stage, status or a gate changes, until it ends; exit
+    0 when it succeeded, 1 when it was rolled back or aborted."""
+    last: object = None
+    with api(url, token) as client:
+        while True:
+            rollout = client.rollout(rollout_id)
+            seen = (rollout.status, rollout.stage, [(g.name, g.status) for g in rollout.gates])
+            if seen != last:
+                _show_rollout(rollout)
+                last = seen
+            if rollout.status in ("succeeded", "rolled_back", "aborted"):
+                break
+            time.sleep(interval)
+    if rollout.status != "succeeded":
+        raise fail(f"rollout {rollout_id} {rollout.status}: {rollout.reason or ''}")
 
 
 @rollout_app.command("events")
@@ -904,7 +910,7 @@ def rollout_events(
     token: TokenOpt = None,
 ) -> None:
     """What happened to a rollout."""
-    with _api(url, token) as client:
+    with api(url, token) as client:
         for event in client.rollout_events(rollout_id):
             out.print(
                 f"{event.at:%Y-%m-%d %H:%M:%S}  {event.type:<14} {event.message}", highlight=False
@@ -917,7 +923,7 @@ def _command(name: str, doc: str) -> None:
         url: UrlOpt = DEFAULT_URL,
         token: TokenOpt = None,
     ) -> None:
-        with _api(url, token) as client:
+        with api(url, token) as client:
             _show_rollout(client.rollout_command(rollout_id, name))
 
     command.__doc__ = doc
