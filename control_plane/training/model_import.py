@@ -23,17 +23,16 @@ from control_plane.store.tables import Dataset, Job
 from control_plane.training.algorithms import classification_metrics, regression_metrics
 from control_plane.training.conversion import run_onnx
 from control_plane.training.manifest import Trained
-from control_plane.training.parity import check_parity
 from control_plane.training.sources import load_source
 from control_plane.training.supply_chain import (
     check_features_match,
     encode_labels,
-    library_versions,
+    gate_parity,
+    lineage_of,
     load_dataset,
     register_trained,
     set_progress,
 )
-from edgefleet import __version__
 from shared.hashing import sha256_bytes
 from shared.manifest import ImportSource, Lineage, Parity, Task, TensorSpec
 
@@ -349,16 +348,7 @@ def _as_onnx(
         raise JobFailedError(f"the conversion does not fit: {exc.message}") from exc
     values, labels = source.outputs(ref.X)
     out = run_onnx(session_for(converted), ref.X, request.task)
-    parity = check_parity(
-        sk_values=values,
-        onnx_values=out.values,
-        sk_labels=labels,
-        onnx_labels=out.labels,
-        atol=settings.parity_atol,
-        max_label_disagreement=settings.parity_max_label_disagreement,
-        source=request.format,
-    )
-    return converted, parity
+    return converted, gate_parity(settings, values, labels, out, request.format)
 
 
 def _lineage(
@@ -371,13 +361,9 @@ def _lineage(
     parity: Parity,
 ) -> Lineage:
     """An import's lineage: the reference dataset and what was uploaded."""
-    assert dataset.id is not None
-    return Lineage(
-        dataset_id=dataset.id,
-        dataset_name=dataset.name,
-        dataset_version=dataset.version,
-        dataset_sha256=dataset.sha256,
-        label_column=dataset.label_column,
+    return lineage_of(
+        dataset,
+        job_id,
         algorithm=request.format,
         params={},
         seed=request.seed,
@@ -386,9 +372,6 @@ def _lineage(
         validation_rows=rows,
         metrics=metrics,
         parity=parity,
-        code_version=__version__,
-        library_versions=library_versions(),
-        job_id=job_id,
         source=ImportSource(
             format=request.format,
             sha256=request.sha256,

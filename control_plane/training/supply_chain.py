@@ -245,13 +245,9 @@ def _lineage(
     job_id: int,
 ) -> Lineage:
     """Where the version came from: dataset, algorithm and parameters, code and libraries."""
-    assert dataset.id is not None
-    return Lineage(
-        dataset_id=dataset.id,
-        dataset_name=dataset.name,
-        dataset_version=dataset.version,
-        dataset_sha256=dataset.sha256,
-        label_column=dataset.label_column,
+    return lineage_of(
+        dataset,
+        job_id,
         algorithm=algorithm,
         params=params,
         seed=request.seed,
@@ -260,9 +256,43 @@ def _lineage(
         validation_rows=int(fit.X_val.shape[0]),
         metrics=metrics,
         parity=parity,
+    )
+
+
+def lineage_of(dataset: Dataset, job_id: int, **fields: Any) -> Lineage:
+    """A lineage with the dataset, this code's and its libraries' versions and the job
+    filled in; ``fields`` are the rest (how the model was made)."""
+    assert dataset.id is not None
+    return Lineage(
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        dataset_version=dataset.version,
+        dataset_sha256=dataset.sha256,
+        label_column=dataset.label_column,
         code_version=__version__,
         library_versions=library_versions(),
         job_id=job_id,
+        **fields,
+    )
+
+
+def gate_parity(
+    settings: ServerSettings,
+    values: npt.ArrayLike,
+    labels: npt.NDArray[np.int64] | None,
+    onnx_out: Outputs,
+    source: str = "sklearn",
+) -> Parity:
+    """The parity gate with the settings' tolerances: the source model's outputs against
+    the ONNX conversion's on the same rows."""
+    return check_parity(
+        sk_values=values,
+        onnx_values=onnx_out.values,
+        sk_labels=labels,
+        onnx_labels=onnx_out.labels,
+        atol=settings.parity_atol,
+        max_label_disagreement=settings.parity_max_label_disagreement,
+        source=source,
     )
 
 
@@ -304,15 +334,7 @@ def _evaluate(
         sk_values = pipeline.predict(X_val)
         sk_labels = None
         metrics = regression_metrics(y_val, sk_values)
-    parity = check_parity(
-        sk_values=sk_values,
-        onnx_values=onnx_out.values,
-        sk_labels=sk_labels,
-        onnx_labels=onnx_out.labels,
-        atol=settings.parity_atol,
-        max_label_disagreement=settings.parity_max_label_disagreement,
-    )
-    return metrics, parity
+    return metrics, gate_parity(settings, sk_values, sk_labels, onnx_out)
 
 
 def register_trained(
