@@ -1,11 +1,12 @@
 """Device-side commands, on a base install: ``edgefleet agent`` runs the device agent,
-``edgefleet verify`` checks a model offline."""
+``edgefleet verify`` checks a model offline, ``edgefleet serve`` serves pulled models."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,50 +15,12 @@ from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from agent.config import AgentSettings
+    from agent.server import InferenceServer
 
+from agent.pulled import verify_files
 from shared.errors import VerificationError
-from shared.hashing import Sha256Stream
-from shared.manifest import ModelManifest
-from shared.trust import TrustStore
-from shared.verification import check_artifact, verify_manifest
-
-MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
-CHUNK = 1024 * 1024
 
 verify_app = typer.Typer()
-
-
-def _read_document(path: Path, what: str) -> bytes:
-    if not path.is_file():
-        raise VerificationError("unreadable", f"{what} {path} is not a file")
-    if path.stat().st_size > MAX_DOCUMENT_BYTES:
-        raise VerificationError("too_large", f"{what} {path} is over {MAX_DOCUMENT_BYTES} bytes")
-    return path.read_bytes()
-
-
-def verify_files(manifest_path: Path, artifact_path: Path, trust_path: Path) -> ModelManifest:
-    """Check signature, size and sha256; return the manifest or raise ``VerificationError``."""
-    try:
-        trust = TrustStore.model_validate_json(_read_document(trust_path, "trust store"))
-    except ValidationError as exc:
-        raise VerificationError(
-            "bad_trust_store", f"{trust_path}: {exc.errors()[0]['msg']}"
-        ) from exc
-    try:
-        manifest = ModelManifest.model_validate_json(_read_document(manifest_path, "manifest"))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise VerificationError("bad_manifest", f"{manifest_path}: {loc}: {first['msg']}") from exc
-    verify_manifest(manifest, trust)
-    if not artifact_path.is_file():
-        raise VerificationError("unreadable", f"artifact {artifact_path} is not a file")
-    stream = Sha256Stream()
-    with artifact_path.open("rb") as handle:
-        while stream.size <= manifest.size and (chunk := handle.read(CHUNK)):
-            stream.update(chunk)  # stops reading once past the declared size
-    check_artifact(manifest, stream.hexdigest(), stream.size)
-    return manifest
 
 
 @verify_app.command("verify")
@@ -142,3 +105,75 @@ async def _run_agent(settings: AgentSettings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await Agent(settings).run(stop)
+
+
+serve_app = typer.Typer()
+
+
+@serve_app.command("serve")
+def serve_command(
+    directory: Annotated[
+        Path,
+        typer.Argument(
+            metavar="DIR",
+            help="What `edgefleet models pull --out DIR` wrote: NAME-vN.manifest.json and "
+            "NAME-vN.onnx (one version per model, several models allowed) and trust-store.json.",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[str, typer.Option(help="Address of the local inference API.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Its port; 0 picks a free one.")
+    ] = 8500,
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
+) -> None:
+    """Serve pulled models on the agent's local inference API (Open Inference Protocol v2 and
+    /v1/predict), with no broker and no control plane. Every model is verified first as the
+    agent verifies a download: signature under a trusted model-signing key, size, sha256,
+    onnxruntime load, inputs/outputs and golden vectors; if any fails, exit 1 with the reason.
+    Prints the URL once it listens; stops on SIGTERM/SIGINT."""
+    from agent.pulled import PulledModels, load_pulled
+    from agent.server import InferenceServer
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        models = load_pulled(directory)
+    except VerificationError as exc:
+        typer.echo(f"FAILED {exc.reason}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    for model in models:
+        m = model.manifest
+        typer.echo(f"OK {m.name} v{m.version}: signature, sha256 {m.sha256[:16]}…, golden vectors")
+    try:
+        server = InferenceServer(PulledModels(models), host, port)
+    except OSError as exc:
+        typer.echo(f"error: cannot listen on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    names = ", ".join(f"{m.name} v{m.manifest.version}" for m in models)
+    failure = _serve_until_signal(server, f"serving {names} on {server.url}")
+    if failure is not None:
+        typer.echo(f"error: the local inference API failed: {failure}", err=True)
+        raise typer.Exit(1)
+
+
+def _serve_until_signal(server: InferenceServer, banner: str) -> BaseException | None:
+    """Serve until SIGTERM or SIGINT (then stop cleanly, letting requests in flight finish),
+    or until the server fails (its error is returned)."""
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def on_exit(error: BaseException | None) -> None:
+        failures.append(error or RuntimeError("the server thread ended"))
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start(on_exit=on_exit)
+    typer.echo(banner)  # after start: a client that reads it may connect at once
+    try:
+        stop.wait()
+    finally:
+        server.stop()
+    return failures[0] if failures else None

@@ -19,6 +19,7 @@ from shared.settings import TomlSettings, load
 from shared.topics import DEFAULT_ROOT
 
 MiB = 1024 * 1024
+DEFAULT_MAX_ARTIFACT_BYTES = 512 * MiB  # also the cap of `edgefleet serve`
 
 
 class AgentSettings(TomlSettings):
@@ -49,7 +50,9 @@ class AgentSettings(TomlSettings):
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     outbox_max_messages: int = Field(default=10_000, ge=10, description="Outbox cap.")
-    max_artifact_bytes: int = Field(default=512 * MiB, ge=1, description="Download cap.")
+    max_artifact_bytes: int = Field(
+        default=DEFAULT_MAX_ARTIFACT_BYTES, ge=1, description="Download cap."
+    )
     download_deadline_seconds: float = Field(default=900.0, gt=0)
     download_min_bytes_per_second: int = Field(
         default=16 * 1024, ge=0, description="Slower (after the grace time) aborts."

@@ -193,11 +193,12 @@ def _bulk_rows(rows: Rows, width: int) -> npt.NDArray[np.float32] | None:
     return X.astype(np.float32)
 
 
-def load_model(path: Path, manifest: ModelManifest) -> LoadedModel:
-    """Load in a fresh session and check it against the manifest before it may serve:
-    inputs/outputs match, golden vectors reproduce within tolerance."""
+def load_model(model: bytes | Path, manifest: ModelManifest) -> LoadedModel:
+    """Load (a file, or bytes already checked against the manifest) in a fresh session and
+    check it against the manifest before it may serve: inputs/outputs match, golden vectors
+    reproduce within tolerance."""
     try:
-        session = session_for(path)
+        session = session_for(model)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise VerificationError(
             "load_failed",
@@ -205,16 +206,16 @@ def load_model(path: Path, manifest: ModelManifest) -> LoadedModel:
         ) from exc
     inputs, outputs = describe(session)
     check_io(manifest, inputs, outputs)
-    model = LoadedModel(manifest=manifest, session=session)
+    loaded = LoadedModel(manifest=manifest, session=session)
     try:
-        result = model.run(golden_inputs(manifest))
+        result = loaded.run(golden_inputs(manifest))
     except Exception as exc:
         raise VerificationError(
             "golden_mismatch",
             f"the golden vectors fail to run: {type(exc).__name__}: {str(exc)[:300]}",
         ) from exc
     check_golden(manifest, result.labels, result.values)
-    return model
+    return loaded
 
 
 def timed_run(model: LoadedModel, X: npt.NDArray[np.float32]) -> tuple[Outputs, float]:

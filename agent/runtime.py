@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Coroutine, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import certifi
 import httpx
@@ -44,6 +44,9 @@ from shared.messages import (
 )
 from shared.topics import Channel, Topics
 from shared.trust import TrustStore
+
+if TYPE_CHECKING:
+    from agent.server import InferenceServer
 
 log = logging.getLogger(__name__)
 REPUBLISH_BATCH = 200
@@ -101,6 +104,10 @@ class Agent:
 
     def model_names(self) -> list[str]:
         return sorted(n for n, s in self.updater.slots.items() if s.current is not None)
+
+    def assigned_names(self) -> list[str]:
+        """The models this device should serve: those its accepted desired state names."""
+        return sorted(self.updater.assigned)
 
     def model(self, name: str) -> LoadedModel:
         slot = self.updater.slots.get(name)
@@ -283,25 +290,10 @@ class Agent:
         restart), the other parts are stopped, and ``AgentCrashedError`` is raised so that
         the process exits non-zero and its supervisor (systemd) restarts it."""
         stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
         parts: dict[str, Coroutine[Any, Any, None]] = {}
         server = None
         if self.settings.api_port:
-            from agent.server import InferenceServer
-
-            server = InferenceServer(self, self.settings.api_host, self.settings.api_port)
-            ended: asyncio.Future[None] = loop.create_future()
-
-            def on_exit(exc: BaseException | None) -> None:
-                def settle() -> None:
-                    if not ended.done():
-                        ended.set_exception(exc or RuntimeError("the server thread ended"))
-
-                loop.call_soon_threadsafe(settle)
-
-            server.start(on_exit=on_exit)
-            parts["local-api"] = _wait(ended)
-            log.info("%s: local inference API on %s", self.settings.device_id, server.url)
+            server, parts["local-api"] = self._start_local_api()
         parts["mqtt"] = self.session.run()
         parts["updater"] = self.updater.run()
         parts["telemetry"] = self._telemetry_loop()
@@ -337,6 +329,28 @@ class Agent:
             self.outbox.close()
         if crashed is not None:
             raise AgentCrashedError(*crashed)
+
+    def _start_local_api(self) -> tuple[InferenceServer, Coroutine[Any, Any, None]]:
+        """The local inference API, started in its thread; and the part that supervises it
+        (it ends only when the server thread fails)."""
+        from agent.server import InferenceServer
+
+        loop = asyncio.get_running_loop()
+        server = InferenceServer(
+            self, self.settings.api_host, self.settings.api_port, assigned=self.assigned_names
+        )
+        ended: asyncio.Future[None] = loop.create_future()
+
+        def on_exit(exc: BaseException | None) -> None:
+            def settle() -> None:
+                if not ended.done():
+                    ended.set_exception(exc or RuntimeError("the server thread ended"))
+
+            loop.call_soon_threadsafe(settle)
+
+        server.start(on_exit=on_exit)
+        log.info("%s: local inference API on %s", self.settings.device_id, server.url)
+        return server, _wait(ended)
 
     async def _report_crash(self, part: str, error: BaseException) -> None:
         log.error(

@@ -1,22 +1,25 @@
-"""The agent's local inference HTTP API: a subset of the Open Inference Protocol (v2 REST, as
-KServe and Triton define it) plus a small ``/v1/predict`` for named features.
+"""The agent's local inference HTTP API: the Open Inference Protocol's required REST API (v2,
+as KServe's ``required_api.md`` defines it) plus a small ``/v1/predict`` for named features.
 
 Standard library only (``http.server``), so the agent's base install needs no web framework.
 Every connection is handled in its own thread, off the agent's asyncio loop; inference itself
-goes through an :class:`InferenceBackend` (the agent's model slots).
+goes through an :class:`InferenceBackend` (the agent's model slots, or the models
+``edgefleet serve`` loaded). The protocol's documents are built in ``agent.open_inference``.
 
-Routes::
+Routes (``[/versions/{v}]``: optional; a version other than the serving one is a 404)::
 
-    GET  /v2/health/live            {"live": true}
-    GET  /v2/health/ready           {"ready": bool}; 503 while no model serves
-    GET  /v2/models/{name}          model metadata
-    GET  /v2/models/{name}/ready    200, or 404 when it does not serve
-    POST /v2/models/{name}/infer    v2 inference request → v2 inference response
+    GET  /v2                                       server metadata
+    GET  /v2/health/live                           200 {"live": true}
+    GET  /v2/health/ready                          200 {"ready": true} when every model
+                                                   assigned to this device serves, else 400
+    GET  /v2/models/{name}[/versions/{v}]          model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready    200 serving; 400 assigned, not yet serving
+    POST /v2/models/{name}[/versions/{v}]/infer    v2 inference request → v2 inference response
     POST /v1/predict                {"model"?, "features": {...}} or {"model"?, "rows": [...]}
 
-Errors answer ``{"error": "..."}``: 400 malformed request, 404 unknown model or route, 405 wrong
-method, 411 no Content-Length, 413 body over 8 MiB, 422 inputs that do not fit the model,
-503 model withdrawn, 500 inference failure.
+Errors answer ``{"error": "..."}``: 400 malformed request (or not ready), 404 unknown model,
+version or route, 405 wrong method, 411 no Content-Length, 413 body over 8 MiB, 422 inputs
+that do not fit the model, 503 model withdrawn or the agent stopping, 500 inference failure.
 """
 
 from __future__ import annotations
@@ -24,22 +27,29 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import numpy.typing as npt
 
 from agent.inference import InputError, LoadedModel, Outputs
+from agent.open_inference import (
+    InferenceRequest,
+    RequestError,
+    json_floats,
+    model_metadata,
+    server_metadata,
+)
 from agent.slot import ModelUnavailableError, Prediction
+from edgefleet import __version__
 from shared.manifest import ModelManifest
 
 logger = logging.getLogger(__name__)
@@ -48,10 +58,12 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection holds a thread; free it eventually
 DRAIN_TIMEOUT_S = 5.0  # stop() waits this long for requests in flight
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed (the default 0.5 s slows every stop)
-_V2_DATATYPES = {"float32": "FP32", "float64": "FP64", "int64": "INT64", "string": "BYTES"}
-_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?P<action>/ready|/infer)?$")
+_MODEL_PATH = re.compile(
+    r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$"
+)
 
 Json = dict[str, Any]
+AssignedModels = Callable[[], Iterable[str]]
 
 
 class InferenceBackend(Protocol):
@@ -75,12 +87,21 @@ class InferenceBackend(Protocol):
 
 class InferenceServer:
     """The local inference API on ``host:port`` (port 0 picks a free port). The socket is bound
-    at construction, so :attr:`port` is known before :meth:`start`."""
+    at construction, so :attr:`port` is known before :meth:`start`.
+
+    ``assigned`` names the models this device should serve: ``/v2/health/ready`` answers
+    ready once every one of them serves (and at least one is assigned). Without it, every
+    model the backend serves is the assignment (ready as soon as one serves)."""
 
     def __init__(
-        self, backend: InferenceBackend, host: str = "127.0.0.1", port: int = 8500
+        self,
+        backend: InferenceBackend,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        *,
+        assigned: AssignedModels | None = None,
     ) -> None:
-        self._httpd = _HTTPServer((host, port), backend)
+        self._httpd = _HTTPServer((host, port), backend, assigned or backend.model_names)
         self._host = host
         self._thread: threading.Thread | None = None
 
@@ -139,8 +160,11 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # bursts of new connections from several local apps
 
-    def __init__(self, address: tuple[str, int], backend: InferenceBackend) -> None:
+    def __init__(
+        self, address: tuple[str, int], backend: InferenceBackend, assigned: AssignedModels
+    ) -> None:
         self.backend = backend
+        self.assigned = assigned
         self._connections: set[socket.socket] = set()
         self._connections_changed = threading.Condition()
         self.stopping = False
@@ -189,7 +213,7 @@ class _HttpError(Exception):
 @dataclass
 class _Response:
     status: HTTPStatus
-    body: Json
+    body: Mapping[str, object]
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -236,6 +260,8 @@ class _Handler(BaseHTTPRequestHandler):
             response = self._route()
         except _HttpError as exc:
             response = _Response(exc.status, {"error": exc.message}, exc.headers)
+        except RequestError as exc:
+            response = _Response(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
         except InputError as exc:
             response = _Response(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": str(exc)})
         except ModelUnavailableError as exc:
@@ -254,7 +280,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HttpError(HTTPStatus.SERVICE_UNAVAILABLE, "the agent is shutting down")
         path = urlsplit(self.path).path
         routes: dict[str, Callable[[], _Response]]
-        if path == "/v2/health/live":
+        if path == "/v2":
+            routes = {"GET": lambda: _Response(HTTPStatus.OK, server_metadata(__version__))}
+        elif path == "/v2/health/live":
             routes = {"GET": lambda: _Response(HTTPStatus.OK, {"live": True})}
         elif path == "/v2/health/ready":
             routes = {"GET": self._ready}
@@ -262,12 +290,13 @@ class _Handler(BaseHTTPRequestHandler):
             routes = {"POST": lambda: self._predict(self._json_body())}
         elif match := _MODEL_PATH.fullmatch(path):
             name, action = unquote(match["name"]), match["action"]
+            version = None if match["version"] is None else unquote(match["version"])
             if action == "/infer":
-                routes = {"POST": lambda: self._infer(name, self._json_body())}
+                routes = {"POST": lambda: self._infer(name, version, self._json_body())}
             elif action == "/ready":
-                routes = {"GET": lambda: self._model_ready(name)}
+                routes = {"GET": lambda: self._model_ready(name, version)}
             else:
-                routes = {"GET": lambda: _Response(HTTPStatus.OK, _metadata(self._model(name)))}
+                routes = {"GET": lambda: self._metadata(name, version)}
         else:
             raise _HttpError(HTTPStatus.NOT_FOUND, f"no route {path}")
         handler = routes.get(self.command)
@@ -281,40 +310,60 @@ class _Handler(BaseHTTPRequestHandler):
         return handler()
 
     def _ready(self) -> _Response:
-        if self.server.backend.model_names():
+        """Ready when every assigned model serves; a 4xx means not ready (the protocol's
+        rule), with what is missing."""
+        assigned = sorted(set(self.server.assigned()))
+        serving = set(self.server.backend.model_names())
+        waiting = [name for name in assigned if name not in serving]
+        if assigned and not waiting:
             return _Response(HTTPStatus.OK, {"ready": True})
-        return _Response(HTTPStatus.SERVICE_UNAVAILABLE, {"ready": False})
+        if assigned:
+            reason = f"assigned models not serving yet: {', '.join(waiting)}"
+        else:
+            reason = "no model is assigned to this device"
+        return _Response(HTTPStatus.BAD_REQUEST, {"ready": False, "error": reason})
 
-    def _model_ready(self, name: str) -> _Response:
-        self._model(name)
+    def _model_ready(self, name: str, version: str | None) -> _Response:
+        if name in self.server.assigned() and name not in self.server.backend.model_names():
+            return _Response(
+                HTTPStatus.BAD_REQUEST,
+                {
+                    "name": name,
+                    "ready": False,
+                    "error": f"model {name!r} is assigned to this device but not serving yet",
+                },
+            )
+        self._model(name, version)
         return _Response(HTTPStatus.OK, {"name": name, "ready": True})
 
-    def _model(self, name: str) -> LoadedModel:
+    def _metadata(self, name: str, version: str | None) -> _Response:
+        return _Response(HTTPStatus.OK, model_metadata(self._model(name, version)))
+
+    def _model(self, name: str, version: str | None = None) -> LoadedModel:
+        """The serving version of ``name``; with ``version``, only if that one serves."""
         try:
-            return self.server.backend.model(name)
+            model = self.server.backend.model(name)
         except ModelUnavailableError:
             serving = ", ".join(self.server.backend.model_names()) or "none"
+            assigned = " yet; it is assigned to it" if name in self.server.assigned() else ""
             raise _HttpError(
                 HTTPStatus.NOT_FOUND,
-                f"no model {name!r} is serving on this device (serving: {serving})",
+                f"no model {name!r} is serving on this device{assigned} (serving: {serving})",
             ) from None
+        if version is not None and version != str(model.manifest.version):
+            raise _HttpError(
+                HTTPStatus.NOT_FOUND,
+                f"model {name!r} has no version {version!r} on this device; "
+                f"it serves version {model.manifest.version}",
+            )
+        return model
 
-    def _infer(self, name: str, body: Json) -> _Response:
-        request = _V2Request.parse(body)
-        prediction = self._run(name, request.rows)
-        model = prediction.model
-        tensors = _output_tensors(model.manifest, prediction.outputs)
-        if request.outputs is not None:
-            tensors = [t for t in tensors if t["name"] in request.outputs]
+    def _infer(self, name: str, version: str | None, body: Json) -> _Response:
+        request = InferenceRequest.parse(body)
+        prediction = self._run(name, request.rows, version)
         return _Response(
             HTTPStatus.OK,
-            {
-                "model_name": model.name,
-                "model_version": str(model.manifest.version),
-                "id": request.id if request.id is not None else prediction.request_id,
-                "parameters": {"request_id": prediction.request_id},
-                "outputs": tensors,
-            },
+            request.response(prediction),
             {"X-Request-Id": prediction.request_id},
         )
 
@@ -358,10 +407,15 @@ class _Handler(BaseHTTPRequestHandler):
             {"X-Request-Id": prediction.request_id},
         )
 
-    def _run(self, name: str, rows: Callable[[LoadedModel], npt.NDArray[np.float32]]) -> Prediction:
+    def _run(
+        self,
+        name: str,
+        rows: Callable[[LoadedModel], npt.NDArray[np.float32]],
+        version: str | None = None,
+    ) -> Prediction:
         """Validate against the serving version and run on that same version, even if a swap
         lands in between."""
-        model = self._model(name)
+        model = self._model(name, version)
         return self.server.backend.predict(name, rows(model), model)
 
     def _json_body(self) -> Json:
@@ -412,170 +466,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
 
 
-@dataclass(frozen=True)
-class _V2Request:
-    """A v2 inference request, checked for structure; the model-specific checks (tensor name,
-    feature count, values) happen in ``rows`` against the version that serves."""
-
-    id: str | None
-    outputs: list[str] | None
-    name: str
-    shape: tuple[int, int]
-    data: list[Any]
-
-    @classmethod
-    def parse(cls, body: Json) -> _V2Request:
-        request_id = body.get("id")
-        if request_id is not None and not isinstance(request_id, str):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, '"id" must be a string')
-        inputs = body.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, '"inputs" must be a list of one input tensor')
-        tensor = inputs[0]
-        missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
-        if missing:
-            raise _HttpError(HTTPStatus.BAD_REQUEST, f"the input tensor lacks {missing}")
-        name, shape, datatype, data = (tensor[k] for k in ("name", "shape", "datatype", "data"))
-        if not isinstance(name, str):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "the input tensor's name must be a string")
-        if datatype != "FP32":
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST, f"input datatype {datatype!r} is not supported; use FP32"
-            )
-        if (
-            not isinstance(shape, list)
-            or len(shape) != 2
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape)
-        ):
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST, f"input shape {shape!r} must be [rows, features]"
-            )
-        if not isinstance(data, list):
-            raise _HttpError(HTTPStatus.BAD_REQUEST, "input data must be a list")
-        n, width = shape
-        nested = bool(data) and isinstance(data[0], list)
-        if nested and len(data) != n:
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST, f"shape {shape} has {n} rows but data has {len(data)}"
-            )
-        if not nested and len(data) != n * width:
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST,
-                f"shape {shape} needs {n * width} values but data has {len(data)}",
-            )
-        outputs = body.get("outputs")
-        names: list[str] | None = None
-        if outputs is not None:
-            if not isinstance(outputs, list) or not all(
-                isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
-            ):
-                raise _HttpError(
-                    HTTPStatus.BAD_REQUEST, '"outputs" must be a list of {"name": ...} objects'
-                )
-            names = [o["name"] for o in outputs]
-        return cls(request_id, names, name, (n, width), data)
-
-    def rows(self, model: LoadedModel) -> npt.NDArray[np.float32]:
-        """The float32 batch for ``model``, checked against its input tensor and features
-        (and its outputs, when the request names some)."""
-        spec = model.manifest.input
-        if self.outputs is not None:
-            unknown = sorted(set(self.outputs) - {o.name for o in model.manifest.output.outputs})
-            if unknown:
-                raise _HttpError(
-                    HTTPStatus.BAD_REQUEST, f"model {model.name!r} has no outputs {unknown}"
-                )
-        if self.name != spec.tensor.name:
-            raise _HttpError(
-                HTTPStatus.BAD_REQUEST,
-                f"model {model.name!r} takes the input tensor {spec.tensor.name!r}, "
-                f"not {self.name!r}",
-            )
-        n, width = self.shape
-        if width != len(spec.features):
-            raise InputError(
-                f"shape {[n, width]}: the model takes {len(spec.features)} features "
-                f"({', '.join(spec.features)})"
-            )
-        data = self.data
-        if not (data and isinstance(data[0], list)):
-            data = [data[i * width : (i + 1) * width] for i in range(n)]
-        return model.rows_from_lists(data)
-
-
 def _refuse_constant(constant: str) -> float:
     raise ValueError(f"{constant} is not JSON; send null for a missing value")
 
 
-def _metadata(model: LoadedModel) -> Json:
-    manifest = model.manifest
-    return {
-        "name": manifest.name,
-        "versions": [str(manifest.version)],
-        "platform": "onnxruntime_onnx",
-        "inputs": [
-            {
-                "name": manifest.input.tensor.name,
-                "datatype": "FP32",
-                "shape": [-1, len(manifest.input.features)],
-            }
-        ],
-        "outputs": [
-            {
-                "name": spec.name,
-                "datatype": _V2_DATATYPES[spec.dtype],
-                "shape": [-1 if d is None else d for d in spec.shape],
-            }
-            for spec in manifest.output.outputs
-        ],
-        "parameters": {
-            "features": manifest.input.features,
-            "nan_policy": manifest.input.nan_policy,
-            "task": manifest.output.task,
-            "classes": manifest.output.classes,
-            "sha256": manifest.sha256,
-        },
-    }
-
-
-def _output_tensors(manifest: ModelManifest, outputs: Outputs) -> list[Json]:
-    """Every output the model gives, in the manifest's order, data flattened row-major."""
-    spec = manifest.output
-    n = int(outputs.values.shape[0])
-    if spec.task == "regression":
-        name = spec.value_output or spec.outputs[0].name
-        return [
-            {"name": name, "datatype": "FP32", "shape": [n, 1], "data": _floats(outputs.values)}
-        ]
-    assert outputs.labels is not None  # LoadedModel.run gives labels for classification
-    label_name = spec.label_output or "label"
-    proba_name = spec.probabilities_output or "probabilities"
-    tensors = {
-        label_name: {
-            "name": label_name,
-            "datatype": "INT64",
-            "shape": [n],
-            "data": outputs.labels.tolist(),
-        },
-        proba_name: {
-            "name": proba_name,
-            "datatype": "FP32",
-            "shape": [n, int(outputs.values.shape[1])],
-            "data": _floats(outputs.values),
-        },
-    }
-    order = [o.name for o in spec.outputs if o.name in tensors]
-    return [tensors[name] for name in order]
-
-
 def _named_predictions(manifest: ModelManifest, outputs: Outputs) -> list[Json]:
     if manifest.output.task == "regression":
-        return [{"value": value} for value in _floats(outputs.values)]
+        return [{"value": value} for value in json_floats(outputs.values)]
     assert outputs.labels is not None
     classes = manifest.output.classes
     k = int(outputs.values.shape[1])
     names = [classes[j] if j < len(classes) else str(j) for j in range(k)]
-    probabilities = _floats(outputs.values)
+    probabilities = json_floats(outputs.values)
     return [
         {
             "class": names[label] if 0 <= label < k else str(label),
@@ -584,11 +486,3 @@ def _named_predictions(manifest: ModelManifest, outputs: Outputs) -> list[Json]:
         }
         for i, label in enumerate(outputs.labels.tolist())
     ]
-
-
-def _floats(values: npt.NDArray[np.float32]) -> list[float | None]:
-    """Flattened row-major; NaN and infinities become null (JSON has no such numbers)."""
-    flat = cast(list[float | None], values.reshape(-1).tolist())
-    if np.isfinite(values).all():
-        return flat
-    return [v if v is not None and math.isfinite(v) else None for v in flat]

@@ -105,6 +105,10 @@ class Updater:
         self._raise_outbox_floor = raise_outbox_floor
         self.slots: dict[str, ModelSlot] = {}
         self.workers: dict[str, ModelWorker] = {}
+        # The model names the accepted desired state names: what this device should serve
+        # (the local API is ready when all of them do). Read from HTTP threads: replaced
+        # whole, never changed in place.
+        self.assigned: frozenset[str] = frozenset()
         self.accepted: Accepted | None = None
         self.floor = 1  # the lowest desired-state sequence this device may accept
         self.floor_known = asyncio.Event()
@@ -132,6 +136,7 @@ class Updater:
             self.accepted = Accepted(seq=accepted.seq, signature=accepted.desired.signature)
             self.floor = accepted.seq
             wanted = {m.manifest.sha256 for m in accepted.desired.models}
+            self.assigned = frozenset(m.manifest.name for m in accepted.desired.models)
         else:
             wanted = set()
         for sha in self.store.staged():  # downloads nobody wants any more (superseded, then
@@ -252,9 +257,9 @@ class Updater:
     def dispatch(self, desired: DesiredState) -> None:
         """Give each model its new target; models the state does not name keep serving as
         they are (an update of theirs still in flight is called off)."""
-        named = set()
+        named = frozenset(deployment.manifest.name for deployment in desired.models)
+        self.assigned = named
         for deployment in desired.models:
-            named.add(deployment.manifest.name)
             self._worker(deployment.manifest.name).want(deployment, desired.seq)
         for name, worker in self.workers.items():
             if name not in named:

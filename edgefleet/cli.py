@@ -1,5 +1,5 @@
 """The ``edgefleet`` command. Each subcommand is a typer app imported only when it runs, so a
-device with the base install runs ``edgefleet verify`` (and later ``agent``) without the
+device with the base install runs ``edgefleet verify``, ``agent`` and ``serve`` without the
 server's dependencies, and ``edgefleet --help`` imports nothing heavy."""
 
 from __future__ import annotations
@@ -55,6 +55,11 @@ COMMANDS: dict[str, LazyCommand] = {
     "feedback": LazyCommand(OPERATIONS, "feedback_app", "Post true labels for predictions."),
     "verify": LazyCommand("agent.cli", "verify_app", "Verify a signed model offline."),
     "agent": LazyCommand("agent.cli", "agent_app", "Run the device agent."),
+    "serve": LazyCommand(
+        "agent.cli",
+        "serve_app",
+        "Verify pulled models and serve them locally, with no control plane.",
+    ),
     "demo": LazyCommand("simulator.demo", "demo_app", "Run the whole loop on this machine.", "sim"),
     "simulate": LazyCommand(
         "simulator.cli",

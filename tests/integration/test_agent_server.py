@@ -179,7 +179,10 @@ def test_health(serve: Serve, models: Models) -> None:
     empty = serve(SlotBackend())
     assert empty.get("/v2/health/live").json() == {"live": True}
     not_ready = empty.get("/v2/health/ready")
-    assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
+    assert (not_ready.status_code, not_ready.json()) == (
+        400,
+        {"ready": False, "error": "no model is assigned to this device"},
+    )
 
     client = serve(SlotBackend(models.fault))
     ready = client.get("/v2/health/ready")
@@ -354,7 +357,7 @@ def test_refusals(serve: Serve, models: Models) -> None:
         ("POST", infer, {"inputs": [tensor, tensor]}, 400, "list of one input tensor"),
         ("POST", infer, {"inputs": [{"name": "input"}]}, 400, "lacks ['shape', 'datatype'"),
         ("POST", infer, with_tensor(name="x"), 400, "takes the input tensor 'input', not 'x'"),
-        ("POST", infer, with_tensor(datatype="INT64"), 400, "'INT64' is not supported"),
+        ("POST", infer, with_tensor(datatype="FLOAT"), 400, "'FLOAT' is not a datatype"),
         ("POST", infer, with_tensor(shape=[12]), 400, "must be [rows, features]"),
         ("POST", infer, with_tensor(shape=[3, 6]), 400, "needs 18 values but data has 12"),
         ("POST", infer, with_tensor(data=[[1.0] * 6]), 400, "has 2 rows but data has 1"),
