@@ -119,6 +119,14 @@ def _loop() -> bytes:
     return graph_model([node], [x], [y])
 
 
+def _future_opset() -> bytes:
+    """Opset 99: valid ONNX, but no onnxruntime a device has can run it."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 6])
+    node = helper.make_node("Identity", ["x"], ["y"])
+    return graph_model([node], [x], [y], opsets=[helper.make_opsetid("", 99)])
+
+
 def _fixed_batch() -> bytes:
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])
     y = helper.make_tensor_value_info("y", TensorProto.INT64, [1])
@@ -142,11 +150,12 @@ def _fixed_batch() -> bytes:
         (lambda: pickle.dumps({"a": 1}), "not_onnx", "not an ONNX model"),
         (_custom_op, "custom_op", "custom operator domain 'com.example'"),
         (_loop, "loop", "the graph loops (Loop)"),
+        (_future_opset, "unsupported", "onnxruntime cannot load it"),
         (_fixed_batch, "input_mismatch", "fixed batch size 1"),
         (lambda: trained_elsewhere(features=4), "input_mismatch", "takes 4 features"),
         (lambda: trained_elsewhere(zipmap=True), "output_mismatch", "zipmap=False"),
     ],
-    ids=["bytes", "pickle", "custom-op", "loop", "fixed-batch", "features", "zipmap"],
+    ids=["bytes", "pickle", "custom-op", "loop", "opset", "fixed-batch", "features", "zipmap"],
 )
 def test_uploads_a_device_could_not_run_are_refused_before_anything_is_stored(
     api: Api, dataset: dict[str, Any], make: Any, code: str, text: str
