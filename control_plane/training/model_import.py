@@ -42,15 +42,6 @@ CHECK_ROWS = 1000  # reference rows the golden vectors and prediction reference 
 LOC = ("body",)
 
 
-@dataclass(frozen=True)
-class OnnxSummary:
-    """What the checks found: the model's tensors and opsets."""
-
-    opset: dict[str, int]
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-
 def _refuse(message: str, code: str) -> InvalidInputError:
     return InvalidInputError(message, loc=LOC, code=code)
 
@@ -69,7 +60,7 @@ def _nodes(graph: Any) -> Iterator[Any]:
                     yield from _nodes(sub)
 
 
-def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) -> OnnxSummary:
+def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) -> None:
     """Refuse, with the reason, an upload a device could not run as this model: not ONNX,
     weights outside the file, custom operators, loops, opsets or operators this onnxruntime
     does not have, or inputs and outputs that do not fit the reference dataset and the
@@ -80,7 +71,7 @@ def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) ->
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and others: not a model
-        raise _refuse(f"not an ONNX model: {exc}", "not_onnx") from exc
+        raise _refuse(f"not an ONNX model: {str(exc)[:200]}", "not_onnx") from exc
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         raise _refuse(
             "weights stored outside the file; upload one self-contained file", "external_data"
@@ -89,7 +80,7 @@ def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) ->
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise _refuse(
-            f"the ONNX checker refused it: {exc}".splitlines()[0], "invalid_onnx"
+            f"the ONNX checker refused it: {str(exc).splitlines()[0][:300]}", "invalid_onnx"
         ) from exc
     opset = {entry.domain: int(entry.version) for entry in proto.opset_import}
     custom = sorted(d for d in opset if d not in DOMAINS) + sorted(
@@ -123,7 +114,6 @@ def inspect_onnx(data: bytes, *, task: Task, n_features: int, n_classes: int) ->
     inputs, outputs = describe(session)
     _check_input(inputs, n_features)
     _check_outputs(outputs, task, n_classes)
-    return OnnxSummary(opset, inputs, outputs)
 
 
 def check_upload(
