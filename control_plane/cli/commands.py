@@ -33,6 +33,7 @@ from control_plane.cli.common import (
 from control_plane.cli.operations import models_approve, models_drift, models_retrain, policy_app
 from control_plane.client import DEFAULT_URL, ApiClient
 from control_plane.training.results import SearchResult
+from shared.manifest import ParamValue
 
 if TYPE_CHECKING:
     from control_plane.config import ServerSettings
@@ -203,9 +204,6 @@ def datasets_list(
 # --- train -----------------------------------------------------------------------------------
 
 train_app = typer.Typer()
-
-
-ParamValue = int | float | str | bool | None
 
 
 def _parse_value(option: str, key: str, raw: str) -> ParamValue:
