@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from control_plane.api import errors
@@ -32,7 +32,7 @@ from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.monitoring.monitor import Monitor
-from control_plane.observability.metrics import Metrics
+from control_plane.observability.metrics import Metrics, RequestTimer
 from control_plane.rollouts.engine import RolloutEngine
 from control_plane.store.blobs import BlobStore
 from control_plane.store.db import create_db_engine, migrate
@@ -193,13 +193,5 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.metrics_router)
 
-    @app.middleware("http")
-    async def time_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        metrics: Metrics | None = getattr(app.state, "metrics", None)
-        if metrics is None:  # before startup finished
-            return await call_next(request)
-        return await metrics.middleware(request, call_next)
-
+    app.add_middleware(RequestTimer)
     return app

@@ -158,7 +158,9 @@ async def import_model(
     rows (metrics, reference statistics, golden vectors), signs and registers it like a
     trained version (`lineage.source` says what was imported); poll `GET /jobs/{id}`."""
     check_model_name(name)
-    dataset = _check_reference(session, settings, name, query.dataset_id, query.task, "query")
+    dataset = await run_in_threadpool(  # the database, off the event loop
+        _check_reference, session, settings, name, query.dataset_id, query.task, "query"
+    )
     data = await read_capped(request, settings.max_import_bytes)
     return await run_in_threadpool(
         _queue_import, session, blobs, jobs, request, name, dataset, query, data
