@@ -7,9 +7,11 @@ import asyncio
 import logging
 import signal
 import threading
+import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import httpx
 import typer
 from pydantic import ValidationError
 
@@ -51,8 +53,9 @@ def verify_command(
 agent_app = typer.Typer()
 
 
-@agent_app.command("agent")
+@agent_app.callback(invoke_without_command=True)
 def agent_command(
+    context: typer.Context,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -66,9 +69,12 @@ def agent_command(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "info",
 ) -> None:
     """Run the device agent: follow this device's desired state over MQTT, install verified
-    models, serve local inference, report telemetry. Stops cleanly on SIGTERM/SIGINT."""
+    models, serve local inference, report telemetry. Stops cleanly on SIGTERM/SIGINT.
+    `edgefleet agent enroll` joins a fleet first and writes the config."""
     from agent.config import DEFAULT_CONFIG, load_agent_settings
 
+    if context.invoked_subcommand is not None:
+        return
     if print_config:
         typer.echo(DEFAULT_CONFIG, nl=False)
         return
@@ -83,6 +89,9 @@ def agent_command(
         )
         typer.echo(f"error: invalid agent config: {problems}", err=True)
         raise typer.Exit(2) from exc
+    except tomllib.TOMLDecodeError as exc:  # exit 2: systemd does not restart into it
+        typer.echo(f"error: {config} is not valid TOML: {exc}", err=True)
+        raise typer.Exit(2) from exc
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -93,6 +102,78 @@ def agent_command(
     except (OSError, ValidationError, AgentCrashedError) as exc:
         # Non-zero, so that systemd (Restart=always) restarts it; a crash was logged with
         # its traceback and is reported in the device state after the restart.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@agent_app.command(
+    "enroll", short_help="Join a fleet with a bootstrap token: write the config and trust store."
+)
+def enroll_command(
+    url: Annotated[str, typer.Option(help="The control plane, e.g. https://fleet.example:8000.")],
+    device_id: Annotated[str, typer.Option(help="This device's id.")],
+    broker_url: Annotated[
+        str,
+        typer.Option(help="The broker devices connect to, e.g. mqtts://broker.example:8883."),
+    ],
+    bootstrap_token: Annotated[
+        str,
+        typer.Option(
+            envvar="EDGEFLEET_BOOTSTRAP_TOKEN",
+            help="From `edgefleet bootstrap-tokens create` (better in the env than in argv).",
+        ),
+    ],
+    config: Annotated[
+        Path, typer.Option(help="The agent config to write (mode 0600: it holds the token).")
+    ] = Path("/etc/edgefleet/agent.toml"),
+    data_dir: Annotated[Path, typer.Option(help="The agent's data dir.")] = Path(
+        "/var/lib/edgefleet-agent"
+    ),
+    trust_store: Annotated[
+        Path | None,
+        typer.Option(help="Where to write the trust store [default: beside the config]."),
+    ] = None,
+    label: Annotated[
+        list[str] | None, typer.Option(help="A label K=V for the device (repeatable).")
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(help="CA bundle for a control plane and broker with a private CA."),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for an operator to accept it.")
+    ] = 600,
+) -> None:
+    """Join a fleet: enroll with a bootstrap token, wait until an operator accepts the device
+    (or at once when pre-authorized), then write the agent's config and trust store. Exit 0
+    when the agent can start, 1 when refused or rejected, 3 when still pending after --wait
+    (run it again to resume: the saved token is reused, no second use is spent)."""
+    from agent.enroll import EnrollError, Enrollment, enroll
+
+    labels = {}
+    for item in label or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            typer.echo(f"error: --label takes K=V, not {item!r}", err=True)
+            raise typer.Exit(2)
+        labels[key] = value
+    config = config.expanduser().resolve()
+    plan = Enrollment(
+        url=url.rstrip("/"),
+        device_id=device_id,
+        broker_url=broker_url,
+        config=config,
+        data_dir=data_dir.expanduser().resolve(),
+        trust_store=(trust_store or config.parent / "trust-store.json").expanduser().resolve(),
+        labels=labels,
+        ca_file=ca_file.expanduser().resolve() if ca_file else None,
+    )
+    try:
+        enroll(plan, bootstrap_token, wait_seconds=wait, say=typer.echo)
+    except EnrollError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from exc
+    except (ValueError, OSError, httpx.HTTPError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
 

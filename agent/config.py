@@ -31,7 +31,10 @@ class AgentSettings(TomlSettings):
     )
 
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This device's id.")
-    broker_url: str = Field(description="mqtt://user:pass@host:port or mqtts://…")
+    broker_url: str = Field(
+        description="mqtt://host:port (logs in as device_id with token) or "
+        "mqtt://user:pass@host:port; mqtts:// for TLS."
+    )
     control_plane_url: str = Field(description="Base URL of the control plane (artifacts).")
     token: SecretStr = Field(description="Device token (edgefleet devices add).")
     trust_store: Path = Field(description="Trusted public keys (GET /api/v1/keys).")
@@ -39,6 +42,9 @@ class AgentSettings(TomlSettings):
     labels: dict[str, str] = Field(default_factory=dict, description="Device labels.")
     api_host: str = Field(default="127.0.0.1", description="Local inference API address.")
     api_port: int = Field(default=8500, ge=0, le=65535, description="0 turns the API off.")
+    api_metrics: bool = Field(
+        default=False, description="Serve Prometheus /metrics on the local API."
+    )
     window_seconds: float = Field(default=60.0, gt=0, description="Telemetry window length.")
     topic_root: str = Field(default=DEFAULT_ROOT, description="MQTT topic root.")
     tls_ca_file: Path | None = Field(
@@ -114,13 +120,15 @@ DEFAULT_CONFIG = """\
 # The six keys marked "required" have no default; everything else does (shown as set here).
 
 device_id = "dev-001"                          # required: ^[a-z0-9][a-z0-9-]{0,63}$
-broker_url = "mqtt://dev-001:TOKEN@127.0.0.1:1883"  # required; user = device id, mqtts:// for TLS
+broker_url = "mqtt://127.0.0.1:1883"          # required; mqtts:// for TLS; logs in as device_id
+#                                              # with token unless the URL says user:pass@
 control_plane_url = "http://127.0.0.1:8000"    # required: artifacts and the sequence floor
 token = "TOKEN"                                # required: device token (edgefleet devices add)
 trust_store = "/etc/edgefleet/trust-store.json"   # required: GET /api/v1/keys, saved once
 data_dir = "/var/lib/edgefleet-agent"          # required: models, outbox, accepted sequence
 api_host = "127.0.0.1"                         # local inference API (0.0.0.0 exposes it)
 api_port = 8500                                # 0 turns it off
+# api_metrics = false                          # true: Prometheus /metrics on the local API
 window_seconds = 60                            # telemetry window
 # topic_root = "edgefleet/v1"
 # tls_ca_file = "/etc/edgefleet/ca.pem"        # for mqtts:// and https:// artifacts

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import VerificationError
 from shared.hashing import Sha256Stream
 from shared.messages import SequenceFloor
+from shared.trust import SignedTrustStore
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,29 @@ async def fetch_floor(client: httpx.AsyncClient, base_url: str, device_id: str) 
     if floor.device_id != device_id:
         raise VerificationError("floor_unknown", f"GET {url}: the floor of another device")
     return floor
+
+
+MAX_TRUST_CHAIN_BYTES = 1024 * 1024
+TRUST_CHAIN = TypeAdapter(list[SignedTrustStore])
+
+
+async def fetch_trust_chain(
+    client: httpx.AsyncClient, base_url: str, after: int
+) -> list[SignedTrustStore]:
+    """``GET /api/v1/trust-stores?after=N``: the newer trust-store versions, ascending, as
+    sent (each is checked by the caller against the one before). Raises
+    ``VerificationError`` (``trust_store_unknown``) when they cannot be had."""
+    url = f"{base_url}/api/v1/trust-stores"
+    try:
+        response = await client.get(url, params={"after": after}, timeout=FLOOR_TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        raise VerificationError("trust_store_unknown", f"GET {url}: {type(exc).__name__}") from exc
+    if response.status_code != 200 or len(response.content) > MAX_TRUST_CHAIN_BYTES:
+        raise VerificationError("trust_store_unknown", f"GET {url}: HTTP {response.status_code}")
+    try:
+        return TRUST_CHAIN.validate_json(response.content)
+    except ValidationError as exc:
+        raise VerificationError("trust_store_unknown", f"GET {url}: not trust stores") from exc
 
 
 def hash_file(path: Path) -> tuple[str, int]:

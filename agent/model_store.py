@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict
 from agent.durable import move_atomic, write_atomic
 from shared.manifest import ModelManifest
 from shared.messages import DesiredState, ErrorInfo, Verdict
+from shared.trust import TrustStore
+
+FOLLOWED_TRUST_STORE = "trust-store.json"
 
 
 class _Local(BaseModel):
@@ -63,6 +66,23 @@ class ModelStore:
         self.staging_dir = data_dir / "staging"
         for directory in (data_dir, self.models_dir, self.staging_dir):
             directory.mkdir(parents=True, exist_ok=True)
+
+    # --- the trust store followed -------------------------------------------------------------
+
+    @property
+    def trust_path(self) -> Path:
+        """The latest trust-store version followed (the configured file may be read-only)."""
+        return self.data_dir / FOLLOWED_TRUST_STORE
+
+    def write_trust(self, trust: TrustStore) -> None:
+        write_atomic(self.trust_path, trust.model_dump_json().encode())
+
+    def write_manifest(self, manifest: ModelManifest) -> None:
+        """Replace an installed version's manifest (the same artifact, signed again after a
+        key rotation)."""
+        write_atomic(
+            self.manifest_path(manifest.name, manifest.sha256), manifest.model_dump_json().encode()
+        )
 
     # --- accepted desired state ---------------------------------------------------------------
 
@@ -114,9 +134,7 @@ class ModelStore:
         """Move a verified download into the store (not yet active: ``write_slots`` does that)."""
         directory = self.models_dir / manifest.name
         directory.mkdir(exist_ok=True)
-        write_atomic(
-            self.manifest_path(manifest.name, manifest.sha256), manifest.model_dump_json().encode()
-        )
+        self.write_manifest(manifest)
         target = self.artifact_path(manifest.name, manifest.sha256)
         if staged != target:
             move_atomic(staged, target)

@@ -63,8 +63,10 @@ class DeviceSession:
         return aiomqtt.Client(
             broker.host,
             broker.port,
-            username=broker.username,
-            password=broker.password,
+            # Without credentials in broker_url: the device id and its token (what the
+            # control plane's broker accounts are made of).
+            username=broker.username or device,
+            password=broker.password or self.settings.token.get_secret_value(),
             identifier=device,
             clean_session=True,
             keepalive=self.settings.keepalive_seconds,

@@ -25,7 +25,8 @@ from agent.config import AgentSettings
 from agent.durable import write_atomic
 from agent.errors import AgentError
 from agent.inference import LoadedModel, Rows
-from agent.model_store import ModelStore
+from agent.metrics import Serving
+from agent.model_store import FOLLOWED_TRUST_STORE, ModelStore
 from agent.mqtt import DeviceSession
 from agent.outbox import Outbox
 from agent.slot import ModelUnavailableError, Prediction
@@ -68,7 +69,15 @@ def https_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 def load_trust_store(settings: AgentSettings) -> TrustStore:
-    return TrustStore.model_validate_json(settings.trust_store.read_bytes())
+    """The configured trust store, or the newer version followed since (kept in the data
+    dir: the configured file may sit on a read-only /etc)."""
+    configured = TrustStore.model_validate_json(settings.trust_store.read_bytes())
+    followed = settings.data_dir / FOLLOWED_TRUST_STORE
+    if followed.is_file():
+        newer = TrustStore.model_validate_json(followed.read_bytes())
+        if newer.version > configured.version:
+            return newer
+    return configured
 
 
 class Agent:
@@ -330,6 +339,16 @@ class Agent:
         if crashed is not None:
             raise AgentCrashedError(*crashed)
 
+    def render_metrics(self) -> str:
+        """``/metrics`` (from the local API's threads)."""
+        assert self.updater.metrics is not None
+        serving = [
+            Serving(name, slot.current.manifest.version, slot.phase.value)
+            for name, slot in sorted(self.updater.slots.items())
+            if slot.current is not None
+        ]
+        return self.updater.metrics.render(serving, len(self.outbox), self.outbox.dropped)
+
     def _start_local_api(self) -> tuple[InferenceServer, Coroutine[Any, Any, None]]:
         """The local inference API, started in its thread; and the part that supervises it
         (it ends only when the server thread fails)."""
@@ -337,7 +356,11 @@ class Agent:
 
         loop = asyncio.get_running_loop()
         server = InferenceServer(
-            self, self.settings.api_host, self.settings.api_port, assigned=self.assigned_names
+            self,
+            self.settings.api_host,
+            self.settings.api_port,
+            assigned=self.assigned_names,
+            metrics=self.render_metrics if self.updater.metrics is not None else None,
         )
         ended: asyncio.Future[None] = loop.create_future()
 

@@ -57,6 +57,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 * 1024 * 1024
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection holds a thread; free it eventually
 DRAIN_TIMEOUT_S = 5.0  # stop() waits this long for requests in flight
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _POLL_INTERVAL_S = 0.1  # how soon stop() is noticed (the default 0.5 s slows every stop)
 _MODEL_PATH = re.compile(
     r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<action>/ready|/infer)?$"
@@ -100,8 +101,10 @@ class InferenceServer:
         port: int = 8500,
         *,
         assigned: AssignedModels | None = None,
+        metrics: Callable[[], str] | None = None,
     ) -> None:
         self._httpd = _HTTPServer((host, port), backend, assigned or backend.model_names)
+        self._httpd.metrics = metrics
         self._host = host
         self._thread: threading.Thread | None = None
 
@@ -165,6 +168,7 @@ class _HTTPServer(ThreadingHTTPServer):
     ) -> None:
         self.backend = backend
         self.assigned = assigned
+        self.metrics: Callable[[], str] | None = None
         self._connections: set[socket.socket] = set()
         self._connections_changed = threading.Condition()
         self.stopping = False
@@ -215,6 +219,7 @@ class _Response:
     status: HTTPStatus
     body: Mapping[str, object]
     headers: dict[str, str] = field(default_factory=dict)
+    text: str | None = None  # a plain-text answer (Prometheus exposition) instead of JSON
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -286,6 +291,9 @@ class _Handler(BaseHTTPRequestHandler):
             routes = {"GET": lambda: _Response(HTTPStatus.OK, {"live": True})}
         elif path == "/v2/health/ready":
             routes = {"GET": self._ready}
+        elif path == "/metrics" and self.server.metrics is not None:
+            metrics = self.server.metrics
+            routes = {"GET": lambda: _Response(HTTPStatus.OK, {}, text=metrics())}
         elif path == "/v1/predict":
             routes = {"POST": lambda: self._predict(self._json_body())}
         elif match := _MODEL_PATH.fullmatch(path):
@@ -450,12 +458,16 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _send(self, response: _Response) -> None:
-        payload = json.dumps(response.body, separators=(",", ":")).encode()
+        if response.text is not None:
+            payload, content_type = response.text.encode(), METRICS_CONTENT_TYPE
+        else:
+            payload = json.dumps(response.body, separators=(",", ":")).encode()
+            content_type = "application/json"
         if self._body_pending:
             # An unread body would be parsed as the next request: end the connection instead.
             self.close_connection = True
         self.send_response(response.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for key, value in response.headers.items():
             self.send_header(key, value)

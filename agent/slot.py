@@ -17,6 +17,7 @@ import numpy.typing as npt
 
 from agent.errors import AgentError
 from agent.inference import LoadedModel, Outputs, timed_run
+from agent.metrics import AgentMetrics
 from agent.telemetry import WindowAccumulator
 from shared.manifest import ModelManifest
 from shared.messages import ErrorInfo, ModelRef, ModelStatus, Phase, Verdict
@@ -98,8 +99,9 @@ class Prediction:
 
 
 class ModelSlot:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, metrics: AgentMetrics | None = None) -> None:
         self.name = name
+        self.metrics = metrics
         self.current: LoadedModel | None = None
         self.previous: ModelRef | None = None
         self.target: ModelRef | None = None
@@ -140,10 +142,14 @@ class ModelSlot:
             outputs, latency_us = timed_run(model, X)
         except Exception:
             accumulator.record_error(X.shape[0])
+            if self.metrics is not None:
+                self.metrics.error(self.name, model.manifest.version)
             if watched and probation is not None:
                 probation.observe(ok=False)
             raise
         accumulator.record(X, outputs, latency_us)
+        if self.metrics is not None:
+            self.metrics.observe(self.name, model.manifest.version, latency_us)
         if watched and probation is not None:
             probation.observe(
                 ok=True, nan=bool(np.isnan(outputs.values).any()), latency_us=latency_us

@@ -35,8 +35,15 @@ from pathlib import Path
 import httpx
 
 from agent.config import AgentSettings
-from agent.fetch import DownloadRules, fetch_artifact, fetch_floor, hash_file
+from agent.fetch import (
+    DownloadRules,
+    fetch_artifact,
+    fetch_floor,
+    fetch_trust_chain,
+    hash_file,
+)
 from agent.inference import LoadedModel, load_model
+from agent.metrics import AgentMetrics
 from agent.model_store import FailedTarget, ModelStore, SlotEntry, Slots
 from agent.slot import ModelSlot, Probation
 from agent.verify import Accepted, Decision, check_desired, check_model_manifest, parse_desired
@@ -52,7 +59,7 @@ from shared.messages import (
     SequenceFloor,
     Verdict,
 )
-from shared.trust import TrustStore
+from shared.trust import TrustStore, check_successor
 from shared.verification import verify_manifest
 
 log = logging.getLogger(__name__)
@@ -104,6 +111,7 @@ class Updater:
         self.report = report
         self._raise_outbox_floor = raise_outbox_floor
         self.slots: dict[str, ModelSlot] = {}
+        self.metrics = AgentMetrics() if settings.api_metrics else None
         self.workers: dict[str, ModelWorker] = {}
         # The model names the accepted desired state names: what this device should serve
         # (the local API is ready when all of them do). Read from HTTP threads: replaced
@@ -195,7 +203,10 @@ class Updater:
     # --- desired states ----------------------------------------------------------------------
 
     def slot(self, name: str) -> ModelSlot:
-        return self.slots.setdefault(name, ModelSlot(name))
+        slot = self.slots.get(name)
+        if slot is None:
+            slot = self.slots[name] = ModelSlot(name, self.metrics)
+        return slot
 
     def _worker(self, name: str) -> ModelWorker:
         worker = self.workers.get(name)
@@ -228,9 +239,26 @@ class Updater:
                 if payload is not None:
                     await self.apply(payload)
 
+    async def follow_trust(self, wanted: int) -> None:
+        """Move the trust store one version at a time up to ``wanted`` (what a desired state
+        says the control plane is at), each version checked against the one before and
+        saved before the next: a version signed by any other key changes nothing."""
+        chain = await fetch_trust_chain(
+            self.http, self.settings.control_plane_url, self.trust.version
+        )
+        for link in chain:
+            if self.trust.version >= wanted:
+                break
+            trust = check_successor(self.trust, link)
+            await asyncio.to_thread(self.store.write_trust, trust)
+            self.trust = trust
+            log.info("%s: trust store version %d", self.settings.device_id, trust.version)
+
     async def apply(self, payload: bytes) -> None:
         try:
             desired = parse_desired(payload, MAX_DESIRED_BYTES)
+            if desired.trust_version is not None and desired.trust_version > self.trust.version:
+                await self.follow_trust(desired.trust_version)
             decision = check_desired(
                 desired,
                 trust=self.trust,
@@ -402,12 +430,29 @@ class ModelWorker:
         await asyncio.to_thread(self.store.write_slots, self.name, slots)
         self.disk = slots
 
+    async def _take_resigned(self, manifest: ModelManifest) -> None:
+        """The version serving, with its manifest signed again (a model-key rotation): keep
+        the new signature, so the version still verifies after the old key is retired. A
+        manifest that does not verify, or says anything else, is ignored (logged)."""
+        unsigned = {"key_id", "signature"}
+        try:
+            stored = await asyncio.to_thread(self.store.read_manifest, self.name, manifest.sha256)
+            if stored.signature == manifest.signature:
+                return
+            verify_manifest(manifest, self.updater.trust)
+            if manifest.model_dump(exclude=unsigned) != stored.model_dump(exclude=unsigned):
+                raise VerificationError("manifest_changed", "the same artifact, another manifest")
+            await asyncio.to_thread(self.store.write_manifest, manifest)
+        except (VerificationError, OSError, ValueError) as exc:
+            log.warning("model %s: the manifest signed again is not taken: %s", self.name, exc)
+
     async def _satisfied(self, deployment: DeploymentModel, seq: int) -> bool:
         """Nothing to install: the version serves already (its rollout and stage are
         brought up to date), or it was refused under this very desired state."""
         sha = deployment.manifest.sha256
         slot = self.slot
         if slot.current is not None and slot.current.manifest.sha256 == sha:
+            await self._take_resigned(deployment.manifest)
             if (slot.rollout_id, slot.stage) != (deployment.rollout_id, deployment.stage):
                 slot.rollout_id, slot.stage = deployment.rollout_id, deployment.stage
                 if self.disk.active is not None:

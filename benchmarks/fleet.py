@@ -253,6 +253,7 @@ def rig() -> Iterator[Rig]:
         stack.callback(broker.stop)
         env = {
             "EDGEFLEET_MQTT_URL": (broker.control_plane_url(CP_PASSWORD)),
+            "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
             "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         }
         (tmp / "cp").mkdir()

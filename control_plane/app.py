@@ -18,6 +18,7 @@ from control_plane.api.routes import (
     artifacts,
     datasets,
     devices,
+    enrollment,
     events,
     jobs,
     models,
@@ -27,6 +28,7 @@ from control_plane.api.routes import (
     tokens,
 )
 from control_plane.auth.keys import KeyStore, load_keys
+from control_plane.auth.rotation import KeyWatch
 from control_plane.auth.tokens import ArtifactAccess
 from control_plane.config import ServerSettings
 from control_plane.coordination.leadership import Leadership
@@ -50,10 +52,13 @@ async def _lead(
     runner: JobRunner,
     interval: float,
     on_leading: Callable[[], Awaitable[None]] | None = None,
+    key_watch: KeyWatch | None = None,
 ) -> None:
     """Heartbeat always; while leading, drive rollouts and the monitor (drift, retraining,
     releases) every ``interval`` and, with several processes, take over the jobs of
-    processes that died. ``on_leading`` runs each time this process becomes the leader."""
+    processes that died. ``on_leading`` runs each time this process becomes the leader, and
+    on the leader after a key rotation (the desired states signed again get published);
+    every process reloads its keys then."""
     beats = 0
     leading = False
     while True:
@@ -62,8 +67,9 @@ async def _lead(
                 await asyncio.to_thread(leadership.heartbeat)
                 if leadership.engine.dialect.name != "sqlite" and leadership.is_leader:
                     await asyncio.to_thread(runner.recover_orphans, leadership)
+            rotated = key_watch is not None and await asyncio.to_thread(key_watch.check)
             now_leading = await asyncio.to_thread(leadership.try_lead)
-            if now_leading and not leading and on_leading is not None:
+            if now_leading and (rotated or not leading) and on_leading is not None:
                 await on_leading()  # when it fails, ``leading`` stays False: the next tick retries
             leading = now_leading
             if leading:
@@ -131,6 +137,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             runner,
             settings.rollout_tick_seconds,
             bridge.republish_desired if bridge else None,
+            KeyWatch(engine, parts.keys),
         )
     )
     app.state.rollouts = parts.rollouts
@@ -186,6 +193,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         jobs,
         artifacts,
         devices,
+        enrollment,
         rollouts,
         events,
         monitoring,

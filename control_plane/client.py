@@ -11,12 +11,16 @@ from pydantic import BaseModel, TypeAdapter
 
 from control_plane.api.schemas import (
     AliasPublic,
+    BootstrapTokenCreate,
+    BootstrapTokenIssued,
+    BootstrapTokenPublic,
     Comparison,
     DatasetPublic,
     DeploymentCreate,
     DeploymentPublic,
     DevicePublic,
     DeviceRegistered,
+    DevicesPreauthorize,
     DriftPointPublic,
     EventPublic,
     FeedbackCreate,
@@ -246,6 +250,34 @@ class ApiClient:
     def register_device(self, device_id: str, labels: dict[str, str]) -> DeviceRegistered:
         response = self._http.post("/devices", json={"id": device_id, "labels": labels})
         return DeviceRegistered.model_validate_json(self._check(response).content)
+
+    def device_command(self, device_id: str, command: str) -> DevicePublic:
+        """``approve`` or ``reject``."""
+        response = self._http.post(f"/devices/{device_id}/{command}")
+        return DevicePublic.model_validate_json(self._check(response).content)
+
+    def reissue_device(self, device_id: str) -> DeviceRegistered:
+        response = self._http.post(f"/devices/{device_id}/reissue")
+        return DeviceRegistered.model_validate_json(self._check(response).content)
+
+    def remove_device(self, device_id: str) -> DevicePublic:
+        response = self._http.delete(f"/devices/{device_id}")
+        return DevicePublic.model_validate_json(self._check(response).content)
+
+    def preauthorize(self, body: DevicesPreauthorize) -> list[DevicePublic]:
+        response = self._http.post("/devices/preauthorize", json=body.model_dump(mode="json"))
+        return TypeAdapter(list[DevicePublic]).validate_json(self._check(response).content)
+
+    def create_bootstrap_token(self, body: BootstrapTokenCreate) -> BootstrapTokenIssued:
+        response = self._http.post("/bootstrap-tokens", json=body.model_dump(mode="json"))
+        return BootstrapTokenIssued.model_validate_json(self._check(response).content)
+
+    def bootstrap_tokens(self) -> list[BootstrapTokenPublic]:
+        return self._get_list("/bootstrap-tokens", BootstrapTokenPublic)
+
+    def revoke_bootstrap_token(self, token_id: int) -> BootstrapTokenPublic:
+        response = self._http.delete(f"/bootstrap-tokens/{token_id}")
+        return BootstrapTokenPublic.model_validate_json(self._check(response).content)
 
     def devices(self, selector: str = "") -> list[DevicePublic]:
         return self._get_list("/devices", DevicePublic, selector=selector)

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import TomlSettings, load
@@ -29,6 +29,12 @@ class ServerSettings(TomlSettings):
     )
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    tls_certfile: Path | None = Field(
+        default=None,
+        description="Serve HTTPS with this certificate (PEM; `edgefleet certs create` makes "
+        "one), and tls_keyfile.",
+    )
+    tls_keyfile: Path | None = Field(default=None, description="Its private key (PEM).")
     max_dataset_bytes: int = Field(default=100 * MiB, ge=1, description="Upload size cap.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level of the control plane (and uvicorn)."
@@ -75,6 +81,18 @@ class ServerSettings(TomlSettings):
         description="Broker for devices, mqtt://user:pass@host:port (user "
         "edgefleet-control-plane); unset: no device traffic.",
     )
+    broker_accounts: Literal["dynsec", "manual"] = Field(
+        default="dynsec",
+        description="Who keeps the devices' broker accounts: `dynsec`, the control plane "
+        "itself through mosquitto's dynamic security plugin (deploy/mosquitto, "
+        "listeners-dynsec.conf; its account must be the plugin's admin), or `manual`, an "
+        "operator with a password file (listeners-passwd.conf).",
+    )
+    mqtt_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle the control plane trusts for an mqtts:// broker (default: "
+        "the system's).",
+    )
     topic_root: str = Field(default="edgefleet/v1", description="MQTT topic root.")
     mqtt_shared_group: str | None = Field(
         default=None,
@@ -107,6 +125,12 @@ class ServerSettings(TomlSettings):
     max_feedback_items: int = Field(
         default=10_000, ge=1, description="Labels per POST /feedback request."
     )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        return self
 
     @field_validator("data_dir")
     @classmethod
@@ -148,6 +172,8 @@ CONFIG_TEMPLATE = """\
 # database_url = "postgresql+psycopg://postgres@127.0.0.1:5432/edgefleet"
 # host = "127.0.0.1"
 # port = 8000
+# tls_certfile = "/etc/edgefleet/tls/server.pem"   # HTTPS (edgefleet certs create)
+# tls_keyfile = "/etc/edgefleet/tls/server.key"
 # max_dataset_bytes = 104857600   # 100 MiB upload cap
 # max_dataset_rows = 1000000
 # max_dataset_columns = 1000
@@ -156,7 +182,9 @@ CONFIG_TEMPLATE = """\
 # golden_vectors = 8
 # reference_bins = 10
 # training_workers = 1
-# mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1883"
+# mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1884"
+# broker_accounts = "dynsec"      # device accounts made by the control plane; "manual": by hand
+# mqtt_ca_file = "/etc/edgefleet/ca.pem"    # for an mqtts:// broker with a private CA
 # topic_root = "edgefleet/v1"
 # desired_ttl_seconds = 604800          # 7 days; re-signed when half is left
 # mlflow_tracking_uri = "http://127.0.0.1:5000"   # import models:/… from it; log each version

@@ -31,6 +31,12 @@ class PayloadTooLargeError(ControlPlaneError):
     code = "too_large"
 
 
+class UnauthorizedError(ControlPlaneError):
+    """The credential is not (or no longer) good: unknown, revoked, expired, used up."""
+
+    code = "unauthorized"
+
+
 class ForbiddenError(ControlPlaneError):
     """The caller's token may not do this (e.g. a device token asking about another device)."""
 
@@ -43,6 +49,12 @@ class NotFoundError(ControlPlaneError):
 
 class ConflictError(ControlPlaneError):
     code = "conflict"
+
+
+class UnavailableError(ControlPlaneError):
+    """Something the request needs (the broker, say) does not answer now: try again."""
+
+    code = "unavailable"
 
 
 class NotInitialisedError(ControlPlaneError):

@@ -5,6 +5,7 @@ server's dependencies, and ``edgefleet --help`` imports nothing heavy."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ class LazyCommand:
 
 CONTROL_PLANE = "control_plane.cli.commands"
 OPERATIONS = "control_plane.cli.operations"
+FLEET = "control_plane.cli.fleet"
 COMMANDS: dict[str, LazyCommand] = {
     "init": LazyCommand(
         CONTROL_PLANE,
@@ -42,13 +44,29 @@ COMMANDS: dict[str, LazyCommand] = {
         "retrain, approve.",
     ),
     "tokens": LazyCommand(CONTROL_PLANE, "tokens_app", "Issue, list and revoke API tokens."),
-    "devices": LazyCommand(CONTROL_PLANE, "devices_app", "Register and list devices."),
-    "deploy": LazyCommand(CONTROL_PLANE, "deploy_app", "Put a model version on a device."),
+    "devices": LazyCommand(
+        FLEET,
+        "devices_app",
+        "Devices: add, list, label, approve, reject, reissue, remove, preauthorize.",
+    ),
+    "bootstrap-tokens": LazyCommand(
+        FLEET, "bootstrap_app", "Issue, list and revoke the tokens devices enroll with."
+    ),
+    "deploy": LazyCommand(FLEET, "deploy_app", "Put a model version on a device."),
     "rollout": LazyCommand(
         CONTROL_PLANE,
         "rollout_app",
         "Staged rollouts: create (or dry "
         "run), list, show, watch, events, pause, resume, promote, abort, rollback.",
+    ),
+    "certs": LazyCommand(
+        "control_plane.cli.certs", "certs_app", "Make TLS certificates (a CA and a server's)."
+    ),
+    "keys": LazyCommand(
+        "control_plane.cli.keys",
+        "keys_app",
+        "Signing keys: rotate, retire, show (where the key files are).",
+        "server",
     ),
     "events": LazyCommand(OPERATIONS, "events_app", "The audit log, newest first."),
     "jobs": LazyCommand(OPERATIONS, "jobs_app", "List, show and wait for jobs."),
@@ -76,8 +94,10 @@ Usage: edgefleet COMMAND [OPTIONS] [ARGS]...
   Run `edgefleet COMMAND --help` for a command's options.
 
 Options:
-  --version   Show the version and exit.
-  -h, --help  Show this message and exit.
+  --version                    Show the version and exit.
+  --install-completion         Install completion for the current shell.
+  --show-completion            Show completion for the current shell, to copy it.
+  -h, --help                   Show this message and exit.
 
 Commands:
 """
@@ -90,8 +110,37 @@ def _usage() -> str:
     )
 
 
+COMPLETE_VAR = "_EDGEFLEET_COMPLETE"  # typer's name for prog "edgefleet"
+COMPLETION_OPTIONS = ("--show-completion", "--install-completion")
+
+
+def _completion(args: list[str]) -> None:
+    """Shell completion through typer, on a command tree with every command imported: only
+    for a TAB press or for installing the script, never to run a command. Commands whose
+    extra is not installed are left out."""
+    import typer
+
+    root = typer.Typer(add_completion=True)
+
+    @root.callback()
+    def edgefleet() -> None:
+        """Train, sign and roll out ONNX models to fleets of edge devices."""
+
+    group = typer.main.get_command(root)  # a group (it has a callback), with the options
+    assert isinstance(group, typer.core.TyperGroup)
+    for name, entry in COMMANDS.items():
+        try:
+            module = importlib.import_module(entry.module)
+        except ImportError:
+            continue
+        group.add_command(typer.main.get_command(getattr(module, entry.attribute)), name)
+    group.main(args=args, prog_name="edgefleet")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    if COMPLETE_VAR in os.environ or (args and args[0] in COMPLETION_OPTIONS):
+        _completion(args)
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write(_usage())
         sys.exit(0 if args else 2)

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+# The control plane's broker account (several replicas share it, each with its own client
+# id); device ids starting with "edgefleet-" are refused, so no device can be named so.
+CONTROL_PLANE_USER = "edgefleet-control-plane"
+
 
 @dataclass(frozen=True)
 class BrokerAddress:

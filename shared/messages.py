@@ -75,6 +75,13 @@ class DesiredState(SignedDocument):
     )
     issued_at: AwareDatetime = Field(description="When it was signed.")
     expires_at: AwareDatetime = Field(description="After this, devices ignore it.")
+    trust_version: Version | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="The control plane's trust-store version when it was signed (absent: 1). "
+        "A device on an older one first follows the newer versions (GET /trust-stores), each "
+        "signed by the keys of the one before.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> DesiredState:

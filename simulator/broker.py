@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import pwd
 import secrets
 import shutil
 import signal
 import socket
-import string
 import struct
 import subprocess
 import threading
@@ -43,10 +43,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-CONTROL_PLANE_USER = "edgefleet-control-plane"
+from shared.broker_address import CONTROL_PLANE_USER
+
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
-TEMPLATE = DEPLOY_DIR / "mosquitto.conf"
 ACL_TEMPLATE = DEPLOY_DIR / "acl"
+DYNSEC_PLUGIN_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib")
 # A password-file entry `reload()` rewrites to detect that a SIGHUP has taken effect. It has no
 # rights beyond the device patterns for a device of that name.
 RELOAD_MARKER_USER = "edgefleet-test-reload-marker"
@@ -69,6 +70,26 @@ def find_tool(name: str) -> str | None:
 
 def mosquitto_available() -> bool:
     return find_tool("mosquitto") is not None and find_tool("mosquitto_passwd") is not None
+
+
+def dynsec_plugin() -> Path | None:
+    """The dynamic security plugin shipped with mosquitto (Debian: in the mosquitto package)."""
+    for directory in DYNSEC_PLUGIN_DIRS:
+        candidate = Path(directory) / "mosquitto_dynamic_security.so"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def render_mosquitto_conf(auth: str, values: dict[str, object]) -> str:
+    """``deploy/mosquitto/render.py``'s rendering (that script runs without edgefleet)."""
+    spec = importlib.util.spec_from_file_location("edgefleet_render", DEPLOY_DIR / "render.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rendered: str = module.render(auth, values)
+    return rendered
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -99,12 +120,17 @@ def _remaining_length(length: int) -> bytes:
 
 
 def connack_code(
-    host: str, port: int, username: str | None, password: str | None, timeout: float = 2.0
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    timeout: float = 2.0,
+    client_id: str | None = None,
 ) -> int:
     """Send a bare MQTT 3.1.1 CONNECT and return the CONNACK return code (0 = accepted,
     5 = not authorised). Raises OSError when the broker does not answer."""
     flags = 0x02  # clean session
-    payload = _mqtt_string(f"edgefleet-probe-{secrets.token_hex(4)}")
+    payload = _mqtt_string(client_id or f"edgefleet-probe-{secrets.token_hex(4)}")
     if username is not None:
         flags |= 0x80
         payload += _mqtt_string(username)
@@ -131,10 +157,19 @@ def connack_code(
 
 
 class MosquittoBroker:
-    """One mosquitto process configured like production, confined to `workdir`."""
+    """One mosquitto process configured like production, confined to `workdir`. ``auth``:
+    ``passwd`` (a password file and the ACL file, users added here) or ``dynsec`` (the
+    dynamic security plugin: the control plane's account is made here, the control plane
+    makes every device's); ``tls``: (certfile, keyfile) for a TLS device listener."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, bind_address: str = "127.0.0.1"
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        bind_address: str = "127.0.0.1",
+        auth: str = "passwd",
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         if any(ch.isspace() for ch in str(self.workdir)):
@@ -142,6 +177,9 @@ class MosquittoBroker:
             raise ValueError(f"mosquitto cannot use a path with blanks: {self.workdir}")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.bind_address = bind_address
+        self.auth = auth
+        self.tls = tls
+        self.dynsec_file = self.workdir / "dynamic-security.json"
         self._port = port if port is not None else free_port(self.host)
         self._cp_port = free_port("127.0.0.1")
         self.config_path = self.workdir / "mosquitto.conf"
@@ -159,17 +197,22 @@ class MosquittoBroker:
     # -- configuration -------------------------------------------------------------------
 
     def render_config(self) -> str:
-        text = string.Template(TEMPLATE.read_text()).substitute(
-            port=self._port,
-            bind_address=self.bind_address,
-            password_file=self.password_file,
-            cp_port=self._cp_port,
-            cp_bind_address="127.0.0.1",
-            cp_password_file=self.cp_password_file,
-            acl_file=self.acl_file,
-            persistence_location=self.persistence_dir,
-            log_dest=f"file {self.log_path}",
-        )
+        values: dict[str, object] = {
+            "port": self._port,
+            "bind_address": self.bind_address,
+            "password_file": self.password_file,
+            "cp_port": self._cp_port,
+            "cp_bind_address": "127.0.0.1",
+            "cp_password_file": self.cp_password_file,
+            "acl_file": self.acl_file,
+            "persistence_location": self.persistence_dir,
+            "log_dest": f"file {self.log_path}",
+            "dynsec_plugin": dynsec_plugin() or "mosquitto_dynamic_security.so",
+            "dynsec_file": self.dynsec_file,
+        }
+        if self.tls is not None:
+            values["certfile"], values["keyfile"] = self.tls
+        text = render_mosquitto_conf(self.auth, values)
         # Run as root, mosquitto would switch to the "mosquitto" user, which cannot read a
         # pytest tmp_path (mode 0700). Ignored when not running as root.
         user = pwd.getpwuid(os.geteuid()).pw_name
@@ -191,8 +234,13 @@ class MosquittoBroker:
         return self._cp_port
 
     @property
+    def accounts(self) -> str:
+        """The control plane's ``broker_accounts`` for this broker: who makes device accounts."""
+        return "dynsec" if self.auth == "dynsec" else "manual"
+
+    @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self._port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self._port}"
 
     def control_plane_url(self, password: str, username: str = CONTROL_PLANE_USER) -> str:
         """What the control plane's ``mqtt_url`` would say."""
@@ -222,6 +270,7 @@ class MosquittoBroker:
     def add_user(self, username: str, password: str, timeout: float = 10.0) -> None:
         """Add (or re-password) a user with `mosquitto_passwd -b`; if the broker is running,
         reload it (SIGHUP) and return once the reload has taken effect."""
+        self._passwd_mode("add_user")
         create = not self.password_file.exists() or self.password_file.stat().st_size == 0
         args = ["-c", "-b"] if create else ["-b"]
         self._passwd(*args, str(self.password_file), username, password)
@@ -231,7 +280,27 @@ class MosquittoBroker:
     def add_control_plane_user(
         self, password: str, username: str = CONTROL_PLANE_USER, timeout: float = 10.0
     ) -> None:
-        """A service account on the control plane's listener (not the devices')."""
+        """A service account on the control plane's listener (not the devices'). With
+        ``dynsec``: the plugin's state file with this account as its admin, as
+        `mosquitto_ctrl dynsec init` makes it (before the broker starts)."""
+        if self.auth == "dynsec":
+            if self.running or self.dynsec_file.exists():
+                raise RuntimeError("the dynsec account is made once, before the broker starts")
+            result = subprocess.run(
+                [
+                    _require_tool("mosquitto_ctrl"),
+                    *("dynsec", "init", str(self.dynsec_file), username, password),
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"mosquitto_ctrl dynsec init failed: {result.stdout}{result.stderr}"
+                )
+            return
         create = not self.cp_password_file.exists() or self.cp_password_file.stat().st_size == 0
         args = ["-c", "-b"] if create else ["-b"]
         self._passwd(*args, str(self.cp_password_file), username, password)
@@ -241,6 +310,7 @@ class MosquittoBroker:
     def add_users(self, users: dict[str, str], timeout: float = 30.0) -> None:
         """Many users with one `mosquitto_passwd -U` (hashing a plaintext file in place) and
         one reload (`add_user` runs mosquitto_passwd and a reload per user)."""
+        self._passwd_mode("add_users")
         plain = self.workdir / "passwd.batch"
         plain.touch(mode=0o600)
         plain.write_text("".join(f"{user}:{password}\n" for user, password in users.items()))
@@ -258,6 +328,7 @@ class MosquittoBroker:
     def remove_user(self, username: str, timeout: float = 10.0) -> None:
         """Delete a user (`mosquitto_passwd -D`); if the broker is running, reload it: the
         user's live connections are dropped and it can no longer connect."""
+        self._passwd_mode("remove_user")
         self._passwd("-D", str(self.password_file), username)
         if self.running:
             self.reload(timeout)
@@ -282,6 +353,10 @@ class MosquittoBroker:
                 )
             time.sleep(0.01)
 
+    def _passwd_mode(self, what: str) -> None:
+        if self.auth != "passwd":
+            raise RuntimeError(f"{what}: with dynsec the control plane makes device accounts")
+
     def _passwd(self, *args: str) -> None:
         result = subprocess.run(
             [_require_tool("mosquitto_passwd"), *args],
@@ -302,6 +377,8 @@ class MosquittoBroker:
         """Launch mosquitto and wait until its port accepts TCP connections."""
         if self.running:
             raise RuntimeError("mosquitto is already running")
+        if self.auth == "dynsec" and not self.dynsec_file.exists():
+            raise RuntimeError("add_control_plane_user first: it makes the dynsec state file")
         for path in (self.password_file, self.cp_password_file):
             if not path.exists():
                 path.touch(mode=0o600)  # no users yet: nobody can connect
@@ -427,6 +504,10 @@ class InProcessBroker:
     @property
     def cp_port(self) -> int:
         return self.port  # one listener for everyone
+
+    @property
+    def accounts(self) -> str:
+        return "manual"  # anonymous: there are none
 
     def control_plane_url(self, password: str, username: str = CONTROL_PLANE_USER) -> str:
         return f"mqtt://{username}:{password}@{self.host}:{self.port}"

@@ -87,6 +87,7 @@ class Simulation:
             self.workdir / "control-plane",
             env={
                 "EDGEFLEET_MQTT_URL": self.broker.control_plane_url(cp_password),
+                "EDGEFLEET_BROKER_ACCOUNTS": self.broker.accounts,
                 "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
                 "EDGEFLEET_MONITOR_BUCKET_SECONDS": str(self.options.bucket),
                 "EDGEFLEET_MONITOR_GRACE_SECONDS": str(self.options.window_seconds + 0.5),

@@ -28,6 +28,8 @@ from control_plane.errors import (
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
+    UnauthorizedError,
+    UnavailableError,
 )
 
 log = logging.getLogger(__name__)
@@ -152,9 +154,11 @@ class JsonBodyGuard:
 STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
     (InvalidInputError, 422),
     (PayloadTooLargeError, 413),
+    (UnauthorizedError, 401),
     (ForbiddenError, 403),
     (NotFoundError, 404),
     (ConflictError, 409),
+    (UnavailableError, 503),
 )
 REQUEST_PARTS = ("body", "query", "path", "header")
 

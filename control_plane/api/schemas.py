@@ -383,6 +383,15 @@ class DevicePublic(ApiModel):
         description="Messages from this device the control plane refused (malformed, "
         "implausible, or not storable), each dropped and counted."
     )
+    admission: str = Field(
+        description="`preauthorized`, `pending`, `accepted`, `rejected` or `decommissioned`; "
+        "only an accepted device's token works and only it has a broker account."
+    )
+    broker_account: bool = Field(
+        description="The broker holds its account (made by the control plane when "
+        "`broker_accounts` is `dynsec`: at once for `devices add`, at the device's first "
+        "check-in after it is accepted otherwise)."
+    )
 
 
 class DeviceRegistered(ApiModel):
@@ -390,6 +399,79 @@ class DeviceRegistered(ApiModel):
     token: str = Field(
         description="Device token (role `device`), shown once. It is also the "
         "device's MQTT password (username = device id)."
+    )
+
+
+class DevicesPreauthorize(ApiRequest):
+    """Devices that will be accepted as soon as they enroll."""
+
+    devices: list[DeviceCreate] = Field(
+        min_length=1, max_length=10_000, description="Ids (and labels); all or none stored."
+    )
+
+
+class BootstrapTokenCreate(ApiRequest):
+    """A bootstrap token devices enroll with."""
+
+    name: str = Field(min_length=1, max_length=64, description="What it is for.")
+    uses: int = Field(default=1, ge=1, le=100_000, description="Devices it may enroll.")
+    expires_in_seconds: int = Field(
+        default=86_400, ge=60, le=90 * 86_400, description="Lifetime (default a day)."
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict, max_length=32, description="Labels given to each device it enrolls."
+    )
+    auto_accept: bool = Field(
+        default=False,
+        description="Devices it enrolls are accepted at once (else they wait as `pending`).",
+    )
+
+
+class BootstrapTokenPublic(ApiModel):
+    id: int = Field(description="Id (to revoke it).")
+    name: str = Field(description="What it is for.")
+    max_uses: int = Field(description="Devices it may enroll.")
+    uses: int = Field(description="Devices it enrolled.")
+    expires_at: datetime = Field(description="After this it enrolls nothing.")
+    labels: dict[str, str] = Field(description="Labels given to each device it enrolls.")
+    auto_accept: bool = Field(description="Its devices are accepted at once.")
+    created_at: datetime = Field(description="When it was issued.")
+    revoked_at: datetime | None = Field(description="When it was revoked, if it was.")
+
+
+class BootstrapTokenIssued(BootstrapTokenPublic):
+    token: str = Field(description="The bootstrap secret. Shown once; only its hash is stored.")
+
+
+class EnrollRequest(ApiRequest):
+    """A device asks to join (with a bootstrap token as its bearer token)."""
+
+    device_id: str = Field(
+        max_length=64,
+        description="Its id: ^[a-z0-9][a-z0-9-]{0,63}$, not starting with `edgefleet-`.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="Its labels (the bootstrap token's and a pre-authorization's win).",
+    )
+
+
+class EnrollmentStatus(ApiModel):
+    device_id: str = Field(description="The device.")
+    admission: str = Field(description="`pending`, `accepted` or `rejected`.")
+    broker_account: bool = Field(description="Its broker account exists (it may connect).")
+    ready: bool = Field(
+        description="Accepted, and its broker account exists (or the broker's accounts are "
+        "kept by hand): the agent can start."
+    )
+    topic_root: str = Field(description="MQTT topic root.")
+
+
+class Enrolled(EnrollmentStatus):
+    token: str = Field(
+        description="The device's token, shown once: its API bearer token and its MQTT "
+        "password (username = device id). It works once the device is accepted."
     )
 
 

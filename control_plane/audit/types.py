@@ -35,6 +35,7 @@ class EventType(StrEnum):
     DEVICE_OFFLINE = "device_offline"
     DEVICE_MODEL = "device_model"
     DEVICE_REFUSAL = "device_refusal"
+    DEVICE_ADMISSION = "device_admission"  # enrolled, accepted, rejected, reissued, removed
     # models
     DRIFT = "drift"
     DRIFT_CLEARED = "drift_cleared"

@@ -1,7 +1,8 @@
 """The two Ed25519 signing keys of a data directory (model signing, deployment signing).
 
 Private keys are PEM files of mode 0600 under ``DATA_DIR/keys``; they are created once by
-``edgefleet init`` and never overwritten.
+``edgefleet init`` and never overwritten. A key being rotated out waits in
+``keys/previous/`` until it is retired (``auth/rotation.py``).
 """
 
 from __future__ import annotations
@@ -15,21 +16,37 @@ from shared.signing import KeyRole, SigningKey
 from shared.trust import TrustedKey, TrustStore
 
 KEY_FILES = {KeyRole.MODEL: "model-signing.key", KeyRole.DEPLOYMENT: "deployment-signing.key"}
+PREVIOUS_DIR = "previous"
 
 
-@dataclass(frozen=True)
+@dataclass
 class KeyStore:
+    """The signing keys in use. One object per process, shared by reference: ``reload``
+    swaps in the keys of a rotation in place."""
+
     model: SigningKey
     deployment: SigningKey
+    keys_dir: Path | None = None
 
     def trust_store(self) -> TrustStore:
-        """The public half, as agents and ``edgefleet verify`` load it."""
+        """The first trust store (version 1): the public half of these keys, as agents and
+        ``edgefleet verify`` load it. After a rotation the trust store is the latest version
+        (``auth/rotation.py``)."""
         return TrustStore(
             keys=[
                 TrustedKey.from_verify_key(KeyRole.MODEL, self.model.verify_key),
                 TrustedKey.from_verify_key(KeyRole.DEPLOYMENT, self.deployment.verify_key),
             ]
         )
+
+    def signing(self, role: KeyRole) -> SigningKey:
+        return self.model if role == KeyRole.MODEL else self.deployment
+
+    def reload(self) -> None:
+        """Read the key files again (after ``edgefleet keys rotate``)."""
+        assert self.keys_dir is not None
+        fresh = load_keys(self.keys_dir)
+        self.model, self.deployment = fresh.model, fresh.deployment
 
 
 def create_keys(keys_dir: Path) -> list[KeyRole]:
@@ -62,4 +79,4 @@ def load_keys(keys_dir: Path) -> KeyStore:
                 f"{path} is missing: run `edgefleet init --data-dir {keys_dir.parent}` first"
             )
         loaded[role] = SigningKey.from_pem(path.read_bytes())
-    return KeyStore(model=loaded[KeyRole.MODEL], deployment=loaded[KeyRole.DEPLOYMENT])
+    return KeyStore(loaded[KeyRole.MODEL], loaded[KeyRole.DEPLOYMENT], keys_dir)

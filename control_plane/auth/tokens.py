@@ -6,9 +6,17 @@ import secrets
 import time
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from control_plane.store.tables import ROLE_RANK, ApiToken, Device, ModelVersion, Role
+from control_plane.store.tables import (
+    ROLE_RANK,
+    Admission,
+    ApiToken,
+    Device,
+    ModelVersion,
+    Role,
+    utcnow,
+)
 from shared.hashing import sha256_bytes
 from shared.messages import DesiredState
 
@@ -22,21 +30,37 @@ def hash_token(token: str) -> str:
 def issue_token(
     session: Session, *, name: str, role: Role, device_id: str | None = None
 ) -> tuple[ApiToken, str]:
-    """Create a token; return the row and the secret, which is shown once and not stored."""
+    """Add a token to ``session`` (the caller commits); return the row and the secret, which
+    is shown once and not stored."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(name=name, role=role, token_hash=hash_token(secret), device_id=device_id)
     session.add(row)
-    session.commit()
-    session.refresh(row)
+    session.flush()
     return row, secret
 
 
-def find_token(session: Session, secret: str) -> ApiToken | None:
-    """The live token with this secret, or ``None``."""
+def find_token(session: Session, secret: str, *, admitted_only: bool = True) -> ApiToken | None:
+    """The live token with this secret, or ``None``. A device's token lives only while its
+    device is accepted (``admitted_only``; the enrollment check-in reads any)."""
     row = session.exec(select(ApiToken).where(ApiToken.token_hash == hash_token(secret))).first()
     if row is None or row.revoked_at is not None:
         return None
+    if admitted_only and row.device_id is not None:
+        device = session.get(Device, row.device_id)
+        if device is None or device.admission != Admission.ACCEPTED:
+            return None
     return row
+
+
+def revoke_device_tokens(session: Session, device_id: str) -> list[str]:
+    """Revoke every live token of a device; their hashes (to forget in caches)."""
+    rows = session.exec(
+        select(ApiToken).where(ApiToken.device_id == device_id, col(ApiToken.revoked_at).is_(None))
+    ).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+        session.add(row)
+    return [row.token_hash for row in rows]
 
 
 def has_role(token: ApiToken, needed: Role) -> bool:

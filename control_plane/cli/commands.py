@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -26,6 +26,7 @@ from control_plane.cli.common import (
     api,
     console,
     fail,
+    local_settings,
     out,
     print_json,
     wait_for_job,
@@ -36,24 +37,7 @@ from control_plane.training.results import SearchResult
 from shared.manifest import ParamValue
 
 if TYPE_CHECKING:
-    from control_plane.config import ServerSettings
-
-
-def _settings(
-    data_dir: Path | None, config: Path | None = None, **overrides: Any
-) -> ServerSettings:
-    """Settings for a local command; a bad config file or env value is a clean error."""
-    from pydantic import ValidationError
-
-    from control_plane.config import load_settings
-
-    try:
-        return load_settings(data_dir, config, **overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise fail(f"invalid settings: {problems}", 2) from exc
+    pass
 
 
 # --- init / server -------------------------------------------------------------------------
@@ -68,7 +52,7 @@ def init_command(data_dir: DataDirOpt = None) -> None:
     again keeps existing keys and issues another admin token."""
     from control_plane.store.datadir import init_data_dir
 
-    result = init_data_dir(_settings(data_dir))
+    result = init_data_dir(local_settings(data_dir))
     out.print(f"data dir        {result.data_dir}", highlight=False)
     for role, key_id in (("model", result.model_key_id), ("deployment", result.deployment_key_id)):
         state = "created" if any(r.value == role for r in result.created_keys) else "kept"
@@ -94,6 +78,11 @@ LogFormatOpt = Annotated[
     ),
 ]
 
+TlsCertOpt = Annotated[
+    Path | None, typer.Option(help="Serve HTTPS with this certificate (PEM).", show_default=False)
+]
+TlsKeyOpt = Annotated[Path | None, typer.Option(help="Its private key (PEM).", show_default=False)]
+
 
 @server_app.command("server")
 def server_command(
@@ -118,9 +107,12 @@ def server_command(
     ] = None,
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
+    tls_certfile: TlsCertOpt = None,
+    tls_keyfile: TlsKeyOpt = None,
 ) -> None:
     """Serve the REST API (migrates the database first) and, with --mqtt-url, talk to devices:
-    ingest their state and telemetry, publish signed desired states. Needs `edgefleet init`."""
+    ingest their state and telemetry, publish signed desired states. Needs `edgefleet init`.
+    HTTPS with --tls-certfile/--tls-keyfile (`edgefleet certs create` makes them)."""
     import uvicorn
 
     from control_plane.app import create_app
@@ -128,7 +120,7 @@ def server_command(
     from control_plane.errors import NotInitialisedError
     from control_plane.observability.logs import log_config
 
-    settings = _settings(
+    settings = local_settings(
         data_dir,
         config,
         host=host,
@@ -136,6 +128,8 @@ def server_command(
         mqtt_url=mqtt_url,
         log_level=log_level and log_level.lower(),
         log_format=log_format,
+        tls_certfile=tls_certfile,
+        tls_keyfile=tls_keyfile,
     )
     try:
         load_keys(settings.keys_dir)
@@ -146,6 +140,8 @@ def server_command(
         host=settings.host,
         port=settings.port,
         log_config=log_config(settings.log_level, settings.log_format),
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
 
 
@@ -354,6 +350,7 @@ def models_show(
         str | None,
         typer.Option(help="Version or alias: print that version's JSON with its signed manifest."),
     ] = None,
+    output: OutputOpt = Output.TABLE,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
@@ -363,6 +360,9 @@ def models_show(
             print(client.version(name, version).model_dump_json(indent=2))
             return
         rows = client.versions(name)
+    if output is Output.JSON:
+        print_json(rows)
+        return
     table = Table("version", "algorithm", "dataset", "metrics", "parity diff", "size", "aliases")
     for v in rows:
         metrics = " ".join(f"{k}={val:.3f}" for k, val in v.metrics.items())
@@ -602,115 +602,6 @@ def tokens_revoke(
     with api(url, token) as client:
         revoked = client.revoke_token(token_id)
     console.print(f"token {revoked.id} {revoked.name!r} revoked", highlight=False)
-
-
-# --- devices and deployments -------------------------------------------------------------------
-
-devices_app = typer.Typer(help="Devices.", no_args_is_help=True)
-
-
-def _parse_labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
-        labels[key] = value
-    return labels
-
-
-@devices_app.command("add")
-def devices_add(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id (its MQTT username).")],
-    label: Annotated[
-        list[str] | None, typer.Option(help="Label KEY=VALUE; repeatable.", show_default=False)
-    ] = None,
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """Register a device; prints its device token last (shown once). The token goes into the
-    agent's config and, as the password of user ID, into the broker's password file."""
-    labels = _parse_labels(label or [])
-    with api(url, token) as client:
-        registered = client.register_device(device_id, labels)
-    console.print(
-        f"device {registered.device.id} registered with labels {registered.device.labels}",
-        highlight=False,
-    )
-    print(registered.token)
-
-
-@devices_app.command("label")
-def devices_label(
-    device_id: Annotated[str, typer.Argument(metavar="ID", help="Device id.")],
-    label: Annotated[list[str], typer.Argument(metavar="KEY=VALUE...", help="The labels.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """Replace a device's labels (they then win over what the device reports)."""
-    with api(url, token) as client:
-        device = client.set_labels(device_id, _parse_labels(label))
-    console.print(f"{device.id}: {device.labels}", highlight=False)
-
-
-@devices_app.command("list")
-def devices_list(
-    selector: Annotated[str, typer.Option(help="Label selector, e.g. site=berlin,hw!=rpi3.")] = "",
-    output: OutputOpt = Output.TABLE,
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """List devices with what they serve."""
-    with api(url, token) as client:
-        rows = client.devices(selector)
-    if output is Output.JSON:
-        print_json(rows)
-        return
-    table = Table("id", "online", "labels", "models (active)", "phase", "last error", "seq")
-    for d in rows:
-        models = d.state.models if d.state else []
-        active = ", ".join(f"{m.name} v{m.active.version}" for m in models if m.active)
-        phases = ", ".join(f"{m.name}:{m.phase.value}" for m in models)
-        errors = [
-            e
-            for e in [d.state.last_error if d.state else None, *(m.last_error for m in models)]
-            if e is not None
-        ]
-        table.add_row(
-            d.id,
-            "yes" if d.online else "no",
-            ",".join(f"{k}={v}" for k, v in sorted(d.labels.items())),
-            active,
-            phases,
-            errors[-1].reason if errors else "",
-            str(d.deployment_seq),
-        )
-    out.print(table)
-
-
-deploy_app = typer.Typer()
-
-
-@deploy_app.command("deploy")
-def deploy_command(
-    target: Annotated[
-        str, typer.Argument(metavar="MODEL:VERSION", help="Model and version (or alias).")
-    ],
-    device: Annotated[str, typer.Option(help="Device id.")],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """Sign and publish a desired state that puts MODEL:VERSION on one device."""
-    model, sep, version = target.partition(":")
-    if not sep or not model or not version:
-        raise fail(f"expected MODEL:VERSION, got {target!r}", 2)
-    with api(url, token) as client:
-        deployment = client.deploy(device, model, version)
-    state = "published" if deployment.published else "stored (not yet published: no broker)"
-    console.print(
-        f"{model}:{version} → {device}: desired state {deployment.seq} {state}", highlight=False
-    )
-    print(deployment.seq)
 
 
 # --- rollouts ----------------------------------------------------------------------------------

@@ -10,15 +10,19 @@ import time
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import BaseModel
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from control_plane.api.schemas import JobPublic
 from control_plane.client import ApiClient, ApiError
+
+if TYPE_CHECKING:
+    from control_plane.config import ServerSettings
 
 console = Console(stderr=True)
 out = Console()
@@ -40,7 +44,8 @@ TokenOpt = Annotated[
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
+    # The message is text, not markup: "[a-z0-9]" in a pattern must print as written.
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 
@@ -95,3 +100,20 @@ def wait_for_job(
             job = client.job(job.id)
             progress.update(task, completed=job.progress, description=f"job {job.id}: {job.stage}")
     return job
+
+
+def local_settings(
+    data_dir: Path | None, config: Path | None = None, **overrides: Any
+) -> ServerSettings:
+    """Settings for a local command; a bad config file or env value is a clean error."""
+    from pydantic import ValidationError
+
+    from control_plane.config import load_settings
+
+    try:
+        return load_settings(data_dir, config, **overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise fail(f"invalid settings: {problems}", 2) from exc

@@ -25,7 +25,10 @@ from sqlmodel import Session
 
 from control_plane.auth.keys import KeyStore
 from control_plane.config import ServerSettings
+from control_plane.errors import UnavailableError
+from control_plane.fleet.broker_accounts import RESPONSE_TOPIC, Dynsec
 from control_plane.fleet.deployments import all_desired, refresh_expiring
+from control_plane.fleet.enrollment import accounts_to_delete, set_broker_account
 from control_plane.fleet.ingestion import (
     BatchResult,
     Incoming,
@@ -35,7 +38,7 @@ from control_plane.fleet.ingestion import (
 )
 from control_plane.observability.logs import about
 from control_plane.store.tables import utcnow
-from shared.broker_address import parse_broker_url
+from shared.broker_address import CONTROL_PLANE_USER, parse_broker_url
 from shared.cancellation import raise_if_cancelling
 from shared.messages import (
     MAX_SAMPLES_BYTES,
@@ -94,6 +97,17 @@ class MqttBridge:
         self._dropped: dict[str, int] = {}  # device → refused messages not yet counted in the DB
         self._refused: dict[str, list[int]] = {}  # device → refused windows to acknowledge
         self._ttl = timedelta(seconds=settings.desired_ttl_seconds)
+        self._linked = asyncio.Event()  # connected, maybe not yet subscribed
+        self.dynsec = (
+            Dynsec(
+                self.topics,
+                self.broker.username or CONTROL_PLANE_USER,
+                self._publish,
+                self._linked,
+            )
+            if settings.broker_accounts == "dynsec"
+            else None
+        )
 
     def _filters(self) -> list[str]:
         """Telemetry and samples (the volume) are split across the processes of a shared
@@ -118,47 +132,86 @@ class MqttBridge:
             group.create_task(self._refresh_loop())
             group.create_task(self._connection_loop())
 
+    def _new_client(self) -> aiomqtt.Client:
+        tls = None
+        if self.broker.tls:
+            ca = self.settings.mqtt_ca_file
+            tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
+        return aiomqtt.Client(
+            self.broker.host,
+            self.broker.port,
+            username=self.broker.username,
+            password=self.broker.password,
+            keepalive=30,
+            timeout=10,
+            identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
+            max_queued_incoming_messages=QUEUE_MAX,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            tls_params=tls,
+        )
+
     async def _connection_loop(self) -> None:
         delay = 0.5
         while True:
             try:
-                async with aiomqtt.Client(
-                    self.broker.host,
-                    self.broker.port,
-                    username=self.broker.username,
-                    password=self.broker.password,
-                    keepalive=30,
-                    timeout=10,
-                    identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
-                    max_queued_incoming_messages=QUEUE_MAX,
-                    socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                ) as client:
-                    for topic_filter in self._filters():
-                        await client.subscribe(topic_filter, qos=1)
+                async with self._new_client() as client:
                     self._client = client
-                    self.connected.set()
-                    delay = 0.5
-                    log.info(
-                        "control plane connected to the broker %s:%s",
-                        self.broker.host,
-                        self.broker.port,
-                    )
-                    await self.republish_desired()
-                    raise_if_cancelling()
-                    async for message in client.messages:
-                        self._accept(str(message.topic), message.payload)
+                    self._linked.set()
+                    reader = asyncio.create_task(self._read(client))
+                    try:
+                        await self._prepare(client)
+                        self.connected.set()
+                        delay = 0.5
+                        log.info(
+                            "control plane connected to the broker %s:%s",
+                            self.broker.host,
+                            self.broker.port,
+                        )
+                        await self.republish_desired()
+                        raise_if_cancelling()
+                        await reader
+                    finally:
+                        reader.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                            await reader
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
                 log.warning("broker connection lost: %s", exc)
+            except UnavailableError as exc:
+                log.error("broker accounts: %s", exc.message)
             finally:
                 self._client = None
+                self._linked.clear()
                 self.connected.clear()
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
             delay = min(delay * 2, 10.0)
 
+    async def _read(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            self._accept(str(message.topic), message.payload)
+
+    async def _prepare(self, client: aiomqtt.Client) -> None:
+        """With dynsec: take this account's role (its subscriptions need it) and delete the
+        accounts of devices removed while the broker did not answer; then subscribe."""
+        if self.dynsec is not None:
+            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            await self.dynsec.set_up_control_plane()
+            with Session(self.engine) as session:
+                removed = await asyncio.to_thread(accounts_to_delete, session)
+            for device_id in removed:
+                await self.dynsec.delete_device(device_id)
+                with Session(self.engine) as session:
+                    await asyncio.to_thread(set_broker_account, session, device_id, False)
+        for topic_filter in self._filters():
+            await client.subscribe(topic_filter, qos=1)
+
     def _accept(self, topic: str, payload: object) -> None:
         """Parse at the edge; a bad message is dropped and counted (for its device too),
         never raised."""
+        if topic == RESPONSE_TOPIC and self.dynsec is not None:
+            if isinstance(payload, bytes):
+                self.dynsec.accept(payload)
+            return
         self.counters.received += 1
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] not in _PARSERS or not isinstance(payload, bytes):

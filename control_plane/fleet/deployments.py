@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from control_plane.fleet.devices import get_device
 from control_plane.registry.versions import resolve_version
-from control_plane.store.tables import Device
+from control_plane.store.tables import Device, TrustStoreVersion
 from shared.manifest import ModelManifest, utc_seconds
 from shared.messages import DeploymentModel, DesiredState
 from shared.signing import SigningKey
@@ -28,6 +28,12 @@ def _next_seq(session: Session, device_id: str) -> int:
     return device.deployment_seq
 
 
+def trust_version(session: Session) -> int:
+    """The latest trust-store version (1 until the first key rotation)."""
+    latest = session.exec(select(func.max(TrustStoreVersion.version))).one()
+    return int(latest) if latest is not None else 1
+
+
 def current_desired(device: Device) -> DesiredState | None:
     return DesiredState.model_validate_json(device.desired) if device.desired else None
 
@@ -38,12 +44,14 @@ def sign_desired(
     """Sign ``models`` as the device's next desired state and store it (caller commits)."""
     seq = _next_seq(session, device_id)
     issued = utc_seconds(datetime.now(UTC))
+    version = trust_version(session)
     desired = DesiredState(
         device_id=device_id,
         seq=seq,
         models=models,
         issued_at=issued,
         expires_at=issued + ttl,
+        trust_version=version if version > 1 else None,
         key_id="",
         signature="",
     ).signed_with(key)

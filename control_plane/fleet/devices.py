@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import delete, func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -12,7 +12,15 @@ from control_plane.audit.record import record_event
 from control_plane.audit.types import EventType
 from control_plane.auth.tokens import issue_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
-from control_plane.store.tables import ApiToken, Device, Role, SampleRecord, TelemetryRecord
+from control_plane.store.tables import (
+    Admission,
+    ApiToken,
+    Device,
+    Event,
+    Role,
+    SampleRecord,
+    TelemetryRecord,
+)
 from shared.messages import DeviceState, SequenceFloor
 from shared.topics import is_device_id
 
@@ -32,18 +40,22 @@ def check_labels(labels: dict[str, str]) -> None:
             )
 
 
-def register_device(session: Session, device_id: str, labels: dict[str, str]) -> tuple[Device, str]:
-    """Register a device and issue its token (role ``device``); the token is also the
-    device's MQTT password (username = device id)."""
+def check_device_id(device_id: str, loc: tuple[str | int, ...] = ("body", "id")) -> None:
     if not is_device_id(device_id):
-        raise InvalidInputError("device ids match ^[a-z0-9][a-z0-9-]{0,63}$", loc=("body", "id"))
+        raise InvalidInputError("device ids match ^[a-z0-9][a-z0-9-]{0,63}$", loc=loc)
     if device_id.startswith(RESERVED_PREFIX):
         raise InvalidInputError(
             f"device ids starting with {RESERVED_PREFIX!r} are reserved for the broker's "
             "service accounts (the control plane's, for one)",
-            loc=("body", "id"),
+            loc=loc,
             code="reserved",
         )
+
+
+def register_device(session: Session, device_id: str, labels: dict[str, str]) -> tuple[Device, str]:
+    """Register a device, accepted, and issue its token (role ``device``); the token is also
+    the device's MQTT password (username = device id). Committed."""
+    check_device_id(device_id)
     check_labels(labels)
     device = session.get(Device, device_id)
     if device is not None and device.registered:
@@ -51,6 +63,7 @@ def register_device(session: Session, device_id: str, labels: dict[str, str]) ->
     if device is None:
         device = Device(id=device_id, labels=labels)
     device.registered = True
+    device.admission = Admission.ACCEPTED
     device.labels = {**device.labels, **labels}
     session.add(device)
     try:
@@ -60,11 +73,30 @@ def register_device(session: Session, device_id: str, labels: dict[str, str]) ->
         raise ConflictError(
             f"device {device_id!r} is already registered", loc=("body", "id")
         ) from exc
-    _, token = issue_token(
-        session, name=f"device:{device_id}", role=Role.DEVICE, device_id=device_id
-    )
+    _, token = issue_device_token(session, device_id)
+    record_event(session, EventType.DEVICE_ADMISSION, "registered: accepted", device_id=device_id)
+    session.commit()
     session.refresh(device)
     return device, token
+
+
+def forget_device(session: Session, device_id: str) -> None:
+    """Undo ``register_device`` when its broker account could not be made: the device, its
+    tokens and its admission event go."""
+    session.exec(delete(ApiToken).where(col(ApiToken.device_id) == device_id))
+    session.exec(
+        delete(Event).where(
+            col(Event.device_id) == device_id, col(Event.type) == EventType.DEVICE_ADMISSION
+        )
+    )
+    device = session.get(Device, device_id)
+    if device is not None:
+        session.delete(device)
+    session.commit()
+
+
+def issue_device_token(session: Session, device_id: str) -> tuple[ApiToken, str]:
+    return issue_token(session, name=f"device:{device_id}", role=Role.DEVICE, device_id=device_id)
 
 
 def get_device(session: Session, device_id: str) -> Device:

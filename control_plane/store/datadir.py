@@ -45,6 +45,7 @@ def init_data_dir(settings: ServerSettings) -> InitResult:
             count = len(session.exec(select(ApiToken.id).where(ApiToken.role == Role.ADMIN)).all())
             name = "admin" if count == 0 else f"admin-{count + 1}"
             _, secret = issue_token(session, name=name, role=Role.ADMIN)
+            session.commit()
     finally:
         engine.dispose()
     return InitResult(

@@ -8,7 +8,17 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
-from sqlalchemy import JSON, BigInteger, Column, Dialect, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -121,6 +131,35 @@ class ApiToken(SQLModel, table=True):
     revoked_at: datetime | None = None
 
 
+class BootstrapToken(SQLModel, table=True):
+    """A secret a new device enrolls with (``POST /enroll``): a number of uses, an expiry,
+    labels given to the devices it enrolls, and whether they are accepted at once."""
+
+    __tablename__ = "bootstrap_token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=64)
+    token_hash: str = Field(max_length=64, unique=True, index=True)
+    max_uses: int
+    uses: int = 0
+    expires_at: datetime
+    labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    auto_accept: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    revoked_at: datetime | None = None
+
+
+class TrustStoreVersion(SQLModel, table=True):
+    """One version of the trust store after the first, as devices fetch it: a
+    ``SignedTrustStore`` signed by the keys of the version before."""
+
+    __tablename__ = "trust_store_version"
+
+    version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    document: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
 class Dataset(SQLModel, table=True):
     __tablename__ = "dataset"
     __table_args__ = (UniqueConstraint("name", "version"),)
@@ -210,14 +249,35 @@ class ModelAlias(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+class Admission(StrEnum):
+    """Where a device stands: pre-authorized (its id listed, not yet enrolled), pending (it
+    enrolled and waits for an operator), accepted (it may connect and fetch), rejected (it
+    may not; an operator may still accept it), decommissioned (gone for good)."""
+
+    PREAUTHORIZED = "preauthorized"
+    PENDING = "pending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DECOMMISSIONED = "decommissioned"
+
+
 class Device(SQLModel, table=True):
-    """A device: registered by an operator, or first seen through its MQTT messages."""
+    """A device: registered by an operator, enrolled with a bootstrap token, or first seen
+    through its MQTT messages (on a broker whose accounts are kept by hand)."""
 
     __tablename__ = "device"
 
     id: str = Field(max_length=64, primary_key=True)
     labels: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
     registered: bool = False
+    admission: Admission = Field(
+        default=Admission.ACCEPTED,
+        sa_column=Column(EnumText(Admission, 16), nullable=False, server_default="accepted"),
+    )
+    # Whether the broker holds an account for it (made by the control plane, dynsec mode).
+    broker_account: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
+    )
     online: bool = False
     last_seen: datetime | None = None
     state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

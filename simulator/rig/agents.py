@@ -21,12 +21,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import AgentSettings
 from agent.runtime import Agent
+from shared.broker_address import CONTROL_PLANE_USER
 from shared.manifest import ModelManifest
 from shared.messages import DeploymentModel, DesiredState, SequenceFloor
 from shared.signing import KeyRole, SigningKey
 from shared.topics import Channel, Topics
 from shared.trust import TrustedKey, TrustStore
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import MosquittoBroker
 
 T = TypeVar("T")
 CP_PASSWORD = "cp-secret"  # noqa: S105  (a test rig's throw-away secret)

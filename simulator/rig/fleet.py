@@ -111,6 +111,7 @@ def open_fleet(tmp_path: Path, **server_env: str) -> Iterator[Fleet]:
     broker.start()
     env = {
         "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
+        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         **server_env,
     }

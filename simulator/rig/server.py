@@ -4,6 +4,7 @@ would start them."""
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -47,12 +48,14 @@ class ServerProcess:
     token: str
     data_dir: Path
     process: subprocess.Popen[bytes]
+    ca_file: Path | None = None  # HTTPS: the CA its certificate is checked against
 
     def client(self, token: str | None = None) -> httpx.Client:
         return httpx.Client(
             base_url=self.url + "/api/v1",
             timeout=60,
             headers={"Authorization": f"Bearer {token or self.token}"},
+            verify=ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True,
         )
 
     @property
@@ -61,10 +64,15 @@ class ServerProcess:
 
 
 def start_server(
-    data_dir: Path, env: dict[str, str] | None = None, *, restart: ServerProcess | None = None
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    *,
+    restart: ServerProcess | None = None,
+    ca_file: Path | None = None,
 ) -> ServerProcess:
     """`edgefleet init` then `edgefleet server` on a free port; waits for /healthz. With
-    ``restart``: the same data dir, port and token again, without init."""
+    ``restart``: the same data dir, port and token again, without init. With ``ca_file``:
+    the server speaks HTTPS (``EDGEFLEET_TLS_*`` in ``env``), checked against that CA."""
     if restart is None:
         token_line = run_cli("init", "--data-dir", str(data_dir), env=env).stdout.strip()
         token = token_line.splitlines()[-1].split("=", 1)[1]
@@ -79,14 +87,16 @@ def start_server(
         env={**os.environ, "EDGEFLEET_LOG_LEVEL": "warning", **(env or {})},
         cwd=REPO,
     )
-    url = f"http://127.0.0.1:{port}"
+    ca_file = ca_file or (restart.ca_file if restart else None)
+    url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
+    verify = ssl.create_default_context(cafile=ca_file) if ca_file else True
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"server exited: {(data_dir / 'server.log').read_text()}")
         try:
-            if httpx.get(url + "/api/v1/healthz", timeout=1).status_code == 200:
-                return ServerProcess(url, token, data_dir, process)
+            if httpx.get(url + "/api/v1/healthz", timeout=1, verify=verify).status_code == 200:
+                return ServerProcess(url, token, data_dir, process, ca_file)
         except httpx.HTTPError:
             pass
         time.sleep(0.1)

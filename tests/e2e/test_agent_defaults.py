@@ -26,8 +26,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import DEFAULT_CONFIG
+from shared.broker_address import CONTROL_PLANE_USER
 from shared.topics import Channel, Topics
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker
+from simulator.broker import MosquittoBroker
 from simulator.data import sensor_rows, write_sensor_csv
 from simulator.faults import StallProxy
 from simulator.rig.agents import CP_PASSWORD, AgentThread, wait_until
@@ -155,7 +156,10 @@ def field_rig(tmp_path: Path) -> Iterator[Field]:
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
-    env = {"EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD)}
+    env = {
+        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
+        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
+    }
     server = start_server(tmp_path / "cp", env=env)
     api = server.client()
     link = SlowLink(int(server.url.rsplit(":", 1)[1]))

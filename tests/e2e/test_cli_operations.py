@@ -73,9 +73,54 @@ def test_operator_routine(server: ServerProcess, sensor_csv: Path, tmp_path: Pat
     rollout_id = run_cli("rollout", "create", "fault:1", env=env).stdout.strip().splitlines()[-1]
     assert cli_json(server, "rollout", "show", rollout_id)["status"] == "running"
     run_cli("rollout", "abort", rollout_id, env=env)
+    promoted = run_cli("rollout", "promote", rollout_id, env=env, check=False)
+    assert promoted.returncode == 1 and "aborted" in promoted.stderr  # 409: it has ended
     watched = run_cli("rollout", "watch", rollout_id, env=env, check=False)
     assert watched.returncode == 1 and f"rollout {rollout_id} aborted" in watched.stderr
     listed = cli_json(server, "rollout", "list")
     assert [r["id"] for r in listed] == [rollout_id]
     devices = cli_json(server, "devices", "list")
     assert [d["id"] for d in devices] == ["dev-away"]
+
+    alias = run_cli("models", "alias", "fault", "champion", "1", env=env)
+    assert "champion" in alias.stderr + alias.stdout
+    (v1,) = cli_json(server, "models", "show", "fault")
+    assert v1["aliases"] == ["champion"]
+
+
+def test_admission_and_keys_through_the_cli(server: ServerProcess, tmp_path: Path) -> None:
+    """Bootstrap tokens, pre-authorized ids, reissue / reject / approve / remove, and the
+    trust store, as an operator runs them (no broker here: accounts are not made)."""
+    env = server.env
+    issued = run_cli("bootstrap-tokens", "create", "--name", "line-2", "--uses", "3", env=env)
+    assert issued.stdout.strip().splitlines()[-1].startswith("EDGEFLEET_BOOTSTRAP_TOKEN=efb_")
+    (listed,) = cli_json(server, "bootstrap-tokens", "list")
+    assert (listed["name"], listed["max_uses"], listed["uses"]) == ("line-2", 3, 0)
+    assert "revoked" in run_cli("bootstrap-tokens", "revoke", str(listed["id"]), env=env).stderr
+    assert cli_json(server, "bootstrap-tokens", "list")[0]["revoked_at"] is not None
+
+    ids = tmp_path / "ids.csv"
+    ids.write_text("id,labels\ndev-p1,site=lab;hw=rpi4\ndev-p2,\n")
+    assert (
+        "2 devices pre-authorized" in run_cli("devices", "preauthorize", str(ids), env=env).stderr
+    )
+    ids.write_text("id\ndev-p3\nDev-Bad\n")
+    refused = run_cli("devices", "preauthorize", str(ids), env=env, check=False)
+    said = " ".join(refused.stderr.split())  # the console wraps long lines
+    assert refused.returncode == 2 and "ids.csv:3: String should match pattern '^[a-z0-9]" in said
+    shown = {d["id"]: d for d in cli_json(server, "devices", "list")}
+    assert set(shown) == {"dev-p1", "dev-p2"}  # nothing of the refused file
+    assert shown["dev-p1"]["labels"] == {"site": "lab", "hw": "rpi4"}
+
+    first = run_cli("devices", "add", "dev-c", env=env).stdout.strip().splitlines()[-1]
+    second = run_cli("devices", "reissue", "dev-c", env=env).stdout.strip().splitlines()[-1]
+    assert second.startswith("ef_") and second != first
+    assert "rejected" in run_cli("devices", "reject", "dev-c", env=env).stderr
+    assert "accepted" in run_cli("devices", "approve", "dev-c", env=env).stderr
+    assert "decommissioned" in run_cli("devices", "remove", "dev-c", env=env).stderr
+    again = run_cli("devices", "approve", "dev-c", env=env, check=False)
+    assert again.returncode == 1 and "decommissioned" in again.stderr
+
+    keys = run_cli("keys", "show", "--data-dir", str(server.data_dir)).stdout
+    assert "trust store version 1" in keys
+    assert keys.count("model") == 1 and keys.count("deployment") == 1

@@ -5,6 +5,7 @@ inference in both protocols, and telemetry that survives broker and agent crashe
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from shared.signing import KeyRole, SigningKey
+from shared.trust import SignedTrustStore, TrustedKey, TrustStore
 from simulator.broker import MosquittoBroker, free_port
 from simulator.data import FEATURES, sensor_rows
 from simulator.rig.agents import CP_PASSWORD, wait_until
@@ -62,9 +66,9 @@ class Loop:
             "reconnect_max_seconds": 1,
         }
         values.update(extra)
-        lines = [f"{k} = {v!r}" if isinstance(v, str) else f"{k} = {v}" for k, v in values.items()]
+        lines = [f"{k} = {json.dumps(v)}" for k, v in values.items()]  # JSON values are TOML
         path = self.tmp / f"{device_id}.toml"
-        path.write_text("\n".join(lines).replace("'", '"') + '\n\n[labels]\nsite = "berlin"\n')
+        path.write_text("\n".join(lines) + '\n\n[labels]\nsite = "berlin"\n')
         return path
 
     def start_agent(self, config: Path) -> subprocess.Popen[bytes]:
@@ -111,7 +115,8 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
     mqtt_url = broker.control_plane_url(CP_PASSWORD)
-    server = start_server(tmp_path / "cp", env={"EDGEFLEET_MQTT_URL": mqtt_url})
+    env = {"EDGEFLEET_MQTT_URL": mqtt_url, "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts}
+    server = start_server(tmp_path / "cp", env=env)
     csv = tmp_path / "sensors.csv"
     from simulator.data import write_sensor_csv
 
@@ -137,7 +142,7 @@ def loop(tmp_path: Path) -> Iterator[Loop]:
 
 def test_deploy_serve_and_report(loop: Loop) -> None:
     token = loop.add_device("dev-1")
-    config = loop.agent_config("dev-1", token)
+    config = loop.agent_config("dev-1", token, api_metrics=True)
     agent = loop.start_agent(config)
     try:
         wait_until(lambda: loop.device("dev-1")["online"], what="agent online")
@@ -172,6 +177,18 @@ def test_deploy_serve_and_report(loop: Loop) -> None:
         assert named.json()["request_id"]
         bad = httpx.post(f"{base}/v1/predict", json={"features": {"temperature_c": 1.0}})
         assert bad.status_code == 422
+        scraped = httpx.get(f"{base}/metrics")
+        assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+        families = {f.name: f for f in text_string_to_metric_families(scraped.text)}
+        v1 = {"model": "fault", "version": "1"}
+        requests = families["edgefleet_agent_inference_requests"].samples
+        assert [s.value for s in requests if s.labels == v1] == [2]  # infer and predict
+        latency = families["edgefleet_agent_inference_seconds"].samples
+        count = [s.value for s in latency if s.name.endswith("_count") and s.labels == v1]
+        assert count == [2]
+        (info,) = families["edgefleet_agent_model_info"].samples
+        assert info.labels in ({**v1, "phase": "probation"}, {**v1, "phase": "serving"})
+        assert "edgefleet_agent_outbox_messages" in families
 
         wait_until(lambda: len(loop.stored_seqs("dev-1")) >= 1, what="telemetry stored")
         listing = run_cli("devices", "list", env=loop.server.env).stdout
@@ -246,3 +263,98 @@ def test_telemetry_survives_broker_and_agent_crashes(loop: Loop) -> None:
     # ones, whose ack had not arrived when it stopped): none was lost.
     assert set(stored) | pending == set(range(1, produced + 1))
     assert len(pending) <= 2
+
+
+def test_a_device_follows_key_rotations_and_refuses_a_forged_trust_store(loop: Loop) -> None:
+    """`edgefleet keys rotate` and `retire` while the server and the agent run: the device
+    moves one trust-store version at a time, keeps serving through the window, takes the
+    re-signed manifest of what it serves, still verifies it after a restart; a version
+    signed by an unknown key changes nothing."""
+    data_dir = str(loop.server.data_dir)
+    token = loop.add_device("dev-k")
+    config = loop.agent_config("dev-k", token)
+    followed = loop.tmp / "dev-k" / "trust-store.json"
+    env = loop.server.env
+
+    def followed_version() -> int:
+        return json.loads(followed.read_text()).get("version", 1) if followed.exists() else 1
+
+    agent = loop.start_agent(config)
+    try:
+        wait_until(lambda: loop.device("dev-k")["online"], what="agent online")
+        run_cli("deploy", "fault:1", "--device", "dev-k", env=env)
+        wait_until(lambda: active_version(loop.device("dev-k")) == 1, what="v1 active")
+
+        rotated = run_cli("keys", "rotate", "--role", "model", "--data-dir", data_dir)
+        assert rotated.stdout.strip().splitlines()[-1] == "2"
+        again = run_cli("keys", "rotate", "--role", "model", "--data-dir", data_dir, check=False)
+        assert again.returncode == 1 and "retire the old key first" in again.stderr
+        v2 = (
+            run_cli("train", "--model", "fault", "--dataset", "1", "--algorithm", "logreg", env=env)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        run_cli("deploy", f"fault:{v2}", "--device", "dev-k", env=env)
+        wait_until(lambda: active_version(loop.device("dev-k")) == 2, what="v2 (new key)")
+        assert followed_version() == 2
+
+        run_cli("keys", "rotate", "--role", "deployment", "--data-dir", data_dir)
+        run_cli("deploy", "fault:1", "--device", "dev-k", env=env)
+        wait_until(lambda: active_version(loop.device("dev-k")) == 1, what="v1 back")
+        assert followed_version() == 3
+
+        retired = run_cli("keys", "retire", "--role", "model", "--data-dir", data_dir)
+        assert retired.stdout.strip().splitlines()[-1] == "4"
+        with loop.server.client() as api:
+            v1 = api.get("/models/fault/versions/1").json()
+            keys = api.get("/keys").json()
+        new_model_key = v1["manifest"]["key_id"]
+        assert [k["key_id"] for k in keys["keys"] if k["role"] == "model"] == [new_model_key]
+        stored = loop.tmp / "dev-k" / "models" / "fault" / f"{v1['sha256']}.manifest.json"
+        wait_until(  # the leader publishes the re-issued desired states at its next tick
+            lambda: (
+                followed_version() == 4
+                and json.loads(stored.read_text())["key_id"] == new_model_key
+            ),
+            what="trust store 4 and v1's manifest signed again",
+        )
+    finally:
+        assert stop_agent(agent) == 0
+    agent = loop.start_agent(config)  # v1 verifies again from disk, under version 4 only
+    try:
+        wait_until(lambda: loop.device("dev-k")["online"], what="back online")
+        device = loop.device("dev-k")
+        assert active_version(device) == 1
+        assert device["state"]["models"][0]["last_error"] is None
+
+        # A version 5 signed by a key no version trusts: refused, nothing changes.
+        stranger = SigningKey.generate()
+        current = TrustStore.model_validate_json(followed.read_text())
+        forged = SignedTrustStore.sign(
+            TrustStore(
+                version=5,
+                keys=[
+                    *current.keys,
+                    TrustedKey.from_verify_key(KeyRole.MODEL, stranger.verify_key),
+                ],
+            ),
+            [stranger],
+        )
+        with sqlite3.connect(loop.server.data_dir / "edgefleet.db") as db:
+            db.execute(
+                "INSERT INTO trust_store_version (version, document, created_at) "
+                "VALUES (5, ?, CURRENT_TIMESTAMP)",
+                (forged.model_dump_json(),),
+            )
+        run_cli("deploy", "fault:2", "--device", "dev-k", env=env)
+        wait_until(
+            lambda: (
+                (loop.device("dev-k")["state"]["last_error"] or {}).get("reason")
+                == "trust_store_unsigned"
+            ),
+            what="the forged version refused",
+        )
+        assert followed_version() == 4
+        assert active_version(loop.device("dev-k")) == 1
+    finally:
+        assert stop_agent(agent) == 0

@@ -3,15 +3,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
+from paho.mqtt.enums import CallbackAPIVersion
 
 from control_plane.app import create_app
 from control_plane.config import ServerSettings, load_settings
+from control_plane.fleet.bridge import MqttBridge
 from control_plane.store.datadir import init_data_dir
+from shared.messages import TelemetryWindow
+from simulator.broker import MosquittoBroker
 from simulator.rig.agent_rig import Rig, open_rig
 
 
@@ -87,6 +93,43 @@ class Api:
 
 
 MakeApi = Callable[..., Api]
+
+
+class MqttDevice:
+    """A device's broker connection (paho, as any client would)."""
+
+    def __init__(self, broker: MosquittoBroker, device_id: str, token: str) -> None:
+        self.id = device_id
+        self.received: list[tuple[str, bytes]] = []
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
+        self.client.username_pw_set(device_id, token)
+        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        for channel in ("desired", "ack"):
+            self.client.subscribe(f"edgefleet/v1/devices/{device_id}/{channel}", qos=1)
+
+    def send(self, channel: str, payload: str | bytes) -> None:
+        self.client.publish(
+            f"edgefleet/v1/devices/{self.id}/{channel}", payload, qos=1
+        ).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def window(device_id: str, seq: int) -> str:
+    now = datetime.now(UTC)
+    return TelemetryWindow(
+        device_id=device_id, seq=seq, window_start=now, window_end=now, models=[], outbox_dropped=0
+    ).model_dump_json()
+
+
+def bridge_of(api: Api) -> MqttBridge:
+    bridge = api.client.app.state.bridge  # type: ignore[attr-defined]
+    assert isinstance(bridge, MqttBridge)
+    return bridge
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

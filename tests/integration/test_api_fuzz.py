@@ -20,7 +20,7 @@ from simulator.rig.agents import wait_until
 from simulator.rig.server import ServerProcess, start_server, stop_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-PUBLIC = {("GET", "/api/v1/healthz"), ("GET", "/api/v1/keys")}
+PUBLIC = {("GET", "/api/v1/healthz"), ("GET", "/api/v1/keys"), ("GET", "/api/v1/trust-stores")}
 EXAMPLES = 25
 
 

@@ -8,18 +8,15 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from control_plane.fleet.bridge import MqttBridge
-from shared.messages import DesiredState, DeviceState, TelemetryWindow
+from shared.messages import DesiredState, DeviceState
 from shared.signing import KeyRole
 from shared.trust import TrustStore
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD, wait_until
-from tests.integration.conftest import Api, MakeApi
+from tests.integration.conftest import MakeApi, MqttDevice, bridge_of, window
 
 pytestmark = pytest.mark.integration
 
@@ -37,50 +34,13 @@ def broker(tmp_path: object) -> Iterator[MosquittoBroker]:
         running.stop()
 
 
-class Device:
-    """A device's broker connection (paho, as any client would)."""
-
-    def __init__(self, broker: MosquittoBroker, device_id: str, token: str) -> None:
-        self.id = device_id
-        self.received: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id)
-        self.client.username_pw_set(device_id, token)
-        self.client.on_message = lambda _c, _u, m: self.received.append((m.topic, bytes(m.payload)))
-        self.client.connect(broker.host, broker.port)
-        self.client.loop_start()
-        for channel in ("desired", "ack"):
-            self.client.subscribe(f"edgefleet/v1/devices/{device_id}/{channel}", qos=1)
-
-    def send(self, channel: str, payload: str | bytes) -> None:
-        self.client.publish(
-            f"edgefleet/v1/devices/{self.id}/{channel}", payload, qos=1
-        ).wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-def window(device_id: str, seq: int) -> str:
-    now = datetime.now(UTC)
-    return TelemetryWindow(
-        device_id=device_id, seq=seq, window_start=now, window_end=now, models=[], outbox_dropped=0
-    ).model_dump_json()
-
-
-def bridge_of(api: Api) -> MqttBridge:
-    bridge = api.client.app.state.bridge  # type: ignore[attr-defined]
-    assert isinstance(bridge, MqttBridge)
-    return bridge
-
-
 def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> None:
-    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD))
+    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD), broker_accounts=broker.accounts)
     bridge = bridge_of(api)
     wait_until(bridge.connected.is_set, what="bridge connected")
     token = api.post("/devices", json={"id": "dev-a", "labels": {"site": "x"}}).json()["token"]
     broker.add_user("dev-a", token)
-    device = Device(broker, "dev-a", token)
+    device = MqttDevice(broker, "dev-a", token)
     try:
         device.send("state", b"{garbage")
         forged = DeviceState(
@@ -160,7 +120,7 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
 
 
 def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoBroker) -> None:
-    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD))
+    api = make_api(mqtt_url=broker.control_plane_url(CP_PASSWORD), broker_accounts=broker.accounts)
     wait_until(bridge_of(api).connected.is_set, what="bridge connected")
     dataset = api.upload(sensor_csv(200, seed=2)).json()
     api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")
@@ -186,7 +146,7 @@ def test_deployment_is_signed_and_retained(make_api: MakeApi, broker: MosquittoB
     ).json()
     assert second["seq"] == first.json()["seq"] + 1  # a sequence that only grows
 
-    device = Device(broker, "dev-c", token)  # connects later: the retained state waits
+    device = MqttDevice(broker, "dev-c", token)  # connects later: the retained state waits
     try:
         wait_until(
             lambda: any(t.endswith("/desired") for t, _ in device.received),

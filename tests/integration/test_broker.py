@@ -19,8 +19,9 @@ import aiomqtt
 import pytest
 from paho.mqtt.reasoncodes import ReasonCode
 
+from shared.broker_address import CONTROL_PLANE_USER
 from shared.messages import MAX_DESIRED_BYTES
-from simulator.broker import CONTROL_PLANE_USER, MosquittoBroker, mosquitto_available
+from simulator.broker import MosquittoBroker, mosquitto_available
 
 pytestmark = [
     pytest.mark.integration,

@@ -22,8 +22,8 @@ from shared.stats import LATENCY_BUCKETS
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD, wait_until
-from tests.integration.conftest import Api, MakeApi
-from tests.integration.test_bridge import Device, bridge_of
+from tests.integration.conftest import Api, MakeApi, bridge_of
+from tests.integration.conftest import MqttDevice as Device
 
 pytestmark = pytest.mark.integration
 POISON_SEQ = 666
@@ -107,7 +107,11 @@ def acked(device: Device) -> list[int]:
 def test_one_bad_message_stops_nobody_elses_ingest(
     make_api: MakeApi, broker: MosquittoBroker, database_url: str | None
 ) -> None:
-    api = make_api(database_url, mqtt_url=broker.control_plane_url(CP_PASSWORD))
+    api = make_api(
+        database_url,
+        mqtt_url=broker.control_plane_url(CP_PASSWORD),
+        broker_accounts=broker.accounts,
+    )
     bridge = bridge_of(api)
     wait_until(bridge.connected.is_set, what="bridge connected")
     poison(api)

@@ -84,3 +84,12 @@ def test_bad_probation_values_are_refused_at_start_naming_the_key(
     assert "invalid agent config" in result.stderr
     assert key in result.stderr
     assert not (tmp_path / "data").exists()  # refused before touching anything
+
+
+def test_a_config_that_is_not_toml_is_a_config_error_not_a_crash(tmp_path: Path) -> None:
+    config = required_only(tmp_path)
+    config.write_text(config.read_text() + "api_metrics = True\n")  # Python's spelling
+    result = run_cli("agent", "--config", str(config), check=False, timeout=60)
+    assert result.returncode == 2  # systemd's RestartPreventExitStatus: not restarted into it
+    assert "is not valid TOML" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import string
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ def test_compose_runs_the_control_plane_on_postgres_and_mosquitto_without_secret
     text = (DEPLOY / "compose" / "compose.yaml").read_text()
     compose: dict[str, Any] = yaml.safe_load(text)
     services = compose["services"]
-    assert set(services) == {"postgres", "mosquitto", "control-plane"}
+    assert set(services) == {"postgres", "broker-init", "mosquitto", "control-plane"}
+    assert services["broker-init"]["profiles"] == ["init"]  # a step, not a service
     control_plane = services["control-plane"]
     assert control_plane["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert control_plane["build"]["dockerfile"] == "deploy/docker/control-plane.Dockerfile"
@@ -63,21 +63,25 @@ def test_compose_runs_the_control_plane_on_postgres_and_mosquitto_without_secret
 
 
 def test_composes_mosquitto_config_is_the_template_rendered() -> None:
-    """The rendered file must not drift from the template the tests run mosquitto with."""
-    template = string.Template((DEPLOY / "mosquitto" / "mosquitto.conf").read_text())
-    rendered = template.substitute(
-        port=1883,
-        bind_address="0.0.0.0",
-        password_file="/mosquitto/config/edgefleet.passwd",
-        cp_port=1884,
-        cp_bind_address="0.0.0.0",
-        cp_password_file="/mosquitto/config/edgefleet-control-plane.passwd",
-        acl_file="/mosquitto/config/edgefleet.acl",
-        persistence_location="/mosquitto/data/",
-        log_dest="stdout",
+    """The rendered file must not drift from the templates the tests run mosquitto with."""
+    from simulator.broker import render_mosquitto_conf
+
+    rendered = render_mosquitto_conf(
+        "dynsec",
+        {
+            "port": 1883,
+            "bind_address": "0.0.0.0",
+            "cp_port": 1884,
+            "cp_bind_address": "0.0.0.0",
+            "dynsec_plugin": "/usr/lib/mosquitto_dynamic_security.so",
+            "dynsec_file": "/mosquitto/data/dynamic-security.json",
+            "persistence_location": "/mosquitto/data/",
+            "log_dest": "stdout",
+        },
     )
     committed = (DEPLOY / "compose" / "mosquitto.conf").read_text()
     assert committed.endswith(rendered)
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in committed
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
+from fastapi.concurrency import run_in_threadpool
 
 from control_plane.api.deps import (
     BridgeDep,
@@ -25,14 +26,17 @@ from control_plane.api.schemas import (
     DeviceUpdate,
     TelemetryPublic,
 )
+from control_plane.errors import UnavailableError
 from control_plane.fleet.deployments import deploy_version
 from control_plane.fleet.devices import (
     check_labels,
+    forget_device,
     get_device,
     list_devices,
     register_device,
     sequence_floor,
 )
+from control_plane.fleet.enrollment import set_broker_account
 from control_plane.fleet.ingestion import stored_windows
 from control_plane.fleet.selectors import parse_selector
 from control_plane.store.tables import Device
@@ -53,6 +57,8 @@ def device_public(device: Device) -> DevicePublic:
         desired_expires_at=device.desired_expires_at,
         state=DeviceState.model_validate_json(device.state) if device.state else None,
         dropped_messages=device.dropped_messages,
+        admission=device.admission.value,
+        broker_account=device.broker_account,
     )
 
 
@@ -62,10 +68,23 @@ def device_public(device: Device) -> DevicePublic:
     status_code=status.HTTP_201_CREATED,
     summary="Register a device and issue its token",
 )
-def create_device(body: DeviceCreate, session: SessionDep, _: Operator) -> DeviceRegistered:
-    """The token is shown once. Give it to the device (config `token`) and to the broker as
-    the device's password (username = device id)."""
-    device, token = register_device(session, body.id, body.labels)
+async def create_device(
+    body: DeviceCreate, session: SessionDep, bridge: BridgeDep, _: Operator
+) -> DeviceRegistered:
+    """The device is accepted at once. The token is shown once: give it to the device
+    (config `token`). With `broker_accounts = "dynsec"` the control plane makes the device's
+    broker account (username = device id, password = the token) before answering; if the
+    broker does not confirm, nothing is kept (503). With `manual`, give the token to the
+    broker yourself."""
+    device, token = await run_in_threadpool(register_device, session, body.id, body.labels)
+    if bridge is not None and bridge.dynsec is not None:
+        try:
+            await bridge.dynsec.put_device(device.id, token)
+        except UnavailableError:
+            await run_in_threadpool(forget_device, session, device.id)
+            raise
+        await run_in_threadpool(set_broker_account, session, device.id, True)
+        session.refresh(device)
     return DeviceRegistered(device=device_public(device), token=token)
 
 
@@ -151,7 +170,6 @@ async def create_deployment(
 ) -> DeploymentPublic:
     """Signs the device's next desired state (its other models unchanged), stores it, and
     publishes it retained at QoS 1, waiting for the broker's acknowledgement."""
-    from fastapi.concurrency import run_in_threadpool
 
     def deploy() -> DesiredState:
         desired = deploy_version(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from control_plane.api.deps import KeysDep, SessionDep, Viewer
-from control_plane.api.schemas import Health
+from control_plane.api.schemas import MAX_ID, Health
+from control_plane.auth import rotation
 from control_plane.observability.metrics import CONTENT_TYPE
 from edgefleet import __version__
-from shared.trust import TrustStore
+from shared.trust import SignedTrustStore, TrustStore
 
 router = APIRouter(tags=["system"])
 metrics_router = APIRouter(tags=["system"])  # at the root, where Prometheus looks
@@ -22,10 +25,28 @@ def healthz(session: SessionDep, request: Request) -> Health:
 
 
 @router.get("/keys", response_model=TrustStore, summary="Public keys (the agents' trust store)")
-def keys(keys: KeysDep) -> TrustStore:
-    """The model-signing and deployment-signing public keys. Save the answer as a file: it is
-    the trust-store format agents and `edgefleet verify --trust-store` load."""
-    return keys.trust_store()
+def keys(keys: KeysDep, session: SessionDep) -> TrustStore:
+    """The model-signing and deployment-signing public keys of the latest trust-store
+    version (during a key rotation, the old and the new key of that role). Save the answer
+    as a file: it is the trust-store format agents and `edgefleet verify --trust-store`
+    load."""
+    return rotation.latest(session, keys).trust_store
+
+
+@router.get(
+    "/trust-stores",
+    response_model=list[SignedTrustStore],
+    summary="Trust-store versions after a given one (no auth: each is signed)",
+)
+def trust_stores(
+    session: SessionDep,
+    after: Annotated[int, Query(ge=1, le=MAX_ID, description="The version the caller has.")],
+) -> list[SignedTrustStore]:
+    """Each version after `after`, ascending (at most 100), signed by the keys of the version
+    before it. A device checks each against the one it has and moves one at a time; a
+    version signed by any other key changes nothing. Public: the signatures, not the
+    channel, make them trustworthy."""
+    return rotation.chain_after(session, after)
 
 
 @metrics_router.get(

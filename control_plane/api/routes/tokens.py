@@ -24,6 +24,7 @@ def _public(row: ApiToken) -> TokenPublic:
 def create_token(body: TokenCreate, session: SessionDep, _: Admin) -> TokenIssued:
     """Issue a bearer token with a role. The secret is in this answer only."""
     row, secret = issue_token(session, name=body.name, role=Role(body.role.value))
+    session.commit()
     return TokenIssued(**_public(row).model_dump(), token=secret)
 
 
