@@ -143,24 +143,35 @@ def _wait_ready(
     deadline = time.monotonic() + wait_seconds
     told = None
     while True:
-        response = client.get("/enrollment", headers={"Authorization": f"Bearer {token}"})
-        if response.status_code != 200:
-            raise EnrollError(f"check-in refused ({response.status_code}): {_detail(response)}")
-        status = response.json()
-        if status["ready"]:
+        admission, ready = _check_in(client, token)
+        if ready:
             return
-        if status["admission"] == "rejected":
+        if admission == "rejected":
             raise EnrollError("an operator rejected this device")
-        if status["admission"] != told:
-            told = status["admission"]
-            say(
-                "accepted: waiting for the broker account"
-                if told == "accepted"
-                else f"{told}: waiting for an operator (edgefleet devices approve "
-                f"{status['device_id']})"
-            )
+        if admission != told:
+            told = admission
+            say(WAITING.get(admission, f"{admission}: trying again"))
         if time.monotonic() >= deadline:
-            raise EnrollError(
-                f"still {status['admission']}; run the same command again to resume", 3
-            )
+            raise EnrollError(f"still {admission}; run the same command again to resume", 3)
         time.sleep(poll_seconds)
+
+
+WAITING = {
+    "pending": "pending: waiting for an operator (edgefleet devices approve ID)",
+    "accepted": "accepted: waiting for the broker account",
+}
+
+
+def _check_in(client: httpx.Client, token: str) -> tuple[str, bool]:
+    """(admission, ready). What the control plane cannot answer yet (the network; 503: the
+    broker did not confirm the account) is "not ready", to be asked again."""
+    try:
+        response = client.get("/enrollment", headers={"Authorization": f"Bearer {token}"})
+    except httpx.TransportError as exc:
+        return f"unreachable ({type(exc).__name__})", False
+    if response.status_code == 503:
+        return "accepted", False
+    if response.status_code != 200:
+        raise EnrollError(f"check-in refused ({response.status_code}): {_detail(response)}")
+    status = response.json()
+    return str(status["admission"]), bool(status["ready"])

@@ -105,6 +105,17 @@ def _require_tool(name: str) -> str:
     return path
 
 
+def _run_tool(name: str, *args: str) -> None:
+    """Run a mosquitto tool; its output in the error when it fails."""
+    result = subprocess.run(
+        [_require_tool(name), *args], check=False, capture_output=True, text=True, timeout=30
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"{name} {args[0]} failed ({result.returncode}): {result.stdout}{result.stderr}"
+        )
+
+
 def _mqtt_string(value: str) -> bytes:
     data = value.encode()
     return struct.pack("!H", len(data)) + data
@@ -286,20 +297,7 @@ class MosquittoBroker:
         if self.auth == "dynsec":
             if self.running or self.dynsec_file.exists():
                 raise RuntimeError("the dynsec account is made once, before the broker starts")
-            result = subprocess.run(
-                [
-                    _require_tool("mosquitto_ctrl"),
-                    *("dynsec", "init", str(self.dynsec_file), username, password),
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
-            if result.returncode != 0:
-                raise RuntimeError(
-                    f"mosquitto_ctrl dynsec init failed: {result.stdout}{result.stderr}"
-                )
+            _run_tool("mosquitto_ctrl", "dynsec", "init", str(self.dynsec_file), username, password)
             return
         create = not self.cp_password_file.exists() or self.cp_password_file.stat().st_size == 0
         args = ["-c", "-b"] if create else ["-b"]
@@ -358,18 +356,7 @@ class MosquittoBroker:
             raise RuntimeError(f"{what}: with dynsec the control plane makes device accounts")
 
     def _passwd(self, *args: str) -> None:
-        result = subprocess.run(
-            [_require_tool("mosquitto_passwd"), *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"mosquitto_passwd {args[0]} failed ({result.returncode}): "
-                f"{result.stdout}{result.stderr}"
-            )
+        _run_tool("mosquitto_passwd", *args)
 
     # -- process -------------------------------------------------------------------------
 

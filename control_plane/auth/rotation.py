@@ -86,20 +86,31 @@ def rotate(session: Session, keys_dir: Path, role: KeyRole) -> SignedTrustStore:
             code="rotation_under_way",
         )
     keys = load_keys(keys_dir)
-    current = latest(session, keys).trust_store
-    new_key = SigningKey.generate()
+    signed_now = latest(session, keys)
+    current = signed_now.trust_store
     staged = keys_dir / (KEY_FILES[role] + ".next")
-    _write_key(staged, new_key)  # O_EXCL: a rotation interrupted here is refused next time
+    if staged.exists():  # a rotation interrupted
+        if SigningKey.from_pem(staged.read_bytes()).key_id in current.key_ids(role):
+            _swap_in(keys_dir, role, staged, previous)  # stored already: finish it
+            return signed_now
+        staged.unlink()  # never stored, so never trusted: start again
+    new_key = SigningKey.generate()
+    _write_key(staged, new_key)
     new = TrustStore(
         version=current.version + 1,
         keys=[*current.keys, TrustedKey.from_verify_key(role, new_key.verify_key)],
     )
     signed = _store(session, current, new, keys)
     session.commit()
+    _swap_in(keys_dir, role, staged, previous)
+    return signed
+
+
+def _swap_in(keys_dir: Path, role: KeyRole, staged: Path, previous: Path) -> None:
+    """The current key file to ``previous``, the staged one in its place."""
     previous.parent.mkdir(mode=0o700, exist_ok=True)
     os.replace(keys_dir / KEY_FILES[role], previous)
     os.replace(staged, keys_dir / KEY_FILES[role])
-    return signed
 
 
 def retire(

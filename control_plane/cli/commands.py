@@ -479,6 +479,7 @@ def models_compare(
     name: Annotated[str, typer.Argument(help="Model name.")],
     a: Annotated[str, typer.Argument(help="A version number or alias.")],
     b: Annotated[str, typer.Argument(help="Another.")],
+    output: OutputOpt = Output.TABLE,
     url: UrlOpt = DEFAULT_URL,
     token: TokenOpt = None,
 ) -> None:
@@ -486,6 +487,9 @@ def models_compare(
     plane's machine, lineage."""
     with api(url, token) as client:
         result = client.compare(name, a, b)
+    if output is Output.JSON:
+        print_json(result)
+        return
     left, right = result.a, result.b
     table = Table(
         title=f"{name}: holdout of v{result.holdout.of_version}, {result.holdout.rows} rows of "

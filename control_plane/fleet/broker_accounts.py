@@ -146,7 +146,8 @@ class Dynsec:
             raise UnavailableError(
                 f"the broker did not answer its dynamic-security commands within "
                 f"{self._timeout:g} s: is mosquitto_dynamic_security loaded, and is "
-                f"{self.username} its admin (mosquitto_ctrl dynsec init)?",
+                f"{self.username} its admin (mosquitto_ctrl dynsec init)? A broker whose "
+                'accounts are kept by hand needs broker_accounts = "manual"',
                 code="broker_unavailable",
             ) from exc
         finally:

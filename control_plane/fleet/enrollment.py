@@ -16,6 +16,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.audit.record import record_event
@@ -157,7 +158,13 @@ def enroll(
         f"enrolled with {why}: {device.admission.value}",
         device_id=device_id,
     )
-    session.commit()
+    try:
+        session.commit()  # a concurrent enrollment of the same new id fails here, not twice
+    except IntegrityError as exc:
+        session.rollback()
+        raise ConflictError(
+            f"device {device_id!r} exists", loc=("body", "device_id"), code="already_enrolled"
+        ) from exc
     session.refresh(device)
     return device, token
 

@@ -70,6 +70,9 @@ def test_user_trains_and_verifies_offline(
     assert searched.stderr.count("best") == 1
     compared = run_cli("models", "compare", "searched", "1", "1", env=env).stdout
     assert "µs / run, 64 rows" in compared and "accuracy" in compared
+    as_json = ("models", "compare", "searched", "1", "1", "--output", "json")
+    document = json.loads(run_cli(*as_json, env=env).stdout)
+    assert document["a"]["version"] == document["b"]["version"] == 1
 
     listing = run_cli("models", "list", env=env).stdout
     assert "fault" in listing and "searched" in listing and "classification" in listing

@@ -109,8 +109,20 @@ def test_a_device_enrolls_over_tls_and_serves_what_is_deployed(site: Site) -> No
     )
     bootstrap = issued.stdout.strip().splitlines()[-1].split("=", 1)[1]
 
-    # On the device: enroll, and wait for an operator.
+    # On the device: enroll; no operator within --wait 0, so exit 3 (pending) ...
     config = site.tmp / "device" / "agent.toml"
+    first = subprocess.run(
+        site.enroll_cmd(bootstrap, site.tls / "ca.pem", config, "--wait", "0"),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert "still pending; run the same command again to resume" in first.stderr
+    # ... then the same command again resumes with the saved token (the bootstrap token had
+    # one use: a second enrollment would be refused) and waits for an operator.
     enrolling = subprocess.Popen(
         site.enroll_cmd(bootstrap, site.tls / "ca.pem", config, "--wait", "300"),
         stdout=subprocess.PIPE,
@@ -131,6 +143,7 @@ def test_a_device_enrolls_over_tls_and_serves_what_is_deployed(site: Site) -> No
             enrolling.kill()
     assert enrolling.returncode == 0, output
     assert "ready: edgefleet agent --config" in output
+    assert f"resuming the enrollment of {DEVICE}" in output
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     trust = config.parent / "trust-store.json"
     assert trust.read_bytes() == httpx.get(site.server.url + "/api/v1/keys", verify=site.ca).content

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session
 
 from control_plane.store.tables import BootstrapToken
@@ -117,17 +119,25 @@ def test_a_device_enrolls_waits_for_an_operator_and_then_reaches_only_its_own_to
     other = enroll(api, secret, "dev-b").json()["token"]
     api.post("/devices/dev-b/approve")
     check_in(api, other)
-    device = MqttDevice(broker, "dev-a", token)
+    # The plugin checks subscriptions: another device's topic or a wildcard is refused.
     granted: list[list[bool]] = []
-    device.client.on_subscribe = lambda _c, _u, _m, codes, _p: granted.append(
+    probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dev-a")
+    probe.username_pw_set("dev-a", token)
+    probe.on_subscribe = lambda _c, _u, _m, codes, _p: granted.append(
         [not code.is_failure for code in codes]
     )
+    probe.connect(broker.host, broker.port)
+    probe.loop_start()
     try:
-        device.client.subscribe("edgefleet/v1/devices/dev-b/desired", qos=1)
-        device.client.subscribe("edgefleet/v1/devices/+/desired", qos=1)
-        device.client.subscribe("edgefleet/v1/devices/dev-a/desired", qos=1)
+        for topic in ("dev-b/desired", "+/desired", "dev-a/desired"):
+            probe.subscribe(f"edgefleet/v1/devices/{topic}", qos=1)
         wait_until(lambda: len(granted) == 3, what="three SUBACKs")
         assert granted == [[False], [False], [True]]
+    finally:
+        probe.loop_stop()
+        probe.disconnect()
+    device = MqttDevice(broker, "dev-a", token)
+    try:
         device.client.publish("edgefleet/v1/devices/dev-b/state", state("dev-b"), qos=1)
         device.send("state", state("dev-a"))
         wait_until(lambda: api.get("/devices/dev-a").json()["state"] is not None, what="state")
