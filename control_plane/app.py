@@ -13,6 +13,7 @@ from datetime import timedelta
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from control_plane import ui
 from control_plane.api import errors
 from control_plane.api.routes import (
     artifacts,
@@ -200,6 +201,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(system.metrics_router)
+    ui.install(app)
 
     app.add_middleware(RequestTimer)
     return app

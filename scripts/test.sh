@@ -6,6 +6,11 @@ source "$(dirname "$0")/bootstrap.sh"
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then
     apt_install mosquitto
 fi
+# The dashboard's browser tests: Debian's headless Chromium and its driver. Where they cannot
+# be installed, those tests are skipped with that reason.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    apt_install chromium chromium-driver || echo "chromium not installed: browser tests skip" >&2
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -41,7 +41,9 @@ async def run_scenario(
     async with Simulation(work, options) as sim:
         console.print(
             f"broker: {sim.broker.describe()}; control plane {sim.control.url} "
-            f"(data {sim.control.data_dir})",
+            f"(data {sim.control.data_dir})\n"
+            f"dashboard: {sim.control.url}/ui/ (log in with the token "
+            f"{sim.control.token})",
             highlight=False,
         )
         view = asyncio.create_task(_live(sim)) if live else None

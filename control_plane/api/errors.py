@@ -86,7 +86,9 @@ class JsonBodyGuard:
             return
         declared = self._content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await self._refuse(send, 413, f"JSON bodies are at most {self.max_bytes} bytes")
+            await refuse(
+                send, 413, ["body"], f"JSON bodies are at most {self.max_bytes} bytes", "too_large"
+            )
             return
         chunks, size = [], 0
         while True:
@@ -96,14 +98,22 @@ class JsonBodyGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send, 413, f"JSON bodies are at most {self.max_bytes} bytes")
+                await refuse(
+                    send,
+                    413,
+                    ["body"],
+                    f"JSON bodies are at most {self.max_bytes} bytes",
+                    "too_large",
+                )
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
         if nesting_depth(body) > self.max_depth:
-            await self._refuse(send, 400, f"JSON nested deeper than {self.max_depth} levels")
+            await refuse(
+                send, 400, ["body"], f"JSON nested deeper than {self.max_depth} levels", "too_deep"
+            )
             return
         replayed = False
 
@@ -133,22 +143,47 @@ class JsonBodyGuard:
                     return None
         return None
 
-    @staticmethod
-    async def _refuse(send: Send, status: int, msg: str) -> None:
-        kind = "too_large" if status == 413 else "too_deep"
-        payload = json.dumps(error_body(["body"], msg, kind)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
-                ],
+
+async def refuse(send: Send, status: int, loc: list[str | int], msg: str, kind: str) -> None:
+    """Answer an error from a middleware, in the one error shape, and close the connection."""
+    payload = json.dumps(error_body(loc, msg, kind)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+SECRET_QUERY_NAMES = {b"token", b"access_token", b"api_key", b"bearer"}
+
+
+class TokenInUrlGuard:
+    """ASGI middleware: a request naming a token in its URL query is refused (400) whatever
+    the route. URLs end up in logs, browser history and Referer headers; tokens go in the
+    Authorization header only."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            names = {
+                part.split(b"=", 1)[0].lower()
+                for part in scope.get("query_string", b"").split(b"&")
+                if part
             }
-        )
-        await send({"type": "http.response.body", "body": payload})
+            if named := sorted(names & SECRET_QUERY_NAMES):
+                msg = "tokens go in the Authorization header, never in a URL"
+                await refuse(send, 400, ["query", named[0].decode()], msg, "token_in_url")
+                return
+        await self.app(scope, receive, send)
 
 
 STATUS: tuple[tuple[type[ControlPlaneError], int], ...] = (
@@ -218,3 +253,4 @@ def install(app: FastAPI) -> None:
         )
 
     app.add_middleware(JsonBodyGuard)
+    app.add_middleware(TokenInUrlGuard)

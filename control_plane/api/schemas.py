@@ -402,6 +402,14 @@ class DeviceRegistered(ApiModel):
     )
 
 
+class Caller(ApiModel):
+    """The caller's token, as the caller may know it (never its secret)."""
+
+    name: str = Field(description="The token's name.")
+    role: str = Field(description="`admin`, `operator`, `viewer` or `device`.")
+    device_id: str | None = Field(description="The device of a device token.")
+
+
 class DevicesPreauthorize(ApiRequest):
     """Devices that will be accepted as soon as they enroll."""
 
@@ -496,6 +504,25 @@ class DeploymentPublic(ApiModel):
 class TelemetryPublic(ApiModel):
     received_at: datetime = Field(description="When the control plane stored it.")
     window: TelemetryWindow = Field(description="The window as the device sent it.")
+    p95_latency_us: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="Per `model:version` in the window, the p95 latency from its histogram.",
+    )
+
+
+class FleetSummary(ApiModel):
+    """What a selector's devices serve, counted."""
+
+    devices: int = Field(description="Devices the selector matches.")
+    online: int = Field(description="Of them, online.")
+    serving: list[ServingCount] = Field(description="Devices per model, version and phase.")
+
+
+class ServingCount(ApiModel):
+    model: str = Field(description="Model name.")
+    version: int | None = Field(description="The active version (null: none yet).")
+    phase: str = Field(description="Install phase.")
+    devices: int = Field(description="Devices.")
 
 
 class DeviceUpdate(ApiRequest):

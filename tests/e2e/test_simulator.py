@@ -46,6 +46,8 @@ def test_scenario_checks_pass(tmp_path: Path, scenario: str) -> None:
     assert result.returncode == 0 and not failed, f"{failed}\n{result.stdout[-3000:]}"
     assert report["passed"] is True and report["scenario"] == scenario
     assert (out / "report.md").read_text().startswith(f"# Simulator report: {scenario} — PASS")
+    said = " ".join(result.stdout.split())  # the console wraps long lines
+    assert "dashboard: http://127.0.0.1:" in said and "/ui/ (log in with the token ef_" in said
 
 
 def test_simulate_refuses_an_unknown_scenario(tmp_path: Path) -> None:

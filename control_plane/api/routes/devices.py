@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections import Counter
+from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
 
 from control_plane.api.deps import (
@@ -24,6 +25,8 @@ from control_plane.api.schemas import (
     DevicePublic,
     DeviceRegistered,
     DeviceUpdate,
+    FleetSummary,
+    ServingCount,
     TelemetryPublic,
 )
 from control_plane.errors import UnavailableError
@@ -41,6 +44,7 @@ from control_plane.fleet.ingestion import stored_windows
 from control_plane.fleet.selectors import parse_selector
 from control_plane.store.tables import Device
 from shared.messages import DesiredState, DeviceState, SequenceFloor, TelemetryWindow
+from shared.stats import histogram_quantile
 
 router = APIRouter(tags=["devices"])
 DeviceIdPath = Annotated[str, Path(description="Device id.")]
@@ -91,13 +95,54 @@ async def create_device(
 @router.get("/devices", response_model=list[DevicePublic], summary="List devices")
 def get_devices(
     session: SessionDep,
+    response: Response,
     _: Viewer,
     selector: Annotated[
         str, Query(description="Label selector, e.g. `site=berlin,hw!=rpi3`.")
     ] = "",
+    limit: Annotated[
+        int | None, Query(ge=1, le=1000, description="At most this many (by id); all if unset.")
+    ] = None,
+    offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many first.")] = 0,
 ) -> list[DevicePublic]:
+    """Devices by id. The `X-Total-Count` header says how many the selector matches, so a
+    page of `limit` from `offset` can say where it is."""
     parsed = parse_selector(selector, loc=("query", "selector"))
-    return [device_public(d) for d in list_devices(session) if parsed.matches(d.labels)]
+    matching = [d for d in list_devices(session) if parsed.matches(d.labels)]
+    response.headers["X-Total-Count"] = str(len(matching))
+    end = None if limit is None else offset + limit
+    return [device_public(d) for d in matching[offset:end]]
+
+
+@router.get(
+    "/devices/summary",
+    response_model=FleetSummary,
+    summary="Devices per model, version and phase",
+)
+def get_summary(
+    session: SessionDep,
+    _: Viewer,
+    selector: Annotated[str, Query(description="Label selector.")] = "",
+) -> FleetSummary:
+    """Counted over every device the selector matches (the list itself is paged)."""
+    parsed = parse_selector(selector, loc=("query", "selector"))
+    matching = [d for d in list_devices(session) if parsed.matches(d.labels)]
+    counts: Counter[tuple[str, int | None, str]] = Counter()
+    for device in matching:
+        state = DeviceState.model_validate_json(device.state) if device.state else None
+        for model in state.models if state else []:
+            active = model.active.version if model.active else None
+            counts[(model.name, active, model.phase.value)] += 1
+    return FleetSummary(
+        devices=len(matching),
+        online=sum(d.online for d in matching),
+        serving=[
+            ServingCount(model=m, version=v, phase=p, devices=n)
+            for (m, v, p), n in sorted(
+                counts.items(), key=lambda item: (item[0][0], item[0][1] or 0)
+            )
+        ],
+    )
 
 
 @router.patch("/devices/{device_id}", response_model=DevicePublic, summary="Set a device's labels")
@@ -147,11 +192,20 @@ def get_telemetry(
 ) -> list[TelemetryPublic]:
     get_device(session, device_id)
     return [
-        TelemetryPublic(
-            received_at=r.received_at, window=TelemetryWindow.model_validate_json(r.payload)
-        )
+        telemetry_public(r.received_at, TelemetryWindow.model_validate_json(r.payload))
         for r in stored_windows(session, device_id, limit)
     ]
+
+
+def telemetry_public(received_at: datetime, window: TelemetryWindow) -> TelemetryPublic:
+    return TelemetryPublic(
+        received_at=received_at,
+        window=window,
+        p95_latency_us={
+            f"{m.name}:{m.version}": histogram_quantile(m.latency_counts, 0.95)
+            for m in window.models
+        },
+    )
 
 
 @router.post(

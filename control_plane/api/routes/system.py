@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from control_plane.api.deps import KeysDep, SessionDep, Viewer
-from control_plane.api.schemas import MAX_ID, Health
+from control_plane.api.deps import KeysDep, SessionDep, Viewer, ViewerOrDevice
+from control_plane.api.schemas import MAX_ID, Caller, Health
 from control_plane.auth import rotation
 from control_plane.observability.metrics import CONTENT_TYPE
 from edgefleet import __version__
@@ -22,6 +22,13 @@ def healthz(session: SessionDep, request: Request) -> Health:
     """200 once the server has migrated its database and loaded its keys."""
     session.connection()
     return Health(status="ok", version=__version__, leader=request.app.state.leadership.is_leader)
+
+
+@router.get("/whoami", response_model=Caller, summary="Who this token is")
+def whoami(token: ViewerOrDevice) -> Caller:
+    """The token's name and role (the dashboard shows operators their buttons from it; the
+    API checks every action itself)."""
+    return Caller(name=token.name, role=token.role.value, device_id=token.device_id)
 
 
 @router.get("/keys", response_model=TrustStore, summary="Public keys (the agents' trust store)")

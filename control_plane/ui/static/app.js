@@ -1,0 +1,546 @@
+// edgefleet dashboard: plain JavaScript, no library, nothing loaded from elsewhere.
+// Everything from the API is put into the page as text (textContent, attributes), never as
+// markup; the token lives in this tab's sessionStorage and travels only in a header.
+
+const TOKEN_KEY = "edgefleet-token";
+const PAGE = 50;
+const LIVE_MS = 2000; // pages that change while you look are polled: see README ("Dashboard")
+const ACTIONS = {
+  running: ["pause", "promote", "abort", "rollback"],
+  paused: ["resume", "promote", "abort", "rollback"],
+};
+const CONFIRM = { abort: true, rollback: true };
+
+const main = document.getElementById("main");
+let caller = null;
+let timer = null;
+const fleet = { selector: "", offset: 0 };
+
+class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function link(hash, text) {
+  return el("a", { href: hash }, text);
+}
+
+function table(head, rows) {
+  return el(
+    "table",
+    {},
+    el("thead", {}, el("tr", {}, head.map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c))))),
+  );
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : "";
+}
+
+function status(text) {
+  return el("span", { class: String(text) }, text);
+}
+
+async function api(path, options = {}) {
+  const headers = { Authorization: `Bearer ${sessionStorage.getItem(TOKEN_KEY)}` };
+  if (options.body) headers["Content-Type"] = "application/json";
+  const response = await fetch(`/api/v1${path}`, { ...options, headers, cache: "no-store" });
+  const body = await response.json().catch(() => null);
+  if (response.status === 401) {
+    logout("The control plane refused this token: give another.");
+    throw new ApiError(401, "unauthorized");
+  }
+  if (!response.ok) {
+    const detail = body && body.detail && body.detail[0];
+    throw new ApiError(response.status, detail ? detail.msg : response.statusText);
+  }
+  return { body, headers: response.headers };
+}
+
+async function get(path) {
+  return (await api(path)).body;
+}
+
+function canAct() {
+  return caller && (caller.role === "operator" || caller.role === "admin");
+}
+
+// --- log in -------------------------------------------------------------------------------
+
+function logout(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  caller = null;
+  loginPage(message);
+}
+
+function loginPage(message) {
+  clearInterval(timer);
+  document.getElementById("nav").hidden = true;
+  document.getElementById("who").textContent = "";
+  const input = el("input", {
+    type: "password",
+    name: "token",
+    id: "token",
+    autocomplete: "off",
+    placeholder: "ef_…",
+  });
+  const form = el(
+    "form",
+    { class: "login card", id: "login" },
+    el("h1", {}, "Log in"),
+    el("p", {}, "An API token: a viewer sees the fleet, an operator also acts on rollouts."),
+    input,
+    message ? el("p", { class: "error" }, message) : null,
+    el("button", { type: "submit" }, "Log in"),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    route();
+  });
+  main.replaceChildren(form);
+  input.focus();
+}
+
+// --- fleet --------------------------------------------------------------------------------
+
+async function fleetPage() {
+  const query = new URLSearchParams({ limit: PAGE, offset: fleet.offset });
+  if (fleet.selector) query.set("selector", fleet.selector);
+  const summaryQuery = fleet.selector ? `?selector=${encodeURIComponent(fleet.selector)}` : "";
+  const [{ body: devices, headers }, summary] = await Promise.all([
+    api(`/devices?${query}`),
+    get(`/devices/summary${summaryQuery}`),
+  ]);
+  const total = Number(headers.get("X-Total-Count"));
+  const selector = el("input", { id: "selector", value: fleet.selector, placeholder: "site=berlin" });
+  const filter = el("form", { class: "pager" }, "Selector", selector, el("button", {}, "Filter"));
+  filter.addEventListener("submit", (event) => {
+    event.preventDefault();
+    fleet.selector = selector.value.trim();
+    fleet.offset = 0;
+    route();
+  });
+  const move = (offset) => () => {
+    fleet.offset = offset;
+    route();
+  };
+  const last = Math.min(total, fleet.offset + devices.length);
+  return el(
+    "section",
+    { id: "fleet" },
+    el("h1", {}, "Fleet"),
+    el(
+      "div",
+      { class: "row" },
+      el("div", { class: "stat" }, el("b", {}, summary.devices), "devices"),
+      el("div", { class: "stat" }, el("b", {}, summary.online), "online"),
+      summary.serving.map((s) =>
+        el(
+          "div",
+          { class: "stat version-count" },
+          el("b", {}, s.devices),
+          `${s.model} v${s.version ?? "–"} `,
+          status(s.phase),
+        ),
+      ),
+    ),
+    filter,
+    table(
+      ["device", "online", "labels", "models", "last error"],
+      devices.map((d) => {
+        const models = d.state ? d.state.models : [];
+        const errors = [d.state && d.state.last_error, ...models.map((m) => m.last_error)];
+        const error = errors.filter(Boolean).pop();
+        return [
+          link(`#/devices/${encodeURIComponent(d.id)}`, d.id),
+          status(d.online ? "online" : "offline"),
+          Object.entries(d.labels).map(([k, v]) => `${k}=${v}`).join(", "),
+          models.map((m) => [`${m.name} v${m.active ? m.active.version : "–"} `, status(m.phase), " "]),
+          error ? `${error.reason}: ${error.message}` : "",
+        ];
+      }),
+    ),
+    el(
+      "div",
+      { class: "pager" },
+      el("button", { disabled: fleet.offset === 0, onclick: move(Math.max(0, fleet.offset - PAGE)) }, "‹ previous"),
+      `${total ? fleet.offset + 1 : 0}–${last} of ${total}`,
+      el("button", { disabled: last >= total, onclick: move(fleet.offset + PAGE) }, "next ›"),
+    ),
+  );
+}
+fleetPage.live = LIVE_MS;
+
+async function devicePage(id) {
+  const path = encodeURIComponent(id);
+  const [device, windows, events] = await Promise.all([
+    get(`/devices/${path}`),
+    get(`/devices/${path}/telemetry?limit=20`),
+    get(`/events?device_id=${path}&limit=20`),
+  ]);
+  const models = device.state ? device.state.models : [];
+  return el(
+    "section",
+    { id: "device" },
+    el("h1", {}, `Device ${device.id}`),
+    el(
+      "p",
+      {},
+      status(device.online ? "online" : "offline"),
+      ` · ${device.admission} · last seen ${when(device.last_seen)} · labels `,
+      Object.entries(device.labels).map(([k, v]) => `${k}=${v}`).join(", "),
+    ),
+    el("h2", {}, "Models"),
+    table(
+      ["model", "active", "previous", "phase", "rollout", "last error"],
+      models.map((m) => [
+        m.name,
+        m.active ? `v${m.active.version}` : "",
+        m.previous ? `v${m.previous.version}` : "",
+        status(m.phase),
+        m.rollout_id || "",
+        m.last_error ? `${m.last_error.reason}: ${m.last_error.message}` : "",
+      ]),
+    ),
+    el("h2", {}, "Recent telemetry"),
+    table(
+      ["window end", "model", "requests", "errors", "p95"],
+      windows
+        .slice()
+        .reverse()
+        .flatMap((w) =>
+          w.window.models.map((m) => {
+            const p95 = w.p95_latency_us[`${m.name}:${m.version}`];
+            return [when(w.window.window_end), `${m.name} v${m.version}`, m.requests, m.errors, p95 == null ? "" : `${(p95 / 1000).toFixed(2)} ms`];
+          }),
+        ),
+    ),
+    el("h2", {}, "State history"),
+    eventList(events),
+  );
+}
+devicePage.live = LIVE_MS;
+
+function eventList(events) {
+  return table(
+    ["when", "type", "what"],
+    events.map((e) => [when(e.at), e.type, e.message]),
+  );
+}
+
+// --- rollouts -----------------------------------------------------------------------------
+
+async function rolloutsPage() {
+  const rollouts = await get("/rollouts");
+  return el(
+    "section",
+    { id: "rollouts" },
+    el("h1", {}, "Rollouts"),
+    table(
+      ["rollout", "version", "selector", "status", "stage", "assigned", "started"],
+      rollouts.map((r) => [
+        link(`#/rollouts/${encodeURIComponent(r.id)}`, r.id),
+        `${r.model} v${r.version}`,
+        r.selector || "all",
+        status(r.status),
+        r.stage < 0 ? "–" : `${r.stage + 1}/${r.stages.length}`,
+        `${r.assigned}/${r.devices}`,
+        when(r.created_at),
+      ]),
+    ),
+  );
+}
+rolloutsPage.live = LIVE_MS;
+
+async function act(rollout, command) {
+  if (CONFIRM[command] && !window.confirm(`${command} rollout ${rollout.id}?`)) return;
+  try {
+    await api(`/rollouts/${encodeURIComponent(rollout.id)}/${command}`, { method: "POST" });
+  } catch (error) {
+    window.alert(`${command}: ${error.message}`);
+  }
+  route();
+}
+
+async function rolloutPage(id) {
+  const path = encodeURIComponent(id);
+  const [rollout, events] = await Promise.all([
+    get(`/rollouts/${path}`),
+    get(`/rollouts/${path}/events`),
+  ]);
+  const summary = await get(`/devices/summary?selector=${encodeURIComponent(rollout.selector)}`);
+  const serving = summary.serving.filter((s) => s.model === rollout.model);
+  const actions = canAct() ? ACTIONS[rollout.status] || [] : [];
+  return el(
+    "section",
+    { id: "rollout" },
+    el("h1", {}, `Rollout ${rollout.id}: ${rollout.model} v${rollout.version}`),
+    el(
+      "p",
+      {},
+      "Status ",
+      el("b", { id: "rollout-status", class: rollout.status }, rollout.status),
+      ` · stage ${rollout.stage < 0 ? "–" : rollout.stage + 1} of ${rollout.stages.length}`,
+      ` · ${rollout.assigned} of ${rollout.devices} devices given the version`,
+      rollout.reason ? ` · ${rollout.reason}` : "",
+    ),
+    actions.length
+      ? el(
+          "div",
+          { class: "actions", id: "actions" },
+          actions.map((command) =>
+            el(
+              "button",
+              {
+                id: `action-${command}`,
+                class: CONFIRM[command] ? "danger" : "",
+                onclick: () => act(rollout, command),
+              },
+              command,
+            ),
+          ),
+        )
+      : null,
+    el("h2", {}, "Devices per version"),
+    el(
+      "div",
+      { class: "row", id: "versions" },
+      serving.map((s) =>
+        el(
+          "div",
+          { class: "stat version-count" },
+          el("b", {}, s.devices),
+          `v${s.version ?? "–"} `,
+          status(s.phase),
+        ),
+      ),
+    ),
+    el("h2", {}, "Stages"),
+    table(
+      ["stage", "plan", "devices with the version", "soak"],
+      rollout.stages.map((s) => [
+        s.index + 1 === rollout.stage + 1 ? el("b", {}, `${s.index + 1} (current)`) : `${s.index + 1}`,
+        s.label,
+        s.target,
+        `${s.soak_seconds} s`,
+      ]),
+    ),
+    el("h2", {}, "Gates (current stage)"),
+    table(
+      ["gate", "status", "value", "threshold", "evidence"],
+      rollout.gates.map((g) => [
+        g.name,
+        status(g.status),
+        g.value == null ? "" : Number(g.value).toPrecision(4),
+        Number(g.threshold).toPrecision(4),
+        [g.detail, g.devices != null ? ` · ${g.devices} devices` : "", g.requests != null ? ` · ${g.requests} requests` : ""],
+      ]),
+    ),
+    el("h2", {}, "Events"),
+    eventList(events),
+  );
+}
+rolloutPage.live = LIVE_MS;
+
+// --- models and drift ---------------------------------------------------------------------
+
+async function modelsPage() {
+  const models = await get("/models");
+  return el(
+    "section",
+    { id: "models" },
+    el("h1", {}, "Models"),
+    table(
+      ["model", "task", "latest", "aliases", "drift"],
+      models.map((m) => [
+        link(`#/models/${encodeURIComponent(m.name)}`, m.name),
+        m.task,
+        m.latest_version,
+        Object.entries(m.aliases).map(([a, v]) => `${a} → v${v}`).join(", "),
+        link(`#/drift/${encodeURIComponent(m.name)}`, "drift"),
+      ]),
+    ),
+  );
+}
+
+async function modelPage(name) {
+  const path = encodeURIComponent(name);
+  const [versions, rollouts, events] = await Promise.all([
+    get(`/models/${path}/versions`),
+    get("/rollouts"),
+    get(`/events?model=${path}&limit=50`),
+  ]);
+  const byVersion = (v) => rollouts.filter((r) => r.model === name && r.version === v);
+  return el(
+    "section",
+    { id: "model" },
+    el("h1", {}, `Model ${name}`),
+    el("p", {}, link(`#/drift/${path}`, "Drift over time")),
+    table(
+      ["version", "algorithm", "metrics", "aliases", "release", "signed manifest", "lineage"],
+      versions.map((v) => [
+        `v${v.version}`,
+        v.algorithm,
+        Object.entries(v.metrics).map(([k, x]) => `${k} ${x.toFixed(3)}`).join(", "),
+        v.aliases.join(", "),
+        v.release || "",
+        el("code", {}, `sha256 ${v.sha256.slice(0, 16)}… · ${v.size} bytes · parity ${v.parity_max_abs_diff.toExponential(1)}`),
+        [
+          `dataset ${v.dataset_id}`,
+          v.job_id ? ` → job ${v.job_id}` : "",
+          ` → v${v.version}`,
+          byVersion(v.version).map((r) => [" → ", link(`#/rollouts/${encodeURIComponent(r.id)}`, `rollout ${r.id}`), ` (${r.status})`]),
+        ],
+      ]),
+    ),
+    el("h2", {}, "Drift, retraining and releases"),
+    eventList(events),
+  );
+}
+
+const SERIES_COLOURS = ["#0969da", "#8250df", "#bf8700", "#1a7f37", "#cf222e", "#57606a"];
+
+function lineChart(title, points, series, threshold) {
+  // points: [{t: Date}], series: [{name, values: [number|null]}]; threshold: number|null
+  const width = 640;
+  const height = 180;
+  const pad = 30;
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("class", "chart");
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  svg.setAttribute("role", "img");
+  svg.setAttribute("aria-label", title);
+  const all = series.flatMap((s) => s.values).filter((v) => v != null);
+  const top = Math.max(threshold ?? 0, ...all, 1e-9) * 1.1;
+  const x = (i) => pad + (points.length < 2 ? 0 : (i * (width - 2 * pad)) / (points.length - 1));
+  const y = (v) => height - pad - (v / top) * (height - 2 * pad);
+  const add = (tag, attrs, text) => {
+    const node = document.createElementNS(ns, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    svg.append(node);
+    return node;
+  };
+  add("text", { x: pad, y: 14 }, title);
+  add("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, stroke: "#d0d7de" });
+  if (threshold != null) {
+    add("line", { x1: pad, y1: y(threshold), x2: width - pad, y2: y(threshold), stroke: "#cf222e", "stroke-dasharray": "4 3", class: "threshold" });
+    add("text", { x: width - pad - 60, y: y(threshold) - 3 }, `threshold ${threshold}`);
+  }
+  series.forEach((s, k) => {
+    const coords = s.values.map((v, i) => (v == null ? null : `${x(i)},${y(v)}`)).filter(Boolean);
+    if (coords.length) {
+      add("polyline", { points: coords.join(" "), fill: "none", stroke: SERIES_COLOURS[k % SERIES_COLOURS.length], "stroke-width": 2, "data-series": s.name });
+    }
+  });
+  if (points.length) {
+    add("text", { x: pad, y: height - 10 }, points[0].t.toLocaleTimeString());
+    add("text", { x: width - pad - 50, y: height - 10 }, points[points.length - 1].t.toLocaleTimeString());
+  }
+  const legend = el("p", { class: "legend" }, series.map((s, k) => el("span", { style: `color:${SERIES_COLOURS[k % SERIES_COLOURS.length]}` }, `■ ${s.name}`)));
+  return el("div", { class: "card" }, svg, legend);
+}
+
+async function driftPage(name) {
+  const path = encodeURIComponent(name);
+  const [readings, events] = await Promise.all([
+    get(`/models/${path}/drift`),
+    get(`/events?model=${path}&limit=100`),
+  ]);
+  const points = readings.map((r) => ({ t: new Date(r.bucket_end) }));
+  const features = readings.length ? readings[readings.length - 1].features.map((f) => f.name) : [];
+  const psi = features.map((feature) => ({
+    name: feature,
+    values: readings.map((r) => (r.features.find((f) => f.name === feature) || {}).psi ?? null),
+  }));
+  const thresholds = readings.flatMap((r) => r.features.map((f) => f.psi_threshold)).filter((v) => v != null);
+  const threshold = thresholds.length ? Math.min(...thresholds) : null;
+  const marked = events.filter((e) => ["drift", "drift_cleared", "accuracy_drop", "retrain_started", "challenger_registered", "release"].includes(e.type));
+  return el(
+    "section",
+    { id: "drift" },
+    el("h1", {}, `Drift: ${name}`),
+    readings.length ? null : el("p", { class: "muted" }, "No closed buckets yet."),
+    lineChart("PSI per feature", points, psi, threshold),
+    lineChart("Prediction drift (PSI)", points, [{ name: "prediction", values: readings.map((r) => r.prediction.psi) }], threshold),
+    lineChart("Accuracy from feedback", points, [{ name: "accuracy", values: readings.map((r) => r.accuracy) }], null),
+    el("h2", {}, "Drift and retraining events"),
+    eventList(marked),
+  );
+}
+driftPage.live = LIVE_MS * 5;
+
+// --- routing ------------------------------------------------------------------------------
+
+const ROUTES = [
+  [/^#\/fleet$/, fleetPage],
+  [/^#\/devices\/([^/]+)$/, devicePage],
+  [/^#\/rollouts$/, rolloutsPage],
+  [/^#\/rollouts\/([^/]+)$/, rolloutPage],
+  [/^#\/models$/, modelsPage],
+  [/^#\/models\/([^/]+)$/, modelPage],
+  [/^#\/drift\/([^/]+)$/, driftPage],
+];
+
+async function route() {
+  clearInterval(timer);
+  timer = null;
+  if (!sessionStorage.getItem(TOKEN_KEY)) {
+    loginPage();
+    return;
+  }
+  if (!caller) {
+    try {
+      caller = await get("/whoami");
+    } catch (error) {
+      if (!(error instanceof ApiError && error.status === 401)) logout(error.message);
+      return;
+    }
+    document.getElementById("nav").hidden = false;
+    document.getElementById("who").textContent = `${caller.name} (${caller.role})`;
+  }
+  const hash = location.hash || "#/fleet";
+  for (const [pattern, page] of ROUTES) {
+    const match = hash.match(pattern);
+    if (!match) continue;
+    const args = match.slice(1).map(decodeURIComponent);
+    const render = async () => {
+      try {
+        const node = await page(...args);
+        if ((location.hash || "#/fleet") === hash) main.replaceChildren(node);
+      } catch (error) {
+        if (!(error instanceof ApiError && error.status === 401)) {
+          main.replaceChildren(el("p", { class: "error" }, error.message));
+        }
+      }
+    };
+    await render();
+    if (page.live) timer = setInterval(render, page.live);
+    return;
+  }
+  main.replaceChildren(el("p", {}, "No such page."));
+}
+
+window.addEventListener("hashchange", route);
+route();

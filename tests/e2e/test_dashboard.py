@@ -1,0 +1,288 @@
+"""The dashboard at /ui in a real browser: Debian's headless Chromium driven by Selenium
+through Debian's chromedriver, against a real `edgefleet server`. Screenshots of each page
+go to test-artifacts/dashboard/."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from simulator.data import write_sensor_csv
+from simulator.rig.server import REPO, ServerProcess, run_cli, start_server, stop_server
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them)",
+    ),
+]
+ARTIFACTS = REPO / "test-artifacts" / "dashboard"
+MARKUP = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+
+
+@dataclass
+class Site:
+    server: ServerProcess
+    rollout_id: str
+    viewer: str
+    operator: str
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = Path(tmp_path_factory.mktemp("dashboard"))
+    server = start_server(tmp / "cp")
+    env = server.env
+    try:
+        csv = write_sensor_csv(tmp / "s.csv", 300, seed=1)
+        run_cli("datasets", "upload", str(csv), "--name", "s", "--label", "fault", env=env)
+        run_cli("train", "--model", "fault", "--dataset", "1", "--algorithm", "logreg", env=env)
+        with server.client() as api:
+            for i in range(3):
+                labels = {"site": "berlin", "note": MARKUP} if i == 0 else {"site": "paris"}
+                api.post("/devices", json={"id": f"dev-{i}", "labels": labels})
+            rollout = api.post(
+                "/rollouts",
+                json={
+                    "model": "fault",
+                    "version": "1",
+                    "selector": "",
+                    "plan": {"preset": "canary", "soak_seconds": 3600},
+                },
+            )
+            assert rollout.status_code == 201, rollout.text
+            viewer = api.post("/tokens", json={"name": "watcher", "role": "viewer"}).json()
+            operator = api.post("/tokens", json={"name": "ops", "role": "operator"}).json()
+        yield Site(server, rollout.json()["id"], viewer["token"], operator["token"])
+    finally:
+        stop_server(server)
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1300,900",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if value := check():
+                return value
+        except Exception:  # an element not there yet, stale after a re-render
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.1)
+
+
+def text_of(driver: Any, css: str) -> str:
+    """The element's text, read in one script call (the live pages re-render every 2 s, so a
+    Selenium element handle may go stale between finding and reading)."""
+    text = driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
+    )
+    if text is None:
+        raise LookupError(f"nothing matches {css}")
+    return str(text)
+
+
+def on_version(driver: Any, version: int) -> int:
+    """Devices the rollout page counts on ``version``, whatever their phase."""
+    stats = driver.execute_script(
+        "return [...document.querySelectorAll('#versions .version-count')].map(e => e.innerText)"
+    )
+    counted = 0
+    for stat in stats:
+        count, label = stat.split("\n", 1)
+        if label.startswith(f"v{version} "):
+            counted += int(count)
+    return counted
+
+
+def log_in(driver: Any, site: Site, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(site.server.url + "/ui/")
+    field = wait_for(lambda: driver.find_element(By.ID, "token"), "the token field")
+    field.send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_for(lambda: driver.find_elements(By.ID, "fleet"), "the fleet page")
+
+
+def shoot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+
+
+def test_a_page_without_a_token_asks_for_one(site: Site, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(site.server.url + "/ui/")
+    wait_for(lambda: browser.find_element(By.ID, "login"), "the login form")
+    shoot(browser, "login")
+    field = browser.find_element(By.ID, "token")
+    field.send_keys("ef_not-a-token")
+    browser.find_element(By.CSS_SELECTOR, "#login button").click()
+    wait_for(lambda: "refused this token" in text_of(browser, "#login"), "the refusal")
+
+
+def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, browser: Any) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, site, site.server.token)
+    wait_for(lambda: "dev-2" in text_of(browser, "#fleet table"), "the devices")
+    assert MARKUP in text_of(browser, "#fleet table")  # as text, not markup
+    assert not browser.find_elements(By.CSS_SELECTOR, "main img, main script")
+    with pytest.raises(NoAlertPresentException):
+        _ = browser.switch_to.alert.text
+    assert "3\ndevices" in text_of(browser, "#fleet .row")
+    shoot(browser, "fleet")
+    pages = {
+        "device": ("#/devices/dev-0", "#device", "Models"),
+        "rollouts": ("#/rollouts", "#rollouts", site.rollout_id),
+        "rollout": (f"#/rollouts/{site.rollout_id}", "#rollout", "Gates"),
+        "models": ("#/models", "#models", "fault"),
+        "model": ("#/models/fault", "#model", "dataset 1 → job 1 → v1"),
+        "drift": ("#/drift/fault", "#drift", "PSI per feature"),
+    }
+    for name, (hash_, section, expected) in pages.items():
+        browser.get(f"{site.server.url}/ui/{hash_}")
+        wait_for(lambda s=section, e=expected: e in text_of(browser, s), f"the {name} page")
+        shoot(browser, name)
+    # Every request the page made went to the control plane.
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
+    assert resources and all(url.startswith(site.server.url + "/") for url in resources)
+
+
+def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
+    site: Site, browser: Any
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, site, site.operator)
+    browser.get(f"{site.server.url}/ui/#/rollouts/{site.rollout_id}")
+    wait_for(lambda: text_of(browser, "#rollout-status") == "running", "running")
+    browser.find_element(By.ID, "action-pause").click()
+    wait_for(lambda: text_of(browser, "#rollout-status") == "paused", "paused on the page")
+    with site.server.client() as api:
+        assert api.get(f"/rollouts/{site.rollout_id}").json()["status"] == "paused"
+        # A change made elsewhere shows without a reload (the page polls).
+        assert api.post(f"/rollouts/{site.rollout_id}/resume").status_code == 200
+    wait_for(lambda: text_of(browser, "#rollout-status") == "running", "running again")
+    shoot(browser, "rollout-operator")
+    browser.find_element(By.ID, "action-abort").click()  # asks first
+    alert = wait_for(lambda: browser.switch_to.alert, "the confirmation")
+    alert.dismiss()
+    with site.server.client() as api:
+        assert api.get(f"/rollouts/{site.rollout_id}").json()["status"] == "running"
+
+
+def test_a_viewer_sees_no_actions_and_the_api_refuses_them_anyway(site: Site, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    log_in(browser, site, site.viewer)
+    browser.get(f"{site.server.url}/ui/#/rollouts/{site.rollout_id}")
+    wait_for(lambda: text_of(browser, "#rollout-status"), "the rollout")
+    assert not browser.find_elements(By.ID, "actions")
+    assert "watcher (viewer)" in text_of(browser, "#who")
+    shoot(browser, "rollout-viewer")
+    refused = httpx.post(
+        f"{site.server.url}/api/v1/rollouts/{site.rollout_id}/pause",
+        headers={"Authorization": f"Bearer {site.viewer}"},
+    )
+    assert refused.status_code == 403
+
+
+def test_a_token_in_a_url_is_refused_and_the_page_forbids_other_hosts(site: Site) -> None:
+    for name in ("token", "access_token"):
+        answer = httpx.get(f"{site.server.url}/api/v1/devices", params={name: site.server.token})
+        assert answer.status_code == 400
+        assert answer.json()["detail"][0]["type"] == "token_in_url"
+    page = httpx.get(f"{site.server.url}/ui/")
+    policy = page.headers["content-security-policy"]
+    assert "connect-src 'self'" in policy and "script-src 'self'" in policy
+    assert "default-src 'none'" in policy
+    assert httpx.get(f"{site.server.url}/ui/../keys").status_code in (404, 200)
+    assert httpx.get(f"{site.server.url}/ui/secret.txt").status_code == 404
+
+
+def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: Any) -> None:
+    """Real agents install the version stage by stage; the page, opened once, shows each
+    stage and each device that takes it, then the end."""
+    from simulator.rig.agents import wait_until
+    from simulator.rig.fleet import OPEN_GATES, open_fleet
+
+    with open_fleet(tmp_path) as fleet:
+        csv = write_sensor_csv(tmp_path / "s.csv", 300, seed=1)
+        dataset = fleet.api.post(
+            "/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes()
+        ).json()
+        version = fleet.train(dataset["id"], 0)
+        for i in range(4):
+            fleet.add(f"dev-{i}", "berlin")
+        wait_until(
+            lambda: sum(d["online"] for d in fleet.api.get("/devices").json()) == 4, what="online"
+        )
+        soak = {"soak_seconds": 3600}  # each stage waits for the operator's promote
+        plan = {"stages": [{"count": 1, **soak}, {"percent": 50, **soak}], "gates": OPEN_GATES}
+        rollout = fleet.rollout(version, plan)
+        site = Site(fleet.server, rollout["id"], "", "")
+        log_in(browser, site, fleet.server.token)
+        browser.get(f"{fleet.server.url}/ui/#/rollouts/{rollout['id']}")
+        browser.execute_script("window.openedOnce = true")  # a reload would forget it
+        for stage, serving in ((1, 1), (2, 2), (3, 4)):
+            try:
+                wait_for(
+                    lambda s=stage: f"{s} (current)" in text_of(browser, "#rollout table"),
+                    f"stage {stage} on the page",
+                    timeout=60,
+                )
+            except AssertionError as exc:
+                shown = text_of(browser, "main")
+                state = fleet.api.get(f"/rollouts/{rollout['id']}").json()
+                raise AssertionError(f"{exc}\npage:\n{shown}\napi: {state}") from exc
+            wait_for(
+                lambda n=serving: on_version(browser, version) >= n,
+                f"{serving} devices on v{version} on the page",
+                timeout=60,
+            )
+            shoot(browser, f"rollout-stage-{stage}")
+            # Skip the soak: the operator's promote, from outside the page.
+            assert fleet.api.post(f"/rollouts/{rollout['id']}/promote").status_code == 200
+        wait_for(lambda: text_of(browser, "#rollout-status") == "succeeded", "succeeded", 60)
+        assert browser.execute_script("return window.openedOnce") is True
