@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,14 @@ def text_of(driver: Any, css: str) -> str:
     return str(text)
 
 
+def shows(driver: Any, css: str, text: str) -> bool:
+    return text in text_of(driver, css)
+
+
+def at_least(least: int, count: Callable[[], int]) -> bool:
+    return count() >= least
+
+
 def on_version(driver: Any, version: int) -> int:
     """Devices the rollout page counts on ``version``, whatever their phase."""
     stats = driver.execute_script(
@@ -180,7 +189,7 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     }
     for name, (hash_, section, expected) in pages.items():
         browser.get(f"{site.server.url}/ui/{hash_}")
-        wait_for(lambda s=section, e=expected: e in text_of(browser, s), f"the {name} page")
+        wait_for(partial(shows, browser, section, expected), f"the {name} page")
         shoot(browser, name)
     # Every request the page made went to the control plane.
     resources = browser.execute_script(
@@ -267,8 +276,9 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
         browser.execute_script("window.openedOnce = true")  # a reload would forget it
         for stage, serving in ((1, 1), (2, 2), (3, 4)):
             try:
+                current = f"{stage} (current)"
                 wait_for(
-                    lambda s=stage: f"{s} (current)" in text_of(browser, "#rollout table"),
+                    partial(shows, browser, "#rollout table", current),
                     f"stage {stage} on the page",
                     timeout=60,
                 )
@@ -277,7 +287,7 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
                 state = fleet.api.get(f"/rollouts/{rollout['id']}").json()
                 raise AssertionError(f"{exc}\npage:\n{shown}\napi: {state}") from exc
             wait_for(
-                lambda n=serving: on_version(browser, version) >= n,
+                partial(at_least, serving, partial(on_version, browser, version)),
                 f"{serving} devices on v{version} on the page",
                 timeout=60,
             )
