@@ -129,20 +129,7 @@ def enroll(
             loc=("body", "device_id"),
             code="already_enrolled",
         )
-    taken = session.execute(  # one use, atomically: a concurrent enrollment cannot take it too
-        update(BootstrapToken)
-        .where(
-            col(BootstrapToken.id) == bootstrap.id,
-            col(BootstrapToken.uses) < col(BootstrapToken.max_uses),
-            col(BootstrapToken.revoked_at).is_(None),
-        )
-        .values(uses=BootstrapToken.uses + 1)
-    )
-    if taken.rowcount != 1:  # type: ignore[attr-defined]
-        session.rollback()
-        raise UnauthorizedError(
-            f"bootstrap token {bootstrap.name!r} is used up", code="bootstrap_used_up"
-        )
+    _take_use(session, bootstrap)
     if device is None:
         device = Device(id=device_id, labels={})
     accepted = preauthorized or bootstrap.auto_accept
@@ -167,6 +154,24 @@ def enroll(
         ) from exc
     session.refresh(device)
     return device, token
+
+
+def _take_use(session: Session, bootstrap: BootstrapToken) -> None:
+    """One use, atomically: a concurrent enrollment cannot take the same one."""
+    taken = session.execute(
+        update(BootstrapToken)
+        .where(
+            col(BootstrapToken.id) == bootstrap.id,
+            col(BootstrapToken.uses) < col(BootstrapToken.max_uses),
+            col(BootstrapToken.revoked_at).is_(None),
+        )
+        .values(uses=BootstrapToken.uses + 1)
+    )
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
+        session.rollback()
+        raise UnauthorizedError(
+            f"bootstrap token {bootstrap.name!r} is used up", code="bootstrap_used_up"
+        )
 
 
 def preauthorize(session: Session, devices: list[tuple[str, dict[str, str]]]) -> list[Device]:
