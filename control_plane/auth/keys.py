@@ -39,9 +39,6 @@ class KeyStore:
             ]
         )
 
-    def signing(self, role: KeyRole) -> SigningKey:
-        return self.model if role == KeyRole.MODEL else self.deployment
-
     def reload(self) -> None:
         """Read the key files again (after ``edgefleet keys rotate``)."""
         assert self.keys_dir is not None

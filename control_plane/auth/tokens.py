@@ -137,6 +137,11 @@ class ArtifactAccess:
     def forget_token(self, token_hash: str) -> None:
         self._tokens.pop(token_hash, None)
 
+    def forget_device(self, device_id: str) -> None:
+        """A device no longer accepted: its tokens are asked about again."""
+        for key in [k for k, (_, device) in self._tokens.items() if device == device_id]:
+            self._tokens.pop(key, None)
+
     def registered(self, sha256: str) -> bool:
         """Whether ``sha256`` is a registered model version. Blocking on a cache miss."""
         if sha256 in self._registered:

@@ -29,7 +29,7 @@ from control_plane.fleet.devices import (
     get_device,
     issue_device_token,
 )
-from control_plane.store.tables import Admission, ApiToken, BootstrapToken, Device, as_utc, utcnow
+from control_plane.store.tables import Admission, BootstrapToken, Device, as_utc, utcnow
 
 BOOTSTRAP_PREFIX = "efb_"
 # From which states an operator's command moves a device, and to which.
@@ -272,8 +272,3 @@ def accounts_to_delete(session: Session) -> list[str]:
             )
         ).all()
     )
-
-
-def caller_device(session: Session, token: ApiToken) -> Device:
-    assert token.device_id is not None
-    return get_device(session, token.device_id)

@@ -201,6 +201,13 @@ def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
     alert.dismiss()
     with site.server.client() as api:
         assert api.get(f"/rollouts/{site.rollout_id}").json()["status"] == "running"
+    # Roll back with a click (and a confirmation).
+    browser.find_element(By.ID, "action-rollback").click()
+    wait_for(lambda: browser.switch_to.alert, "the confirmation").accept()
+    wait_for(lambda: text_of(browser, "#rollout-status") == "rolled_back", "rolled back")
+    with site.server.client() as api:
+        assert api.get(f"/rollouts/{site.rollout_id}").json()["status"] == "rolled_back"
+    assert not browser.find_elements(By.ID, "actions")  # nothing left to do to it
 
 
 def test_a_viewer_sees_no_actions_and_the_api_refuses_them_anyway(site: Site, browser: Any) -> None:

@@ -18,6 +18,7 @@ from sqlmodel import Session
 from control_plane.store.tables import BootstrapToken
 from shared.messages import DeviceState
 from simulator.broker import MosquittoBroker, connack_code, dynsec_plugin, mosquitto_available
+from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD, wait_until
 from tests.integration.conftest import Api, MakeApi, MqttDevice, bridge_of
 
@@ -282,3 +283,24 @@ def test_a_broker_that_does_not_answer_leaves_no_half_made_device(
     assert response.json()["detail"][0]["type"] == "broker_unavailable"
     assert api.get("/devices/dev-x").status_code == 404
     assert not [t for t in api.get("/tokens").json() if t["device_id"] == "dev-x"]
+
+
+def test_a_rejected_device_stops_downloading_at_once(make_api: MakeApi) -> None:
+    """Valid tokens are remembered for 30 s by the artifact route; a rejection forgets the
+    device's at once (in the process that rejected it)."""
+    api = make_api()
+    dataset = api.upload(sensor_csv(200, seed=2)).json()
+    version = api.train_ok("fault", dataset_id=dataset["id"], algorithm="logreg")
+    token = api.post("/devices", json={"id": "dev-d", "labels": {}}).json()["token"]
+    deployed = api.post(
+        "/deployments", json={"device_id": "dev-d", "model": "fault", "version": "1"}
+    )
+    assert deployed.status_code == 201, deployed.text
+    sha256 = api.get("/models/fault/versions/1").json()["sha256"]
+    assert version["result_version"] == 1
+    download = f"/artifacts/{sha256}"
+    assert api.get(download, headers=api.auth(token)).status_code == 200
+    api.post("/devices/dev-d/reject")
+    assert api.get(download, headers=api.auth(token)).status_code == 401
+    api.post("/devices/dev-d/approve")
+    assert api.get(download, headers=api.auth(token)).status_code == 200

@@ -210,31 +210,33 @@ def preauthorize_devices(
 
 
 async def _admit(
-    device_id: str, command: str, session: SessionDep, bridge: BridgeDep
+    device_id: str, command: str, request: Request, session: SessionDep, bridge: BridgeDep
 ) -> DevicePublic:
     device = await run_in_threadpool(enrollment.admit, session, device_id, command)
     if device.admission != Admission.ACCEPTED:
+        access: ArtifactAccess = request.app.state.artifact_access
+        access.forget_device(device.id)  # its token stops opening downloads here at once
         await _drop_account(bridge, session, device)
     return device_public(device)
 
 
 @router.post("/devices/{device_id}/approve", response_model=DevicePublic, summary="Accept a device")
 async def approve_device(
-    device_id: DeviceIdPath, session: SessionDep, bridge: BridgeDep, _: Operator
+    device_id: DeviceIdPath, request: Request, session: SessionDep, bridge: BridgeDep, _: Operator
 ) -> DevicePublic:
     """A pending (or rejected) device becomes accepted: its token works, and its broker
     account is made at its next check-in. 409 from other states."""
-    return await _admit(device_id, "approve", session, bridge)
+    return await _admit(device_id, "approve", request, session, bridge)
 
 
 @router.post("/devices/{device_id}/reject", response_model=DevicePublic, summary="Reject a device")
 async def reject_device(
-    device_id: DeviceIdPath, session: SessionDep, bridge: BridgeDep, _: Operator
+    device_id: DeviceIdPath, request: Request, session: SessionDep, bridge: BridgeDep, _: Operator
 ) -> DevicePublic:
     """Its token stops working and its broker account is deleted (its live connections
     end); an operator may still accept it later. 503 when the broker does not confirm the
     deletion (it is retried at every connect)."""
-    return await _admit(device_id, "reject", session, bridge)
+    return await _admit(device_id, "reject", request, session, bridge)
 
 
 @router.post(
