@@ -154,6 +154,11 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     from selenium.webdriver.common.by import By
 
     log_in(browser, site, site.server.token)
+    browser.execute_script(  # what the page's CSP blocks (the pages below change only the hash)
+        "window.violations = [];"
+        "document.addEventListener('securitypolicyviolation',"
+        " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI))"
+    )
     wait_for(lambda: "dev-2" in text_of(browser, "#fleet table"), "the devices")
     assert MARKUP in text_of(browser, "#fleet table")  # as text, not markup
     assert not browser.find_elements(By.CSS_SELECTOR, "main img, main script")
@@ -173,6 +178,7 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
         browser.get(f"{site.server.url}/ui/{hash_}")
         wait_for(partial(shows, browser, section, expected), f"the {name} page")
         shoot(browser, name)
+    assert browser.execute_script("return window.violations") == []  # the page keeps its CSP
     # Every request the page made went to the control plane.
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
@@ -285,3 +291,9 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
             assert fleet.api.post(f"/rollouts/{rollout['id']}/promote").status_code == 200
         wait_for(lambda: text_of(browser, "#rollout-status") == "succeeded", "succeeded", 60)
         assert browser.execute_script("return window.openedOnce") is True
+        # The counts seen while the page was open, drawn: v1 went from 0 or 1 device to 4.
+        drawn = browser.execute_script(
+            "const l = document.querySelector('#versions-chart polyline[data-series=\"v1\"]');"
+            "return l ? l.getAttribute('points').split(' ').length : 0"
+        )
+        assert drawn >= 3

@@ -15,6 +15,27 @@ const main = document.getElementById("main");
 let caller = null;
 let timer = null;
 const fleet = { selector: "", offset: 0 };
+// Devices per version on a rollout's page, one point a poll while the page is open.
+const history = { rollout: null, points: [] };
+
+function remember(rolloutId, serving) {
+  if (history.rollout !== rolloutId) {
+    history.rollout = rolloutId;
+    history.points = [];
+  }
+  const counts = {};
+  for (const s of serving) counts[`v${s.version ?? "–"}`] = (counts[`v${s.version ?? "–"}`] || 0) + s.devices;
+  history.points.push({ t: new Date(), counts });
+  if (history.points.length > 900) history.points.shift(); // 30 minutes at 2 s
+}
+
+function versionsOverTime() {
+  const names = [...new Set(history.points.flatMap((p) => Object.keys(p.counts)))].sort();
+  const series = names.map((name) => ({ name, values: history.points.map((p) => p.counts[name] || 0) }));
+  const chart = lineChart("Devices per version (since this page opened)", history.points, series, null);
+  chart.id = "versions-chart";
+  return chart;
+}
 
 class ApiError extends Error {
   constructor(status, message) {
@@ -289,6 +310,7 @@ async function rolloutPage(id) {
   ]);
   const summary = await get(`/devices/summary?selector=${encodeURIComponent(rollout.selector)}`);
   const serving = summary.serving.filter((s) => s.model === rollout.model);
+  remember(rollout.id, serving);
   const actions = canAct() ? ACTIONS[rollout.status] || [] : [];
   return el(
     "section",
@@ -334,6 +356,7 @@ async function rolloutPage(id) {
         ),
       ),
     ),
+    versionsOverTime(),
     el("h2", {}, "Stages"),
     table(
       ["stage", "plan", "devices with the version", "soak"],
@@ -458,7 +481,8 @@ function lineChart(title, points, series, threshold) {
     add("text", { x: pad, y: height - 10 }, points[0].t.toLocaleTimeString());
     add("text", { x: width - pad - 50, y: height - 10 }, points[points.length - 1].t.toLocaleTimeString());
   }
-  const legend = el("p", { class: "legend" }, series.map((s, k) => el("span", { style: `color:${SERIES_COLOURS[k % SERIES_COLOURS.length]}` }, `■ ${s.name}`)));
+  // Classes, not style attributes: the page's CSP allows no inline style.
+  const legend = el("p", { class: "legend" }, series.map((s, k) => el("span", { class: `series-${k % SERIES_COLOURS.length}` }, `■ ${s.name}`)));
   return el("div", { class: "card" }, svg, legend);
 }
 
