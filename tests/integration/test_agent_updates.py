@@ -59,6 +59,21 @@ def test_install_then_update_keeps_previous_as_rollback_slot(rig: Rig) -> None:
     predict_ok(agent)
 
 
+def test_a_newer_trust_version_it_cannot_fetch_does_not_stop_an_update(rig: Rig) -> None:
+    """The desired state says the control plane is at a newer trust-store version, and the
+    device cannot fetch it (here: the artifact server has no /trust-stores). Signed by a key
+    the device trusts, it is applied under the trust store the device has."""
+    agent = rig.start_agent()
+    install_v1(rig, agent)
+    manifest2, data2 = make_model(rig.model_key, version=2)
+    rig.artifacts.add(manifest2.sha256, data2)
+    desired = sign_desired(rig.deploy_key, DEVICE, 2, [manifest2])
+    ahead = desired.model_copy(update={"trust_version": 5}).signed_with(rig.deploy_key)
+    rig.publish(ahead)
+    wait_until(lambda: serving(agent) == 2, what="v2 serving")
+    assert agent.a.updater.trust.version == 1
+
+
 @pytest.mark.parametrize(
     ("attack", "reason", "model_level"),
     [
