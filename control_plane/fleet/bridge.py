@@ -195,7 +195,8 @@ class MqttBridge:
         accounts of devices removed while the broker did not answer; then subscribe."""
         if self.dynsec is not None:
             await client.subscribe(RESPONSE_TOPIC, qos=1)
-            await self.dynsec.set_up_control_plane()
+            if not await self.dynsec.set_up_control_plane():
+                raise aiomqtt.MqttError("the broker ends this connection: it gave us our role")
             with Session(self.engine) as session:
                 removed = await asyncio.to_thread(accounts_to_delete, session)
             for device_id in removed:
@@ -343,12 +344,14 @@ class MqttBridge:
         for desired in desired_states:
             await self.publish_desired(desired)
 
-    async def _publish(self, topic: str, payload: str, retain: bool = False) -> bool:
+    async def _publish(
+        self, topic: str, payload: str, retain: bool = False, qos: Literal[0, 1] = 1
+    ) -> bool:
         client = self._client
         if client is None:
             return False
         try:
-            await client.publish(topic, payload, qos=1, retain=retain)
+            await client.publish(topic, payload, qos=qos, retain=retain)
         except aiomqtt.MqttError as exc:
             raise_if_cancelling(exc)
             log.warning("publish to %s failed: %s", topic, exc)

@@ -100,7 +100,7 @@ class Dynsec:
         self,
         topics: Topics,
         username: str,
-        publish: Callable[[str, str], Awaitable[bool]],
+        publish: Callable[..., Awaitable[bool]],  # (topic, payload, qos=…)
         connected: asyncio.Event,
         timeout: float = 10.0,
     ) -> None:
@@ -163,20 +163,27 @@ class Dynsec:
                     code="broker_refused",
                 )
 
-    async def set_up_control_plane(self) -> None:
+    async def set_up_control_plane(self) -> bool:
         """Give this account its role over the topic root and deny what no role allows.
-        Idempotent: run at every connect (a role made before is kept)."""
+        Idempotent: run at every connect (a role made before is kept). False when the role
+        was just given: mosquitto then ends this account's connections (the command's
+        answer with them), so the caller reconnects and finds it."""
         role = self.username
         commands = [{"command": "createRole", "rolename": role}] + [
             {"command": "addRoleACL", "rolename": role, **acl}
             for acl in control_plane_acls(self.topics)
         ]
         await self._checked(commands, tolerated=("already exists",))
+        await self._checked([DEFAULT_ACCESS])
         (client,) = await self.run([{"command": "getClient", "username": role}])
         roles = client.get("data", {}).get("client", {}).get("roles", [])
-        if not any(r.get("rolename") == role for r in roles):
-            await self._checked([{"command": "addClientRole", "username": role, "rolename": role}])
-        await self._checked([DEFAULT_ACCESS])
+        if any(r.get("rolename") == role for r in roles):
+            return True
+        add = {"command": "addClientRole", "username": role, "rolename": role}
+        # QoS 0: the broker ends the connection before any PUBACK (a lost one is sent again
+        # at the next connect, which finds no role either).
+        await self._publish(COMMAND_TOPIC, json.dumps({"commands": [add]}), qos=0)
+        return False
 
     async def put_device(self, device_id: str, password: str) -> None:
         """Make the device's account, or give an existing one this password (which ends its
