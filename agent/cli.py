@@ -149,14 +149,13 @@ def enroll_command(
     when the agent can start, 1 when refused or rejected, 3 when still pending after --wait
     (run it again to resume: the saved token is reused, no second use is spent)."""
     from agent.enroll import EnrollError, Enrollment, enroll
+    from shared.messages import parse_labels
 
-    labels = {}
-    for item in label or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            typer.echo(f"error: --label takes K=V, not {item!r}", err=True)
-            raise typer.Exit(2)
-        labels[key] = value
+    try:
+        labels = parse_labels(label or [])
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     config = config.expanduser().resolve()
     plan = Enrollment(
         url=url.rstrip("/"),

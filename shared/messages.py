@@ -40,6 +40,20 @@ Label = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 Labels = Annotated[
     dict[Label, Annotated[str, StringConstraints(max_length=63)]], Field(max_length=32)
 ]
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """Labels from ``KEY=VALUE`` strings, as the CLIs take them (``--label site=berlin``).
+    Raises ValueError naming the first pair without a key or an ``=``."""
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--label takes KEY=VALUE, got {pair!r}")
+        labels[key] = value
+    return labels
+
+
 Short = Annotated[str, StringConstraints(max_length=64)]
 # Also a database key (sample rows, feedback): printable ASCII only, no NUL a column refuses.
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]

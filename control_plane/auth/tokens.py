@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import TypeVar
 
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from control_plane.errors import NotFoundError
 from control_plane.store.tables import (
     ROLE_RANK,
     Admission,
     ApiToken,
+    BootstrapToken,
     Device,
     ModelVersion,
     Role,
@@ -21,6 +24,7 @@ from shared.hashing import sha256_bytes
 from shared.messages import DesiredState
 
 TOKEN_PREFIX = "ef_"  # noqa: S105  (a prefix, not a secret)
+AnyToken = TypeVar("AnyToken", ApiToken, BootstrapToken)
 
 
 def hash_token(token: str) -> str:
@@ -49,6 +53,20 @@ def find_token(session: Session, secret: str, *, admitted_only: bool = True) -> 
         device = session.get(Device, row.device_id)
         if device is None or device.admission != Admission.ACCEPTED:
             return None
+    return row
+
+
+def revoke_by_id(session: Session, table: type[AnyToken], token_id: int) -> AnyToken:
+    """Revoke an API or bootstrap token by id (again is a no-op); 404 when there is none."""
+    row = session.get(table, token_id)
+    if row is None:
+        what = "bootstrap token" if table is BootstrapToken else "token"
+        raise NotFoundError(f"no {what} {token_id}", loc=("path", "token_id"))
+    if row.revoked_at is None:
+        row.revoked_at = utcnow()
+        session.add(row)
+        session.commit()
+        session.refresh(row)
     return row
 
 

@@ -24,6 +24,7 @@ from control_plane.cli.common import (
     print_json,
 )
 from control_plane.client import DEFAULT_URL
+from shared.messages import parse_labels
 
 bootstrap_app = typer.Typer(
     help="Bootstrap tokens: what devices enroll with (edgefleet agent enroll).",
@@ -106,13 +107,10 @@ devices_app = typer.Typer(help="Devices.", no_args_is_help=True)
 
 
 def _parse_labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise fail(f"--label takes KEY=VALUE, got {pair!r}", 2)
-        labels[key] = value
-    return labels
+    try:
+        return parse_labels(pairs)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
 
 
 @devices_app.command("add")

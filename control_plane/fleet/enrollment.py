@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 from control_plane.audit.record import record_event
 from control_plane.audit.types import EventType
 from control_plane.auth.tokens import hash_token, revoke_device_tokens
-from control_plane.errors import ConflictError, NotFoundError, UnauthorizedError
+from control_plane.errors import ConflictError, UnauthorizedError
 from control_plane.fleet.devices import (
     check_device_id,
     check_labels,
@@ -70,18 +70,6 @@ def create_bootstrap_token(
 
 def list_bootstrap_tokens(session: Session) -> list[BootstrapToken]:
     return list(session.exec(select(BootstrapToken).order_by(col(BootstrapToken.id))).all())
-
-
-def revoke_bootstrap_token(session: Session, token_id: int) -> BootstrapToken:
-    row = session.get(BootstrapToken, token_id)
-    if row is None:
-        raise NotFoundError(f"no bootstrap token {token_id}", loc=("path", "token_id"))
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.add(row)
-        session.commit()
-        session.refresh(row)
-    return row
 
 
 def _usable(row: BootstrapToken | None, now: datetime) -> BootstrapToken:

@@ -16,7 +16,7 @@ from control_plane.app import create_app
 from control_plane.config import ServerSettings, load_settings
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.store.datadir import init_data_dir
-from shared.messages import TelemetryWindow
+from shared.messages import DeviceState, TelemetryWindow
 from simulator.broker import MosquittoBroker
 from simulator.rig.agent_rig import Rig, open_rig
 
@@ -123,6 +123,21 @@ def window(device_id: str, seq: int) -> str:
     now = datetime.now(UTC)
     return TelemetryWindow(
         device_id=device_id, seq=seq, window_start=now, window_end=now, models=[], outbox_dropped=0
+    ).model_dump_json()
+
+
+def state(device_id: str, seq: int = 1) -> str:
+    """A device's state report with nothing installed."""
+    return DeviceState(
+        device_id=device_id,
+        seq=seq,
+        agent_version="test",
+        labels={},
+        deployment_seq=0,
+        models=[],
+        dropped_messages=0,
+        outbox_dropped=0,
+        updated_at=datetime.now(UTC),
     ).model_dump_json()
 
 

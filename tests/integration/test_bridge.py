@@ -16,7 +16,7 @@ from shared.trust import TrustStore
 from simulator.broker import MosquittoBroker
 from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD, wait_until
-from tests.integration.conftest import MakeApi, MqttDevice, bridge_of, window
+from tests.integration.conftest import MakeApi, MqttDevice, bridge_of, state, window
 
 pytestmark = pytest.mark.integration
 
@@ -43,17 +43,7 @@ def test_ingest_ack_and_garbage(make_api: MakeApi, broker: MosquittoBroker) -> N
     device = MqttDevice(broker, "dev-a", token)
     try:
         device.send("state", b"{garbage")
-        forged = DeviceState(
-            device_id="dev-b",
-            seq=10,
-            agent_version="x",
-            labels={},
-            deployment_seq=0,
-            models=[],
-            dropped_messages=0,
-            outbox_dropped=0,
-            updated_at=datetime.now(UTC),
-        )
+        forged = DeviceState.model_validate_json(state("dev-b", seq=10))
         device.send("state", forged.model_dump_json())  # another device's id in the payload
         device.send("telemetry", window("dev-a", 1))
         device.send("telemetry", window("dev-a", 1))  # at-least-once: a duplicate

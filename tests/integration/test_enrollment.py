@@ -16,11 +16,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from sqlmodel import Session
 
 from control_plane.store.tables import BootstrapToken
-from shared.messages import DeviceState
 from simulator.broker import MosquittoBroker, connack_code, dynsec_plugin, mosquitto_available
 from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD, wait_until
-from tests.integration.conftest import Api, MakeApi, MqttDevice, bridge_of
+from tests.integration.conftest import Api, MakeApi, MqttDevice, bridge_of, state
 
 pytestmark = [
     pytest.mark.integration,
@@ -71,20 +70,6 @@ def check_in(api: Api, token: str) -> Any:
 
 def connects(broker: MosquittoBroker, device_id: str, token: str) -> int:
     return connack_code(broker.host, broker.port, device_id, token, client_id=device_id)
-
-
-def state(device_id: str) -> str:
-    return DeviceState(
-        device_id=device_id,
-        seq=1,
-        agent_version="test",
-        labels={},
-        deployment_seq=0,
-        models=[],
-        dropped_messages=0,
-        outbox_dropped=0,
-        updated_at=datetime.now(UTC),
-    ).model_dump_json()
 
 
 def test_a_device_enrolls_waits_for_an_operator_and_then_reaches_only_its_own_topics(

@@ -33,7 +33,7 @@ from control_plane.api.schemas import (
     EnrollmentStatus,
     EnrollRequest,
 )
-from control_plane.auth.tokens import ArtifactAccess, find_token
+from control_plane.auth.tokens import ArtifactAccess, find_token, revoke_by_id
 from control_plane.errors import UnavailableError
 from control_plane.fleet import enrollment
 from control_plane.fleet.bridge import MqttBridge
@@ -129,7 +129,7 @@ def revoke_bootstrap_token(
     token_id: IdPath, session: SessionDep, _: Operator
 ) -> BootstrapTokenPublic:
     """Devices it enrolled stay as they are."""
-    return _bootstrap_public(enrollment.revoke_bootstrap_token(session, token_id))
+    return _bootstrap_public(revoke_by_id(session, BootstrapToken, token_id))
 
 
 @router.post(

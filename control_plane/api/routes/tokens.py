@@ -7,9 +7,8 @@ from sqlmodel import col, select
 
 from control_plane.api.deps import Admin, IdPath, SessionDep
 from control_plane.api.schemas import TokenCreate, TokenIssued, TokenPublic
-from control_plane.auth.tokens import ArtifactAccess, issue_token
-from control_plane.errors import NotFoundError
-from control_plane.store.tables import ApiToken, Role, utcnow
+from control_plane.auth.tokens import ArtifactAccess, issue_token, revoke_by_id
+from control_plane.store.tables import ApiToken, Role
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
@@ -35,14 +34,7 @@ def list_tokens(session: SessionDep, _: Admin) -> list[TokenPublic]:
 
 @router.delete("/{token_id}", response_model=TokenPublic, summary="Revoke a token")
 def revoke_token(token_id: IdPath, request: Request, session: SessionDep, _: Admin) -> TokenPublic:
-    row = session.get(ApiToken, token_id)
-    if row is None:
-        raise NotFoundError(f"no token {token_id}", loc=("path", "token_id"))
-    if row.revoked_at is None:
-        row.revoked_at = utcnow()
-        session.add(row)
-        session.commit()
-        session.refresh(row)
+    row = revoke_by_id(session, ApiToken, token_id)
     access: ArtifactAccess = request.app.state.artifact_access
     access.forget_token(row.token_hash)
     return _public(row)
