@@ -579,6 +579,18 @@ class RolloutPlanPublic(ApiModel):
     stages: list[StagePublic] = Field(description="Stages with the devices each adds.")
 
 
+class VersionSeries(ApiModel):
+    version: int | None = Field(description="A version of the rollout's model (null: none).")
+    devices: list[int] = Field(description="Devices serving it, one count per moment.")
+
+
+class RolloutVersions(ApiModel):
+    """Devices of a rollout per version they served, from its start to now (or its end)."""
+
+    times: list[datetime] = Field(description="The moments, evenly spread, oldest first.")
+    series: list[VersionSeries] = Field(description="One per version served at some moment.")
+
+
 class RolloutPublic(ApiModel):
     """A rollout and where it is."""
 

@@ -58,6 +58,15 @@ class Onset(Payload):
     onset: datetime = Field(description="Start of the first bucket of the episode.")
 
 
+class DeviceModelData(Payload):
+    """A device's active version of a model changed (the event's ``version`` is the new
+    one, null when it serves none)."""
+
+    previous: int | None = Field(
+        default=None, description="The version it served before (null: none)."
+    )
+
+
 class FeatureReading(Payload):
     psi: float | None = None
     js: float | None = None
@@ -112,6 +121,7 @@ class ChallengeData(Payload):
 
 
 PAYLOADS: dict[EventType, type[Payload]] = {
+    EventType.DEVICE_MODEL: DeviceModelData,
     EventType.DRIFT: DriftData,
     EventType.DRIFT_CLEARED: DriftClearedData,
     EventType.ACCURACY_DROP: AccuracyDropData,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, func
@@ -9,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from control_plane.audit.record import record_event
-from control_plane.audit.types import EventType
+from control_plane.audit.types import DeviceModelData, EventType, Payload
 from control_plane.auth.tokens import issue_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from control_plane.store.tables import (
@@ -131,24 +132,45 @@ def list_devices(session: Session) -> list[Device]:
     return list(session.exec(select(Device).order_by(col(Device.id))).all())
 
 
-def _changes(old: DeviceState | None, new: DeviceState) -> list[tuple[EventType, str]]:
+@dataclass(frozen=True)
+class _Change:
+    kind: EventType
+    message: str
+    data: Payload | None = None
+    model_name: str | None = None
+    version: int | None = None
+
+
+def _changes(old: DeviceState | None, new: DeviceState) -> list[_Change]:
     """Events worth recording between two state reports: versions, refusals, reverts."""
-    events: list[tuple[EventType, str]] = []
+    events: list[_Change] = []
     before = {m.name: m for m in old.models} if old else {}
     for model in new.models:
         was = before.get(model.name)
         old_active = was.active.version if was and was.active else None
         new_active = model.active.version if model.active else None
         if new_active != old_active:
-            events.append((EventType.DEVICE_MODEL, f"{model.name}: v{old_active} → v{new_active}"))
+            events.append(
+                _Change(
+                    EventType.DEVICE_MODEL,
+                    f"{model.name}: v{old_active} → v{new_active}",
+                    DeviceModelData(previous=old_active),
+                    model.name,
+                    new_active,
+                )
+            )
         error = model.last_error
         if error and (was is None or was.last_error != error):
             events.append(
-                (EventType.DEVICE_REFUSAL, f"{model.name}: {error.reason}: {error.message}")
+                _Change(
+                    EventType.DEVICE_REFUSAL,
+                    f"{model.name}: {error.reason}: {error.message}",
+                    model_name=model.name,
+                )
             )
     if new.last_error and (old is None or old.last_error != new.last_error):
         events.append(
-            (EventType.DEVICE_REFUSAL, f"{new.last_error.reason}: {new.last_error.message}")
+            _Change(EventType.DEVICE_REFUSAL, f"{new.last_error.reason}: {new.last_error.message}")
         )
     return events
 
@@ -164,8 +186,16 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
     if state.seq <= device.state_seq:
         return  # a report seen already, or an older one (redelivered, reordered)
     old = DeviceState.model_validate_json(device.state) if device.state else None
-    for kind, message in _changes(old, state):
-        record_event(session, kind, message, device_id=state.device_id)
+    for change in _changes(old, state):
+        record_event(
+            session,
+            change.kind,
+            change.message,
+            data=change.data,
+            device_id=state.device_id,
+            model_name=change.model_name,
+            version=change.version,
+        )
     device.state, device.state_seq = state.model_dump_json(), state.seq
     if not device.registered:
         device.labels = state.labels

@@ -4,7 +4,6 @@ go to test-artifacts/dashboard/."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -15,8 +14,18 @@ import httpx
 import pytest
 
 from simulator.data import write_sensor_csv
-from simulator.rig.browser import CHROMEDRIVER, CHROMIUM, open_chromium
-from simulator.rig.server import REPO, ServerProcess, run_cli, start_server, stop_server
+from simulator.rig.browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    chart_series,
+    log_in,
+    open_chromium,
+    screenshot,
+    shows,
+    text_of,
+    wait_for,
+)
+from simulator.rig.server import ServerProcess, run_cli, start_server, stop_server
 
 pytestmark = [
     pytest.mark.integration,
@@ -25,7 +34,6 @@ pytestmark = [
         reason="needs Debian's chromium and chromium-driver (scripts/test.sh installs them)",
     ),
 ]
-ARTIFACTS = REPO / "test-artifacts" / "dashboard"
 MARKUP = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
 
 
@@ -76,37 +84,17 @@ def browser() -> Iterator[Any]:
         driver.quit()
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if value := check():
-                return value
-        except Exception:  # an element not there yet, stale after a re-render
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def text_of(driver: Any, css: str) -> str:
-    """The element's text, read in one script call (the live pages re-render every 2 s, so a
-    Selenium element handle may go stale between finding and reading)."""
-    text = driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.innerText : null", css
-    )
-    if text is None:
-        raise LookupError(f"nothing matches {css}")
-    return str(text)
-
-
-def shows(driver: Any, css: str, text: str) -> bool:
-    return text in text_of(driver, css)
-
-
 def at_least(least: int, count: Callable[[], int]) -> bool:
     return count() >= least
+
+
+def gates_green(driver: Any) -> bool:
+    """Every gate of the current stage passes, as the page shows them."""
+    verdicts = driver.execute_script(
+        "return [...document.querySelectorAll('#gates tbody tr td:nth-child(2)')]"
+        ".map(e => e.innerText)"
+    )
+    return bool(verdicts) and all(v == "pass" for v in verdicts)
 
 
 def on_version(driver: Any, version: int) -> int:
@@ -122,27 +110,12 @@ def on_version(driver: Any, version: int) -> int:
     return counted
 
 
-def log_in(driver: Any, site: Site, token: str) -> None:
-    from selenium.webdriver.common.by import By
-
-    driver.get(site.server.url + "/ui/")
-    field = wait_for(lambda: driver.find_element(By.ID, "token"), "the token field")
-    field.send_keys(token)
-    driver.find_element(By.CSS_SELECTOR, "#login button").click()
-    wait_for(lambda: driver.find_elements(By.ID, "fleet"), "the fleet page")
-
-
-def shoot(driver: Any, name: str) -> None:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
-
-
 def test_a_page_without_a_token_asks_for_one(site: Site, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(site.server.url + "/ui/")
     wait_for(lambda: browser.find_element(By.ID, "login"), "the login form")
-    shoot(browser, "login")
+    screenshot(browser, "login")
     field = browser.find_element(By.ID, "token")
     field.send_keys("ef_not-a-token")
     browser.find_element(By.CSS_SELECTOR, "#login button").click()
@@ -153,7 +126,7 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
-    log_in(browser, site, site.server.token)
+    log_in(browser, site.server.url, site.server.token)
     browser.execute_script(  # what the page's CSP blocks (the pages below change only the hash)
         "window.violations = [];"
         "document.addEventListener('securitypolicyviolation',"
@@ -165,7 +138,7 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     with pytest.raises(NoAlertPresentException):
         _ = browser.switch_to.alert.text
     assert "3\ndevices" in text_of(browser, "#fleet .row")
-    shoot(browser, "fleet")
+    screenshot(browser, "fleet")
     pages = {
         "device": ("#/devices/dev-0", "#device", "Models"),
         "rollouts": ("#/rollouts", "#rollouts", site.rollout_id),
@@ -177,7 +150,13 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     for name, (hash_, section, expected) in pages.items():
         browser.get(f"{site.server.url}/ui/{hash_}")
         wait_for(partial(shows, browser, section, expected), f"the {name} page")
-        shoot(browser, name)
+        screenshot(browser, name)
+    # The signed manifest's details, as the API has them.
+    with site.server.client() as api:
+        manifest = api.get("/models/fault/versions/1").json()["manifest"]
+    browser.get(f"{site.server.url}/ui/#/models/fault")
+    wait_for(partial(shows, browser, "#model", manifest["key_id"]), "the signing key id")
+    assert f"{manifest['signature'][:24]}…" in text_of(browser, "#model")
     assert browser.execute_script("return window.violations") == []  # the page keeps its CSP
     # Every request the page made went to the control plane.
     resources = browser.execute_script(
@@ -191,7 +170,7 @@ def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
 ) -> None:
     from selenium.webdriver.common.by import By
 
-    log_in(browser, site, site.operator)
+    log_in(browser, site.server.url, site.operator)
     browser.get(f"{site.server.url}/ui/#/rollouts/{site.rollout_id}")
     wait_for(lambda: text_of(browser, "#rollout-status") == "running", "running")
     browser.find_element(By.ID, "action-pause").click()
@@ -201,7 +180,7 @@ def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
         # A change made elsewhere shows without a reload (the page polls).
         assert api.post(f"/rollouts/{site.rollout_id}/resume").status_code == 200
     wait_for(lambda: text_of(browser, "#rollout-status") == "running", "running again")
-    shoot(browser, "rollout-operator")
+    screenshot(browser, "rollout-operator")
     browser.find_element(By.ID, "action-abort").click()  # asks first
     alert = wait_for(lambda: browser.switch_to.alert, "the confirmation")
     alert.dismiss()
@@ -219,12 +198,12 @@ def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
 def test_a_viewer_sees_no_actions_and_the_api_refuses_them_anyway(site: Site, browser: Any) -> None:
     from selenium.webdriver.common.by import By
 
-    log_in(browser, site, site.viewer)
+    log_in(browser, site.server.url, site.viewer)
     browser.get(f"{site.server.url}/ui/#/rollouts/{site.rollout_id}")
     wait_for(lambda: text_of(browser, "#rollout-status"), "the rollout")
     assert not browser.find_elements(By.ID, "actions")
     assert "watcher (viewer)" in text_of(browser, "#who")
-    shoot(browser, "rollout-viewer")
+    screenshot(browser, "rollout-viewer")
     refused = httpx.post(
         f"{site.server.url}/api/v1/rollouts/{site.rollout_id}/pause",
         headers={"Authorization": f"Bearer {site.viewer}"},
@@ -265,8 +244,7 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
         soak = {"soak_seconds": 3600}  # each stage waits for the operator's promote
         plan = {"stages": [{"count": 1, **soak}, {"percent": 50, **soak}], "gates": OPEN_GATES}
         rollout = fleet.rollout(version, plan)
-        site = Site(fleet.server, rollout["id"], "", "")
-        log_in(browser, site, fleet.server.token)
+        log_in(browser, fleet.server.url, fleet.server.token)
         browser.get(f"{fleet.server.url}/ui/#/rollouts/{rollout['id']}")
         browser.execute_script("window.openedOnce = true")  # a reload would forget it
         for stage, serving in ((1, 1), (2, 2), (3, 4)):
@@ -277,7 +255,7 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
                     f"stage {stage} on the page",
                     timeout=60,
                 )
-            except AssertionError as exc:
+            except (AssertionError, LookupError) as exc:
                 shown = text_of(browser, "main")
                 state = fleet.api.get(f"/rollouts/{rollout['id']}").json()
                 raise AssertionError(f"{exc}\npage:\n{shown}\napi: {state}") from exc
@@ -286,14 +264,19 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
                 f"{serving} devices on v{version} on the page",
                 timeout=60,
             )
-            shoot(browser, f"rollout-stage-{stage}")
+            wait_for(partial(gates_green, browser), f"stage {stage}'s gates green on the page")
+            screenshot(browser, f"rollout-stage-{stage}")
             # Skip the soak: the operator's promote, from outside the page.
             assert fleet.api.post(f"/rollouts/{rollout['id']}/promote").status_code == 200
         wait_for(lambda: text_of(browser, "#rollout-status") == "succeeded", "succeeded", 60)
         assert browser.execute_script("return window.openedOnce") is True
-        # The counts seen while the page was open, drawn: v1 went from 0 or 1 device to 4.
-        drawn = browser.execute_script(
-            "const l = document.querySelector('#versions-chart polyline[data-series=\"v1\"]');"
-            "return l ? l.getAttribute('points').split(' ').length : 0"
+        # Devices per version since the rollout began, drawn from the server's history: the
+        # four went from no model to v1 (the chart is the API's, whenever the page opened).
+        history = fleet.api.get(f"/rollouts/{rollout['id']}/versions").json()
+        series = {s["version"]: s["devices"] for s in history["series"]}
+        assert series[None][0] == 4 and series[version][-1] == 4
+        wait_for(
+            lambda: chart_series(browser, "#versions-chart").get(f"v{version}", [0])[-1] == 4,
+            "v1 at 4 devices on the chart",
         )
-        assert drawn >= 3
+        assert chart_series(browser, "#versions-chart")["v–"][0] == 4

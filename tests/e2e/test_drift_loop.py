@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,17 @@ import pytest
 
 from simulator.data import CLASSES, sensor_csv, sensor_rows
 from simulator.rig.agents import wait_until
+from simulator.rig.browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    chart_series,
+    log_in,
+    open_chromium,
+    screenshot,
+    shows,
+    text_of,
+    wait_for,
+)
 from simulator.rig.fleet import OPEN_GATES, Fleet, open_fleet
 
 pytestmark = pytest.mark.integration
@@ -203,6 +215,45 @@ def test_drift_is_detected_retrained_proven_and_rolled_out(drift_fleet: Fleet) -
     ]
     assert float(np.median(after)) > float(np.median(during)) + 0.1
     assert float(np.median(after)) > 0.75
+    if CHROMIUM and CHROMEDRIVER:  # else tests/e2e/test_dashboard.py says why it skips
+        the_dashboard_shows_it(fleet, drift)
+
+
+def the_dashboard_shows_it(fleet: Fleet, drift: dict[str, Any]) -> None:
+    """What an operator sees of that story in a browser: PSI rising past its threshold on the
+    feature that moved, the drift marked, and the lineage from v1 through the drift to the
+    retrained challenger v2."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    driver = open_chromium()
+    try:
+        log_in(driver, fleet.server.url, fleet.server.token)
+        driver.get(f"{fleet.server.url}/ui/#/drift/fault")
+        wait_for(lambda: driver.find_elements(By.ID, "drift-version"), "the drift page")
+        Select(driver.find_element(By.ID, "drift-selector")).select_by_value(
+            drift["data"]["selector"]
+        )
+        wait_for(lambda: driver.find_elements(By.ID, "drift-version"), "the drift page again")
+        Select(driver.find_element(By.ID, "drift-version")).select_by_value("1")
+        wait_for(partial(shows, driver, "#drift h2", "(v1,"), "v1's readings")
+        psi = chart_series(driver, "#psi-chart")
+        threshold = float(
+            driver.find_element(By.CSS_SELECTOR, "#psi-chart line.threshold").get_attribute(
+                "data-value"
+            )
+        )
+        peaks = {name: max(v for v in values if v is not None) for name, values in psi.items()}
+        assert peaks["temperature_c"] > threshold, (peaks, threshold)
+        assert max(peaks, key=lambda name: peaks[name]) == "temperature_c", peaks
+        assert driver.find_elements(By.CSS_SELECTOR, "#psi-chart line.mark.drift")
+        screenshot(driver, "drift")
+        driver.get(f"{fleet.server.url}/ui/#/models/fault")
+        wait_for(partial(shows, driver, "#lineage-v1", "challenger v2"), "v1's lineage")
+        assert "drift" in text_of(driver, "#lineage-v1")
+        screenshot(driver, "model-lineage")
+    finally:
+        driver.quit()
 
 
 def test_a_challenger_that_is_not_better_is_refused_and_the_cooldown_holds(

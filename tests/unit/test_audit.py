@@ -13,6 +13,7 @@ from control_plane.audit.types import (
     PAYLOADS,
     AccuracyDropData,
     ChallengeData,
+    DeviceModelData,
     DriftClearedData,
     DriftData,
     EventType,
@@ -53,6 +54,16 @@ def test_events_round_trip_with_their_payloads(session: Session) -> None:
     assert event_payload(stored, Onset).onset == ONSET  # the onset, whatever the verdict
     with pytest.raises(TypeError, match="does not carry"):
         event_payload(stored, AccuracyDropData)
+
+
+@pytest.mark.parametrize("previous", [None, 3])
+def test_a_payload_with_nulls_reads_back(session: Session, previous: int | None) -> None:
+    """Payloads are stored without their null fields; those must read back as null."""
+    data = DeviceModelData(previous=previous)
+    event = record_event(session, EventType.DEVICE_MODEL, "m: v? → v4", data=data, version=4)
+    session.commit()
+    stored = session.get(Event, event.id)
+    assert stored is not None and event_payload(stored, DeviceModelData) == data
 
 
 def test_a_type_carries_its_payload_and_no_other(session: Session) -> None:

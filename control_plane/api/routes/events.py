@@ -20,8 +20,12 @@ def list_events(
     session: SessionDep,
     _: Viewer,
     type_filter: Annotated[
-        EventType | None,
-        Query(alias="type", description="Only this type, e.g. gate_failed, drift, release."),
+        list[EventType] | None,
+        Query(
+            alias="type",
+            max_length=len(EventType),
+            description="Only these types (repeatable), e.g. gate_failed, drift, release.",
+        ),
     ] = None,
     device_id: Annotated[str | None, Query(description="Only this device.")] = None,
     rollout_id: Annotated[str | None, Query(description="Only this rollout.")] = None,
@@ -34,7 +38,7 @@ def list_events(
     retraining, challengers, releases; `cause_id` links each to the event it follows)."""
     query = select(Event).order_by(col(Event.id).desc()).limit(limit)
     if type_filter:
-        query = query.where(Event.type == type_filter)
+        query = query.where(col(Event.type).in_(type_filter))
     if device_id:
         query = query.where(Event.device_id == device_id)
     if rollout_id:

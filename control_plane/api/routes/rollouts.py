@@ -15,18 +15,25 @@ from control_plane.api.schemas import (
     RolloutCreate,
     RolloutPlanPublic,
     RolloutPublic,
+    RolloutVersions,
     StagePublic,
+    VersionSeries,
 )
+from control_plane.audit.record import event_payload
+from control_plane.audit.types import DeviceModelData, EventType
 from control_plane.rollouts.engine import (
+    ACTIVE,
     RolloutEngine,
     create_rollout,
     get_rollout,
     new_rollout_id,
     plan_rollout,
+    reported_version,
     stages_of,
 )
+from control_plane.rollouts.history import VersionChange, versions_over_time
 from control_plane.rollouts.machine import RolloutStatus
-from control_plane.store.tables import Event, Rollout, RolloutDevice
+from control_plane.store.tables import Device, Event, Rollout, RolloutDevice, as_utc, utcnow
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutIdPath = Annotated[str, Path(description="Rollout id.")]
@@ -157,6 +164,56 @@ def rollout_events(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) ->
         select(Event).where(Event.rollout_id == rollout_id).order_by(col(Event.id))
     ).all()
     return [EventPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get(
+    "/{rollout_id}/versions",
+    response_model=RolloutVersions,
+    summary="Devices per version over the rollout's life",
+)
+def rollout_versions(
+    rollout_id: RolloutIdPath,
+    session: SessionDep,
+    _: Viewer,
+    points: Annotated[int, Query(ge=2, le=500, description="Moments to count at.")] = 60,
+) -> RolloutVersions:
+    """The rollout's devices counted by the version of its model they served, at `points`
+    moments from its creation to now (to its last change once it ended), replayed from the
+    version changes the devices reported (`device_model` events)."""
+    rollout = get_rollout(session, rollout_id)
+    start = as_utc(rollout.created_at) or utcnow()
+    end = utcnow() if rollout.status in ACTIVE else as_utc(rollout.updated_at) or utcnow()
+    members = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout_id)
+    devices = session.exec(select(Device).where(col(Device.id).in_(members))).all()
+    now_serving = {d.id: reported_version(d, rollout.model_name) for d in devices}
+    rows = session.exec(
+        select(Event)
+        .where(
+            Event.type == EventType.DEVICE_MODEL,
+            Event.model_name == rollout.model_name,
+            col(Event.device_id).in_(members),
+            col(Event.at) > start,
+        )
+        .order_by(col(Event.id))
+    ).all()
+    changes = [
+        VersionChange(
+            as_utc(row.at) or start,
+            row.device_id or "",
+            event_payload(row, DeviceModelData).previous,
+            row.version,
+        )
+        for row in rows
+        if row.data is not None  # recorded before events carried it: not replayable
+    ]
+    counted = versions_over_time(start, end, now_serving, changes, points)
+    versions = sorted({v for _, counts in counted for v in counts}, key=lambda v: v or 0)
+    return RolloutVersions(
+        times=[moment for moment, _ in counted],
+        series=[
+            VersionSeries(version=v, devices=[counts[v] for _, counts in counted]) for v in versions
+        ],
+    )
 
 
 @router.post(

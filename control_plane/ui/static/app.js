@@ -15,28 +15,8 @@ const main = document.getElementById("main");
 let caller = null;
 let timer = null;
 const fleet = { selector: "", offset: 0 };
-// Devices per version on a rollout's page, one point a poll while the page is open.
-const history = { rollout: null, points: [] };
-
-function remember(rolloutId, serving) {
-  if (history.rollout !== rolloutId) {
-    history.rollout = rolloutId;
-    history.points = [];
-  }
-  const counts = {};
-  for (const s of serving) counts[`v${s.version ?? "–"}`] = (counts[`v${s.version ?? "–"}`] || 0) + s.devices;
-  history.points.push({ t: new Date(), counts });
-  if (history.points.length > 900) history.points.shift(); // 30 minutes at 2 s
-}
-
-function versionsOverTime() {
-  const names = [...new Set(history.points.flatMap((p) => Object.keys(p.counts)))].sort();
-  const series = names.map((name) => ({ name, values: history.points.map((p) => p.counts[name] || 0) }));
-  const chart = lineChart("Devices per version (since this page opened)", history.points, series, null);
-  chart.id = "versions-chart";
-  return chart;
-}
-
+const driftView = { model: null, selector: null, version: "" }; // what the drift page shows
+const LINEAGE = ["drift", "accuracy_drop", "retrain_started", "challenger_registered", "challenger_refused", "release"];
 class ApiError extends Error {
   constructor(status, message) {
     super(message);
@@ -304,13 +284,13 @@ async function act(rollout, command) {
 
 async function rolloutPage(id) {
   const path = encodeURIComponent(id);
-  const [rollout, events] = await Promise.all([
+  const [rollout, events, overTime] = await Promise.all([
     get(`/rollouts/${path}`),
     get(`/rollouts/${path}/events`),
+    get(`/rollouts/${path}/versions?points=60`),
   ]);
   const summary = await get(`/devices/summary?selector=${encodeURIComponent(rollout.selector)}`);
   const serving = summary.serving.filter((s) => s.model === rollout.model);
-  remember(rollout.id, serving);
   const actions = canAct() ? ACTIONS[rollout.status] || [] : [];
   return el(
     "section",
@@ -356,7 +336,12 @@ async function rolloutPage(id) {
         ),
       ),
     ),
-    versionsOverTime(),
+    lineChart(
+      "Devices per version since the rollout began",
+      overTime.times.map((t) => new Date(t)),
+      overTime.series.map((s) => ({ name: `v${s.version ?? "–"}`, values: s.devices })),
+      { id: "versions-chart" },
+    ),
     el("h2", {}, "Stages"),
     table(
       ["stage", "plan", "devices with the version", "soak"],
@@ -368,7 +353,7 @@ async function rolloutPage(id) {
       ]),
     ),
     el("h2", {}, "Gates (current stage)"),
-    table(
+    el("div", { id: "gates" }, table(
       ["gate", "status", "value", "threshold", "evidence"],
       rollout.gates.map((g) => [
         g.name,
@@ -377,7 +362,7 @@ async function rolloutPage(id) {
         Number(g.threshold).toPrecision(4),
         [g.detail, g.devices != null ? ` · ${g.devices} devices` : "", g.requests != null ? ` · ${g.requests} requests` : ""],
       ]),
-    ),
+    )),
     el("h2", {}, "Events"),
     eventList(events),
   );
@@ -405,21 +390,46 @@ async function modelsPage() {
   );
 }
 
+function lineageEvents(name, limit) {
+  const types = LINEAGE.map((t) => `&type=${t}`).join("");
+  return get(`/events?model=${encodeURIComponent(name)}${types}&limit=${limit}`);
+}
+
 async function modelPage(name) {
   const path = encodeURIComponent(name);
   const [versions, rollouts, events] = await Promise.all([
     get(`/models/${path}/versions`),
     get("/rollouts"),
-    get(`/events?model=${path}&limit=50`),
+    lineageEvents(name, 200),
   ]);
+  // The signed manifests of the newest versions (one request each).
+  const newest = versions.slice(-10);
+  const manifests = await Promise.all(newest.map((v) => get(`/models/${path}/versions/${v.version}`)));
   const byVersion = (v) => rollouts.filter((r) => r.model === name && r.version === v);
+  // Lineage past the version: what drifted on it, and the challenger retrained from that.
+  const followers = (v) =>
+    events
+      .filter((e) => ["drift", "accuracy_drop"].includes(e.type) && e.version === v)
+      .reverse()
+      .map((cause) => {
+        const challengers = events.filter((e) => e.cause_id === cause.id && e.type.startsWith("challenger_"));
+        return [
+          " → ",
+          el("span", { class: `lineage-${cause.type}` }, `${cause.type.replace("_", " ")} ${when(cause.at)}`),
+          challengers.map((c) =>
+            c.type === "challenger_registered"
+              ? [" → challenger ", link(`#/models/${path}`, `v${c.version}`)]
+              : [" → challenger refused"],
+          ),
+        ];
+      });
   return el(
     "section",
     { id: "model" },
     el("h1", {}, `Model ${name}`),
     el("p", {}, link(`#/drift/${path}`, "Drift over time")),
     table(
-      ["version", "algorithm", "metrics", "aliases", "release", "signed manifest", "lineage"],
+      ["version", "algorithm", "metrics", "aliases", "release", "artifact", "lineage"],
       versions.map((v) => [
         `v${v.version}`,
         v.algorithm,
@@ -427,13 +437,31 @@ async function modelPage(name) {
         v.aliases.join(", "),
         v.release || "",
         el("code", {}, `sha256 ${v.sha256.slice(0, 16)}… · ${v.size} bytes · parity ${v.parity_max_abs_diff.toExponential(1)}`),
-        [
+        el(
+          "span",
+          { class: "lineage", id: `lineage-v${v.version}` },
           `dataset ${v.dataset_id}`,
           v.job_id ? ` → job ${v.job_id}` : "",
           ` → v${v.version}`,
           byVersion(v.version).map((r) => [" → ", link(`#/rollouts/${encodeURIComponent(r.id)}`, `rollout ${r.id}`), ` (${r.status})`]),
-        ],
+          followers(v.version),
+        ),
       ]),
+    ),
+    el("h2", {}, "Signed manifests"),
+    table(
+      ["version", "signing key", "signature", "opset", "inputs", "outputs"],
+      manifests.map((v) => {
+        const m = v.manifest;
+        return [
+          `v${v.version}`,
+          el("code", { class: "key-id" }, m.key_id),
+          el("code", { title: m.signature }, `${m.signature.slice(0, 24)}…`),
+          Object.entries(m.opset).map(([d, n]) => `${d || "ai.onnx"} ${n}`).join(", "),
+          `${m.input.features.length} features: ${m.input.features.join(", ")}`,
+          m.output.classes.length ? `${m.output.task}: ${m.output.classes.join(", ")}` : m.output.task,
+        ];
+      }),
     ),
     el("h2", {}, "Drift, retraining and releases"),
     eventList(events),
@@ -442,8 +470,10 @@ async function modelPage(name) {
 
 const SERIES_COLOURS = ["#0969da", "#8250df", "#bf8700", "#1a7f37", "#cf222e", "#57606a"];
 
-function lineChart(title, points, series, threshold) {
-  // points: [{t: Date}], series: [{name, values: [number|null]}]; threshold: number|null
+function lineChart(title, times, series, options = {}) {
+  // times: [Date]; series: [{name, values: [number|null]}] aligned with times;
+  // options: {threshold: number, marks: [{t: Date, label, kind}], id}
+  const { threshold = null, marks = [], id } = options;
   const width = 640;
   const height = 180;
   const pad = 30;
@@ -456,7 +486,9 @@ function lineChart(title, points, series, threshold) {
   svg.setAttribute("aria-label", title);
   const all = series.flatMap((s) => s.values).filter((v) => v != null);
   const top = Math.max(threshold ?? 0, ...all, 1e-9) * 1.1;
-  const x = (i) => pad + (points.length < 2 ? 0 : (i * (width - 2 * pad)) / (points.length - 1));
+  const first = times.length ? times[0].getTime() : 0;
+  const span = times.length > 1 ? times[times.length - 1].getTime() - first : 0;
+  const x = (t) => pad + (span ? ((t.getTime() - first) * (width - 2 * pad)) / span : 0);
   const y = (v) => height - pad - (v / top) * (height - 2 * pad);
   const add = (tag, attrs, text) => {
     const node = document.createElementNS(ns, tag);
@@ -468,47 +500,110 @@ function lineChart(title, points, series, threshold) {
   add("text", { x: pad, y: 14 }, title);
   add("line", { x1: pad, y1: height - pad, x2: width - pad, y2: height - pad, stroke: "#d0d7de" });
   if (threshold != null) {
-    add("line", { x1: pad, y1: y(threshold), x2: width - pad, y2: y(threshold), stroke: "#cf222e", "stroke-dasharray": "4 3", class: "threshold" });
-    add("text", { x: width - pad - 60, y: y(threshold) - 3 }, `threshold ${threshold}`);
+    add("line", { x1: pad, y1: y(threshold), x2: width - pad, y2: y(threshold), stroke: "#cf222e", "stroke-dasharray": "4 3", class: "threshold", "data-value": threshold });
+    add("text", { x: width - pad - 80, y: y(threshold) - 3 }, `threshold ${Number(threshold).toPrecision(3)}`);
+  }
+  for (const mark of marks) {
+    if (!span || mark.t.getTime() < first || mark.t.getTime() > first + span) continue;
+    const node = add("line", { x1: x(mark.t), y1: 20, x2: x(mark.t), y2: height - pad, stroke: "#57606a", "stroke-dasharray": "2 2", class: `mark ${mark.kind}` });
+    const tip = document.createElementNS(ns, "title");
+    tip.textContent = mark.label;
+    node.append(tip);
   }
   series.forEach((s, k) => {
-    const coords = s.values.map((v, i) => (v == null ? null : `${x(i)},${y(v)}`)).filter(Boolean);
+    const coords = s.values.map((v, i) => (v == null ? null : `${x(times[i])},${y(v)}`)).filter(Boolean);
     if (coords.length) {
-      add("polyline", { points: coords.join(" "), fill: "none", stroke: SERIES_COLOURS[k % SERIES_COLOURS.length], "stroke-width": 2, "data-series": s.name });
+      add("polyline", {
+        points: coords.join(" "),
+        fill: "none",
+        stroke: SERIES_COLOURS[k % SERIES_COLOURS.length],
+        "stroke-width": 2,
+        "data-series": s.name,
+        "data-values": JSON.stringify(s.values),
+      });
     }
   });
-  if (points.length) {
-    add("text", { x: pad, y: height - 10 }, points[0].t.toLocaleTimeString());
-    add("text", { x: width - pad - 50, y: height - 10 }, points[points.length - 1].t.toLocaleTimeString());
+  if (times.length) {
+    add("text", { x: pad, y: height - 10 }, times[0].toLocaleTimeString());
+    add("text", { x: width - pad - 50, y: height - 10 }, times[times.length - 1].toLocaleTimeString());
   }
   // Classes, not style attributes: the page's CSP allows no inline style.
   const legend = el("p", { class: "legend" }, series.map((s, k) => el("span", { class: `series-${k % SERIES_COLOURS.length}` }, `■ ${s.name}`)));
-  return el("div", { class: "card" }, svg, legend);
+  return el("div", { class: "card", id }, svg, legend, marks.length ? el("p", { class: "muted" }, "Dashed verticals: drift and retraining events (hover for which).") : null);
 }
 
 async function driftPage(name) {
   const path = encodeURIComponent(name);
-  const [readings, events] = await Promise.all([
-    get(`/models/${path}/drift`),
-    get(`/events?model=${path}&limit=100`),
-  ]);
-  const points = readings.map((r) => ({ t: new Date(r.bucket_end) }));
-  const features = readings.length ? readings[readings.length - 1].features.map((f) => f.name) : [];
-  const psi = features.map((feature) => ({
-    name: feature,
-    values: readings.map((r) => (r.features.find((f) => f.name === feature) || {}).psi ?? null),
-  }));
-  const thresholds = readings.flatMap((r) => r.features.map((f) => f.psi_threshold)).filter((v) => v != null);
+  if (driftView.model !== name) Object.assign(driftView, { model: name, selector: null, version: "" });
+  const recent = await get(`/models/${path}/drift?limit=200`);
+  const selectors = [...new Set(recent.map((r) => r.selector))].sort();
+  if (driftView.selector === null || !selectors.includes(driftView.selector)) {
+    driftView.selector = recent.length ? recent[recent.length - 1].selector : "";
+  }
+  const query = new URLSearchParams({ selector: driftView.selector, limit: 2000 });
+  const [readings, events] = await Promise.all([get(`/models/${path}/drift?${query}`), lineageEvents(name, 200)]);
+  const versions = [...new Set(readings.map((r) => r.version))].sort((a, b) => a - b);
+  const shown = driftView.version === "" ? readings : readings.filter((r) => r.version === Number(driftView.version));
+  // One moment per bucket; where versions overlap (during a rollout), the features follow
+  // the version that answered most requests in the bucket.
+  const buckets = [...new Set(shown.map((r) => r.bucket_end))].sort();
+  const busiest = buckets.map((b) =>
+    shown.filter((r) => r.bucket_end === b).reduce((best, r) => (r.requests > best.requests ? r : best)),
+  );
+  const times = buckets.map((b) => new Date(b));
+  const features = busiest.length ? busiest[busiest.length - 1].features.map((f) => f.name) : [];
+  const feature = (r, name) => r.features.find((f) => f.name === name) || {};
+  const psi = features.map((f) => ({ name: f, values: busiest.map((r) => feature(r, f).psi ?? null) }));
+  const thresholds = busiest.flatMap((r) => r.features.map((f) => f.psi_threshold)).filter((v) => v != null);
   const threshold = thresholds.length ? Math.min(...thresholds) : null;
-  const marked = events.filter((e) => ["drift", "drift_cleared", "accuracy_drop", "retrain_started", "challenger_registered", "release"].includes(e.type));
+  const perVersion = (pick) =>
+    [...new Set(shown.map((r) => r.version))].map((v) => ({
+      name: `v${v}`,
+      values: buckets.map((b) => {
+        const r = shown.find((x) => x.version === v && x.bucket_end === b);
+        return r ? pick(r) : null;
+      }),
+    }));
+  const marked = events.filter((e) => LINEAGE.includes(e.type) && (!e.data || e.data.selector === undefined || e.data.selector === driftView.selector));
+  const marks = marked.map((e) => ({ t: new Date(e.at), label: `${e.type}: ${e.message}`, kind: e.type }));
+  const choose = (key) => (event) => {
+    driftView[key] = event.target.value;
+    route();
+  };
+  const option = (value, text, current) => el("option", { value, selected: value === current }, text);
+  const latest = busiest[busiest.length - 1];
   return el(
     "section",
     { id: "drift" },
     el("h1", {}, `Drift: ${name}`),
+    el(
+      "form",
+      { class: "pager" },
+      "Devices",
+      el("select", { id: "drift-selector", onchange: choose("selector") }, selectors.map((x) => option(x, x || "all devices", driftView.selector))),
+      "Version",
+      el("select", { id: "drift-version", onchange: choose("version") }, option("", "all", driftView.version), versions.map((v) => option(String(v), `v${v}`, driftView.version))),
+    ),
     readings.length ? null : el("p", { class: "muted" }, "No closed buckets yet."),
-    lineChart("PSI per feature", points, psi, threshold),
-    lineChart("Prediction drift (PSI)", points, [{ name: "prediction", values: readings.map((r) => r.prediction.psi) }], threshold),
-    lineChart("Accuracy from feedback", points, [{ name: "accuracy", values: readings.map((r) => r.accuracy) }], null),
+    lineChart("PSI per feature", times, psi, { threshold, marks, id: "psi-chart" }),
+    lineChart("Prediction drift (PSI)", times, perVersion((r) => r.prediction.psi), { threshold, marks, id: "prediction-chart" }),
+    lineChart("Accuracy from feedback", times, perVersion((r) => r.accuracy), { marks, id: "accuracy-chart" }),
+    latest
+      ? [
+          el("h2", {}, `Latest bucket (v${latest.version}, ending ${when(latest.bucket_end)})`),
+          table(
+            ["feature", "PSI", "threshold", "JS", "mean shift (σ)", "verdict"],
+            latest.features.map((f) => [
+              f.name,
+              f.psi == null ? "" : f.psi.toFixed(3),
+              f.psi_threshold == null ? "" : f.psi_threshold.toFixed(3),
+              f.js == null ? "" : f.js.toFixed(3),
+              f.mean_shift == null ? "" : f.mean_shift.toFixed(2),
+              status(f.verdict),
+            ]),
+          ),
+        ]
+      : null,
     el("h2", {}, "Drift and retraining events"),
     eventList(marked),
   );
