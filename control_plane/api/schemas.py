@@ -579,6 +579,16 @@ class RolloutPlanPublic(ApiModel):
     stages: list[StagePublic] = Field(description="Stages with the devices each adds.")
 
 
+class RolloutMemberPublic(ApiModel):
+    device_id: str = Field(description="Device id.")
+    rank: int = Field(description="Place in the rollout's cohort order, from 0.")
+    stage: int = Field(description="The stage whose cohort it is in, from 0.")
+    assigned_stage: int | None = Field(description="The stage that gave it the version.")
+    assigned_at: datetime | None = Field(description="When it was given the version.")
+    previous_version: int | None = Field(description="What it was to serve before.")
+    reverted: bool = Field(description="Given its previous version back (rollback).")
+
+
 class VersionSeries(ApiModel):
     version: int | None = Field(description="A version of the rollout's model (null: none).")
     devices: list[int] = Field(description="Devices serving it, one count per moment.")

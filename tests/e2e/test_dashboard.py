@@ -224,6 +224,39 @@ def test_a_token_in_a_url_is_refused_and_the_page_forbids_other_hosts(site: Site
     assert httpx.get(f"{site.server.url}/ui/secret.txt").status_code == 404
 
 
+def test_a_rollouts_cohorts_and_history_come_from_the_api(site: Site) -> None:
+    with site.server.client() as api:
+        rollout = api.get(f"/rollouts/{site.rollout_id}").json()
+        members = api.get(f"/rollouts/{site.rollout_id}/devices")
+        assert members.status_code == 200 and members.headers["X-Total-Count"] == "3"
+        assert [m["rank"] for m in members.json()] == [0, 1, 2]
+        assert {m["device_id"] for m in members.json()} == {"dev-0", "dev-1", "dev-2"}
+        by_stage = []
+        for stage in rollout["stages"]:
+            cohort = api.get(
+                f"/rollouts/{site.rollout_id}/devices", params={"stage": stage["index"]}
+            )
+            by_stage.append([m["device_id"] for m in cohort.json()])
+            assert all(m["stage"] == stage["index"] for m in cohort.json())
+        assert [d for cohort in by_stage for d in cohort] == [
+            m["device_id"] for m in members.json()
+        ]
+        assert len(by_stage[0]) == rollout["stages"][0]["target"]
+        beyond = api.get(
+            f"/rollouts/{site.rollout_id}/devices", params={"stage": len(rollout["stages"])}
+        )
+        assert beyond.status_code == 422 and beyond.json()["detail"][0]["loc"] == [
+            "query",
+            "stage",
+        ]
+        paged = api.get(f"/rollouts/{site.rollout_id}/devices", params={"limit": 1, "offset": 2})
+        assert [m["rank"] for m in paged.json()] == [2]
+        # No device reports a model: all three serve none from start to now.
+        history = api.get(f"/rollouts/{site.rollout_id}/versions", params={"points": 5}).json()
+        assert len(history["times"]) == 5
+        assert history["series"] == [{"version": None, "devices": [3] * 5}]
+
+
 def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: Any) -> None:
     """Real agents install the version stage by stage; the page, opened once, shows each
     stage and each device that takes it, then the end."""
@@ -270,6 +303,13 @@ def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: 
             assert fleet.api.post(f"/rollouts/{rollout['id']}/promote").status_code == 200
         wait_for(lambda: text_of(browser, "#rollout-status") == "succeeded", "succeeded", 60)
         assert browser.execute_script("return window.openedOnce") is True
+        first = fleet.api.get(f"/rollouts/{rollout['id']}/devices", params={"stage": 0}).json()
+        assert [m["device_id"] for m in first] == [
+            t.split(" ")[0]
+            for t in browser.execute_script(
+                "return [...document.querySelectorAll('.cohort')].map(e => e.innerText)"
+            )[:1]
+        ]
         # Devices per version since the rollout began, drawn from the server's history: the
         # four went from no model to v1 (the chart is the API's, whenever the page opened).
         history = fleet.api.get(f"/rollouts/{rollout['id']}/versions").json()

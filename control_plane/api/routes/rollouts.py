@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from control_plane.api.deps import Operator, SessionDep, Viewer
 from control_plane.api.schemas import (
     EventPublic,
     PlannedDevice,
     RolloutCreate,
+    RolloutMemberPublic,
     RolloutPlanPublic,
     RolloutPublic,
     RolloutVersions,
@@ -21,6 +23,7 @@ from control_plane.api.schemas import (
 )
 from control_plane.audit.record import event_payload
 from control_plane.audit.types import DeviceModelData, EventType
+from control_plane.errors import InvalidInputError
 from control_plane.rollouts.engine import (
     ACTIVE,
     RolloutEngine,
@@ -164,6 +167,54 @@ def rollout_events(rollout_id: RolloutIdPath, session: SessionDep, _: Viewer) ->
         select(Event).where(Event.rollout_id == rollout_id).order_by(col(Event.id))
     ).all()
     return [EventPublic.model_validate(r, from_attributes=True) for r in rows]
+
+
+@router.get(
+    "/{rollout_id}/devices",
+    response_model=list[RolloutMemberPublic],
+    summary="A rollout's devices, in cohort order",
+)
+def rollout_devices(
+    rollout_id: RolloutIdPath,
+    session: SessionDep,
+    response: Response,
+    _: Viewer,
+    stage: Annotated[
+        int | None, Query(ge=0, le=1000, description="Only this stage's cohort (from 0).")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="At most this many.")] = 100,
+    offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many first.")] = 0,
+) -> list[RolloutMemberPublic]:
+    """The devices the rollout's selector matched, by rank: stage *k*'s cohort holds the
+    ranks from stage *k−1*'s target to stage *k*'s. `X-Total-Count` says how many match."""
+    rollout = get_rollout(session, rollout_id)
+    targets = [s.target for s in stages_of(session, rollout)]
+    starts = [0, *targets[:-1]]
+    query = select(RolloutDevice).where(RolloutDevice.rollout_id == rollout_id)
+    if stage is not None:
+        if stage >= len(targets):
+            raise InvalidInputError(
+                f"the rollout has {len(targets)} stages (0 to {len(targets) - 1})",
+                loc=("query", "stage"),
+            )
+        query = query.where(
+            col(RolloutDevice.rank) >= starts[stage], col(RolloutDevice.rank) < targets[stage]
+        )
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    response.headers["X-Total-Count"] = str(total)
+    rows = session.exec(query.order_by(col(RolloutDevice.rank)).offset(offset).limit(limit))
+    return [
+        RolloutMemberPublic(
+            device_id=m.device_id,
+            rank=m.rank,
+            stage=bisect_right(targets, m.rank),
+            assigned_stage=m.assigned_stage,
+            assigned_at=as_utc(m.assigned_at),
+            previous_version=m.previous_version,
+            reverted=m.reverted,
+        )
+        for m in rows
+    ]
 
 
 @router.get(

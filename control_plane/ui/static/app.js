@@ -4,6 +4,7 @@
 
 const TOKEN_KEY = "edgefleet-token";
 const PAGE = 50;
+const COHORT_SHOWN = 6; // devices named per stage on a rollout's page
 const LIVE_MS = 2000; // pages that change while you look are polled: see README ("Dashboard")
 const ACTIONS = {
   running: ["pause", "promote", "abort", "rollback"],
@@ -289,8 +290,18 @@ async function rolloutPage(id) {
     get(`/rollouts/${path}/events`),
     get(`/rollouts/${path}/versions?points=60`),
   ]);
-  const summary = await get(`/devices/summary?selector=${encodeURIComponent(rollout.selector)}`);
+  const [summary, cohorts] = await Promise.all([
+    get(`/devices/summary?selector=${encodeURIComponent(rollout.selector)}`),
+    Promise.all(rollout.stages.map((s) => api(`/rollouts/${path}/devices?stage=${s.index}&limit=${COHORT_SHOWN}`))),
+  ]);
   const serving = summary.serving.filter((s) => s.model === rollout.model);
+  const cohort = ({ body: members, headers }) => {
+    const more = Number(headers.get("X-Total-Count")) - members.length;
+    return [
+      members.map((m, i) => [i ? ", " : "", link(`#/devices/${encodeURIComponent(m.device_id)}`, m.device_id), m.reverted ? " (reverted)" : ""]),
+      more > 0 ? ` and ${more} more` : "",
+    ];
+  };
   const actions = canAct() ? ACTIONS[rollout.status] || [] : [];
   return el(
     "section",
@@ -344,12 +355,13 @@ async function rolloutPage(id) {
     ),
     el("h2", {}, "Stages"),
     table(
-      ["stage", "plan", "devices with the version", "soak"],
+      ["stage", "plan", "devices with the version", "soak", "cohort"],
       rollout.stages.map((s) => [
         s.index + 1 === rollout.stage + 1 ? el("b", {}, `${s.index + 1} (current)`) : `${s.index + 1}`,
         s.label,
         s.target,
         `${s.soak_seconds} s`,
+        el("span", { class: "cohort" }, cohort(cohorts[s.index])),
       ]),
     ),
     el("h2", {}, "Gates (current stage)"),
