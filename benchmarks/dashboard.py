@@ -1,11 +1,14 @@
-"""The dashboard's fleet page with 1,000 devices, against 10 in the same run.
+"""The dashboard's fleet and rollout pages with 1,000 devices, against 10 in the same run.
 
 A real `edgefleet server` (SQLite) and a private mosquitto; N devices registered through the
 API, each reporting a retained state (one model serving) over MQTT on its own topic, as an
 agent does, and ingested by the server's bridge. Then Debian's headless Chromium opens
 `/ui/#/fleet` K times: the time from navigation until the first page of 50 devices and the
 per-version counts are on screen (median), and the medians of the two API calls the page
-makes (`GET /devices?limit=50`, `GET /devices/summary`). Reported as the 1,000-device figures
+makes (`GET /devices?limit=50`, `GET /devices/summary`). Then a canary rollout of a second
+version to every device, held on its first stage: the same for `/ui/#/rollouts/{id}` (until
+gates, cohorts and the devices-per-version chart show) and its heaviest calls
+(`GET /rollouts/{id}`, `GET /rollouts/{id}/versions`). Reported as the 1,000-device figures
 and their ratio to the 10-device ones: this machine is noisy, ratios travel.
 
     .venv/bin/python benchmarks/dashboard.py [--sizes 10,1000] [--loads 7]
@@ -100,22 +103,33 @@ def median_seconds(call: Any, times: int) -> float:
     return statistics.median(spent)
 
 
-def page_load(driver: Any, url: str, token: str, loads: int, rows: int) -> float:
+FLEET_READY = (
+    "return document.querySelectorAll('#fleet tbody tr').length >= arguments[0] && "
+    "document.querySelectorAll('#fleet .version-count').length > 0"
+)
+ROLLOUT_READY = (
+    "return document.querySelectorAll('#gates tbody tr').length > 0 && "
+    "document.querySelectorAll('#versions-chart polyline').length > 0 && "
+    "document.querySelectorAll('.cohort a').length >= arguments[0]"
+)
+
+
+def page_load(
+    driver: Any, url: str, token: str, loads: int, page: str, ready: str, n: int
+) -> float:
+    """Median seconds from navigating to ``page`` until the script ``ready`` (given ``n``)
+    says the page shows what it should."""
     driver.get(url + "/ui/")
     driver.execute_script("sessionStorage.setItem('edgefleet-token', arguments[0])", token)
-    ready = (
-        "return document.querySelectorAll('#fleet tbody tr').length >= arguments[0] && "
-        "document.querySelectorAll('#fleet .version-count').length > 0"
-    )
     spent = []
     for _ in range(loads):
         driver.get("about:blank")
         began = time.perf_counter()
-        driver.get(url + "/ui/#/fleet")
+        driver.get(f"{url}/ui/{page}")
         deadline = began + 60
-        while not driver.execute_script(ready, rows):
+        while not driver.execute_script(ready, n):
             if time.perf_counter() > deadline:
-                raise TimeoutError(f"the fleet page did not show {rows} devices in 60 s")
+                raise TimeoutError(f"{page} was not ready in 60 s")
             time.sleep(0.005)
         spent.append(time.perf_counter() - began)
     return statistics.median(spent)
@@ -138,19 +152,48 @@ def measure(devices: int, loads: int) -> dict[str, float]:
             run_cli("datasets", "upload", str(csv), "--name", "s", "--label", "fault", env=env)
             run_cli("train", "--model", "fault", "--dataset", "1", "--algorithm", "logreg", env=env)
             populate(server, broker, devices)
+            run_cli("train", "--model", "fault", "--dataset", "1", "--algorithm", "logreg", env=env)
             headers = {"Authorization": f"Bearer {server.token}"}
             with httpx.Client(base_url=server.url + "/api/v1", headers=headers) as api:
                 listing = median_seconds(lambda: api.get("/devices?limit=50"), loads * 3)
                 summary = median_seconds(lambda: api.get("/devices/summary"), loads * 3)
+                plan = {"preset": "canary", "soak_seconds": 3600}  # stays on its first stage
+                created = api.post(
+                    "/rollouts", json={"model": "fault", "version": "2", "plan": plan}
+                )
+                created.raise_for_status()
+                rollout = created.json()
+                path = f"/rollouts/{rollout['id']}"
+                one = median_seconds(lambda: api.get(path), loads * 3)
+                history = median_seconds(lambda: api.get(path + "/versions"), loads * 3)
             driver = open_chromium()
             try:
-                page = page_load(driver, server.url, server.token, loads, min(devices, PAGE_ROWS))
+                fleet = page_load(
+                    driver,
+                    server.url,
+                    server.token,
+                    loads,
+                    "#/fleet",
+                    FLEET_READY,
+                    min(devices, PAGE_ROWS),
+                )
+                cohort = min(6, rollout["stages"][0]["target"])
+                rollout_page = page_load(
+                    driver, server.url, server.token, loads, f"#{path}", ROLLOUT_READY, cohort
+                )
             finally:
                 driver.quit()
         finally:
             stop_server(server)
             broker.stop()
-    return {"page_s": page, "list_s": listing, "summary_s": summary}
+    return {
+        "fleet page": fleet,
+        "GET /devices?limit=50": listing,
+        "GET /devices/summary": summary,
+        "rollout page": rollout_page,
+        "GET /rollouts/{id}": one,
+        "GET /rollouts/{id}/versions": history,
+    }
 
 
 def main() -> None:
@@ -161,15 +204,11 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {n: measure(n, args.loads) for n in sizes}
     base = results[sizes[0]]
-    columns = ("page (median)", "GET /devices?limit=50", "GET /devices/summary")
-    print(f"{'devices':>8} {columns[0]:>14} {columns[1]:>22} {columns[2]:>21}")
-    for n, r in results.items():
-        print(
-            f"{n:>8} {r['page_s'] * 1000:>11.0f} ms"
-            f" {r['list_s'] * 1000:>19.1f} ms {r['summary_s'] * 1000:>18.1f} ms"
-            f"   (× {r['page_s'] / base['page_s']:.2f}, × {r['list_s'] / base['list_s']:.2f},"
-            f" × {r['summary_s'] / base['summary_s']:.2f} of {sizes[0]})"
-        )
+    print(f"{'median, ms':<30}" + "".join(f"{n:>10} devices" for n in sizes) + "   ratio")
+    for name in base:
+        cells = "".join(f"{results[n][name] * 1000:>18.1f}" for n in sizes)
+        ratio = results[sizes[-1]][name] / base[name]
+        print(f"{name:<30}{cells}   × {ratio:.2f}")
 
 
 if __name__ == "__main__":
