@@ -6,14 +6,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
+from shared.broker_address import CONTROL_PLANE_USER
+from shared.messages import DeviceState, ErrorInfo, ModelStatus, Phase
+from shared.topics import Channel, Topics
+from simulator.broker import MosquittoBroker
 from simulator.data import write_sensor_csv
+from simulator.rig.agents import CP_PASSWORD, wait_until
 from simulator.rig.browser import (
     CHROMEDRIVER,
     CHROMIUM,
@@ -35,6 +43,7 @@ pytestmark = [
     ),
 ]
 MARKUP = '"><img src=x onerror=alert(1)><script>alert(2)</script>'
+OPERATOR = f"ops {MARKUP}"  # a token name: shown in the header and in the events it causes
 
 
 @dataclass
@@ -48,7 +57,14 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     tmp = Path(tmp_path_factory.mktemp("dashboard"))
-    server = start_server(tmp / "cp")
+    broker = MosquittoBroker(tmp / "broker")
+    broker.add_control_plane_user(CP_PASSWORD)
+    broker.start()
+    mqtt_env = {
+        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
+        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
+    }
+    server = start_server(tmp / "cp", env=mqtt_env)
     env = server.env
     try:
         csv = write_sensor_csv(tmp / "s.csv", 300, seed=1)
@@ -68,11 +84,50 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 },
             )
             assert rollout.status_code == 201, rollout.text
+            # A device that reports markup in its errors (a compromised one, say).
+            report_error(broker, "dev-1", MARKUP)
+            wait_until(
+                lambda: api.get("/devices/dev-1").json()["state"] is not None, what="dev-1's state"
+            )
             viewer = api.post("/tokens", json={"name": "watcher", "role": "viewer"}).json()
-            operator = api.post("/tokens", json={"name": "ops", "role": "operator"}).json()
+            operator = api.post("/tokens", json={"name": OPERATOR, "role": "operator"}).json()
         yield Site(server, rollout.json()["id"], viewer["token"], operator["token"])
     finally:
         stop_server(server)
+        broker.stop()
+
+
+def report_error(broker: MosquittoBroker, device_id: str, message: str) -> None:
+    """A retained state report for ``device_id`` whose model refused an update with
+    ``message``, published on the device's state topic as the device would."""
+    now = datetime.now(UTC)
+    error = ErrorInfo(reason="sha256_mismatch", message=message, at=now, model="fault")
+    state = DeviceState(
+        device_id=device_id,
+        seq=1,
+        agent_version="test",
+        labels={},
+        deployment_seq=0,
+        models=[
+            ModelStatus(
+                name="fault", active=None, previous=None, phase=Phase.FAILED, last_error=error
+            )
+        ],
+        dropped_messages=0,
+        outbox_dropped=0,
+        updated_at=now,
+        last_error=error,
+    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="dashboard-test")
+    client.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
+    client.connect(broker.host, broker.cp_port)
+    client.loop_start()
+    try:
+        topic = Topics().device(device_id, Channel.STATE)
+        client.publish(topic, state.model_dump_json(), qos=1, retain=True).wait_for_publish(30)
+    finally:
+        client.loop_stop()
+        client.disconnect()
 
 
 @pytest.fixture
@@ -133,14 +188,15 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
         " e => window.violations.push(e.violatedDirective + ' ' + e.blockedURI))"
     )
     wait_for(lambda: "dev-2" in text_of(browser, "#fleet table"), "the devices")
-    assert MARKUP in text_of(browser, "#fleet table")  # as text, not markup
+    fleet_table = text_of(browser, "#fleet table")
+    assert fleet_table.count(MARKUP) == 2  # a label and an error message, as text
     assert not browser.find_elements(By.CSS_SELECTOR, "main img, main script")
     with pytest.raises(NoAlertPresentException):
         _ = browser.switch_to.alert.text
     assert "3\ndevices" in text_of(browser, "#fleet .row")
     screenshot(browser, "fleet")
     pages = {
-        "device": ("#/devices/dev-0", "#device", "Models"),
+        "device": ("#/devices/dev-1", "#device", f"sha256_mismatch: {MARKUP}"),
         "rollouts": ("#/rollouts", "#rollouts", site.rollout_id),
         "rollout": (f"#/rollouts/{site.rollout_id}", "#rollout", "Gates"),
         "models": ("#/models", "#models", "fault"),
@@ -150,6 +206,7 @@ def test_every_page_renders_real_data_with_markup_shown_as_text(site: Site, brow
     for name, (hash_, section, expected) in pages.items():
         browser.get(f"{site.server.url}/ui/{hash_}")
         wait_for(partial(shows, browser, section, expected), f"the {name} page")
+        assert not browser.find_elements(By.CSS_SELECTOR, "main img, main script")
         screenshot(browser, name)
     # The signed manifest's details, as the API has them.
     with site.server.client() as api:
@@ -175,6 +232,9 @@ def test_an_operator_pauses_from_the_page_and_the_page_follows_the_api(
     wait_for(lambda: text_of(browser, "#rollout-status") == "running", "running")
     browser.find_element(By.ID, "action-pause").click()
     wait_for(lambda: text_of(browser, "#rollout-status") == "paused", "paused on the page")
+    wait_for(partial(shows, browser, "#rollout", f"by {OPERATOR}"), "the pause event, as text")
+    assert OPERATOR in text_of(browser, "#who")
+    assert not browser.find_elements(By.CSS_SELECTOR, "img, script:not([src])")
     with site.server.client() as api:
         assert api.get(f"/rollouts/{site.rollout_id}").json()["status"] == "paused"
         # A change made elsewhere shows without a reload (the page polls).
@@ -260,7 +320,6 @@ def test_a_rollouts_cohorts_and_history_come_from_the_api(site: Site) -> None:
 def test_a_rollout_advances_on_screen_without_a_reload(tmp_path: Path, browser: Any) -> None:
     """Real agents install the version stage by stage; the page, opened once, shows each
     stage and each device that takes it, then the end."""
-    from simulator.rig.agents import wait_until
     from simulator.rig.fleet import OPEN_GATES, open_fleet
 
     with open_fleet(tmp_path) as fleet:
