@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func
+from sqlalchemy import ColumnElement, case, delete, func, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -13,10 +13,12 @@ from control_plane.audit.record import record_event
 from control_plane.audit.types import DeviceModelData, EventType, Payload
 from control_plane.auth.tokens import issue_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
+from control_plane.fleet.selectors import Selector
 from control_plane.store.tables import (
     Admission,
     ApiToken,
     Device,
+    DeviceModel,
     Event,
     Role,
     SampleRecord,
@@ -90,6 +92,7 @@ def forget_device(session: Session, device_id: str) -> None:
             col(Event.device_id) == device_id, col(Event.type) == EventType.DEVICE_ADMISSION
         )
     )
+    session.exec(delete(DeviceModel).where(col(DeviceModel.device_id) == device_id))
     device = session.get(Device, device_id)
     if device is not None:
         session.delete(device)
@@ -130,6 +133,75 @@ def sequence_floor(session: Session, device_id: str, caller: ApiToken) -> Sequen
 
 def list_devices(session: Session) -> list[Device]:
     return list(session.exec(select(Device).order_by(col(Device.id))).all())
+
+
+def selected(selector: Selector) -> list[ColumnElement[bool]]:
+    """The selector as SQL conditions on ``device`` (JSON labels: ``json_extract`` on
+    SQLite, ``->>`` on PostgreSQL): the same devices ``selector.matches`` would pick."""
+    conditions: list[ColumnElement[bool]] = []
+    for term in selector.terms:
+        value = col(Device.labels)[term.key].as_string()
+        if term.op == "exists":
+            conditions.append(value.is_not(None))
+        elif term.op == "absent":
+            conditions.append(value.is_(None))
+        elif term.op == "=":
+            conditions.append(value == term.value)
+        else:
+            conditions.append(or_(value.is_(None), value != term.value))
+    return conditions
+
+
+def matching_devices(session: Session, selector: Selector) -> list[Device]:
+    """The devices ``selector`` matches, by id."""
+    query = select(Device).where(*selected(selector)).order_by(col(Device.id))
+    return list(session.exec(query).all())
+
+
+def page_of_devices(
+    session: Session, selector: Selector, limit: int | None, offset: int
+) -> tuple[int, list[Device]]:
+    """How many devices ``selector`` matches, and ``limit`` of them from ``offset`` by id."""
+    total = session.exec(select(func.count()).select_from(Device).where(*selected(selector)))
+    query = select(Device).where(*selected(selector)).order_by(col(Device.id)).offset(offset)
+    if limit is not None:
+        query = query.limit(limit)
+    return int(total.one()), list(session.exec(query).all())
+
+
+def fleet_counts(
+    session: Session, selector: Selector
+) -> tuple[int, int, list[tuple[str, int | None, str, int]]]:
+    """Devices ``selector`` matches, how many are online, and devices per (model, active
+    version, phase) as they last reported: counted by the database."""
+    devices, online = session.exec(
+        select(func.count(), func.coalesce(func.sum(case((col(Device.online), 1), else_=0)), 0))
+        .select_from(Device)
+        .where(*selected(selector))
+    ).one()
+    groups = session.exec(
+        select(DeviceModel.model_name, DeviceModel.version, DeviceModel.phase, func.count())
+        .join(Device, col(Device.id) == DeviceModel.device_id)
+        .where(*selected(selector))
+        .group_by(col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase))
+        .order_by(col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase))
+    ).all()
+    return int(devices), int(online), [(m, v, p, int(n)) for m, v, p, n in groups]
+
+
+def _record_models(session: Session, device_id: str, state: DeviceState) -> None:
+    """Keep ``device_model`` equal to what the state report says."""
+    rows = session.exec(select(DeviceModel).where(DeviceModel.device_id == device_id)).all()
+    existing = {row.model_name: row for row in rows}
+    for model in state.models:
+        row = existing.pop(model.name, None) or DeviceModel(
+            device_id=device_id, model_name=model.name, phase=model.phase.value
+        )
+        row.version = model.active.version if model.active else None
+        row.phase = model.phase.value
+        session.add(row)
+    for row in existing.values():
+        session.delete(row)
 
 
 @dataclass(frozen=True)
@@ -197,6 +269,7 @@ def apply_state(session: Session, state: DeviceState, seen: datetime) -> None:
             version=change.version,
         )
     device.state, device.state_seq = state.model_dump_json(), state.seq
+    _record_models(session, state.device_id, state)
     if not device.registered:
         device.labels = state.labels
     device.last_seen = seen

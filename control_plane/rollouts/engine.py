@@ -21,14 +21,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from control_plane.audit.record import record_event
 from control_plane.audit.types import EventType
 from control_plane.auth.keys import KeyStore
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
-from control_plane.fleet.devices import list_devices
+from control_plane.fleet.devices import list_devices, matching_devices
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
@@ -91,7 +91,7 @@ def plan_rollout(
     """Check a rollout request and compute its stages (the dry run and creation share it)."""
     row = resolve_version(session, model, version)
     parsed = parse_selector(selector, loc=("body", "selector"))
-    devices = [d for d in list_devices(session) if parsed.matches(d.labels)]
+    devices = matching_devices(session, parsed)
     if not devices:
         raise InvalidInputError(
             f"selector {selector!r} matches no device",
@@ -184,11 +184,7 @@ def get_rollout(session: Session, rollout_id: str) -> Rollout:
 
 
 def stages_of(session: Session, rollout: Rollout) -> list[Stage]:
-    count = len(
-        session.exec(
-            select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout.id)
-        ).all()
-    )
+    count = session.exec(select(func.count()).where(RolloutDevice.rollout_id == rollout.id)).one()
     return resolve(PlanSpec.model_validate(rollout.plan), count)
 
 

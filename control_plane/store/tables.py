@@ -293,6 +293,18 @@ class Device(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+class DeviceModel(SQLModel, table=True):
+    """What a device reports of one model (its latest state, in columns): what the fleet
+    summary and the device list count in SQL instead of parsing every state report."""
+
+    __tablename__ = "device_model"
+
+    device_id: str = Field(max_length=64, foreign_key="device.id", primary_key=True)
+    model_name: str = Field(max_length=64, primary_key=True)
+    version: int | None = Field(default=None, index=True)  # the active one; null: none
+    phase: str = Field(max_length=16)
+
+
 class TelemetryRecord(SQLModel, table=True):
     """One telemetry window, stored once per (device, seq) however often it arrives."""
 

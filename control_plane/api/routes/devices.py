@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -33,9 +32,10 @@ from control_plane.errors import UnavailableError
 from control_plane.fleet.deployments import deploy_version
 from control_plane.fleet.devices import (
     check_labels,
+    fleet_counts,
     forget_device,
     get_device,
-    list_devices,
+    page_of_devices,
     register_device,
     sequence_floor,
 )
@@ -108,10 +108,9 @@ def get_devices(
     """Devices by id. The `X-Total-Count` header says how many the selector matches, so a
     page of `limit` from `offset` can say where it is."""
     parsed = parse_selector(selector, loc=("query", "selector"))
-    matching = [d for d in list_devices(session) if parsed.matches(d.labels)]
-    response.headers["X-Total-Count"] = str(len(matching))
-    end = None if limit is None else offset + limit
-    return [device_public(d) for d in matching[offset:end]]
+    total, devices = page_of_devices(session, parsed, limit, offset)
+    response.headers["X-Total-Count"] = str(total)
+    return [device_public(d) for d in devices]
 
 
 @router.get(
@@ -126,21 +125,13 @@ def get_summary(
 ) -> FleetSummary:
     """Counted over every device the selector matches (the list itself is paged)."""
     parsed = parse_selector(selector, loc=("query", "selector"))
-    matching = [d for d in list_devices(session) if parsed.matches(d.labels)]
-    counts: Counter[tuple[str, int | None, str]] = Counter()
-    for device in matching:
-        state = DeviceState.model_validate_json(device.state) if device.state else None
-        for model in state.models if state else []:
-            active = model.active.version if model.active else None
-            counts[(model.name, active, model.phase.value)] += 1
+    devices, online, groups = fleet_counts(session, parsed)
     return FleetSummary(
-        devices=len(matching),
-        online=sum(d.online for d in matching),
+        devices=devices,
+        online=online,
         serving=[
             ServingCount(model=m, version=v, phase=p, devices=n)
-            for (m, v, p), n in sorted(
-                counts.items(), key=lambda item: (item[0][0], item[0][1] or 0)
-            )
+            for m, v, p, n in sorted(groups, key=lambda g: (g[0], g[1] or 0, g[2]))
         ],
     )
 

@@ -31,21 +31,22 @@ from control_plane.rollouts.engine import (
     get_rollout,
     new_rollout_id,
     plan_rollout,
-    reported_version,
     stages_of,
 )
 from control_plane.rollouts.history import VersionChange, versions_over_time
 from control_plane.rollouts.machine import RolloutStatus
-from control_plane.store.tables import Device, Event, Rollout, RolloutDevice, as_utc, utcnow
+from control_plane.store.tables import DeviceModel, Event, Rollout, RolloutDevice, as_utc, utcnow
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutIdPath = Annotated[str, Path(description="Rollout id.")]
 
 
 def rollout_public(session: SessionDep, rollout: Rollout) -> RolloutPublic:
-    members = session.exec(
-        select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
-    ).all()
+    devices, assigned = session.exec(
+        select(func.count(), func.count(col(RolloutDevice.assigned_stage))).where(
+            RolloutDevice.rollout_id == rollout.id
+        )
+    ).one()
     return RolloutPublic.model_validate(
         {
             "id": rollout.id,
@@ -63,8 +64,8 @@ def rollout_public(session: SessionDep, rollout: Rollout) -> RolloutPublic:
                 )
                 for s in stages_of(session, rollout)
             ],
-            "devices": len(members),
-            "assigned": sum(m.assigned_stage is not None for m in members),
+            "devices": devices,
+            "assigned": assigned,
             "created_by": rollout.created_by,
             "created_at": rollout.created_at,
             "updated_at": rollout.updated_at,
@@ -235,8 +236,13 @@ def rollout_versions(
     start = as_utc(rollout.created_at) or utcnow()
     end = utcnow() if rollout.status in ACTIVE else as_utc(rollout.updated_at) or utcnow()
     members = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout_id)
-    devices = session.exec(select(Device).where(col(Device.id).in_(members))).all()
-    now_serving = {d.id: reported_version(d, rollout.model_name) for d in devices}
+    now_serving: dict[str, int | None] = dict.fromkeys(session.exec(members).all())
+    serving = session.exec(
+        select(DeviceModel.device_id, DeviceModel.version).where(
+            DeviceModel.model_name == rollout.model_name, col(DeviceModel.device_id).in_(members)
+        )
+    )
+    now_serving.update(serving.all())
     rows = session.exec(
         select(Event)
         .where(
