@@ -18,6 +18,7 @@ from control_plane.api.schemas import (
     DatasetPublic,
     DeploymentCreate,
     DeploymentPublic,
+    DeviceCreate,
     DevicePublic,
     DeviceRegistered,
     DevicesPreauthorize,
@@ -250,6 +251,11 @@ class ApiClient:
     def register_device(self, device_id: str, labels: dict[str, str]) -> DeviceRegistered:
         response = self._http.post("/devices", json={"id": device_id, "labels": labels})
         return DeviceRegistered.model_validate_json(self._check(response).content)
+
+    def register_devices(self, devices: list[DeviceCreate]) -> list[DeviceRegistered]:
+        body = [d.model_dump() for d in devices]
+        response = self._http.post("/devices", json=body)
+        return TypeAdapter(list[DeviceRegistered]).validate_json(self._check(response).content)
 
     def device_command(self, device_id: str, command: str) -> DevicePublic:
         """``approve`` or ``reject``."""

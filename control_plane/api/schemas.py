@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel, TypeAdapter, model_validator
 
 from control_plane.audit.types import ChallengeData, EventType
 from control_plane.monitoring.policy import RetrainPolicy, Trigger
@@ -355,6 +355,9 @@ class TokenIssued(TokenPublic):
     token: str = Field(description="The bearer secret. Shown once; only its hash is stored.")
 
 
+MAX_REGISTRATIONS = 10_000  # devices one POST /devices may register
+
+
 class DeviceCreate(ApiRequest):
     """Register a device."""
 
@@ -392,6 +395,24 @@ class DevicePublic(ApiModel):
         "`broker_accounts` is `dynsec`: at once for `devices add`, at the device's first "
         "check-in after it is accepted otherwise)."
     )
+
+
+class DeviceRegistrations(RootModel[DeviceCreate | list[DeviceCreate]]):
+    """One device, or a list of up to 10,000 (registered all or none)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_or_many(cls, value: Any, handler: Any) -> DeviceRegistrations:
+        # Validated as the one shape it has: errors name the item (["body", 3, "id"]), not
+        # both branches of the union.
+        if isinstance(value, list):
+            return cls.model_construct(root=_REGISTRATIONS.validate_python(value))
+        return cls.model_construct(root=DeviceCreate.model_validate(value))
+
+
+_REGISTRATIONS = TypeAdapter(
+    Annotated[list[DeviceCreate], Field(min_length=1, max_length=MAX_REGISTRATIONS)]
+)
 
 
 class DeviceRegistered(ApiModel):

@@ -36,10 +36,16 @@ def issue_token(
 ) -> tuple[ApiToken, str]:
     """Add a token to ``session`` (the caller commits); return the row and the secret, which
     is shown once and not stored."""
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), device_id=device_id)
+    row, secret = new_token(name=name, role=role, device_id=device_id)
     session.add(row)
     session.flush()
+    return row, secret
+
+
+def new_token(*, name: str, role: Role, device_id: str | None = None) -> tuple[ApiToken, str]:
+    """A token row, not yet added anywhere, and its secret."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = ApiToken(name=name, role=role, token_hash=hash_token(secret), device_id=device_id)
     return row, secret
 
 

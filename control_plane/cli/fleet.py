@@ -3,7 +3,9 @@ pre-authorize), bootstrap tokens devices enroll with, and one-device deployments
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,12 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from control_plane.api.schemas import BootstrapTokenCreate, DeviceCreate, DevicesPreauthorize
+from control_plane.api.schemas import (
+    MAX_REGISTRATIONS,
+    BootstrapTokenCreate,
+    DeviceCreate,
+    DevicesPreauthorize,
+)
 from control_plane.cli.common import (
     Output,
     OutputOpt,
@@ -189,21 +196,18 @@ def devices_remove(
     console.print(f"device {device.id}: {device.admission}", highlight=False)
 
 
-@devices_app.command("preauthorize")
-def devices_preauthorize(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            exists=True,
-            dir_okay=False,
-            help="CSV with a header: `id`, and optionally `labels` as k=v;k2=v2.",
-        ),
-    ],
-    url: UrlOpt = DEFAULT_URL,
-    token: TokenOpt = None,
-) -> None:
-    """Pre-authorize device ids in bulk: each is accepted as soon as it enrolls. All rows are
-    checked before any is stored."""
+DevicesCsv = Annotated[
+    Path,
+    typer.Argument(
+        exists=True,
+        dir_okay=False,
+        help="CSV with a header: `id`, and optionally `labels` as k=v;k2=v2.",
+    ),
+]
+
+
+def _read_devices(file: Path) -> list[DeviceCreate]:
+    """The devices of a CSV (``id``, optional ``labels`` as ``k=v;k2=v2``), each checked."""
     devices = []
     with file.open(newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
@@ -216,9 +220,57 @@ def devices_preauthorize(
                 raise fail(f"{file}:{line}: {exc.errors()[0]['msg']}", 2) from exc
     if not devices:
         raise fail(f"{file}: no devices (a header row with `id` first)", 2)
+    return devices
+
+
+@devices_app.command("preauthorize")
+def devices_preauthorize(
+    file: DevicesCsv, url: UrlOpt = DEFAULT_URL, token: TokenOpt = None
+) -> None:
+    """Pre-authorize device ids in bulk: each is accepted as soon as it enrolls. All rows are
+    checked before any is stored."""
+    devices = _read_devices(file)
     with api(url, token) as client:
         added = client.preauthorize(DevicesPreauthorize(devices=devices))
     console.print(f"{len(added)} devices pre-authorized", highlight=False)
+
+
+@devices_app.command("import")
+def devices_import(
+    file: DevicesCsv,
+    tokens: Annotated[
+        Path,
+        typer.Option(
+            dir_okay=False,
+            help="Where to write `id,token` for each device (made 0600; must not exist): "
+            "the tokens are shown this once.",
+        ),
+    ],
+    url: UrlOpt = DEFAULT_URL,
+    token: TokenOpt = None,
+) -> None:
+    """Register devices in bulk (up to 10,000 a file, one request): all or none, each
+    accepted with its token (and, with dynsec, its broker account)."""
+    devices = _read_devices(file)
+    if len(devices) > MAX_REGISTRATIONS:
+        raise fail(f"{file}: {len(devices)} devices; at most {MAX_REGISTRATIONS} a file", 2)
+    try:
+        out = os.open(tokens, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise fail(f"{tokens} exists: the tokens go to a new file", 2) from None
+    try:
+        with api(url, token) as client:
+            registered = client.register_devices(devices)
+        with os.fdopen(out, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "token"])
+            writer.writerows([r.device.id, r.token] for r in registered)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(out)
+        tokens.unlink(missing_ok=True)
+        raise
+    console.print(f"{len(registered)} devices registered; tokens in {tokens}", highlight=False)
 
 
 @devices_app.command("label")

@@ -23,7 +23,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from control_plane.errors import UnavailableError
@@ -37,6 +37,7 @@ RESPONSE_TOPIC = COMMAND_TOPIC + "/response"
 DEVICE_ROLE_PREFIX = "edgefleet-device-"
 SENDS = (Channel.STATE, Channel.ONLINE, Channel.TELEMETRY, Channel.SAMPLES)
 RECEIVES = (Channel.DESIRED, Channel.ACK)
+BATCH = 25  # devices per command message: the plugin saves its whole file after each command
 
 Command = dict[str, Any]
 
@@ -188,28 +189,48 @@ class Dynsec:
     async def put_device(self, device_id: str, password: str) -> None:
         """Make the device's account, or give an existing one this password (which ends its
         live connections: a reissued token takes over at once)."""
-        role = device_role(device_id)
-        create_role = {
-            "command": "createRole",
-            "rolename": role,
-            "acls": device_acls(self.topics, device_id),
-        }
-        await self._checked([create_role], tolerated=("already exists",))
-        create = {
-            "command": "createClient",
-            "username": device_id,
-            "password": password,
-            "clientid": device_id,
-            "roles": [{"rolename": role}],
-        }
-        (created,) = await self.run([create])
-        if (_error(created) or "").startswith("Client already exists"):
-            await self._checked(
-                [{"command": "setClientPassword", "username": device_id, "password": password}]
-            )
-        elif error := _error(created):
-            raise UnavailableError(f"the broker refused createClient: {error[:200]}")
-        log.info("broker account of %s made", device_id, extra=about(device_id=device_id))
+        await self.put_devices([(device_id, password)])
+
+    async def put_devices(self, accounts: Sequence[tuple[str, str]]) -> None:
+        """``put_device`` for many (device id, password) pairs, ``BATCH`` to a message."""
+        for start in range(0, len(accounts), BATCH):
+            chunk = accounts[start : start + BATCH]
+            roles = [
+                {
+                    "command": "createRole",
+                    "rolename": device_role(device_id),
+                    "acls": device_acls(self.topics, device_id),
+                }
+                for device_id, _ in chunk
+            ]
+            await self._checked(roles, tolerated=("already exists",))
+            creates = [
+                {
+                    "command": "createClient",
+                    "username": device_id,
+                    "password": password,
+                    "clientid": device_id,
+                    "roles": [{"rolename": device_role(device_id)}],
+                }
+                for device_id, password in chunk
+            ]
+            passwords = []
+            for (device_id, password), created in zip(chunk, await self.run(creates), strict=True):
+                error = _error(created) or ""
+                if error.startswith("Client already exists"):
+                    passwords.append(
+                        {
+                            "command": "setClientPassword",
+                            "username": device_id,
+                            "password": password,
+                        }
+                    )
+                elif error:
+                    raise UnavailableError(f"the broker refused createClient: {error[:200]}")
+            if passwords:
+                await self._checked(passwords)
+            for device_id, _ in chunk:
+                log.info("broker account of %s made", device_id, extra=about(device_id=device_id))
 
     async def delete_device(self, device_id: str) -> None:
         """Delete the device's account (ending its live connections) and its role."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -11,7 +13,7 @@ from sqlmodel import Session, col, select
 
 from control_plane.audit.record import record_event
 from control_plane.audit.types import DeviceModelData, EventType, Payload
-from control_plane.auth.tokens import issue_token
+from control_plane.auth.tokens import issue_token, new_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from control_plane.fleet.selectors import Selector
 from control_plane.store.tables import (
@@ -31,15 +33,15 @@ MAX_LABELS = 32
 RESERVED_PREFIX = "edgefleet-"  # broker service accounts: edgefleet-control-plane, …
 
 
-def check_labels(labels: dict[str, str]) -> None:
+def check_labels(labels: dict[str, str], loc: tuple[str | int, ...] = ("body", "labels")) -> None:
     if len(labels) > MAX_LABELS:
-        raise InvalidInputError(f"at most {MAX_LABELS} labels", loc=("body", "labels"))
+        raise InvalidInputError(f"at most {MAX_LABELS} labels", loc=loc)
     for key, value in labels.items():
         if not key or len(key) > 63 or len(value) > 63 or "," in key + value or "=" in key:
             raise InvalidInputError(
                 f"label {key}={value}: keys and values are 1-63 characters "
                 "without ',' (and no '=' in keys)",
-                loc=("body", "labels"),
+                loc=loc,
             )
 
 
@@ -58,44 +60,67 @@ def check_device_id(device_id: str, loc: tuple[str | int, ...] = ("body", "id"))
 def register_device(session: Session, device_id: str, labels: dict[str, str]) -> tuple[Device, str]:
     """Register a device, accepted, and issue its token (role ``device``); the token is also
     the device's MQTT password (username = device id). Committed."""
-    check_device_id(device_id)
-    check_labels(labels)
-    device = session.get(Device, device_id)
-    if device is not None and device.registered:
-        raise ConflictError(f"device {device_id!r} is already registered", loc=("body", "id"))
-    if device is None:
-        device = Device(id=device_id, labels=labels)
-    device.registered = True
-    device.admission = Admission.ACCEPTED
-    device.labels = {**device.labels, **labels}
-    session.add(device)
+    return register_devices(session, [(device_id, labels)])[0]
+
+
+def register_devices(
+    session: Session, wanted: Sequence[tuple[str, dict[str, str]]], *, listed: bool = False
+) -> list[tuple[Device, str]]:
+    """``register_device`` for many in one transaction: all are checked before any is
+    stored, and none is registered if one cannot be. ``listed``: the body was a list (error
+    locations name the item)."""
+    for index, (device_id, labels) in enumerate(wanted):
+        where: tuple[str | int, ...] = ("body", index) if listed else ("body",)
+        check_device_id(device_id, loc=(*where, "id"))
+        check_labels(labels, loc=(*where, "labels"))
+    ids = [device_id for device_id, _ in wanted]
+    if len(set(ids)) != len(ids):
+        twice = sorted(d for d, n in Counter(ids).items() if n > 1)[:5]
+        raise InvalidInputError(f"the list names a device twice: {', '.join(twice)}", loc=("body",))
+    known = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+    taken = sorted(d for d, device in known.items() if device.registered)
+    if taken:
+        raise ConflictError(
+            f"device {taken[0]!r} is already registered"
+            if len(taken) == 1
+            else f"{len(taken)} devices are already registered: {', '.join(taken[:5])}…",
+            loc=("body", ids.index(taken[0]), "id") if listed else ("body", "id"),
+        )
+    issued = []
+    for device_id, labels in wanted:
+        device = known.get(device_id) or Device(id=device_id, labels=labels)
+        device.registered = True
+        device.admission = Admission.ACCEPTED
+        device.labels = {**device.labels, **labels}
+        session.add(device)
+        token, secret = new_token(name=f"device:{device_id}", role=Role.DEVICE, device_id=device_id)
+        session.add(token)
+        record_event(
+            session, EventType.DEVICE_ADMISSION, "registered: accepted", device_id=device_id
+        )
+        issued.append(secret)
     try:
-        session.flush()
-    except IntegrityError as exc:
+        session.commit()
+    except IntegrityError as exc:  # registered meanwhile, by another request or process
         session.rollback()
         raise ConflictError(
-            f"device {device_id!r} is already registered", loc=("body", "id")
+            "a device of the request was registered meanwhile: try again", loc=("body",)
         ) from exc
-    _, token = issue_device_token(session, device_id)
-    record_event(session, EventType.DEVICE_ADMISSION, "registered: accepted", device_id=device_id)
-    session.commit()
-    session.refresh(device)
-    return device, token
+    stored = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
+    return [(stored[device_id], secret) for device_id, secret in zip(ids, issued, strict=True)]
 
 
-def forget_device(session: Session, device_id: str) -> None:
-    """Undo ``register_device`` when its broker account could not be made: the device, its
-    tokens and its admission event go."""
-    session.exec(delete(ApiToken).where(col(ApiToken.device_id) == device_id))
+def forget_devices(session: Session, device_ids: Sequence[str]) -> None:
+    """Undo ``register_devices`` when their broker accounts could not be made: the devices,
+    their tokens and their admission events go."""
+    session.exec(delete(ApiToken).where(col(ApiToken.device_id).in_(device_ids)))
     session.exec(
         delete(Event).where(
-            col(Event.device_id) == device_id, col(Event.type) == EventType.DEVICE_ADMISSION
+            col(Event.device_id).in_(device_ids), col(Event.type) == EventType.DEVICE_ADMISSION
         )
     )
-    session.exec(delete(DeviceModel).where(col(DeviceModel.device_id) == device_id))
-    device = session.get(Device, device_id)
-    if device is not None:
-        session.delete(device)
+    session.exec(delete(DeviceModel).where(col(DeviceModel.device_id).in_(device_ids)))
+    session.exec(delete(Device).where(col(Device.id).in_(device_ids)))
     session.commit()
 
 

@@ -13,6 +13,7 @@ the bootstrap token says so. Its token is good for nothing but the enrollment ch
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import update
@@ -243,9 +244,12 @@ def reissue(session: Session, device_id: str) -> tuple[Device, str, list[str]]:
 
 
 def set_broker_account(session: Session, device_id: str, exists: bool) -> None:
-    device = get_device(session, device_id)
-    device.broker_account = exists
-    session.add(device)
+    get_device(session, device_id)
+    set_broker_accounts(session, [device_id], exists)
+
+
+def set_broker_accounts(session: Session, device_ids: Sequence[str], exists: bool) -> None:
+    session.exec(update(Device).where(col(Device.id).in_(device_ids)).values(broker_account=exists))
     session.commit()
 
 

@@ -4,6 +4,7 @@ watching a rollout — with `--output json` for scripts."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,6 +112,24 @@ def test_admission_and_keys_through_the_cli(server: ServerProcess, tmp_path: Pat
     shown = {d["id"]: d for d in cli_json(server, "devices", "list")}
     assert set(shown) == {"dev-p1", "dev-p2"}  # nothing of the refused file
     assert shown["dev-p1"]["labels"] == {"site": "lab", "hw": "rpi4"}
+
+    # Registered in bulk, tokens to a new 0600 file; nothing written when refused.
+    ids.write_text("id,labels\ndev-b1,site=lab\ndev-b2,\ndev-b3,hw=rpi5\n")
+    tokens = tmp_path / "tokens.csv"
+    imported = run_cli("devices", "import", str(ids), "--tokens", str(tokens), env=env)
+    assert f"3 devices registered; tokens in {tokens}" in " ".join(imported.stderr.split())
+    assert tokens.stat().st_mode & 0o777 == 0o600
+    with tokens.open(newline="") as handle:
+        written = {row["id"]: row["token"] for row in csv.DictReader(handle)}
+    assert list(written) == ["dev-b1", "dev-b2", "dev-b3"]
+    with server.client(written["dev-b2"]) as device:
+        assert device.get("/devices/dev-b2/floor").status_code == 200
+    exists = run_cli("devices", "import", str(ids), "--tokens", str(tokens), env=env, check=False)
+    assert exists.returncode == 2 and "exists" in exists.stderr
+    again = tmp_path / "again.csv"
+    taken = run_cli("devices", "import", str(ids), "--tokens", str(again), env=env, check=False)
+    assert taken.returncode == 1 and "already registered" in " ".join(taken.stderr.split())
+    assert not again.exists()
 
     first = run_cli("devices", "add", "dev-c", env=env).stdout.strip().splitlines()[-1]
     second = run_cli("devices", "reissue", "dev-c", env=env).stdout.strip().splitlines()[-1]

@@ -263,11 +263,55 @@ def test_a_broker_that_does_not_answer_leaves_no_half_made_device(
     api = make_api(mqtt_url=dynsec_broker.control_plane_url(CP_PASSWORD))
     wait_until(bridge_of(api).connected.is_set, what="bridge connected")
     dynsec_broker.stop()
-    response = api.post("/devices", json={"id": "dev-x", "labels": {}})
+    ids = ["dev-x", "dev-y", "dev-z"]  # a list: the same path as one device
+    response = api.post("/devices", json=[{"id": i} for i in ids])
     assert response.status_code == 503, response.text
     assert response.json()["detail"][0]["type"] == "broker_unavailable"
-    assert api.get("/devices/dev-x").status_code == 404
-    assert not [t for t in api.get("/tokens").json() if t["device_id"] == "dev-x"]
+    assert all(api.get(f"/devices/{i}").status_code == 404 for i in ids)
+    assert not [t for t in api.get("/tokens").json() if t["device_id"] in ids]
+    assert not api.get("/events", params={"type": "device_admission"}).json()
+
+
+def test_devices_registered_in_bulk_each_get_their_own_broker_account(
+    fleet: Api, dynsec_broker: MosquittoBroker
+) -> None:
+    api, broker = fleet, dynsec_broker
+    ids = [f"dev-{i:03d}" for i in range(250)]  # more than one dynsec message holds (100)
+    body = [{"id": i, "labels": {"line": str(n % 3)}} for n, i in enumerate(ids)]
+    response = api.post("/devices", json=body)
+    assert response.status_code == 201, response.text
+    registered = response.json()
+    assert [r["device"]["id"] for r in registered] == ids  # in the order given
+    assert all(r["device"]["broker_account"] for r in registered)
+    tokens = {r["device"]["id"]: r["token"] for r in registered}
+    assert len(set(tokens.values())) == len(ids)
+    for device_id in ("dev-000", "dev-149", "dev-249"):
+        assert connects(broker, device_id, tokens[device_id]) == ACCEPTED
+        assert connects(broker, device_id, tokens["dev-001"]) == NOT_AUTHORISED
+    listed = api.get("/devices", params={"selector": "line=1", "limit": 1})
+    assert listed.headers["X-Total-Count"] == str(len(ids[1::3]))
+
+
+@pytest.mark.parametrize(
+    ("items", "status", "loc"),
+    [
+        ([{"id": "dev-a"}, {"id": "Bad_Id"}], 422, ["body", 1, "id"]),
+        ([{"id": "dev-a"}, {"id": "dev-b", "labels": {"k": "a,b"}}], 422, ["body", 1, "labels"]),
+        ([{"id": "dev-a"}, {"id": "dev-b"}, {"id": "dev-a"}], 422, ["body"]),
+        ([{"id": "dev-a"}, {"id": "dev-known"}], 409, ["body", 1, "id"]),
+        ([], 422, ["body"]),
+    ],
+)
+def test_a_bad_item_refuses_the_whole_list(
+    fleet: Api, items: list[dict[str, Any]], status: int, loc: list[Any]
+) -> None:
+    api = fleet
+    assert api.post("/devices", json={"id": "dev-known"}).status_code == 201
+    response = api.post("/devices", json=items)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"][0]["loc"][: len(loc)] == loc
+    assert [d["id"] for d in api.get("/devices").json()] == ["dev-known"]
+    assert {t["device_id"] for t in api.get("/tokens").json()} - {None} == {"dev-known"}
 
 
 def test_a_rejected_device_stops_downloading_at_once(make_api: MakeApi) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Body, Path, Query, Response, status
 from fastapi.concurrency import run_in_threadpool
+from sqlmodel import Session, col, select
 
 from control_plane.api.deps import (
     BridgeDep,
@@ -20,9 +21,9 @@ from control_plane.api.deps import (
 from control_plane.api.schemas import (
     DeploymentCreate,
     DeploymentPublic,
-    DeviceCreate,
     DevicePublic,
     DeviceRegistered,
+    DeviceRegistrations,
     DeviceUpdate,
     FleetSummary,
     ServingCount,
@@ -33,13 +34,13 @@ from control_plane.fleet.deployments import deploy_version
 from control_plane.fleet.devices import (
     check_labels,
     fleet_counts,
-    forget_device,
+    forget_devices,
     get_device,
     page_of_devices,
-    register_device,
+    register_devices,
     sequence_floor,
 )
-from control_plane.fleet.enrollment import set_broker_account
+from control_plane.fleet.enrollment import set_broker_accounts
 from control_plane.fleet.ingestion import stored_windows
 from control_plane.fleet.selectors import parse_selector
 from control_plane.store.tables import Device
@@ -66,30 +67,48 @@ def device_public(device: Device) -> DevicePublic:
     )
 
 
+def _answer(session: Session, registered: list[tuple[Device, str]]) -> list[DeviceRegistered]:
+    ids = [device.id for device, _ in registered]
+    session.exec(select(Device).where(col(Device.id).in_(ids))).all()  # reloaded in one query
+    return [DeviceRegistered(device=device_public(d), token=t) for d, t in registered]
+
+
 @router.post(
     "/devices",
-    response_model=DeviceRegistered,
+    response_model=DeviceRegistered | list[DeviceRegistered],
     status_code=status.HTTP_201_CREATED,
-    summary="Register a device and issue its token",
+    summary="Register a device (or a list of them) and issue their tokens",
 )
 async def create_device(
-    body: DeviceCreate, session: SessionDep, bridge: BridgeDep, _: Operator
-) -> DeviceRegistered:
+    body: Annotated[
+        DeviceRegistrations,
+        Body(description="One device, or a list of up to 10,000 (one transaction: all or none)."),
+    ],
+    session: SessionDep,
+    bridge: BridgeDep,
+    _: Operator,
+) -> DeviceRegistered | list[DeviceRegistered]:
     """The device is accepted at once. The token is shown once: give it to the device
     (config `token`). With `broker_accounts = "dynsec"` the control plane makes the device's
     broker account (username = device id, password = the token) before answering; if the
     broker does not confirm, nothing is kept (503). With `manual`, give the token to the
-    broker yourself."""
-    device, token = await run_in_threadpool(register_device, session, body.id, body.labels)
+    broker yourself. A list is registered all or none: every item is checked first (422
+    names the item), an id already registered is a 409, and the answer lists the devices
+    with their tokens in the order given."""
+    items = body.root if isinstance(body.root, list) else [body.root]
+    listed = isinstance(body.root, list)
+    wanted = [(d.id, d.labels) for d in items]
+    registered = await run_in_threadpool(register_devices, session, wanted, listed=listed)
+    ids = [device.id for device, _ in registered]
     if bridge is not None and bridge.dynsec is not None:
         try:
-            await bridge.dynsec.put_device(device.id, token)
+            await bridge.dynsec.put_devices([(device.id, token) for device, token in registered])
         except UnavailableError:
-            await run_in_threadpool(forget_device, session, device.id)
+            await run_in_threadpool(forget_devices, session, ids)
             raise
-        await run_in_threadpool(set_broker_account, session, device.id, True)
-        session.refresh(device)
-    return DeviceRegistered(device=device_public(device), token=token)
+        await run_in_threadpool(set_broker_accounts, session, ids, True)
+    answer = await run_in_threadpool(_answer, session, registered)
+    return answer if listed else answer[0]
 
 
 @router.get("/devices", response_model=list[DevicePublic], summary="List devices")
