@@ -126,10 +126,10 @@ def test_admission_and_keys_through_the_cli(server: ServerProcess, tmp_path: Pat
         assert device.get("/devices/dev-b2/floor").status_code == 200
     exists = run_cli("devices", "import", str(ids), "--tokens", str(tokens), env=env, check=False)
     assert exists.returncode == 2 and "exists" in exists.stderr
-    again = tmp_path / "again.csv"
-    taken = run_cli("devices", "import", str(ids), "--tokens", str(again), env=env, check=False)
+    unwritten = tmp_path / "unwritten.csv"
+    taken = run_cli("devices", "import", str(ids), "--tokens", str(unwritten), env=env, check=False)
     assert taken.returncode == 1 and "already registered" in " ".join(taken.stderr.split())
-    assert not again.exists()
+    assert not unwritten.exists()
 
     first = run_cli("devices", "add", "dev-c", env=env).stdout.strip().splitlines()[-1]
     second = run_cli("devices", "reissue", "dev-c", env=env).stdout.strip().splitlines()[-1]
