@@ -44,8 +44,9 @@ TokenOpt = Annotated[
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    # The message is text, not markup: "[a-z0-9]" in a pattern must print as written.
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
+    # The message is text, not markup: "[a-z0-9]" in a pattern must print as written; and
+    # not folded at the terminal's width, so a path in it stays whole (soft_wrap).
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 

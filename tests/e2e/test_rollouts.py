@@ -82,8 +82,16 @@ def test_staged_rollout_converges_and_late_joiners_follow(fleet: Fleet) -> None:
     assert {"created", "stage_started", "stage_passed", "succeeded"} <= {e["type"] for e in audit}
     offline_events = fleet.api.get("/events", params={"type": "device_offline"}).json()
     assert any(e["device_id"] == away for e in offline_events)
-    changes = fleet.api.get("/events", params={"type": "device_model", "device_id": away}).json()
-    assert any(f"v{v1} → v{v2}" in e["message"] for e in changes)
+    # (the device serves v2 before the control plane has stored its report: wait for that)
+    wait_until(
+        lambda: any(
+            f"v{v1} → v{v2}" in e["message"]
+            for e in fleet.api.get(
+                "/events", params={"type": "device_model", "device_id": away}
+            ).json()
+        ),
+        what="the returning device's version change in the audit log",
+    )
     # The dry run showed the cohorts that actually ran: the canary was its first device.
     canary = planned["stages"][0]["devices"][0]["id"]
     state = fleet.agents[canary].a.updater.slots["fault"]
