@@ -121,6 +121,11 @@ class ModelStore:
     def staging_path(self, sha256: str) -> Path:
         return self.staging_dir / f"{sha256}.part"
 
+    def mirror_staging_path(self, sha256: str) -> Path:
+        """Where a download from a mirror goes until its sha256 holds: apart from the
+        control plane's, so bytes from a mirror never finish a download from it."""
+        return self.staging_dir / f"{sha256}.mirror"
+
     def has_artifact(self, name: str, sha256: str) -> bool:
         return (
             self.artifact_path(name, sha256).is_file()
@@ -151,8 +156,9 @@ class ModelStore:
 
     def staged(self) -> list[str]:
         """sha256 of every download in staging (complete or not)."""
-        return [p.name.removesuffix(".part") for p in self.staging_dir.glob("*.part")]
+        return sorted({p.name.split(".")[0] for p in self.staging_dir.glob("*.*")})
 
     def discard_staging(self, sha256: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.staging_path(sha256).unlink()
+        for path in (self.staging_path(sha256), self.mirror_staging_path(sha256)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()

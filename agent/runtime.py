@@ -91,6 +91,8 @@ class Agent:
             headers={"Authorization": f"Bearer {settings.token.get_secret_value()}"},
             verify=https_context(settings.tls_ca_file),
         )
+        # Artifact mirrors get no token: they are not the control plane.
+        self.mirror_http = httpx.AsyncClient(verify=https_context(settings.tls_ca_file))
         self.updater = Updater(
             settings,
             self.trust,
@@ -98,6 +100,7 @@ class Agent:
             self.http,
             self.publish_state,
             raise_outbox_floor=self._raise_outbox_floor,
+            mirror_http=self.mirror_http,
         )
         self.session = DeviceSession(
             settings, self.topics, on_message=self._on_message, on_connect=self._on_connect
@@ -335,6 +338,7 @@ class Agent:
             if server is not None:
                 server.stop()
             await self.http.aclose()
+            await self.mirror_http.aclose()
             self.outbox.close()
         if crashed is not None:
             raise AgentCrashedError(*crashed)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from pathlib import Path
 import httpx
 
 from agent.config import AgentSettings
+from agent.durable import move_atomic
 from agent.fetch import (
     DownloadRules,
     fetch_artifact,
@@ -103,11 +105,15 @@ class Updater:
         http: httpx.AsyncClient,
         report: Report,
         raise_outbox_floor: RaiseOutboxFloor | None = None,
+        mirror_http: httpx.AsyncClient | None = None,
     ) -> None:
         self.settings = settings
         self.trust = trust
         self.store = store
         self.http = http
+        # For artifact mirrors: no device token (a mirror is not trusted with it). None:
+        # mirrors named in desired states are not used.
+        self.mirror_http = mirror_http
         self.report = report
         self._raise_outbox_floor = raise_outbox_floor
         self.slots: dict[str, ModelSlot] = {}
@@ -294,8 +300,9 @@ class Updater:
         they are (an update of theirs still in flight is called off)."""
         named = frozenset(deployment.manifest.name for deployment in desired.models)
         self.assigned = named
+        mirrors = tuple(desired.mirrors or ())
         for deployment in desired.models:
-            self._worker(deployment.manifest.name).want(deployment, desired.seq)
+            self._worker(deployment.manifest.name).want(deployment, desired.seq, mirrors)
         for name, worker in self.workers.items():
             if name not in named:
                 worker.release()
@@ -313,6 +320,7 @@ class ModelWorker:
         self.name = slot.name
         self.disk = Slots()  # slots.json as last written
         self.wanted: tuple[DeploymentModel, int] | None = None
+        self.mirrors: tuple[str, ...] = ()  # where the wanted artifact may come from first
         self.standby: LoadedModel | None = None  # the rollback slot, loaded, while on probation
         self._changed = asyncio.Event()
         self._download: asyncio.Task[None] | None = None
@@ -322,9 +330,11 @@ class ModelWorker:
 
     # --- what is wanted ----------------------------------------------------------------------
 
-    def want(self, deployment: DeploymentModel, seq: int) -> None:
-        """The newest desired state names this model: serve ``deployment``'s version."""
+    def want(self, deployment: DeploymentModel, seq: int, mirrors: tuple[str, ...] = ()) -> None:
+        """The newest desired state names this model: serve ``deployment``'s version
+        (downloaded from ``mirrors`` first, if it has to be)."""
         self.wanted = (deployment, seq)
+        self.mirrors = mirrors
         self._preempt()
         self._changed.set()
 
@@ -561,14 +571,7 @@ class ModelWorker:
         settings = self.updater.settings
         url = f"{settings.control_plane_url}/api/v1/artifacts/{sha}"
         download = asyncio.create_task(
-            fetch_artifact(
-                self.updater.http,
-                url,
-                self.store.staging_path(sha),
-                size=manifest.size,
-                rules=self.updater.rules,
-            ),
-            name=f"download:{self.name}:{sha[:12]}",
+            self._fetch(manifest, url), name=f"download:{self.name}:{sha[:12]}"
         )
         self._download, self._downloading = download, sha
         try:
@@ -587,6 +590,37 @@ class ModelWorker:
         if self._kept_part == sha:
             self._kept_part = None
         return True
+
+    async def _fetch(self, manifest: ModelManifest, url: str) -> None:
+        """The artifact into staging: from the first mirror that has the right bytes (its
+        sha256 checked before the file takes the control plane's staging place), else from
+        the control plane. A mirror that is down, slow or wrong costs one attempt."""
+        sha, updater = manifest.sha256, self.updater
+        part = self.store.staging_path(sha)
+        mirrors = self.mirrors if updater.mirror_http is not None else ()
+        if mirrors and not part.exists():  # a download from the control plane resumes there
+            rules = dataclasses.replace(updater.rules, attempts=1)
+            held = self.store.mirror_staging_path(sha)
+            for mirror in mirrors:
+                source = f"{mirror.rstrip('/')}/{sha[:2]}/{sha}"
+                try:
+                    assert updater.mirror_http is not None
+                    await fetch_artifact(
+                        updater.mirror_http, source, held, size=manifest.size, rules=rules
+                    )
+                    digest, _ = await asyncio.to_thread(hash_file, held)
+                    if digest != sha:
+                        raise VerificationError(
+                            "sha256_mismatch", f"the mirror sent sha256 {digest[:16]}…"
+                        )
+                except VerificationError as exc:
+                    log.warning("model %s: mirror %s: %s; next source", self.name, mirror, exc)
+                    await asyncio.to_thread(held.unlink, missing_ok=True)
+                    continue
+                await asyncio.to_thread(move_atomic, held, part)
+                log.info("model %s: v%s from mirror %s", self.name, manifest.version, mirror)
+                return
+        await fetch_artifact(updater.http, url, part, size=manifest.size, rules=updater.rules)
 
     async def _verify(self, path: Path, manifest: ModelManifest) -> LoadedModel:
         digest, size = await asyncio.to_thread(hash_file, path)

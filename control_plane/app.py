@@ -111,6 +111,7 @@ class _Services:
             keys,
             timedelta(seconds=settings.desired_ttl_seconds),
             bridge.publish_desired if bridge else None,
+            settings.artifact_mirrors,
         )
         monitor = Monitor(
             engine,

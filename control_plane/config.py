@@ -6,14 +6,38 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from control_plane.errors import InvalidInputError
+from control_plane.fleet.selectors import parse_selector
+from shared.messages import MAX_MIRRORS, MirrorUrl
 from shared.settings import TomlSettings, load
 
 DEFAULT_DATA_DIR = Path("edgefleet-data")
 CONFIG_FILE_NAME = "config.toml"
 MiB = 1024 * 1024
+
+
+class ArtifactMirror(BaseModel):
+    """Mirrors for a group of devices: HTTP(S) servers holding a copy of the blob store."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    selector: str = Field(default="", description="The devices (label selector; empty: all).")
+    urls: list[MirrorUrl] = Field(
+        min_length=1,
+        max_length=MAX_MIRRORS,
+        description="Base URLs, tried in order; each serves `{url}/{sha256[:2]}/{sha256}`.",
+    )
+
+    @field_validator("selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        try:
+            return parse_selector(value).text
+        except InvalidInputError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class ServerSettings(TomlSettings):
@@ -122,6 +146,14 @@ class ServerSettings(TomlSettings):
         le=3_600,
         description="A bucket is judged this long after it ends, so late windows count.",
     )
+    artifact_mirrors: list[ArtifactMirror] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Where devices fetch artifacts first: the first entry whose selector "
+        "matches a device's labels names its mirrors, sent in its signed desired state; the "
+        "control plane's artifact route stays the fallback. Mirrors are not trusted (the "
+        'manifest\'s sha256 decides). Env: JSON, [{"selector": "site=berlin", "urls": [...]}].',
+    )
     max_feedback_items: int = Field(
         default=10_000, ge=1, description="Labels per POST /feedback request."
     )
@@ -189,4 +221,7 @@ CONFIG_TEMPLATE = """\
 # desired_ttl_seconds = 604800          # 7 days; re-signed when half is left
 # mlflow_tracking_uri = "http://127.0.0.1:5000"   # import models:/… from it; log each version
 # max_import_bytes = 268435456                   # 256 MiB model upload cap
+# [[artifact_mirrors]]            # devices fetch artifacts here first (a copy of DATA_DIR/blobs)
+# selector = "site=berlin"
+# urls = ["https://mirror.berlin.example/edgefleet-blobs"]
 """

@@ -11,6 +11,10 @@ fi
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     apt_install chromium chromium-driver || echo "chromium not installed: browser tests skip" >&2
 fi
+# Artifact mirrors are tested against a real nginx (its service is not started).
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    apt_install nginx-light || echo "nginx not installed: mirror tests skip" >&2
+fi
 echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -55,6 +55,9 @@ def parse_labels(pairs: list[str]) -> dict[str, str]:
 
 
 Short = Annotated[str, StringConstraints(max_length=64)]
+MAX_MIRRORS = 8
+# An http(s) base URL without query or fragment: artifact paths are appended to it.
+MirrorUrl = Annotated[str, StringConstraints(pattern=r"^https?://[^\s?#]+$", max_length=1024)]
 # Also a database key (sample rows, feedback): printable ASCII only, no NUL a column refuses.
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 
@@ -95,6 +98,15 @@ class DesiredState(SignedDocument):
         description="The control plane's trust-store version when it was signed (absent: 1). "
         "A device on an older one first follows the newer versions (GET /trust-stores), each "
         "signed by the keys of the one before.",
+    )
+    mirrors: list[MirrorUrl] | None = Field(
+        default=None,
+        max_length=MAX_MIRRORS,
+        exclude_if=lambda value: not value,
+        description="HTTP(S) mirrors to fetch the artifacts from first, in order, each laid "
+        "out like the control plane's blob store: `{mirror}/{sha256[:2]}/{sha256}`. A "
+        "mirror is not trusted (the manifest's sha256 decides); the control plane's "
+        "artifact route is the fallback. Absent: the control plane only.",
     )
 
     @model_validator(mode="after")

@@ -40,4 +40,5 @@ def load(settings_cls: type[S], toml_file: Path | None, **values: Any) -> S:
         model_config = SettingsConfigDict(toml_file=toml_file)
 
     loaded = _FromFile(**values)
-    return cast(S, settings_cls.model_construct(**loaded.model_dump()))
+    fields = {name: getattr(loaded, name) for name in settings_cls.model_fields}
+    return cast(S, settings_cls.model_construct(**fields))

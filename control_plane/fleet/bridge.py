@@ -327,7 +327,11 @@ class MqttBridge:
                 continue
             with Session(self.engine) as session:
                 refreshed = await asyncio.to_thread(
-                    refresh_expiring, session, self.keys.deployment, self._ttl
+                    refresh_expiring,
+                    session,
+                    self.keys.deployment,
+                    self._ttl,
+                    self.settings.artifact_mirrors,
                 )
             for desired in refreshed:
                 await self.publish_desired(desired)

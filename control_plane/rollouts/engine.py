@@ -26,6 +26,7 @@ from sqlmodel import Session, col, func, select
 from control_plane.audit.record import record_event
 from control_plane.audit.types import EventType
 from control_plane.auth.keys import KeyStore
+from control_plane.config import ArtifactMirror
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
 from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
 from control_plane.fleet.devices import list_devices, matching_devices
@@ -190,12 +191,18 @@ def stages_of(session: Session, rollout: Rollout) -> list[Stage]:
 
 class RolloutEngine:
     def __init__(
-        self, engine: Engine, keys: KeyStore, ttl: timedelta, publish: Publish | None
+        self,
+        engine: Engine,
+        keys: KeyStore,
+        ttl: timedelta,
+        publish: Publish | None,
+        mirrors: Sequence[ArtifactMirror] = (),
     ) -> None:
         self.engine = engine
         self.keys = keys
         self.ttl = ttl
         self.publish = publish
+        self.mirrors = mirrors  # artifact mirrors per device group (settings)
         self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
         self._manifests: dict[tuple[str, int], ModelManifest] = {}
 
@@ -478,6 +485,7 @@ class RolloutEngine:
             ttl=self.ttl,
             rollout_id=rollout_id,
             stage=stage,
+            mirrors=self.mirrors,
         )
 
     def _revert(self, session: Session, rollout: Rollout, members: Any) -> list[DesiredState]:

@@ -269,6 +269,7 @@ def sign_desired(
     manifests: list[ModelManifest],
     *,
     expires_in: timedelta = timedelta(days=1),
+    mirrors: list[str] | None = None,
 ) -> DesiredState:
     issued = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     return DesiredState(
@@ -277,6 +278,7 @@ def sign_desired(
         models=[DeploymentModel(manifest=m) for m in manifests],
         issued_at=issued,
         expires_at=issued + expires_in,
+        mirrors=mirrors,
         key_id="",
         signature="",
     ).signed_with(key)

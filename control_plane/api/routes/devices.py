@@ -243,6 +243,7 @@ async def create_deployment(
             model=body.model,
             version=body.version,
             ttl=timedelta(seconds=settings.desired_ttl_seconds),
+            mirrors=settings.artifact_mirrors,
         )
         session.commit()
         return desired
