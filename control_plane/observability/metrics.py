@@ -6,21 +6,20 @@ ingest, failed ticks, HTTP requests) come from the parts that count them."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from pydantic import ValidationError
 from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from control_plane.fleet.devices import fleet_counts
+from control_plane.fleet.selectors import parse_selector
 from control_plane.rollouts.machine import RolloutStatus
-from control_plane.store.tables import Device, DriftResult, Job, JobStatus, Rollout
-from shared.messages import DeviceState
+from control_plane.store.tables import DriftResult, Job, JobStatus, Rollout
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,29 +74,18 @@ class FleetCollector(Collector):
 
 
 def _devices(session: Session) -> Iterator[Metric]:
-    online = GaugeMetricFamily("edgefleet_devices", "Devices known.", labels=["online"])
-    counts = dict(
-        session.exec(select(Device.online, func.count()).group_by(col(Device.online))).all()
-    )
-    for flag in (True, False):
-        online.add_metric([str(flag).lower()], counts.get(flag, 0))
-    yield online
-    serving: Counter[tuple[str, str, str]] = Counter()
-    for text in session.exec(select(Device.state).where(col(Device.state).is_not(None))).all():
-        try:
-            state = DeviceState.model_validate_json(text or "")
-        except ValidationError:
-            continue
-        for model in state.models:
-            version = str(model.active.version) if model.active else ""
-            serving[(model.name, version, model.phase.value)] += 1
+    known, online, serving = fleet_counts(session, parse_selector(""))  # counted in SQL
+    by_online = GaugeMetricFamily("edgefleet_devices", "Devices known.", labels=["online"])
+    by_online.add_metric(["true"], online)
+    by_online.add_metric(["false"], known - online)
+    yield by_online
     versions = GaugeMetricFamily(
         "edgefleet_device_models",
         "Devices by model, active version (empty: none yet) and install phase.",
         labels=["model", "version", "phase"],
     )
-    for labels, count in sorted(serving.items()):
-        versions.add_metric(list(labels), count)
+    for model, version, phase, count in serving:
+        versions.add_metric([model, "" if version is None else str(version), phase], count)
     yield versions
 
 
