@@ -24,7 +24,9 @@ from control_plane.client import ApiClient, ApiError
 if TYPE_CHECKING:
     from control_plane.config import ServerSettings
 
-console = Console(stderr=True)
+# Messages are not folded at the terminal's width: a path or a token in one stays whole, to
+# copy or to match (tables still fit the width).
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 DataDirOpt = Annotated[
@@ -44,9 +46,8 @@ TokenOpt = Annotated[
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    # The message is text, not markup: "[a-z0-9]" in a pattern must print as written; and
-    # not folded at the terminal's width, so a path in it stays whole (soft_wrap).
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    # The message is text, not markup: "[a-z0-9]" in a pattern must print as written.
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

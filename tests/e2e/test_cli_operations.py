@@ -116,8 +116,9 @@ def test_admission_and_keys_through_the_cli(server: ServerProcess, tmp_path: Pat
     # Registered in bulk, tokens to a new 0600 file; nothing written when refused.
     ids.write_text("id,labels\ndev-b1,site=lab\ndev-b2,\ndev-b3,hw=rpi5\n")
     tokens = tmp_path / "tokens.csv"
-    imported = run_cli("devices", "import", str(ids), "--tokens", str(tokens), env=env)
-    assert f"3 devices registered; tokens in {tokens}" in " ".join(imported.stderr.split())
+    narrow = {**env, "COLUMNS": "40"}  # messages are not folded, however narrow the terminal
+    imported = run_cli("devices", "import", str(ids), "--tokens", str(tokens), env=narrow)
+    assert f"3 devices registered; tokens in {tokens}\n" in imported.stderr
     assert tokens.stat().st_mode & 0o777 == 0o600
     with tokens.open(newline="") as handle:
         written = {row["id"]: row["token"] for row in csv.DictReader(handle)}
