@@ -56,6 +56,7 @@ from simulator.data import FEATURES, sensor_rows  # noqa: E402
 from simulator.rig.agent_rig import Rig, open_rig  # noqa: E402
 from simulator.rig.agents import AgentThread, wait_until  # noqa: E402
 from simulator.rig.models import make_model  # noqa: E402
+from simulator.rig.procs import proc_cpu_seconds, proc_rss_mib  # noqa: E402
 
 DEVICE = "bench-inproc"
 SUB_DEVICE = "bench-proc"
@@ -79,20 +80,6 @@ def timings_us(call: Callable[[], object], repeats: int, warmup: int) -> tuple[f
         call()
         samples[i] = (time.perf_counter_ns() - start) / 1000
     return float(np.median(samples)), float(np.percentile(samples, 99))
-
-
-def proc_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

@@ -60,6 +60,7 @@ from simulator.broker import MosquittoBroker, find_tool  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.fleet import SimulatedFleet, device_settings, raise_fd_limit  # noqa: E402
 from simulator.rig.agents import CP_PASSWORD  # noqa: E402
+from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import ServerProcess, start_server  # noqa: E402
 
 MiB = 1024 * 1024
@@ -98,13 +99,6 @@ def rss_mib() -> float:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def machine_info() -> str:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from control_plane.config import ArtifactMirror
@@ -18,17 +19,38 @@ from shared.manifest import ModelManifest, utc_seconds
 from shared.messages import DeploymentModel, DesiredState
 from shared.signing import SigningKey
 
+BATCH = 1000  # devices per UPDATE/SELECT … IN (…): far under SQLite's and PostgreSQL's caps
 
-def _next_seq(session: Session, device_id: str) -> int:
-    """Atomic per-device increment (row lock on PostgreSQL, write lock on SQLite)."""
-    session.execute(
-        update(Device)
-        .where(col(Device.id) == device_id)
-        .values(deployment_seq=Device.deployment_seq + 1)
-    )
-    device = session.get(Device, device_id, populate_existing=True)
-    assert device is not None
-    return device.deployment_seq
+
+def _next_seqs(session: Session, device_ids: Sequence[str]) -> dict[str, int]:
+    """Atomic per-device increments, one statement per ``BATCH`` devices (row locks on
+    PostgreSQL, the write lock on SQLite). Loaded rows are not scanned (no session
+    synchronisation: that costs a pass over every object in the session per statement)."""
+    seqs: dict[str, int] = {}
+    for start in range(0, len(device_ids), BATCH):
+        chunk = device_ids[start : start + BATCH]
+        session.execute(
+            update(Device)
+            .where(col(Device.id).in_(chunk))
+            .values(deployment_seq=Device.deployment_seq + 1)
+            .execution_options(synchronize_session=False)
+        )
+        rows = session.exec(
+            select(Device.id, Device.deployment_seq).where(col(Device.id).in_(chunk))
+        )
+        seqs.update(rows.all())
+    return seqs
+
+
+def load_devices(session: Session, device_ids: Sequence[str]) -> dict[str, Device]:
+    """The devices with these ids, ``BATCH`` to a query."""
+    loaded: dict[str, Device] = {}
+    for start in range(0, len(device_ids), BATCH):
+        chunk = device_ids[start : start + BATCH]
+        loaded.update(
+            (d.id, d) for d in session.exec(select(Device).where(col(Device.id).in_(chunk)))
+        )
+    return loaded
 
 
 def trust_version(session: Session) -> int:
@@ -62,31 +84,47 @@ def sign_desired(
     mirrors of its current desired state, as when only the signing key changed)."""
     device = session.get(Device, device_id)
     assert device is not None
-    current = current_desired(device)
-    chosen = (
-        mirrors_for(device.labels, mirrors)
-        if mirrors is not None
-        else (current.mirrors if current else None)
-    )
-    seq = _next_seq(session, device_id)
+    return sign_many(session, key, [(device, models)], ttl, mirrors)[0]
+
+
+def sign_many(
+    session: Session,
+    key: SigningKey,
+    planned: Sequence[tuple[Device, list[DeploymentModel]]],
+    ttl: timedelta,
+    mirrors: Sequence[ArtifactMirror] | None = None,
+) -> list[DesiredState]:
+    """``sign_desired`` for many devices: their sequences taken in bulk, one trust-store
+    read, one issue time."""
+    seqs = _next_seqs(session, [device.id for device, _ in planned])
     issued = utc_seconds(datetime.now(UTC))
     version = trust_version(session)
-    desired = DesiredState(
-        device_id=device_id,
-        seq=seq,
-        models=models,
-        issued_at=issued,
-        expires_at=issued + ttl,
-        trust_version=version if version > 1 else None,
-        mirrors=chosen,
-        key_id="",
-        signature="",
-    ).signed_with(key)
-    device.previous_desired = device.desired  # its artifacts stay downloadable (rollback slot)
-    device.desired = desired.model_dump_json()
-    device.desired_expires_at = desired.expires_at
-    session.add(device)
-    return desired
+    signed = []
+    for device, models in planned:
+        if mirrors is not None:
+            chosen = mirrors_for(device.labels, mirrors)
+        else:
+            current = current_desired(device)
+            chosen = current.mirrors if current else None
+        seq = seqs[device.id]
+        set_committed_value(device, "deployment_seq", seq)  # as stored; not a change
+        desired = DesiredState(
+            device_id=device.id,
+            seq=seq,
+            models=models,
+            issued_at=issued,
+            expires_at=issued + ttl,
+            trust_version=version if version > 1 else None,
+            mirrors=chosen,
+            key_id="",
+            signature="",
+        ).signed_with(key)
+        device.previous_desired = device.desired  # its artifacts stay downloadable (rollback)
+        device.desired = desired.model_dump_json()
+        device.desired_expires_at = desired.expires_at
+        session.add(device)
+        signed.append(desired)
+    return signed
 
 
 def deploy_version(
@@ -106,11 +144,28 @@ def deploy_version(
     device = get_device(session, device_id)
     row = resolve_version(session, model, version)
     manifest = ModelManifest.model_validate_json(row.manifest)
-    current = current_desired(device)
-    models = [m for m in (current.models if current else []) if m.manifest.name != model]
-    models.append(DeploymentModel(manifest=manifest, rollout_id=rollout_id, stage=stage))
-    ordered = sorted(models, key=lambda m: m.manifest.name)
-    return sign_desired(session, key, device_id, ordered, ttl, mirrors)
+    deployment = DeploymentModel(manifest=manifest, rollout_id=rollout_id, stage=stage)
+    return deploy_many(session, key, [device], deployment, ttl, mirrors)[0]
+
+
+def deploy_many(
+    session: Session,
+    key: SigningKey,
+    devices: Sequence[Device],
+    deployment: DeploymentModel,
+    ttl: timedelta,
+    mirrors: Sequence[ArtifactMirror] = (),
+) -> list[DesiredState]:
+    """Each device's next desired state with ``deployment`` in place of what it had of that
+    model (its other models unchanged), in the order given; the caller commits."""
+    name = deployment.manifest.name
+    planned = []
+    for device in devices:
+        current = current_desired(device)
+        models = [m for m in (current.models if current else []) if m.manifest.name != name]
+        models.append(deployment)
+        planned.append((device, sorted(models, key=lambda m: m.manifest.name)))
+    return sign_many(session, key, planned, ttl, mirrors)
 
 
 def refresh_expiring(
@@ -120,12 +175,12 @@ def refresh_expiring(
     left, so devices that come back late still find a valid one."""
     threshold = datetime.now(UTC) + ttl / 2
     devices = session.exec(select(Device).where(col(Device.desired_expires_at) < threshold)).all()
-    refreshed = []
+    planned = []
     for device in devices:
         current = current_desired(device)
         if current is not None:
-            models = list(current.models)
-            refreshed.append(sign_desired(session, key, device.id, models, ttl, mirrors))
+            planned.append((device, list(current.models)))
+    refreshed = sign_many(session, key, planned, ttl, mirrors)
     session.commit()
     return refreshed
 

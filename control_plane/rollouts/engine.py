@@ -28,7 +28,13 @@ from control_plane.audit.types import EventType
 from control_plane.auth.keys import KeyStore
 from control_plane.config import ArtifactMirror
 from control_plane.errors import ConflictError, InvalidInputError, NotFoundError
-from control_plane.fleet.deployments import deploy_version, desired_deployment, desired_version
+from control_plane.fleet.deployments import (
+    deploy_many,
+    deploy_version,
+    desired_deployment,
+    desired_version,
+    load_devices,
+)
 from control_plane.fleet.devices import list_devices, matching_devices
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
@@ -62,7 +68,14 @@ from control_plane.store.tables import (
     utcnow,
 )
 from shared.manifest import ModelManifest
-from shared.messages import DesiredState, DeviceState, ModelWindow, Phase, TelemetryWindow
+from shared.messages import (
+    DeploymentModel,
+    DesiredState,
+    DeviceState,
+    ModelWindow,
+    Phase,
+    TelemetryWindow,
+)
 from shared.stats import rebin
 
 log = logging.getLogger(__name__)
@@ -419,29 +432,37 @@ class RolloutEngine:
         action: StartStage,
         stages: list[Stage],
     ) -> list[DesiredState]:
-        """The stage's new members get the version; each remembers what it ran before."""
-        out = []
-        for member in members[: action.target]:
-            if member.assigned_stage is not None:
-                continue
-            device = session.get(Device, member.device_id)
-            assert device is not None
+        """The stage's new members get the version, signed in one batch; each remembers
+        what it ran before."""
+        joining = [m for m in members[: action.target] if m.assigned_stage is None]
+        if not joining:
+            return []
+        manifest = self._manifest(session, rollout.model_name, rollout.version)
+        if manifest is None:
+            raise NotFoundError(f"{rollout.model_name} v{rollout.version} is gone")
+        devices = load_devices(session, [m.device_id for m in joining])
+        for member in joining:
+            device = devices[member.device_id]
             member.previous_version = desired_version(
                 device, rollout.model_name
             ) or reported_version(device, rollout.model_name)
-            desired = self._deploy(
-                session,
-                member.device_id,
-                rollout.model_name,
-                str(rollout.version),
-                rollout.id,
-                stages[action.stage].label,
-            )
+        deployment = DeploymentModel(
+            manifest=manifest, rollout_id=rollout.id, stage=stages[action.stage].label
+        )
+        signed = deploy_many(
+            session,
+            self.keys.deployment,
+            [devices[m.device_id] for m in joining],
+            deployment,
+            self.ttl,
+            self.mirrors,
+        )
+        now = utcnow()
+        for member, desired in zip(joining, signed, strict=True):
             member.assigned_stage, member.assigned_seq = action.stage, desired.seq
-            member.assigned_at = utcnow()
+            member.assigned_at = now
             session.add(member)
-            out.append(desired)
-        return out
+        return signed
 
     def _restore_default(self, session: Session, rollout: Rollout) -> None:
         """The default this rollout replaced comes back (or none, if there was none), unless

@@ -1,0 +1,113 @@
+"""Control-plane cost per device at fleet scale (first part of issue 17's scale benchmark).
+
+A real `edgefleet server` (SQLite) with its MQTT bridge on a private mosquitto (accounts
+kept by hand: no dynsec cost in the figures); N devices registered in one `POST /devices`;
+a model trained through the API. Then one all-at-once rollout to all N: the wall time from
+`POST /rollouts` until the control plane has given every device the version (signed,
+stored and handed to the broker: `assigned == N`), and the server's CPU seconds over that
+time, per device. No device answers, so nothing else costs anything. Side by side for each
+size; `--profile` runs py-spy on the server during the largest rollout.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 1000,10000] [--profile out.svg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
+
+from simulator.broker import MosquittoBroker  # noqa: E402
+from simulator.data import write_sensor_csv  # noqa: E402
+from simulator.rig.agents import CP_PASSWORD  # noqa: E402
+from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
+from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
+
+
+def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="edgefleet-scale-") as tmp:
+        root = Path(tmp)
+        broker = MosquittoBroker(root / "broker")
+        broker.add_control_plane_user(CP_PASSWORD)
+        broker.start()
+        env = {
+            "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
+            "EDGEFLEET_BROKER_ACCOUNTS": "manual",
+        }
+        server = start_server(root / "cp", env=env)
+        try:
+            csv = write_sensor_csv(root / "s.csv", 300, seed=1)
+            cli_env = server.env
+            run_cli("datasets", "upload", str(csv), "--name", "s", "--label", "fault", env=cli_env)
+            run_cli(
+                "train", "--model", "fault", "--dataset", "1", "--algorithm", "logreg", env=cli_env
+            )
+            with server.client() as api:
+                body = [
+                    {"id": f"dev-{i:06d}", "labels": {"site": str(i % 7)}} for i in range(devices)
+                ]
+                api.post("/devices", json=body, timeout=600).raise_for_status()
+                spy = None
+                if profile is not None:
+                    spy = subprocess.Popen(
+                        [
+                            str(Path(sys.executable).parent / "py-spy"),
+                            "record",
+                            "-o",
+                            str(profile),
+                            "-p",
+                            str(server.process.pid),
+                            "--nonblocking",
+                            "--format",
+                            "raw" if profile.suffix == ".txt" else "flamegraph",
+                            "-r",
+                            "200",
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    time.sleep(1)
+                cpu0, began = proc_cpu_seconds(server.process.pid), time.perf_counter()
+                plan = {"preset": "all-at-once", "soak_seconds": 3600}
+                created = api.post(
+                    "/rollouts", json={"model": "fault", "version": "1", "plan": plan}
+                )
+                created.raise_for_status()
+                path = f"/rollouts/{created.json()['id']}"
+                while api.get(path).json()["assigned"] < devices:
+                    time.sleep(0.05)
+                wall = time.perf_counter() - began
+                cpu = proc_cpu_seconds(server.process.pid) - cpu0
+                if spy is not None:
+                    spy.send_signal(2)
+                    spy.wait(60)
+        finally:
+            stop_server(server)
+            broker.stop()
+    return {"wall_s": wall, "cpu_s": cpu, "per_device_ms": cpu / devices * 1000}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--profile", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    print("all-at-once rollout, no device answering; server CPU from /proc")
+    print(f"{'devices':>8} {'wall':>9} {'server CPU':>11} {'per device':>11} {'states/s':>9}")
+    for n in sizes:
+        r = rollout_cost(n, args.profile if n == sizes[-1] else None)
+        print(
+            f"{n:>8} {r['wall_s']:>8.2f}s {r['cpu_s']:>10.2f}s {r['per_device_ms']:>9.2f}ms"
+            f" {n / r['wall_s']:>9.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
