@@ -141,10 +141,7 @@ def measure(devices: int, loads: int) -> dict[str, float]:
         broker = MosquittoBroker(root / "broker")
         broker.add_control_plane_user(CP_PASSWORD)
         broker.start()
-        env = {
-            "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-            "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
-        }
+        env = broker.control_plane_env(CP_PASSWORD)
         server = start_server(root / "cp", env=env)
         try:
             csv = write_sensor_csv(root / "s.csv", 300, seed=1)

@@ -246,8 +246,7 @@ def rig() -> Iterator[Rig]:
         broker.start()
         stack.callback(broker.stop)
         env = {
-            "EDGEFLEET_MQTT_URL": (broker.control_plane_url(CP_PASSWORD)),
-            "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
+            **broker.control_plane_env(CP_PASSWORD),
             "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         }
         (tmp / "cp").mkdir()

@@ -36,11 +36,7 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
         broker = MosquittoBroker(root / "broker")
         broker.add_control_plane_user(CP_PASSWORD)
         broker.start()
-        env = {
-            "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-            "EDGEFLEET_BROKER_ACCOUNTS": "manual",
-        }
-        server = start_server(root / "cp", env=env)
+        server = start_server(root / "cp", env=broker.control_plane_env(CP_PASSWORD))
         try:
             csv = write_sensor_csv(root / "s.csv", 300, seed=1)
             cli_env = server.env

@@ -257,6 +257,13 @@ class MosquittoBroker:
         """What the control plane's ``mqtt_url`` would say."""
         return f"mqtt://{username}:{password}@127.0.0.1:{self._cp_port}"
 
+    def control_plane_env(self, password: str) -> dict[str, str]:
+        """The ``EDGEFLEET_*`` settings of a control plane on this broker."""
+        return {
+            "EDGEFLEET_MQTT_URL": self.control_plane_url(password),
+            "EDGEFLEET_BROKER_ACCOUNTS": self.accounts,
+        }
+
     @property
     def persistence_file(self) -> Path:
         return self.persistence_dir / "mosquitto.db"

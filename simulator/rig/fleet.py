@@ -110,8 +110,7 @@ def open_fleet(tmp_path: Path, **server_env: str) -> Iterator[Fleet]:
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
     env = {
-        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
+        **broker.control_plane_env(CP_PASSWORD),
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         **server_env,
     }

@@ -156,10 +156,7 @@ def field_rig(tmp_path: Path) -> Iterator[Field]:
     broker = MosquittoBroker(tmp_path / "broker")
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
-    env = {
-        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
-    }
+    env = broker.control_plane_env(CP_PASSWORD)
     server = start_server(tmp_path / "cp", env=env)
     api = server.client()
     link = SlowLink(int(server.url.rsplit(":", 1)[1]))

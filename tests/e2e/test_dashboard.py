@@ -60,10 +60,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     broker = MosquittoBroker(tmp / "broker")
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
-    mqtt_env = {
-        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
-    }
+    mqtt_env = broker.control_plane_env(CP_PASSWORD)
     server = start_server(tmp / "cp", env=mqtt_env)
     env = server.env
     try:

@@ -55,8 +55,7 @@ def pair(tmp_path: Path, postgres_url: str) -> Iterator[Pair]:
     env = {
         "EDGEFLEET_DATABASE_URL": postgres_url,
         "EDGEFLEET_MQTT_SHARED_GROUP": "cp",
-        "EDGEFLEET_MQTT_URL": broker.control_plane_url(CP_PASSWORD),
-        "EDGEFLEET_BROKER_ACCOUNTS": broker.accounts,
+        **broker.control_plane_env(CP_PASSWORD),
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
     }
     first = start_server(tmp_path / "cp", env=env)
