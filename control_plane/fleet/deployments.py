@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
@@ -14,7 +14,7 @@ from control_plane.config import ArtifactMirror
 from control_plane.fleet.devices import get_device
 from control_plane.fleet.selectors import parse_selector
 from control_plane.registry.versions import resolve_version
-from control_plane.store.tables import Device, TrustStoreVersion
+from control_plane.store.tables import Device, DeviceDeployment, TrustStoreVersion
 from shared.manifest import ModelManifest, utc_seconds
 from shared.messages import DeploymentModel, DesiredState
 from shared.signing import SigningKey
@@ -124,7 +124,33 @@ def sign_many(
         device.desired_expires_at = desired.expires_at
         session.add(device)
         signed.append(desired)
+    _record_deployments(session, signed)
     return signed
+
+
+def _record_deployments(session: Session, signed: Sequence[DesiredState]) -> None:
+    """Keep ``device_deployment`` equal to what the devices' desired states now say."""
+    for start in range(0, len(signed), BATCH):
+        chunk = signed[start : start + BATCH]
+        ids = [desired.device_id for desired in chunk]
+        session.execute(
+            delete(DeviceDeployment)
+            .where(col(DeviceDeployment.device_id).in_(ids))
+            .execution_options(synchronize_session=False)
+        )
+        rows = [
+            {
+                "device_id": desired.device_id,
+                "model_name": model.manifest.name,
+                "version": model.manifest.version,
+                "rollout_id": model.rollout_id,
+                "stage": model.stage,
+            }
+            for desired in chunk
+            for model in desired.models
+        ]
+        if rows:
+            session.execute(insert(DeviceDeployment), rows)
 
 
 def deploy_version(

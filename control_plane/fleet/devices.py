@@ -20,6 +20,7 @@ from control_plane.store.tables import (
     Admission,
     ApiToken,
     Device,
+    DeviceDeployment,
     DeviceModel,
     Event,
     Role,
@@ -120,6 +121,7 @@ def forget_devices(session: Session, device_ids: Sequence[str]) -> None:
         )
     )
     session.exec(delete(DeviceModel).where(col(DeviceModel.device_id).in_(device_ids)))
+    session.exec(delete(DeviceDeployment).where(col(DeviceDeployment.device_id).in_(device_ids)))
     session.exec(delete(Device).where(col(Device.id).in_(device_ids)))
     session.commit()
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, or_
 from sqlmodel import Session, col, func, select
 
 from control_plane.audit.record import record_event
@@ -35,7 +35,7 @@ from control_plane.fleet.deployments import (
     desired_version,
     load_devices,
 )
-from control_plane.fleet.devices import list_devices, matching_devices
+from control_plane.fleet.devices import matching_devices, selected
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
@@ -60,6 +60,7 @@ from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
+    DeviceDeployment,
     ModelVersion,
     Rollout,
     RolloutDevice,
@@ -548,7 +549,6 @@ class RolloutEngine:
         if not defaults:
             return []
         out = []
-        devices = list_devices(session)
         rollouts = session.exec(select(Rollout)).all()
         finished = {r.id: as_utc(r.updated_at) for r in rollouts}
         rolled_back = {r.id for r in rollouts if r.status == RolloutStatus.ROLLED_BACK}
@@ -576,9 +576,32 @@ class RolloutEngine:
             return told_at is not None and default_at is not None and told_at < default_at
 
         for default in defaults:
-            selector = parse_selector(default.selector)
-            for device in devices:
-                if selector.matches(device.labels) and behind(device, default):
+            # The database leaves out the devices ``behind`` would pass at once: those whose
+            # desired state has the model from this default's rollout, or from no rollout.
+            told = DeviceDeployment
+            candidates = session.exec(
+                select(Device)
+                .outerjoin(
+                    told,
+                    and_(
+                        col(told.device_id) == Device.id,
+                        col(told.model_name) == default.model_name,
+                    ),
+                )
+                .where(*selected(parse_selector(default.selector)))
+                .where(
+                    or_(
+                        col(told.device_id).is_(None),
+                        and_(
+                            col(told.rollout_id).is_not(None),
+                            col(told.rollout_id) != default.rollout_id,
+                        ),
+                    )
+                )
+                .order_by(col(Device.id))
+            ).all()
+            for device in candidates:
+                if behind(device, default):
                     out.append(self._give_default(session, device.id, default))
         return out
 

@@ -305,6 +305,20 @@ class DeviceModel(SQLModel, table=True):
     phase: str = Field(max_length=16)
 
 
+class DeviceDeployment(SQLModel, table=True):
+    """What a device's current desired state says of one model, in columns: the rollout
+    engine finds devices behind a default with a query instead of parsing every desired
+    state on every tick."""
+
+    __tablename__ = "device_deployment"
+
+    device_id: str = Field(max_length=64, foreign_key="device.id", primary_key=True)
+    model_name: str = Field(max_length=64, primary_key=True)
+    version: int
+    rollout_id: str | None = Field(default=None, max_length=32, index=True)
+    stage: str | None = Field(default=None, max_length=64)
+
+
 class TelemetryRecord(SQLModel, table=True):
     """One telemetry window, stored once per (device, seq) however often it arrives."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -17,8 +17,8 @@ from sqlmodel import Session, select
 from control_plane.fleet.devices import apply_state, fleet_counts, matching_devices, page_of_devices
 from control_plane.fleet.selectors import Selector, Term, parse_selector
 from control_plane.store.db import create_db_engine, migrate
-from control_plane.store.tables import Device, DeviceModel, Event
-from shared.messages import DeviceState, ModelRef, ModelStatus, Phase
+from control_plane.store.tables import Device, DeviceDeployment, DeviceModel, Event
+from shared.messages import DesiredState, DeviceState, ModelRef, ModelStatus, Phase
 
 pytestmark = pytest.mark.integration
 KEYS = ["site", "hw", "a.b", "x/y", "k-1", "K_2"]
@@ -130,3 +130,41 @@ def test_counts_follow_the_latest_report_of_each_device(engine: Engine) -> None:
                 for m in stored.models
             }
         assert session.exec(select(Event).where(Event.device_id == "dev-0")).all()
+
+
+def test_deployment_rows_follow_each_signed_desired_state(engine: Engine) -> None:
+    """What the rollout engine's late-joiner query reads instead of the desired states."""
+    from control_plane.fleet.deployments import deploy_many, load_devices, sign_many
+    from shared.manifest import ModelManifest
+    from shared.messages import DeploymentModel
+    from shared.signing import SigningKey
+    from simulator.rig.models import make_model
+
+    key = SigningKey.generate()
+    manifests: list[ModelManifest] = [
+        make_model(key, name=name, version=v)[0] for name, v in (("fault", 1), ("fault", 2))
+    ]
+    other = make_model(key, name="other", version=5)[0]
+    with Session(engine) as session:
+        for i in range(3):
+            session.add(Device(id=f"dev-{i}", labels={}))
+        session.commit()
+        devices = load_devices(session, ["dev-0", "dev-1", "dev-2"])
+        first = DeploymentModel(manifest=manifests[0], rollout_id="r1", stage="1 device")
+        deploy_many(session, key, list(devices.values()), first, timedelta(days=1))
+        second = DeploymentModel(manifest=other)
+        deploy_many(session, key, [devices["dev-0"]], second, timedelta(days=1))
+        update = DeploymentModel(manifest=manifests[1], rollout_id="r2", stage="default")
+        deploy_many(session, key, [devices["dev-1"]], update, timedelta(days=1))
+        sign_many(session, key, [(devices["dev-2"], [])], timedelta(days=1))  # told nothing
+        session.commit()
+        rows = session.exec(select(DeviceDeployment)).all()
+        assert {(r.device_id, r.model_name, r.version, r.rollout_id, r.stage) for r in rows} == {
+            ("dev-0", "fault", 1, "r1", "1 device"),
+            ("dev-0", "other", 5, None, None),
+            ("dev-1", "fault", 2, "r2", "default"),
+        }
+        for device in session.exec(select(Device)).all():  # as the stored desired states say
+            desired = DesiredState.model_validate_json(device.desired or "")
+            told = {r.model_name: r.version for r in rows if r.device_id == device.id}
+            assert told == {m.manifest.name: m.manifest.version for m in desired.models}
