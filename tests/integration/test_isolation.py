@@ -167,6 +167,12 @@ def test_a_failing_rollout_holds_up_no_other(make_api: MakeApi) -> None:
     plan = {"preset": "all-at-once", "soak_seconds": 0, "gates": gates}
     stays = {**plan, "soak_seconds": 3600}  # running until the test breaks it
     broken = api.post("/rollouts", json={"model": "broken", "version": "1", "plan": stays}).json()
+    # Broken only once a tick has started its first stage: a tick in flight when the row is
+    # changed would write its own stage over it (a busy machine showed it).
+    wait_until(
+        lambda: api.get(f"/rollouts/{broken['id']}").json()["stage"] == 0,
+        what="the first stage started",
+    )
     engine = create_db_engine(api.settings.resolved_database_url)
     with Session(engine) as session:  # a row its tick cannot step: a stage that is not
         row = session.get(Rollout, broken["id"])
