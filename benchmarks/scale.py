@@ -3,13 +3,13 @@
 A real `edgefleet server` (SQLite) with its MQTT bridge on a private mosquitto (accounts
 kept by hand: no dynsec cost in the figures); N devices registered in one `POST /devices`;
 a model trained through the API. Then one all-at-once rollout to all N: the wall time from
-`POST /rollouts` until the control plane has given every device the version (signed,
-stored and handed to the broker: `assigned == N`), and the server's CPU seconds over that
-time, per device. No device answers, so nothing else costs anything; the stage passes when
-its install timeout runs out and the version becomes the default. Then the server's CPU
-share while idle for 10 s with that default (each rollout tick looks for devices behind
-it). Side by side for each size; `--profile` runs py-spy on the server during the largest
-rollout.
+`POST /rollouts` until the control plane has signed and stored every device's desired state
+(`assigned == N`) and until the broker has delivered all N (a subscriber on the desired
+topics counts them), and the server's CPU seconds until then, per device. No device
+answers, so nothing else costs anything; the stage passes when its install timeout runs
+out and the version becomes the default. Then the server's CPU share while idle for 10 s
+with that default (each rollout tick looks for devices behind it). Side by side for each
+size; `--profile` runs py-spy on the server during the largest rollout.
 
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000] [--profile out.svg]
 """
@@ -20,12 +20,19 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
 
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
+from shared.topics import Channel, Topics  # noqa: E402
 from simulator.broker import MosquittoBroker  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
 from simulator.rig.agents import CP_PASSWORD  # noqa: E402
@@ -34,6 +41,33 @@ from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
 
 IDLE_SECONDS = 10
+
+
+class DesiredWatch:
+    """Counts the devices whose desired state the broker has delivered (as the control
+    plane's user, on the devices' desired topics)."""
+
+    def __init__(self, broker: MosquittoBroker) -> None:
+        self.devices: set[str] = set()
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scale-watch")
+        self.client.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.cp_port)
+        self.client.subscribe(Topics().all_devices(Channel.DESIRED), qos=0)
+        self.client.loop_start()
+
+    def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
+        with self._lock:
+            self.devices.add(message.topic.split("/")[-2])
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.devices)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
@@ -75,6 +109,7 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
                         stderr=subprocess.DEVNULL,
                     )
                     time.sleep(1)
+                watch = DesiredWatch(broker)
                 cpu0, began = proc_cpu_seconds(server.process.pid), time.perf_counter()
                 # Nobody installs: the stage passes when its install timeout runs out (no
                 # install required), so the rollout ends and its version becomes the default.
@@ -87,8 +122,12 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
                 path = f"/rollouts/{created.json()['id']}"
                 while api.get(path).json()["assigned"] < devices:
                     time.sleep(0.05)
+                assigned = time.perf_counter() - began
+                while watch.count() < devices:
+                    time.sleep(0.01)
                 wall = time.perf_counter() - began
                 cpu = proc_cpu_seconds(server.process.pid) - cpu0
+                watch.close()
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(60)
@@ -102,7 +141,13 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
         finally:
             stop_server(server)
             broker.stop()
-    return {"wall_s": wall, "cpu_s": cpu, "per_device_ms": cpu / devices * 1000, "idle": idle}
+    return {
+        "assigned_s": assigned,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "per_device_ms": cpu / devices * 1000,
+        "idle": idle,
+    }
 
 
 def main() -> None:
@@ -113,14 +158,14 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print("all-at-once rollout, no device answering; server CPU from /proc")
     print(
-        f"{'devices':>8} {'wall':>9} {'server CPU':>11} {'per device':>11} {'states/s':>9}"
-        f" {'idle CPU after':>15}"
+        f"{'devices':>8} {'signed':>9} {'published':>10} {'server CPU':>11} {'per device':>11}"
+        f" {'published/s':>12} {'idle CPU after':>15}"
     )
     for n in sizes:
         r = rollout_cost(n, args.profile if n == sizes[-1] else None)
         print(
-            f"{n:>8} {r['wall_s']:>8.2f}s {r['cpu_s']:>10.2f}s {r['per_device_ms']:>9.2f}ms"
-            f" {n / r['wall_s']:>9.0f} {r['idle'] * 100:>14.1f}%"
+            f"{n:>8} {r['assigned_s']:>8.2f}s {r['wall_s']:>9.2f}s {r['cpu_s']:>10.2f}s"
+            f" {r['per_device_ms']:>9.2f}ms {n / r['wall_s']:>12.0f} {r['idle'] * 100:>14.1f}%"
         )
 
 

@@ -54,6 +54,7 @@ from shared.messages import (
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
+MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
 QUEUE_MAX = 50_000
 _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
     Channel.STATE: (DeviceState, MAX_STATE_BYTES),
@@ -146,6 +147,7 @@ class MqttBridge:
             timeout=10,
             identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
             max_queued_incoming_messages=QUEUE_MAX,
+            max_inflight_messages=MAX_INFLIGHT,  # rollouts publish a stage's states together
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             tls_params=tls,
         )

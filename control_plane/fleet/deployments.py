@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import and_, delete, func, insert, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from control_plane.config import ArtifactMirror
-from control_plane.fleet.devices import get_device
+from control_plane.fleet.devices import get_device, selected
 from control_plane.fleet.selectors import parse_selector
 from control_plane.registry.versions import resolve_version
 from control_plane.store.tables import Device, DeviceDeployment, TrustStoreVersion
@@ -214,6 +214,26 @@ def refresh_expiring(
 def all_desired(session: Session) -> list[DesiredState]:
     rows = session.exec(select(Device.desired).where(col(Device.desired).is_not(None))).all()
     return [DesiredState.model_validate_json(r) for r in rows if r]
+
+
+def told_otherwise(session: Session, model: str, selector: str, rollout_id: str) -> list[Device]:
+    """Devices ``selector`` matches whose desired state has ``model`` from a rollout other
+    than ``rollout_id``, or does not have it: the only ones that can be behind that
+    rollout's default (found in ``device_deployment``, not by parsing desired states)."""
+    told = DeviceDeployment
+    query = (
+        select(Device)
+        .outerjoin(told, and_(col(told.device_id) == Device.id, col(told.model_name) == model))
+        .where(*selected(parse_selector(selector)))
+        .where(
+            or_(
+                col(told.device_id).is_(None),
+                and_(col(told.rollout_id).is_not(None), col(told.rollout_id) != rollout_id),
+            )
+        )
+        .order_by(col(Device.id))
+    )
+    return list(session.exec(query).all())
 
 
 def desired_deployment(device: Device, model: str) -> DeploymentModel | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine, and_, or_
+from sqlalchemy import Engine
 from sqlmodel import Session, col, func, select
 
 from control_plane.audit.record import record_event
@@ -34,8 +34,9 @@ from control_plane.fleet.deployments import (
     desired_deployment,
     desired_version,
     load_devices,
+    told_otherwise,
 )
-from control_plane.fleet.devices import matching_devices, selected
+from control_plane.fleet.devices import matching_devices
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
@@ -60,7 +61,6 @@ from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
-    DeviceDeployment,
     ModelVersion,
     Rollout,
     RolloutDevice,
@@ -81,6 +81,7 @@ from shared.stats import rebin
 
 log = logging.getLogger(__name__)
 ACTIVE = (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+PUBLISH_WINDOW = 200  # desired states awaiting the broker's acknowledgement at once
 Publish = Callable[[DesiredState], Awaitable[bool]]
 
 
@@ -240,9 +241,13 @@ class RolloutEngine:
         return rollout
 
     async def _publish(self, desired: list[DesiredState]) -> None:
-        if self.publish is not None:
-            for document in desired:
-                await self.publish(document)
+        """Hand the signed states to the broker, ``PUBLISH_WINDOW`` in flight at a time (their
+        acknowledgements awaited together, not one round trip each)."""
+        if self.publish is None:
+            return
+        for start in range(0, len(desired), PUBLISH_WINDOW):
+            window = desired[start : start + PUBLISH_WINDOW]
+            await asyncio.gather(*(self.publish(document) for document in window))
 
     def _tick_all(self) -> list[DesiredState]:
         """Step every active rollout, each in its own transaction: one that fails (bad data,
@@ -576,30 +581,9 @@ class RolloutEngine:
             return told_at is not None and default_at is not None and told_at < default_at
 
         for default in defaults:
-            # The database leaves out the devices ``behind`` would pass at once: those whose
-            # desired state has the model from this default's rollout, or from no rollout.
-            told = DeviceDeployment
-            candidates = session.exec(
-                select(Device)
-                .outerjoin(
-                    told,
-                    and_(
-                        col(told.device_id) == Device.id,
-                        col(told.model_name) == default.model_name,
-                    ),
-                )
-                .where(*selected(parse_selector(default.selector)))
-                .where(
-                    or_(
-                        col(told.device_id).is_(None),
-                        and_(
-                            col(told.rollout_id).is_not(None),
-                            col(told.rollout_id) != default.rollout_id,
-                        ),
-                    )
-                )
-                .order_by(col(Device.id))
-            ).all()
+            candidates = told_otherwise(
+                session, default.model_name, default.selector, default.rollout_id
+            )
             for device in candidates:
                 if behind(device, default):
                     out.append(self._give_default(session, device.id, default))
