@@ -30,3 +30,21 @@ def test_bad_config_is_refused_naming_the_field(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("no_such_setting = 1\n")
     with pytest.raises(ValidationError, match="no_such_setting"):
         load_settings(tmp_path)
+
+
+def test_every_example_in_the_init_template_loads(tmp_path: Path) -> None:
+    """What `edgefleet init` writes, each commented example switched on, is a valid config
+    (tables last: a key after a [[table]] header would belong to it)."""
+    from control_plane.config import CONFIG_TEMPLATE
+
+    lines = []
+    for line in CONFIG_TEMPLATE.splitlines():
+        example = line.removeprefix("# ")
+        is_setting = example[:1].isalpha() and " = " in example
+        lines.append(example if is_setting or example.startswith("[[") else line)
+    (tmp_path / "config.toml").write_text("\n".join(lines) + "\n")
+    settings = load_settings(tmp_path)
+    assert settings.port == 8000
+    assert settings.database_url is not None and settings.tls_keyfile is not None
+    assert [m.selector for m in settings.artifact_mirrors] == ["site=berlin"]
+    assert settings.broker_accounts == "dynsec"
