@@ -3,9 +3,10 @@
 1. Cost per window. 1,000 devices × ~100 rows (50–150) × 20 features, reference bins built
    by ``control_plane.training.parity`` from 4,000 training rows (the simulator's 6 sensor features,
    repeated from independent draws to make 20), 4 classes. Medians over repeats of:
-   parsing the 1,000 ``TelemetryWindow`` JSON payloads as the monitor reads them from the
-   database; ``merge_windows``; a naive merge (one numpy add per window and feature, as
-   ``rollouts.gates.Traffic`` does for predictions) as the baseline; ``evaluate_window`` +
+   parsing the 1,000 ``TelemetryWindow`` JSON payloads (as the monitor read them from the
+   database until windows were stored as numbers); ``merge_windows``; a naive merge (one
+   numpy add per window and feature) as the baseline; ``merge_stored`` on the windows as
+   ``telemetry_model`` holds them (what the monitor reads now); ``evaluate_window`` +
    ``advance``.
 2. Detection. One N(0, 1) feature, a fresh 4,000-row training draw (10 quantile bins) per
    run, then windows of a stated size with the mean moved by δσ from the first window, the
@@ -45,6 +46,7 @@ from control_plane.monitoring.drift import (
     merge_windows,
     thresholds,
 )
+from control_plane.monitoring.windows import encode, merge_stored
 from control_plane.training.parity import feature_references, prediction_reference_classes
 from shared.manifest import PredictionReference, Reference
 from shared.messages import ModelWindow, TelemetryWindow
@@ -132,7 +134,16 @@ def cost(repeats: int) -> None:
         assert m is not None
         return advance(None, evaluate_window(reference, m, policy), policy)
 
+    stored = [encode(w) for w in windows]
+
+    def from_numbers() -> object:
+        m = merge_stored(stored[0].shape, stored)
+        assert m is not None
+        return advance(None, evaluate_window(reference, m, policy), policy)
+
     t_parse = median_ms(parse, repeats)
+    t_stored = median_ms(lambda: merge_stored(stored[0].shape, stored), repeats)
+    t_numbers = median_ms(from_numbers, repeats)
     t_merge = median_ms(lambda: merge_windows(windows), repeats)
     t_naive = median_ms(lambda: naive_merge(windows), repeats)
     t_judge = median_ms(judge, repeats)
@@ -150,6 +161,8 @@ def cost(repeats: int) -> None:
         ("merge_windows", t_merge, f"{t_naive / t_merge:.1f}× faster"),
         ("evaluate_window + advance", t_judge, ""),
         ("parse + merge + evaluate + advance", t_whole, f"{t_whole / t_parse:.2f}× parse"),
+        ("merge_stored (windows as stored numbers)", t_stored, f"{t_naive / t_stored:.1f}× faster"),
+        ("merge_stored + evaluate + advance", t_numbers, f"{t_whole / t_numbers:.1f}× faster"),
     ]
     for label, ms, ratio in rows:
         print(f"   {label:<44}{ms:>9.2f}{ratio:>14}")

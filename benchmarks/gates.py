@@ -133,13 +133,13 @@ def stage(
         device = f"{hardware}-{i}"
         before = run_of(recording, requests, rng) * factor
         if i not in updated:
-            rest.add(device, window(before))
+            rest.add_window(device, window(before))
             continue
         after = run_of(recording, requests, rng, double=case == "2x slower") * factor
         errors = sum(rng.random() < 0.2 for _ in range(requests)) if case == "20% errors" else 0
         pair = Pair(device)
-        pair.before.add(device, window(before))
-        pair.after.add(device, window(after, errors))
+        pair.before.add_window(device, window(before))
+        pair.after.add_window(device, window(after, errors))
         pairs.append(pair)
     return pairs, rest
 

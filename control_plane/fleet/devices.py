@@ -226,6 +226,7 @@ def _record_models(session: Session, device_id: str, state: DeviceState) -> None
         )
         row.version = model.active.version if model.active else None
         row.phase = model.phase.value
+        row.error_seq = (model.last_error.seq or 0) if model.last_error else None
         session.add(row)
     for row in existing.values():
         session.delete(row)

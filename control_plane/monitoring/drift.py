@@ -209,6 +209,15 @@ def window_fits(window: ModelWindow, reference: Reference) -> bool:
     return min(window.predictions, default=0) >= 0 and min(window.latency_counts, default=0) >= 0
 
 
+def shape_fits(bins: list[int], n_predictions: int, reference: Reference) -> bool:
+    """``window_fits`` for a stored window's shape (bins per feature, prediction counts):
+    stored counts are never negative (the wire refuses them)."""
+    if bins != [len(f.counts) for f in reference.features]:
+        return False
+    expected = _prediction_reference(reference)
+    return not expected or n_predictions == len(expected)
+
+
 def merge_windows(
     windows: Iterable[ModelWindow], n_features: int | None = None
 ) -> MergedWindow | None:
@@ -258,7 +267,7 @@ def merge_windows(
     if np.any(flat < 0):
         row = int(np.flatnonzero((flat < 0).any(axis=1))[0])
         raise ValueError(f"window {row} has a negative count")
-    return _unflatten(
+    return unflatten(
         flat.sum(axis=0),
         np.asarray(floats, dtype=np.float64).reshape(len(items), -1).sum(axis=0),
         bins,
@@ -268,7 +277,7 @@ def merge_windows(
     )
 
 
-def _unflatten(
+def unflatten(
     total: npt.NDArray[np.int64],
     moment_total: npt.NDArray[np.float64],
     bins: list[int],

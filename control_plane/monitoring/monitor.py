@@ -27,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 from sqlalchemy import Engine, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from control_plane.api.schemas import RetrainRequest
@@ -51,8 +51,7 @@ from control_plane.monitoring.drift import (
     WindowDrift,
     advance,
     evaluate_window,
-    merge_windows,
-    window_fits,
+    shape_fits,
 )
 from control_plane.monitoring.policy import (
     Go,
@@ -65,6 +64,7 @@ from control_plane.monitoring.policy import (
     retrain_decision,
     schedule_due,
 )
+from control_plane.monitoring.windows import Encoded, merge_stored, shape_of
 from control_plane.observability.logs import about
 from control_plane.rollouts.engine import create_rollout
 from control_plane.store.tables import (
@@ -80,11 +80,11 @@ from control_plane.store.tables import (
     MonitorState,
     RetrainState,
     SampleRowRecord,
+    TelemetryModelRecord,
     TelemetryRecord,
     as_utc,
 )
 from shared.manifest import ModelManifest
-from shared.messages import ModelWindow, TelemetryWindow
 from shared.stats import histogram_quantile
 
 log = logging.getLogger(__name__)
@@ -197,21 +197,14 @@ class Monitor:
         return self._manifests[key]
 
     def _judge(self, session: Session, start: datetime, end: datetime) -> None:
-        traffic: dict[tuple[str, int], list[tuple[str, ModelWindow]]] = defaultdict(list)
-        for payload in session.exec(
-            select(TelemetryRecord.payload).where(
-                TelemetryRecord.window_end >= start, TelemetryRecord.window_end < end
+        traffic: dict[tuple[str, int], list[tuple[str, Encoded]]] = defaultdict(list)
+        t = TelemetryModelRecord.__table__.c  # type: ignore[attr-defined]
+        for device_id, name, version, shape, counts, moments in session.execute(
+            sa_select(t.device_id, t.model_name, t.version, t.shape, t.counts, t.moments).where(
+                t.window_end >= start, t.window_end < end
             )
-        ).all():
-            try:
-                window = TelemetryWindow.model_validate_json(payload)
-            except ValidationError:  # stored by an older version: skip, do not stop
-                self.dropped_windows += 1
-                continue
-            for model_window in window.models:
-                traffic[(model_window.name, model_window.version)].append(
-                    (window.device_id, model_window)
-                )
+        ):
+            traffic[(name, version)].append((device_id, Encoded(shape, counts, moments)))
         labels = self._labels(session, start, end)
         keys = set(traffic) | set(labels)
         if not keys:
@@ -252,7 +245,7 @@ class Monitor:
         selector: str,
         start: datetime,
         end: datetime,
-        windows: list[tuple[str, ModelWindow]],
+        windows: list[tuple[str, Encoded]],
         labelled: list[tuple[str | None, float, float]],
         devices: dict[str, dict[str, str]],
     ) -> None:
@@ -265,9 +258,9 @@ class Monitor:
             return device_id is not None and parsed.matches(devices.get(device_id, {}))
 
         mine = [(d, w) for d, w in windows if member(d)]
-        fitting = [w for _, w in mine if window_fits(w, manifest.reference)]
+        fitting = _fitting(manifest, [w for _, w in mine])
         self.dropped_windows += len(mine) - len(fitting)
-        merged = merge_windows(fitting)
+        merged = merge_stored(fitting[0].shape, fitting) if fitting else None
         pairs = [(label, pred) for d, label, pred in labelled if member(d)]
         if merged is None and not pairs:
             return
@@ -606,6 +599,20 @@ def _reading(
         accuracy=accuracy,
         f1_macro=f1,
     )
+
+
+def _fitting(manifest: ModelManifest, windows: list[Encoded]) -> list[Encoded]:
+    """The windows binned as the manifest's reference is (of one shape: where the reference
+    leaves the prediction counts open, the commonest shape among those that fit)."""
+    by_shape: dict[bytes, list[Encoded]] = defaultdict(list)
+    for window in windows:
+        by_shape[window.shape].append(window)
+    fits = []
+    for shape, group in by_shape.items():
+        _, n_predictions, bins = shape_of(shape)
+        if shape_fits(bins, n_predictions, manifest.reference):
+            fits.append(group)
+    return max(fits, key=len, default=[])
 
 
 def _in_drift(state: DriftState, policy: ModelPolicy) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Engine
+from sqlalchemy import Engine, and_, case
 from sqlmodel import Session, col, func, select
 
 from control_plane.audit.record import record_event
@@ -40,7 +40,7 @@ from control_plane.fleet.devices import matching_devices
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
-from control_plane.rollouts.gates import Installs, Pair, Traffic, evaluate
+from control_plane.rollouts.gates import Installs, evaluate
 from control_plane.rollouts.machine import (
     TERMINAL,
     Action,
@@ -58,13 +58,14 @@ from control_plane.rollouts.machine import (
     step,
 )
 from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
+from control_plane.rollouts.traffic import Member, StageTraffic
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
+    DeviceModel,
     ModelVersion,
     Rollout,
     RolloutDevice,
-    TelemetryRecord,
     as_utc,
     utcnow,
 )
@@ -73,9 +74,7 @@ from shared.messages import (
     DeploymentModel,
     DesiredState,
     DeviceState,
-    ModelWindow,
     Phase,
-    TelemetryWindow,
 )
 from shared.stats import rebin
 
@@ -220,6 +219,7 @@ class RolloutEngine:
         self.mirrors = mirrors  # artifact mirrors per device group (settings)
         self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
         self._manifests: dict[tuple[str, int], ModelManifest] = {}
+        self.traffic = StageTraffic()  # running sums of each running stage's windows
 
     # --- driving ------------------------------------------------------------------------
 
@@ -256,6 +256,7 @@ class RolloutEngine:
         out: list[DesiredState] = []
         with Session(self.engine) as session:
             ids = session.exec(select(Rollout.id).where(col(Rollout.status).in_(ACTIVE))).all()
+            self.traffic.forget(set(ids))
             for rollout_id in ids:
                 try:
                     rollout = session.get(Rollout, rollout_id, with_for_update=True)
@@ -290,56 +291,37 @@ class RolloutEngine:
         stages = stages_of(session, rollout)
         if rollout.stage < 0 or rollout.status != RolloutStatus.RUNNING:
             return Tick(now)
-        members = session.exec(
-            select(RolloutDevice).where(RolloutDevice.rollout_id == rollout.id)
-        ).all()
-        assigned = {m.device_id: m for m in members if m.assigned_stage is not None}
-        installed = failed = 0
-        for member in assigned.values():
-            device = session.get(Device, member.device_id)
-            outcome = _install_outcome(device, rollout, member.assigned_seq or 0)
-            installed += outcome == "installed"
-            failed += outcome == "failed"
         started = as_utc(rollout.stage_started_at)
         assert started is not None
+        assigned = {
+            device_id: Member(as_utc(at) or started, previous)
+            for device_id, at, previous in session.exec(
+                select(
+                    RolloutDevice.device_id,
+                    RolloutDevice.assigned_at,
+                    RolloutDevice.previous_version,
+                ).where(
+                    RolloutDevice.rollout_id == rollout.id,
+                    col(RolloutDevice.assigned_stage).is_not(None),
+                )
+            )
+        }
+        installed, failed = _install_counts(session, rollout)
         stage = stages[rollout.stage]
         lookback = timedelta(seconds=stage.gates.pair_lookback_seconds)
-        updated = {d: as_utc(m.assigned_at) or started for d, m in assigned.items()}
-        since = min([started, *(at - lookback for at in updated.values())])
-        pairs = {d: Pair(d) for d in assigned}
-        baseline = Traffic()
         grid = self._prediction_grid(session, rollout.model_name, rollout.version)
-        windows = session.exec(
-            select(TelemetryRecord).where(
-                col(TelemetryRecord.device_id).in_([m.device_id for m in members]),
-                col(TelemetryRecord.window_end) >= since,
-            )
-        ).all()
-        for record in windows:
-            window = TelemetryWindow.model_validate_json(record.payload)
-            end = as_utc(record.window_end)
-            assert end is not None
-            device_id = record.device_id
-            for model_window in window.models:
-                if model_window.name != rollout.model_name:
-                    continue
-                predictions = self._on_grid(session, model_window, grid)
-                mine = assigned.get(device_id)
-                if mine is None:  # the rest of the rollout, over the stage's span
-                    if end >= started:
-                        baseline.add(device_id, model_window, predictions)
-                elif model_window.version == rollout.version and end >= updated[device_id]:
-                    pairs[device_id].after.add(device_id, model_window, predictions)
-                elif (
-                    model_window.version == mine.previous_version
-                    and updated[device_id] - lookback <= end <= updated[device_id]
-                ):
-                    pairs[device_id].before.add(device_id, model_window, predictions)
+        rebin = None
+        if grid is not None:
+
+            def rebin(version: int, counts: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+                return self._on_grid(session, rollout, version, counts, grid)
+
+        pairs, baseline = self.traffic.read(session, rollout, assigned, started, lookback, rebin)
         gates = evaluate(
             stage.gates,
             installs=Installs(len(assigned), installed, failed),
             elapsed_seconds=(now - started).total_seconds(),
-            pairs=list(pairs.values()),
+            pairs=pairs,
             baseline=baseline,
         )
         rollout.gates = [g.model_dump() for g in gates]
@@ -367,15 +349,20 @@ class RolloutEngine:
         return manifest.reference.prediction.bin_edges or None
 
     def _on_grid(
-        self, session: Session, window: ModelWindow, grid: list[float] | None
-    ) -> npt.NDArray[np.float64] | None:
-        if grid is None:
-            return None
-        manifest = self._manifest(session, window.name, window.version)
+        self,
+        session: Session,
+        rollout: Rollout,
+        version: int,
+        predictions: npt.NDArray[np.int64],
+        grid: list[float],
+    ) -> npt.NDArray[np.float64]:
+        """A regression window's prediction counts re-binned from its version's edges onto
+        the rolled-out version's."""
+        manifest = self._manifest(session, rollout.model_name, version)
         edges = manifest.reference.prediction.bin_edges if manifest else []
-        if len(edges) != len(window.predictions) + 1:
+        if len(edges) != len(predictions) + 1:
             return np.zeros(len(grid) - 1)  # binned on edges we do not know: no evidence
-        return rebin(window.predictions, edges, grid)
+        return rebin(predictions, edges, grid)
 
     def _step(
         self, session: Session, rollout: Rollout, event: Tick | Operator
@@ -629,23 +616,30 @@ def _make_default(session: Session, rollout: Rollout) -> None:
     session.add(default)
 
 
-def _install_outcome(device: Device | None, rollout: Rollout, seq: int) -> str:
-    if device is None or not device.state:
-        return "pending"
-    for status in DeviceState.model_validate_json(device.state).models:
-        if status.name != rollout.model_name:
-            continue
-        if (
-            status.active is not None
-            and status.active.version == rollout.version
-            and status.phase in (Phase.SERVING, Phase.PROBATION)
-        ):
-            return "installed" if status.phase is Phase.SERVING else "pending"
-        error = status.last_error
-        if (
-            status.phase in (Phase.FAILED, Phase.REVERTED)
-            and error is not None
-            and (error.seq or 0) >= seq
-        ):
-            return "failed"
-    return "pending"
+def _install_counts(session: Session, rollout: Rollout) -> tuple[int, int]:
+    """How many of the stage's devices serve the version (past probation), and how many
+    refused the desired state they were sent (or a later one): from ``device_model``."""
+    member, model = RolloutDevice, DeviceModel
+    is_installed = and_(
+        col(model.version) == rollout.version, col(model.phase) == Phase.SERVING.value
+    )
+    is_failed = and_(
+        col(model.phase).in_([Phase.FAILED.value, Phase.REVERTED.value]),
+        col(model.error_seq) >= func.coalesce(member.assigned_seq, 0),
+    )
+    installed, failed = session.exec(
+        select(
+            func.coalesce(func.sum(case((is_installed, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((is_failed, 1), else_=0)), 0),
+        )
+        .select_from(member)
+        .join(
+            model,
+            and_(
+                col(model.device_id) == member.device_id,
+                col(model.model_name) == rollout.model_name,
+            ),
+        )
+        .where(member.rollout_id == rollout.id, col(member.assigned_stage).is_not(None))
+    ).one()
+    return int(installed), int(failed)

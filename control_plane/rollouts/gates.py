@@ -65,24 +65,37 @@ class Traffic:
     def add(
         self,
         device_id: str,
-        window: ModelWindow,
-        predictions: npt.ArrayLike | None = None,
+        requests: int,
+        errors: int,
+        latency: npt.ArrayLike,
+        predictions: npt.ArrayLike,
     ) -> None:
-        """``predictions``: the window's prediction counts on the caller's common bins
-        (re-binned for a regression model whose versions bin on different edges); default
-        the window's own, aligned by class index."""
+        """One window's counts; ``predictions`` on the caller's common bins (re-binned for a
+        regression model whose versions bin on different edges), or per class index."""
         self.devices.add(device_id)
-        self.requests += window.requests
-        self.errors += window.errors
-        self.latency += np.asarray(window.latency_counts, dtype=np.int64)
-        counts = np.asarray(
-            window.predictions if predictions is None else predictions, dtype=np.float64
-        )
+        self.requests += requests
+        self.errors += errors
+        self.latency += np.asarray(latency, dtype=np.int64)
+        counts = np.asarray(predictions, dtype=np.float64)
         if self.predictions is None:
             self.predictions = counts.copy()
             return
         size = max(len(self.predictions), len(counts))  # a class the other version lacks
         self.predictions = _padded(self.predictions, size) + _padded(counts, size)
+
+    def copy(self) -> Traffic:
+        return Traffic(
+            set(self.devices),
+            self.requests,
+            self.errors,
+            self.latency.copy(),
+            None if self.predictions is None else self.predictions.copy(),
+        )
+
+    def add_window(self, device_id: str, window: ModelWindow) -> None:
+        self.add(
+            device_id, window.requests, window.errors, window.latency_counts, window.predictions
+        )
 
     @property
     def error_rate(self) -> float | None:
@@ -100,7 +113,7 @@ def _padded(counts: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float6
 def merge(windows: Iterable[tuple[str, ModelWindow]]) -> Traffic:
     traffic = Traffic()
     for device_id, window in windows:
-        traffic.add(device_id, window)
+        traffic.add_window(device_id, window)
     return traffic
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from pydantic import TypeAdapter
 from sqlalchemy import (
@@ -14,6 +14,10 @@ from sqlalchemy import (
     Boolean,
     Column,
     Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -32,11 +36,20 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Row ids of tables that grow by the fleet's size every minute (a 32-bit id lasts about two
+# weeks at 100,000 devices): BIGINT, but SQLite's rowid alias must be spelled INTEGER.
+BIG_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
 def _bigint_zero() -> Column[int]:
     """A BIGINT counter (sequences reach 2^53 - 1, past PostgreSQL's int4) starting at 0."""
     return Column(BigInteger, nullable=False, server_default="0")
 
 
+@overload
+def as_utc(moment: datetime) -> datetime: ...
+@overload
+def as_utc(moment: None) -> None: ...
 def as_utc(moment: datetime | None) -> datetime | None:
     """SQLite hands datetimes back naive; they were stored as UTC."""
     if moment is not None and moment.tzinfo is None:
@@ -303,6 +316,9 @@ class DeviceModel(SQLModel, table=True):
     model_name: str = Field(max_length=64, primary_key=True)
     version: int | None = Field(default=None, index=True)  # the active one; null: none
     phase: str = Field(max_length=16)
+    # The desired-state sequence its last refusal concerns (a rollout counts a failure
+    # only for the desired state it sent or a later one); null: none.
+    error_seq: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 class DeviceDeployment(SQLModel, table=True):
@@ -320,18 +336,45 @@ class DeviceDeployment(SQLModel, table=True):
 
 
 class TelemetryRecord(SQLModel, table=True):
-    """One telemetry window, stored once per (device, seq) however often it arrives."""
+    """One telemetry window, stored once per (device, seq) however often it arrives; what
+    each model served in it is in ``telemetry_model``."""
 
     __tablename__ = "telemetry_window"
     __table_args__ = (UniqueConstraint("device_id", "seq"),)
 
-    id: int | None = Field(default=None, primary_key=True)
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
     device_id: str = Field(max_length=64, index=True)
     seq: int = Field(sa_column=Column(BigInteger, nullable=False))
     window_start: datetime
     window_end: datetime = Field(index=True)
-    payload: str = Field(sa_column=Column(Text, nullable=False))
+    outbox_dropped: int = Field(default=0, sa_column=_bigint_zero())
     received_at: datetime = Field(default_factory=utcnow)
+
+
+class TelemetryModelRecord(SQLModel, table=True):
+    """One model version's traffic in one window, as numbers (``monitoring/windows.py``):
+    requests and errors in columns, histograms and feature counts as little-endian arrays
+    that numpy reads without parsing (``shape`` int32, ``counts`` int64, ``moments``
+    float64). Gates and the drift monitor add these up; the wire's JSON is not kept."""
+
+    __tablename__ = "telemetry_model"
+    __table_args__ = (Index("ix_telemetry_model_device_end", "device_id", "window_end"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BIG_ID, primary_key=True))
+    window_id: int = Field(
+        sa_column=Column(BigInteger, ForeignKey("telemetry_window.id"), nullable=False, index=True)
+    )
+    position: int  # its place among the window's models
+    device_id: str = Field(max_length=64)
+    window_end: datetime = Field(index=True)
+    model_name: str = Field(max_length=64)
+    version: int
+    sha256: str = Field(max_length=64)
+    requests: int = Field(sa_column=Column(BigInteger, nullable=False))
+    errors: int = Field(sa_column=Column(BigInteger, nullable=False))
+    shape: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    counts: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    moments: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class SampleRecord(SQLModel, table=True):

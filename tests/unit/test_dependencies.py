@@ -26,6 +26,7 @@ PURE = {
     "control_plane.rollouts.plans",
     "control_plane.rollouts.gates",
     "control_plane.monitoring.drift",
+    "control_plane.monitoring.windows",
     "control_plane.monitoring.policy",
     "control_plane.monitoring.release",
     "control_plane.training.parity",

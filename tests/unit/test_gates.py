@@ -41,7 +41,7 @@ def window(
 def traffic(*windows: ModelWindow, device: str | None = None) -> Traffic:
     merged = Traffic()
     for i, w in enumerate(windows):
-        merged.add(device or f"dev-{i}", w)
+        merged.add_window(device or f"dev-{i}", w)
     return merged
 
 

@@ -202,8 +202,7 @@ def get_telemetry(
 ) -> list[TelemetryPublic]:
     get_device(session, device_id)
     return [
-        telemetry_public(r.received_at, TelemetryWindow.model_validate_json(r.payload))
-        for r in stored_windows(session, device_id, limit)
+        telemetry_public(r.received_at, r.window) for r in stored_windows(session, device_id, limit)
     ]
 
 
