@@ -11,7 +11,7 @@ from sqlalchemy import Connection, Engine, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, col, select
 
-from control_plane.fleet.devices import apply_online, apply_state
+from control_plane.fleet.devices import apply_reports
 from control_plane.monitoring.windows import Encoded, decode, encode
 from control_plane.store.tables import (
     Device,
@@ -89,18 +89,10 @@ def store_batch(
     result = BatchResult()
     windows = [m for m in messages if isinstance(m, TelemetryWindow)]
     samples = [m for m in messages if isinstance(m, SampleBatch)]
-    # Device rows in one order in every process (and locked, see apply_state): two
-    # processes storing the same devices' reports wait for each other instead of deadlocking.
-    reports = sorted(
-        (m for m in messages if isinstance(m, DeviceState | OnlineStatus)),
-        key=lambda m: m.device_id,
-    )
+    reports = [m for m in messages if isinstance(m, DeviceState | OnlineStatus)]
     with Session(engine) as session:
-        for message in reports:
-            if isinstance(message, DeviceState):
-                apply_state(session, message, now)
-            else:
-                apply_online(session, message.device_id, message.online, now)
+        if reports:
+            apply_reports(session, reports, now)
         if windows:
             inserted = _insert_windows(session, windows, now)
             result.inserted, result.duplicates = len(inserted), len(windows) - len(inserted)

@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, delete
 from sqlmodel import Session, select
 
-from control_plane.fleet.devices import apply_state, fleet_counts, matching_devices, page_of_devices
+from control_plane.fleet.devices import (
+    apply_reports,
+    fleet_counts,
+    matching_devices,
+    page_of_devices,
+)
 from control_plane.fleet.selectors import Selector, Term, parse_selector
 from control_plane.store.db import create_db_engine, migrate
 from control_plane.store.tables import Device, DeviceDeployment, DeviceModel, Event
@@ -95,16 +100,18 @@ def report(device_id: str, seq: int, models: dict[str, tuple[int | None, Phase]]
 def test_counts_follow_the_latest_report_of_each_device(engine: Engine) -> None:
     now = datetime.now(UTC)
     with Session(engine) as session:
-        for i in range(4):
-            apply_state(session, report(f"dev-{i}", 1, {"fault": (1, Phase.SERVING)}), now)
-        apply_state(session, report("dev-3", 1, {"other": (7, Phase.SERVING)}), now)  # seen
+        first = [report(f"dev-{i}", 1, {"fault": (1, Phase.SERVING)}) for i in range(4)]
+        seen = report("dev-3", 1, {"other": (7, Phase.SERVING)})  # seen already: ignored
+        apply_reports(session, [*first, seen], now)
         session.commit()
-        apply_state(
+        apply_reports(
             session,
-            report("dev-0", 2, {"fault": (2, Phase.PROBATION), "other": (None, Phase.FAILED)}),
+            [
+                report("dev-0", 2, {"fault": (2, Phase.PROBATION), "other": (None, Phase.FAILED)}),
+                report("dev-1", 2, {}),  # dropped every model
+            ],
             now,
         )
-        apply_state(session, report("dev-1", 2, {}), now)  # dropped every model
         session.commit()
         _, _, groups = fleet_counts(session, parse_selector(""))
         assert Counter({(m, v, p): n for m, v, p, n in groups}) == Counter(
