@@ -64,9 +64,10 @@ from control_plane.monitoring.policy import (
     retrain_decision,
     schedule_due,
 )
-from control_plane.monitoring.windows import Encoded, merge_stored, shape_of
+from control_plane.monitoring.windows import merge_stored, shape_of
 from control_plane.observability.logs import about
 from control_plane.rollouts.engine import create_rollout
+from control_plane.store.db import fast_rows
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
@@ -197,14 +198,17 @@ class Monitor:
         return self._manifests[key]
 
     def _judge(self, session: Session, start: datetime, end: datetime) -> None:
-        traffic: dict[tuple[str, int], list[tuple[str, Encoded]]] = defaultdict(list)
+        # (device, name, version, shape, counts, moments) as read: a bucket of 100,000
+        # windows makes no object per window beyond its row.
+        traffic: dict[tuple[str, int], list[Stored]] = defaultdict(list)
         t = TelemetryModelRecord.__table__.c  # type: ignore[attr-defined]
-        for device_id, name, version, shape, counts, moments in session.execute(
+        for row in fast_rows(
+            session,
             sa_select(t.device_id, t.model_name, t.version, t.shape, t.counts, t.moments).where(
                 t.window_end >= start, t.window_end < end
-            )
+            ),
         ):
-            traffic[(name, version)].append((device_id, Encoded(shape, counts, moments)))
+            traffic[(row[1], row[2])].append(row)
         labels = self._labels(session, start, end)
         keys = set(traffic) | set(labels)
         if not keys:
@@ -217,7 +221,10 @@ class Monitor:
                 policies[m.name] = policy_of(m.policy)
         devices: dict[str, dict[str, str]] = {}
         if any(s for p in policies.values() for s in p.selectors):  # only selectors need labels
-            devices = {d.id: d.labels for d in session.exec(select(Device)).all()}
+            # Ids and labels only: a device's state and desired state are kilobytes each.
+            devices = {
+                d: dict(labels) for d, labels in session.exec(select(Device.id, Device.labels))
+            }
         for name, version in sorted(keys):
             manifest = self.manifest(session, name, version)
             policy = policies.get(name)
@@ -245,7 +252,7 @@ class Monitor:
         selector: str,
         start: datetime,
         end: datetime,
-        windows: list[tuple[str, Encoded]],
+        windows: list[Stored],
         labelled: list[tuple[str | None, float, float]],
         devices: dict[str, dict[str, str]],
     ) -> None:
@@ -257,10 +264,13 @@ class Monitor:
                 return True
             return device_id is not None and parsed.matches(devices.get(device_id, {}))
 
-        mine = [(d, w) for d, w in windows if member(d)]
-        fitting = _fitting(manifest, [w for _, w in mine])
+        mine = [w for w in windows if member(w[0])] if selector else windows
+        fitting = _fitting(manifest, mine)
         self.dropped_windows += len(mine) - len(fitting)
-        merged = merge_stored(fitting[0].shape, fitting) if fitting else None
+        merged = None
+        if fitting:
+            counts, moments = [w[4] for w in fitting], [w[5] for w in fitting]
+            merged = merge_stored(fitting[0][3], counts, moments)
         pairs = [(label, pred) for d, label, pred in labelled if member(d)]
         if merged is None and not pairs:
             return
@@ -284,7 +294,7 @@ class Monitor:
             _reading(
                 key,
                 (start, end),
-                devices=len({d for d, _ in mine}),
+                devices=len({w[0] for w in mine}),
                 windows=len(fitting),
                 merged=merged,
                 drift=drift,
@@ -601,18 +611,22 @@ def _reading(
     )
 
 
-def _fitting(manifest: ModelManifest, windows: list[Encoded]) -> list[Encoded]:
+def _fitting(manifest: ModelManifest, windows: list[Stored]) -> list[Stored]:
     """The windows binned as the manifest's reference is (of one shape: where the reference
     leaves the prediction counts open, the commonest shape among those that fit)."""
-    by_shape: dict[bytes, list[Encoded]] = defaultdict(list)
+    by_shape: dict[bytes, list[Stored]] = defaultdict(list)
     for window in windows:
-        by_shape[window.shape].append(window)
+        by_shape[window[3]].append(window)
     fits = []
     for shape, group in by_shape.items():
         _, n_predictions, bins = shape_of(shape)
         if shape_fits(bins, n_predictions, manifest.reference):
             fits.append(group)
     return max(fits, key=len, default=[])
+
+
+# A stored window as the monitor reads it: (device, name, version, shape, counts, moments).
+Stored = tuple[str, str, int, bytes, bytes, bytes]
 
 
 def _in_drift(state: DriftState, policy: ModelPolicy) -> bool:

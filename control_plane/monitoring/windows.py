@@ -15,6 +15,7 @@ one ``frombuffer``, and the wire's JSON is parsed once, at ingest.
 
 from __future__ import annotations
 
+import functools
 import sys
 from array import array
 from collections.abc import Sequence
@@ -53,8 +54,10 @@ def encode(window: ModelWindow) -> Encoded:
     return Encoded(shape=shape.tobytes(), counts=ints.tobytes(), moments=floats.tobytes())
 
 
+@functools.lru_cache(maxsize=1024)  # a fleet's windows come in a few shapes
 def shape_of(stored: bytes) -> tuple[int, int, list[int]]:
-    """(latency buckets, prediction counts, bins per feature) of a stored ``shape``."""
+    """(latency buckets, prediction counts, bins per feature) of a stored ``shape``; the
+    list is shared: do not change it."""
     values = np.frombuffer(stored, dtype="<i4").tolist()
     return values[0], values[1], values[2:]
 
@@ -98,14 +101,15 @@ def counts_matrix(rows: Sequence[bytes]) -> npt.NDArray[np.int64]:
     return flat.reshape(len(rows), -1)
 
 
-def merge_stored(shape: bytes, rows: Sequence[Encoded]) -> MergedWindow | None:
-    """Add up stored windows that all have ``shape`` (exact for counts); None for none."""
-    if not rows:
+def merge_stored(
+    shape: bytes, counts: Sequence[bytes], moments: Sequence[bytes]
+) -> MergedWindow | None:
+    """Add up stored windows that all have ``shape`` (their ``counts`` and ``moments``, in
+    the same order; exact for counts); None for none."""
+    if not counts:
         return None
     n_latency, n_predictions, bins = shape_of(shape)
-    if any(r.shape != shape for r in rows):
-        raise ValueError("windows of different shapes cannot be added up")
-    totals = counts_matrix([r.counts for r in rows]).sum(axis=0)
-    moments = np.frombuffer(b"".join(r.moments for r in rows), dtype="<f8")
-    moment_totals = moments.reshape(len(rows), -1).sum(axis=0)
-    return unflatten(totals, moment_totals, bins, n_latency, n_predictions, len(rows))
+    totals = counts_matrix(counts).sum(axis=0)
+    floats = np.frombuffer(b"".join(moments), dtype="<f8")
+    moment_totals = floats.reshape(len(moments), -1).sum(axis=0)
+    return unflatten(totals, moment_totals, bins, n_latency, n_predictions, len(counts))

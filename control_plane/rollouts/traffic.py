@@ -26,6 +26,7 @@ from sqlmodel import Session, select
 
 from control_plane.monitoring.windows import shape_of
 from control_plane.rollouts.gates import Pair, Traffic
+from control_plane.store.db import fast_rows
 from control_plane.store.tables import Rollout, RolloutDevice, TelemetryModelRecord, as_utc
 
 SETTLE_SECONDS = 30.0
@@ -137,7 +138,7 @@ def _rows(
         if upto <= above:
             return []
         query = query.where(t.id <= upto)
-    return [tuple(row) for row in session.execute(query)]
+    return fast_rows(session, query)
 
 
 @dataclass

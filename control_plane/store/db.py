@@ -7,7 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Select, create_engine, event, text
+from sqlmodel import Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The API runs sync routes on a 40-thread pool: let most of them hold a connection at once.
@@ -54,3 +55,17 @@ def migrate(engine: Engine) -> None:
 def ping(engine: Engine) -> None:
     with engine.connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def fast_rows(session: Session, query: Select[Any]) -> list[tuple[Any, ...]]:
+    """The rows of a core ``query`` as plain tuples, for reads of many rows of numbers: on
+    PostgreSQL through the driver in binary (bytea arrives as bytes, not hex text to
+    decode: half the cost of reading a bucket of 100,000 windows)."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return [tuple(row) for row in connection.execute(query)]
+    compiled = query.compile(dialect=connection.dialect)
+    driver: Any = connection.connection.driver_connection
+    with driver.cursor(binary=True) as cursor:
+        cursor.execute(str(compiled), compiled.params)
+        return list(cursor.fetchall())
