@@ -389,11 +389,14 @@ class RolloutEngine:
         self, session: Session, rollout: Rollout, actions: list[Action], stages: list[Stage]
     ) -> list[DesiredState]:
         out: list[DesiredState] = []
-        members = session.exec(
-            select(RolloutDevice)
-            .where(RolloutDevice.rollout_id == rollout.id)
-            .order_by(col(RolloutDevice.rank))
-        ).all()
+
+        def members() -> Sequence[RolloutDevice]:  # only for the actions that need them
+            return session.exec(
+                select(RolloutDevice)
+                .where(RolloutDevice.rollout_id == rollout.id)
+                .order_by(col(RolloutDevice.rank))
+            ).all()
+
         for action in actions:
             if isinstance(action, Record):
                 record_event(session, action.type, action.message, rollout_id=rollout.id)
@@ -408,9 +411,9 @@ class RolloutEngine:
                     ),
                 )
             elif isinstance(action, StartStage):
-                out.extend(self._start_stage(session, rollout, members, action, stages))
+                out.extend(self._start_stage(session, rollout, members(), action, stages))
             elif isinstance(action, RevertDevices):
-                out.extend(self._revert(session, rollout, members))
+                out.extend(self._revert(session, rollout, members()))
             elif isinstance(action, MakeDefault):
                 _make_default(session, rollout)
             elif isinstance(action, RestoreDefault):
