@@ -9,7 +9,8 @@ Windows are what a device sends for the sensor model (``simulator/rig/models.mak
 1. Ingest: JSON windows parsed with the wire model (as the MQTT bridge does) and stored by
    ``store_batch`` in batches of 500, every (device, seq) new: windows/s per database, and
    on PostgreSQL with 1 and 2 processes storing at once (disjoint devices, as two control
-   planes splitting ingest would).
+   planes splitting ingest would); CPU per window in the storing processes and, for
+   PostgreSQL, in its server processes (SQLite works inside the storing process).
 2. Monitor: N devices' windows in one bucket; ``Monitor.tick`` judging it (read, merge,
    drift, write the reading) beside what the monitor did before windows were numbers
    (parse N JSON windows, ``merge_windows``).
@@ -31,6 +32,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
@@ -40,6 +42,7 @@ from fleet import postgres_database  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
+from control_plane.app import freeze_startup_objects  # noqa: E402
 from control_plane.fleet.ingestion import Incoming, store_batch  # noqa: E402
 from control_plane.monitoring.drift import merge_windows  # noqa: E402
 from control_plane.monitoring.monitor import Monitor  # noqa: E402
@@ -58,6 +61,7 @@ from shared.messages import ModelWindow, TelemetryWindow  # noqa: E402
 from shared.signing import SigningKey  # noqa: E402
 from simulator.data import model_window, sensor_rows  # noqa: E402
 from simulator.rig.models import make_model  # noqa: E402
+from simulator.rig.procs import named_cpu_seconds  # noqa: E402
 
 BATCH = 500
 BUCKET = timedelta(minutes=1)
@@ -91,15 +95,23 @@ def window(device: str, seq: int, end: datetime, model: ModelWindow) -> Telemetr
 # --- 1. ingest ---------------------------------------------------------------------------------
 
 
-def ingest_worker(url: str, worker: int, payloads: list[bytes], out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def ingest_worker(
+    url: str,
+    worker: int,
+    payloads: list[bytes],
+    out: multiprocessing.Queue,  # type: ignore[type-arg]
+    measured: Any,
+) -> None:
     engine = create_db_engine(url)
+    freeze_startup_objects()  # as the server does once it is up
     parse = TelemetryWindow.model_validate_json
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     stored = 0
     for at in range(0, len(payloads), BATCH):
         messages: list[Incoming] = [parse(p) for p in payloads[at : at + BATCH]]
         stored += store_batch(engine, messages).inserted
-    out.put((worker, stored, time.perf_counter() - start))
+    out.put((worker, stored, time.perf_counter() - start, time.process_time() - cpu))
+    measured.wait()  # the database's backends live as long as their connections
     engine.dispose()
 
 
@@ -122,22 +134,31 @@ def bench_ingest(url: str, label: str, manifest: ModelManifest, count: int, proc
     """Windows/s with ``procs`` processes each storing ``count`` windows at once."""
     loads = [payloads_for(manifest, w, count, 10_000) for w in range(procs)]
     out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    measured = multiprocessing.Event()
     workers = [
-        multiprocessing.Process(target=ingest_worker, args=(url, w, loads[w], out))
+        multiprocessing.Process(target=ingest_worker, args=(url, w, loads[w], out, measured))
         for w in range(procs)
     ]
+    database_cpu = named_cpu_seconds("postgres")
     start = time.perf_counter()
     for p in workers:
         p.start()
     results = [out.get() for _ in workers]
     wall = time.perf_counter() - start
+    database_cpu = named_cpu_seconds("postgres") - database_cpu
+    measured.set()
     for p in workers:
         p.join()
     stored = sum(r[1] for r in results)
     if stored != count * procs:
         raise RuntimeError(f"{label}: {stored} of {count * procs} windows stored")
     rate = float(stored / max(r[2] for r in results))
-    print(f"   {label:<38}{procs:>6}{stored:>10,}{wall:>9.2f}{rate:>13,.0f}")
+    ours = sum(r[3] for r in results) / stored * 1e6
+    theirs = database_cpu / stored * 1e6 if label == "PostgreSQL" else 0.0
+    print(
+        f"   {label:<14}{procs:>6}{stored:>10,}{wall:>9.2f}{rate:>13,.0f}"
+        f"{ours:>14.0f}{theirs:>14.0f}"
+    )
     return rate
 
 
@@ -288,7 +309,10 @@ def main() -> None:
         if pg is not None:
             urls.append(("PostgreSQL", lambda: recreate(pg)))
         print("\n## 1. ingest: parse + store_batch, batches of 500")
-        print(f"   {'database':<38}{'procs':>6}{'windows':>10}{'wall s':>9}{'windows/s':>13}")
+        print(
+            f"   {'database':<14}{'procs':>6}{'windows':>10}{'wall s':>9}{'windows/s':>13}"
+            f"{'CPU µs/window':>14}{'database µs':>14}"
+        )
         for label, make in urls:
             for procs in (1, 2) if label == "PostgreSQL" else (1,):
                 url = make()

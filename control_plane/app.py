@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -123,6 +124,15 @@ class _Services:
         return cls(engine, keys, runner, leadership, bridge, rollouts, monitor)
 
 
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (~270,000 objects: SQLAlchemy, pydantic, numpy, scikit-learn)
+    out of the garbage collector's walks. Every full collection walked all of them, and
+    ingest sets off collections: parsing a batch of 500 telemetry windows cost 72 µs a
+    window, 39 µs with them frozen (31 µs with no collector at all)."""
+    gc.collect()
+    gc.freeze()
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Start: migrate, load the keys, start the bridge, the leader loop and the job workers;
@@ -154,6 +164,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.metrics = Metrics(engine, app.state)
     if engine.dialect.name == "sqlite":
         runner.recover()  # one process per SQLite file: whatever ran before is gone
+    freeze_startup_objects()
     log.info("control plane ready (data dir %s)", settings.data_dir)
     try:
         yield

@@ -19,3 +19,16 @@ def proc_rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024  # kB
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def named_cpu_seconds(name: str) -> float:
+    """CPU seconds of every process called ``name`` (e.g. all of PostgreSQL's backends)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        if text[text.index("(") + 1 : text.rindex(")")] == name:
+            total += proc_cpu_seconds(int(stat.parent.name))
+    return total
