@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -150,6 +151,7 @@ class SwarmDevice:
     connects: int = 0
     window_start: datetime = field(default_factory=_now)
     refusals: list[ErrorInfo] = field(default_factory=list)
+    sent: dict[int, bytes] = field(default_factory=dict)  # with settings.record_windows
 
     def __post_init__(self) -> None:
         topics = self.swarm.topics
@@ -264,6 +266,7 @@ class SwarmDevice:
             return
         if decision is Decision.APPLY:
             self.accepted = Accepted(seq=desired.seq, signature=desired.signature)
+            swarm.counters.last_accepted = time.monotonic()
         swarm.counters.accepted += 1
         self.report()
         self.dispatch(desired)
@@ -416,7 +419,10 @@ class SwarmDevice:
                 models=windows,
                 outbox_dropped=self.outbox_dropped,
             )
-            self.outbox[self.telemetry_seq] = window.model_dump_json().encode()
+            payload = window.model_dump_json().encode()
+            self.outbox[self.telemetry_seq] = payload
+            if self.swarm.settings.record_windows:
+                self.sent[self.telemetry_seq] = payload
             self.windows_made += 1
             self.swarm.counters.windows += 1
             while len(self.outbox) > self.swarm.settings.outbox_max_messages:

@@ -312,6 +312,12 @@ class Swarm:
         """Telemetry windows waiting for the control plane's ack, over all devices."""
         return sum(len(d.outbox) for d in self.devices.values())
 
+    def stop_telemetry(self) -> None:
+        """No more windows (those in the outboxes are still sent until acknowledged)."""
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+
     # --- stopping ----------------------------------------------------------------------------
 
     async def stop(self) -> None:

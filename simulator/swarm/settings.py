@@ -22,6 +22,7 @@ class SwarmSettings:
     reconnect_min_seconds: float = 1.0
     reconnect_max_seconds: float = 30.0
     connect_timeout_seconds: float = 60.0
+    record_windows: bool = False  # keep every window sent (tests compare what was stored)
 
 
 @dataclass
@@ -34,3 +35,4 @@ class SwarmCounters:
     states: int = 0  # state reports published
     windows: int = 0  # telemetry windows made
     telemetry_published: int = 0  # publishes of windows (first sends and resends)
+    last_accepted: float = 0.0  # time.monotonic() of the newest desired state applied
