@@ -115,6 +115,9 @@ class _Handler:
     def on_lost(self, exc: Exception | None) -> None:
         pass
 
+    def on_puback(self, packet_id: int) -> None:
+        pass
+
 
 async def run_codec(broker: MosquittoBroker, n: int, done: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()

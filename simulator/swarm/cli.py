@@ -23,7 +23,10 @@ def run_swarm(devices: int, report_dir: Path, window_seconds: float, duration: f
     shutil.rmtree(work, ignore_errors=True)
     report_dir.mkdir(parents=True, exist_ok=True)
 
+    telemetry: dict[str, int] = {}
+
     def ready(rig: SwarmRig) -> None:
+        rigs.append(rig)
         console.print(
             f"swarm: {devices:,} protocol-level devices (no model runs; artifacts count as "
             f"cached) connected in {rig.connect_seconds:.1f} s to {rig.broker.describe()}; "
@@ -31,6 +34,7 @@ def run_swarm(devices: int, report_dir: Path, window_seconds: float, duration: f
             highlight=False,
         )
 
+    rigs: list[SwarmRig] = []
     try:
         figures = asyncio.run(
             swarm_rollouts(
@@ -44,8 +48,15 @@ def run_swarm(devices: int, report_dir: Path, window_seconds: float, duration: f
     except (TimeoutError, RuntimeError) as exc:
         console.print(f"[red]FAIL[/] swarm of {devices:,}: {exc}", highlight=False)
         return 1
+    counters = rigs[0].swarm.counters
+    telemetry.update(
+        windows=counters.windows,
+        publishes=counters.telemetry_published,
+        unacknowledged=rigs[0].swarm.unacked(),
+    )
     for item in figures:
         console.print(describe(item), highlight=False)
+    console.print(f"swarm telemetry: {telemetry}", highlight=False)
     (report_dir / "swarm.json").write_text(
         json.dumps({"swarm": [f.as_dict() for f in figures]}, indent=2) + "\n"
     )

@@ -38,6 +38,7 @@ class SessionHandler(Protocol):
     def on_connack(self, code: int) -> None: ...
     def on_message(self, topic: str, payload: bytes) -> None: ...
     def on_lost(self, exc: Exception | None) -> None: ...
+    def on_puback(self, packet_id: int) -> None: ...
 
 
 def _string(value: bytes) -> bytes:
@@ -167,6 +168,8 @@ class MqttSession(asyncio.Protocol):
             self.handler.on_message(topic, body[start:])
         elif kind == PUBACK:
             self.unacked = max(0, self.unacked - 1)
+            (packet_id,) = struct.unpack_from("!H", body)
+            self.handler.on_puback(packet_id)
         elif kind == CONNACK:
             if len(body) != 2:
                 raise ProtocolViolationError(f"a CONNACK of {len(body)} bytes")
@@ -186,12 +189,13 @@ class MqttSession(asyncio.Protocol):
         self._next_id = self._next_id % 65535 + 1
         return self._next_id
 
-    def publish(self, topic: bytes, payload: bytes, *, retain: bool = False) -> bool:
-        """QoS 1; False when the connection is gone (as the agent's session says)."""
-        if self.write(publish_packet(topic, payload, self.packet_id(), retain=retain)):
+    def publish(self, topic: bytes, payload: bytes, *, retain: bool = False) -> int | None:
+        """QoS 1; the packet id (its PUBACK names it), None when the connection is gone."""
+        packet_id = self.packet_id()
+        if self.write(publish_packet(topic, payload, packet_id, retain=retain)):
             self.unacked += 1
-            return True
-        return False
+            return packet_id
+        return None
 
     def subscribe(self, topics: list[bytes]) -> bool:
         return self.write(subscribe_packet(self.packet_id(), topics))

@@ -152,6 +152,11 @@ class SwarmDevice:
     window_start: datetime = field(default_factory=_now)
     refusals: list[ErrorInfo] = field(default_factory=list)
     sent: dict[int, bytes] = field(default_factory=dict)  # with settings.record_windows
+    # The outbox is sent as the agent sends it: one window at a time, the next once the
+    # broker has PUBACKed the one before (the agent awaits each publish).
+    draining: list[int] = field(default_factory=list)  # seqs still to send, oldest last
+    drain_packet: int | None = None  # the PUBACK the drain waits for
+    drain_again: bool = False  # a window closed (or a reconnect) while draining
 
     def __post_init__(self) -> None:
         topics = self.swarm.topics
@@ -192,8 +197,14 @@ class SwarmDevice:
         self.report()
         self.republish_outbox()
 
+    def on_puback(self, packet_id: int) -> None:
+        if packet_id == self.drain_packet:
+            self.drain_packet = None
+            self._drain()
+
     def on_lost(self, exc: Exception | None) -> None:
         self.session = None
+        self.draining, self.drain_packet, self.drain_again = [], None, False
         was_connected, self.connected = self.connected, False
         self.swarm.lost(self, was_connected)
 
@@ -214,10 +225,11 @@ class SwarmDevice:
             self.dropped_messages += 1
             log.warning("%s: dropped a bad message: %s", self.device_id, str(exc)[:200])
 
-    def publish(self, channel: Channel, payload: bytes, *, retain: bool = False) -> bool:
+    def publish(self, channel: Channel, payload: bytes, *, retain: bool = False) -> int | None:
+        """QoS 1; the packet id, None when not connected."""
         session = self.session
         if session is None or not self.connected:
-            return False
+            return None
         return session.publish(self.topic[channel], payload, retain=retain)
 
     # --- state -------------------------------------------------------------------------------
@@ -431,11 +443,30 @@ class SwarmDevice:
         self.republish_outbox()
 
     def republish_outbox(self) -> None:
-        """Everything not acknowledged yet, oldest first (the agent's batch of 200)."""
-        for i, payload in enumerate(self.outbox.values()):
-            if i >= REPUBLISH_BATCH or not self.publish(Channel.TELEMETRY, payload):
+        """Everything not acknowledged yet, oldest first, at most the agent's batch of 200,
+        one at a time; asked again while a drain runs, another follows it."""
+        if self.drain_packet is not None or self.draining:
+            self.drain_again = True
+            return
+        self.draining = list(self.outbox)[:REPUBLISH_BATCH][::-1]
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.draining:
+            seq = self.draining.pop()
+            payload = self.outbox.get(seq)
+            if payload is None:  # acknowledged meanwhile
+                continue
+            packet_id = self.publish(Channel.TELEMETRY, payload)
+            if packet_id is None:  # not connected: the next connect sends them
+                self.draining = []
                 return
             self.swarm.counters.telemetry_published += 1
+            self.drain_packet = packet_id
+            return
+        if self.drain_again:
+            self.drain_again = False
+            self.republish_outbox()
 
 
 def jitter(seconds: float) -> float:

@@ -27,13 +27,13 @@ from shared.trust import TrustStore
 from simulator.broker import MosquittoBroker
 from simulator.control import ControlPlane
 from simulator.data import sensor_csv
+from simulator.rig.agents import CP_PASSWORD  # the rig's: its Publisher logs in with it
 from simulator.rig.procs import proc_cpu_seconds, proc_rss_mib
 from simulator.swarm.runner import Swarm, raise_fd_limit
 from simulator.swarm.settings import SwarmSettings
 
 MODEL = "fault"
 REGISTER_BATCH = 10_000  # POST /devices takes a list of at most this many
-CP_PASSWORD = "swarm-control-plane"  # noqa: S105  (a private broker's)
 SITES = ("berlin", "paris", "madrid", "oslo", "rome", "vienna", "lisbon", "warsaw")
 # Gates that a swarm can pass: it serves no requests (telemetry counts are synthetic).
 OPEN_GATES: dict[str, Any] = {"min_requests": 0, "min_devices_reporting": 0}

@@ -49,7 +49,12 @@ async def measure_rollout(
     before = rig.usage()
     began = time.monotonic()
     rollout_id = await rig.rollout(version, plan)
-    installed = await swarm.wait_serving(MODEL, version, timeout)
+    try:
+        installed = await swarm.wait_serving(MODEL, version, timeout)
+    except TimeoutError as exc:
+        rollout = (await rig.api.get(f"/rollouts/{rollout_id}")).json()
+        detail = {k: rollout.get(k) for k in ("status", "stage", "reason", "gates", "assigned")}
+        raise TimeoutError(f"{exc}; rollout {rollout_id}: {detail}") from exc
     desired = swarm.counters.last_accepted - began
     reported = (time.monotonic() - began) + await rig.wait_reported(version, timeout)
     succeeded = (time.monotonic() - began) + await rig.wait_status(rollout_id, "succeeded", timeout)
