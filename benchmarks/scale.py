@@ -11,12 +11,26 @@ out and the version becomes the default. Then the server's CPU share while idle 
 with that default (each rollout tick looks for devices behind it). Side by side for each
 size; `--profile` runs py-spy on the server during the largest rollout.
 
+Then, with `--swarm-sizes`, the same rollouts answered: a protocol-level swarm
+(`simulator/swarm`: real MQTT sessions on the same kind of broker, every desired state
+verified with the agent's checks, the agent's state reports and telemetry windows, but no
+download and no model run: the artifact counts as cached) of each size. From `POST
+/rollouts` until the last swarm device accepted its desired state (desired states signed,
+published and delivered per second), until every swarm device has the version active,
+until the control plane holds it in every device's state, and until `succeeded`; all at
+once, then canary with zero soak; CPU seconds of the broker, the control plane and the
+swarm over that time, and their RSS. Every such figure is labelled "swarm".
+
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000] [--profile out.svg]
+    .venv/bin/python benchmarks/scale.py --sizes "" --swarm-sizes 10000,100000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +53,8 @@ from simulator.rig.agents import CP_PASSWORD  # noqa: E402
 from simulator.rig.fleet import OPEN_GATES  # noqa: E402
 from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
+from simulator.swarm.rig import FD_HEADROOM, SwarmRig  # noqa: E402
+from simulator.swarm.scenario import RolloutFigures, swarm_rollouts  # noqa: E402
 
 IDLE_SECONDS = 10
 
@@ -150,23 +166,104 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
     }
 
 
+def swarm_figures(devices: int, window_seconds: float, profile: Path | None) -> None:
+    """Both rollouts on a swarm of ``devices``; prints one line per plan."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < devices + FD_HEADROOM:
+        # The broker holds a descriptor per session and cannot raise its limit past ours.
+        print(
+            f"{devices:>8} swarm: not run — RLIMIT_NOFILE is capped at {hard:,} here (hard "
+            f"limit; raising it needs CAP_SYS_RESOURCE), and mosquitto needs one descriptor "
+            f"per session: at most ~{hard - FD_HEADROOM:,} swarm devices on one broker"
+        )
+        return
+    spy: list[subprocess.Popen[bytes]] = []
+
+    def ready(rig: SwarmRig) -> None:
+        print(
+            f"{devices:>8} swarm: registered in {rig.register_seconds:.1f} s, connected in "
+            f"{rig.connect_seconds:.1f} s; RSS MiB broker {rig.usage().broker_rss:.0f}, "
+            f"swarm {rig.usage().swarm_rss:.0f}",
+            flush=True,
+        )
+        if profile is not None:
+            spy.append(py_spy(profile, os.getpid(), native=False))
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-swarm-") as tmp:
+        figures = asyncio.run(
+            swarm_rollouts(
+                Path(tmp), devices, timeout=3600, window_seconds=window_seconds, on_ready=ready
+            )
+        )
+    for process in spy:
+        process.send_signal(2)
+        process.wait(60)
+    for f in figures:
+        print_swarm(f)
+
+
+def print_swarm(f: RolloutFigures) -> None:
+    u = f.usage
+    print(
+        f"{f.devices:>8} swarm {f.plan:<12} {f.desired_s:>8.1f}s {f.desired_per_second:>9,.0f}"
+        f" {f.installed_s:>9.1f}s {f.reported_s:>9.1f}s {f.succeeded_s:>9.1f}s"
+        f" {u.broker_cpu:>7.1f} {u.control_plane_cpu:>7.1f} {u.swarm_cpu:>7.1f}"
+        f" {u.broker_rss:>7.0f} {u.control_plane_rss:>7.0f} {u.swarm_rss:>7.0f}",
+        flush=True,
+    )
+
+
+def py_spy(out: Path, pid: int, *, native: bool) -> subprocess.Popen[bytes]:
+    args = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(out), "-p", str(pid)]
+    args += ["--nonblocking", "-r", "100"]
+    args += ["--format", "raw" if out.suffix == ".txt" else "flamegraph"]
+    if native:
+        args.append("--native")
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--sizes", default="1000,10000", help='"" skips this part')
     parser.add_argument("--profile", type=Path, default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    print("all-at-once rollout, no device answering; server CPU from /proc")
-    print(
-        f"{'devices':>8} {'signed':>9} {'published':>10} {'server CPU':>11} {'per device':>11}"
-        f" {'published/s':>12} {'idle CPU after':>15}"
+    parser.add_argument("--swarm-sizes", default="", help="e.g. 10000,100000")
+    parser.add_argument(
+        "--swarm-window", type=float, default=60.0, help="swarm telemetry window (s)"
     )
+    parser.add_argument(
+        "--profile-swarm", type=Path, default=None, help="py-spy the swarm (largest size)"
+    )
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        print("all-at-once rollout, no device answering; server CPU from /proc")
+        print(
+            f"{'devices':>8} {'signed':>9} {'published':>10} {'server CPU':>11}"
+            f" {'per device':>11} {'published/s':>12} {'idle CPU after':>15}"
+        )
     for n in sizes:
         r = rollout_cost(n, args.profile if n == sizes[-1] else None)
         print(
             f"{n:>8} {r['assigned_s']:>8.2f}s {r['wall_s']:>9.2f}s {r['cpu_s']:>10.2f}s"
             f" {r['per_device_ms']:>9.2f}ms {n / r['wall_s']:>12.0f} {r['idle'] * 100:>14.1f}%"
         )
+    swarm_sizes = [int(s) for s in args.swarm_sizes.split(",") if s]
+    if not swarm_sizes:
+        return
+    print(
+        "\nSWARM (protocol-level devices: desired states verified with the agent's checks, "
+        "artifacts counted as cached, no model run)\nfrom POST /rollouts: last desired state "
+        "accepted (and per second), every swarm device on the version, the control plane "
+        "holding it for all, succeeded; CPU s over that time and RSS MiB at its end"
+    )
+    print(
+        f"{'devices':>8} {'':5} {'plan':<12} {'desired':>9} {'desired/s':>9} {'installed':>10}"
+        f" {'reported':>10} {'succeeded':>10} {'brk CPU':>7} {'CP CPU':>7} {'swm CPU':>7}"
+        f" {'brk RSS':>7} {'CP RSS':>7} {'swm RSS':>7}"
+    )
+    for n in swarm_sizes:
+        profile = args.profile_swarm if n == swarm_sizes[-1] else None
+        swarm_figures(n, args.swarm_window, profile)
 
 
 if __name__ == "__main__":
