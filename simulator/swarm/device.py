@@ -90,6 +90,7 @@ class Swarm(Protocol):
         self, model: str, before: ModelManifest | None, after: ModelManifest | None
     ) -> None: ...
     def model_window(self, manifest: ModelManifest) -> ModelWindow: ...
+    def intern(self, manifest: ModelManifest) -> ModelManifest: ...
 
 
 @dataclass
@@ -315,7 +316,7 @@ class SwarmDevice:
             if model.current.signature != manifest.signature:  # re-signed (a key rotation)
                 try:
                     verify_manifest(manifest, self.swarm.trust)
-                    model.current = manifest
+                    model.current = self.swarm.intern(manifest)
                 except SignatureError as exc:
                     log.warning("%s: re-signed manifest not taken: %s", self.device_id, exc)
             self._take_stage(model, deployment)
@@ -363,7 +364,7 @@ class SwarmDevice:
         if before is not None and before.sha256 != manifest.sha256:
             model.previous, model.previous_verdict = before, before_verdict
         model.verdict = verdict
-        model.current = manifest
+        model.current = self.swarm.intern(manifest)
         model.rollout_id, model.stage = deployment.rollout_id, deployment.stage
         model.target, model.last_error = None, None
         self.swarm.serving_changed(model.name, before, manifest)

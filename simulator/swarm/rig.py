@@ -69,6 +69,7 @@ class SwarmRig:
     devices: int
     swarm_options: dict[str, Any] = field(default_factory=dict)  # SwarmSettings fields
     server_env: dict[str, str] = field(default_factory=dict)
+    broker_options: dict[str, str] = field(default_factory=dict)  # MosquittoBroker options
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
     connect_seconds: float = 0.0
@@ -78,7 +79,7 @@ class SwarmRig:
         # The broker inherits this limit: it holds a descriptor per session, as we do.
         raise_fd_limit(self.devices + FD_HEADROOM)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.broker = MosquittoBroker(self.workdir / "broker")
+        self.broker = MosquittoBroker(self.workdir / "broker", options=self.broker_options)
         await asyncio.to_thread(self.broker.add_control_plane_user, CP_PASSWORD)
         await asyncio.to_thread(self.broker.start)
         self.control = ControlPlane(
@@ -217,6 +218,11 @@ class SwarmRig:
             if time.monotonic() - began > timeout:
                 raise TimeoutError(f"rollout {rollout_id} is {rollout['status']} after {timeout} s")
             await asyncio.sleep(0.2)
+
+    def broker_drops(self) -> int:
+        """Times mosquitto logged that it drops messages for a client (its queue for that
+        client is full: ``max_queued_messages``), e.g. state reports to the control plane."""
+        return self.broker.log_text().count("Outgoing messages are being dropped")
 
     # --- resources -----------------------------------------------------------------------
 

@@ -124,6 +124,7 @@ class Swarm:
     def __post_init__(self) -> None:
         self.topics = Topics(self.settings.topic_root)
         self._windows: dict[str, ModelWindow] = {}
+        self._manifests: dict[tuple[str, str], ModelManifest] = {}
         self._connect_slots = asyncio.Semaphore(self.settings.connect_concurrency)
         self._connacks: dict[str, asyncio.Future[int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -246,6 +247,16 @@ class Swarm:
                     session.ping()
 
     # --- telemetry ---------------------------------------------------------------------------
+
+    def intern(self, manifest: ModelManifest) -> ModelManifest:
+        """One object for equal manifests: each device parsed (and verified) its own copy of
+        the same manifest, tens of KiB of objects that 100,000 devices need not hold."""
+        key = (manifest.sha256, manifest.signature)
+        known = self._manifests.get(key)
+        if known is not None and known == manifest:
+            return known
+        self._manifests[key] = manifest
+        return manifest
 
     def model_window(self, manifest: ModelManifest) -> ModelWindow:
         window = self._windows.get(manifest.sha256)
