@@ -62,10 +62,16 @@ from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
 from simulator.swarm.rig import FD_HEADROOM, SwarmRig  # noqa: E402
 from simulator.swarm.runner import Swarm, raise_fd_limit  # noqa: E402
-from simulator.swarm.scenario import RolloutFigures, swarm_rollouts  # noqa: E402
+from simulator.swarm.scenario import (  # noqa: E402
+    ALL_AT_ONCE,
+    CANARY,
+    RolloutFigures,
+    swarm_rollouts,
+)
 from simulator.swarm.settings import SwarmSettings  # noqa: E402
 
 IDLE_SECONDS = 10
+PLANS = {"all-at-once": ALL_AT_ONCE, "canary": CANARY}
 SETTLE_SECONDS = 300  # swarm: after every device installed, for reports and "succeeded"
 
 
@@ -177,7 +183,11 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
 
 
 def swarm_figures(
-    devices: int, window_seconds: float, profile: Path | None, broker: dict[str, str]
+    devices: int,
+    window_seconds: float,
+    profile: Path | None,
+    broker: dict[str, str],
+    plans: tuple[dict[str, Any], ...],
 ) -> None:
     """Both rollouts on a swarm of ``devices``; prints one line per plan."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -212,6 +222,7 @@ def swarm_figures(
                 on_ready=ready,
                 on_rollout=print_swarm,
                 broker_options=broker,
+                plans=plans,
             )
         )
     for process in spy:
@@ -241,7 +252,6 @@ def swarm_alone(devices: int) -> None:
             ids = [f"swarm-{i:06d}" for i in range(devices)]
             broker.add_users(dict.fromkeys(ids, "token"), timeout=600)
             publisher = Publisher(broker)
-            publisher.client.max_inflight_messages_set(1000)
             infos: list[mqtt.MQTTMessageInfo] = []
             for device_id in ids:
                 desired = sign_desired(deploy_key, device_id, 1, [manifest])
@@ -315,6 +325,10 @@ def main() -> None:
     parser.add_argument(
         "--profile-swarm", type=Path, default=None, help="py-spy the swarm (largest size)"
     )
+    parser.add_argument("--swarm-plans", default="all-at-once,canary")
+    parser.add_argument(
+        "--swarm-install-timeout", type=int, default=None, help="the install gate's bound (s)"
+    )
     parser.add_argument(
         "--swarm-alone", default="", help="swarm sizes to measure without a control plane"
     )
@@ -338,6 +352,10 @@ def main() -> None:
             f"{n:>8} {r['assigned_s']:>8.2f}s {r['wall_s']:>9.2f}s {r['cpu_s']:>10.2f}s"
             f" {r['per_device_ms']:>9.2f}ms {n / r['wall_s']:>12.0f} {r['idle'] * 100:>14.1f}%"
         )
+    gates = {}
+    if args.swarm_install_timeout is not None:
+        gates["install_timeout_seconds"] = args.swarm_install_timeout
+    plans = tuple({**PLANS[name], "gates": gates} for name in args.swarm_plans.split(",") if name)
     for n in (int(s) for s in args.swarm_alone.split(",") if s):
         swarm_alone(n)
     swarm_sizes = [int(s) for s in args.swarm_sizes.split(",") if s]
@@ -360,7 +378,7 @@ def main() -> None:
     )
     for n in swarm_sizes:
         profile = args.profile_swarm if n == swarm_sizes[-1] else None
-        swarm_figures(n, args.swarm_window, profile, broker)
+        swarm_figures(n, args.swarm_window, profile, broker, plans)
 
 
 if __name__ == "__main__":
