@@ -95,6 +95,8 @@ async def converge(rig: SwarmRig, agent: AgentThread, seed: int, plan: dict[str,
     version = await rig.train(seed=seed)
     figures = await measure_rollout(rig, version, plan, BOUND)
     assert rig.swarm.serving[(MODEL, version)] == DEVICES
+    assert figures.reported_s is not None, "the control plane lacks reports"
+    assert figures.succeeded_s is not None, "the rollout did not succeed"
     assert figures.reported_s >= figures.installed_s > 0
     await until(
         lambda: agent.a.model_names() and agent.a.model(MODEL).manifest.version == version,
