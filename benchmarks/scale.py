@@ -11,12 +11,26 @@ out and the version becomes the default. Then the server's CPU share while idle 
 with that default (each rollout tick looks for devices behind it). Side by side for each
 size; `--profile` runs py-spy on the server during the largest rollout.
 
+Then, with `--swarm-sizes`, the same rollouts answered: a protocol-level swarm
+(`simulator/swarm`: real MQTT sessions on the same kind of broker, every desired state
+verified with the agent's checks, the agent's state reports and telemetry windows, but no
+download and no model run: the artifact counts as cached) of each size. From `POST
+/rollouts` until the last swarm device accepted its desired state (desired states signed,
+published and delivered per second), until every swarm device has the version active,
+until the control plane holds it in every device's state, and until `succeeded`; all at
+once, then canary with zero soak; CPU seconds of the broker, the control plane and the
+swarm over that time, and their RSS. Every such figure is labelled "swarm".
+
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000] [--profile out.svg]
+    .venv/bin/python benchmarks/scale.py --sizes "" --swarm-sizes 10000,100000
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -33,14 +47,32 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
+from shared.trust import TrustStore  # noqa: E402
 from simulator.broker import MosquittoBroker  # noqa: E402
 from simulator.data import write_sensor_csv  # noqa: E402
-from simulator.rig.agents import CP_PASSWORD  # noqa: E402
+from simulator.rig.agents import (  # noqa: E402
+    CP_PASSWORD,
+    Publisher,
+    sign_desired,
+    trusted_keys,
+)
 from simulator.rig.fleet import OPEN_GATES  # noqa: E402
+from simulator.rig.models import make_model  # noqa: E402
 from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
+from simulator.swarm.rig import FD_HEADROOM, SwarmRig  # noqa: E402
+from simulator.swarm.runner import Swarm, raise_fd_limit  # noqa: E402
+from simulator.swarm.scenario import (  # noqa: E402
+    ALL_AT_ONCE,
+    CANARY,
+    RolloutFigures,
+    swarm_rollouts,
+)
+from simulator.swarm.settings import SwarmSettings  # noqa: E402
 
 IDLE_SECONDS = 10
+PLANS = {"all-at-once": ALL_AT_ONCE, "canary": CANARY}
+SETTLE_SECONDS = 300  # swarm: after every device installed, for reports and "succeeded"
 
 
 class DesiredWatch:
@@ -150,23 +182,203 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
     }
 
 
+def swarm_figures(
+    devices: int,
+    window_seconds: float,
+    profile: Path | None,
+    broker: dict[str, str],
+    plans: tuple[dict[str, Any], ...],
+) -> None:
+    """Both rollouts on a swarm of ``devices``; prints one line per plan."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < devices + FD_HEADROOM:
+        # The broker holds a descriptor per session and cannot raise its limit past ours.
+        print(
+            f"{devices:>8} swarm: not run — RLIMIT_NOFILE is capped at {hard:,} here (hard "
+            f"limit; raising it needs CAP_SYS_RESOURCE), and mosquitto needs one descriptor "
+            f"per session: at most ~{hard - FD_HEADROOM:,} swarm devices on one broker"
+        )
+        return
+    spy: list[subprocess.Popen[bytes]] = []
+
+    def ready(rig: SwarmRig) -> None:
+        print(
+            f"{devices:>8} swarm: registered in {rig.register_seconds:.1f} s, connected in "
+            f"{rig.connect_seconds:.1f} s; RSS MiB broker {rig.usage().broker_rss:.0f}, "
+            f"swarm {rig.usage().swarm_rss:.0f}",
+            flush=True,
+        )
+        if profile is not None:
+            spy.append(py_spy(profile, os.getpid(), native=False))
+
+    with tempfile.TemporaryDirectory(prefix="edgefleet-swarm-") as tmp:
+        figures = asyncio.run(
+            swarm_rollouts(
+                Path(tmp),
+                devices,
+                timeout=3600,
+                settle=SETTLE_SECONDS,
+                window_seconds=window_seconds,
+                on_ready=ready,
+                on_rollout=print_swarm,
+                broker_options=broker,
+                plans=plans,
+            )
+        )
+    for process in spy:
+        process.send_signal(2)
+        process.wait(60)
+    del figures
+
+
+def swarm_alone(devices: int) -> None:
+    """The swarm's own cost, no control plane: N desired states signed beforehand (as the
+    control plane signs them) and retained on the broker, then the swarm connects; from
+    its first CONNECT until every device has verified, installed and reported, with the
+    swarm's CPU seconds (sessions, verification, state reports; no telemetry)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < devices + FD_HEADROOM:
+        print(f"{devices:>8} swarm alone: not run (RLIMIT_NOFILE capped at {hard:,})")
+        return
+    raise_fd_limit(devices + FD_HEADROOM)
+    with tempfile.TemporaryDirectory(prefix="edgefleet-swarm-alone-") as tmp:
+        root = Path(tmp)
+        model_key, deploy_key, trust_path = trusted_keys(root)
+        manifest, _ = make_model(model_key)
+        broker = MosquittoBroker(root / "broker")
+        broker.add_control_plane_user(CP_PASSWORD)
+        broker.start()
+        try:
+            ids = [f"swarm-{i:06d}" for i in range(devices)]
+            broker.add_users(dict.fromkeys(ids, "token"), timeout=600)
+            publisher = Publisher(broker)
+            infos: list[mqtt.MQTTMessageInfo] = []
+            for device_id in ids:
+                desired = sign_desired(deploy_key, device_id, 1, [manifest])
+                info = publisher.client.publish(
+                    Topics().device(device_id, Channel.DESIRED),
+                    desired.model_dump_json(),
+                    qos=1,
+                    retain=True,
+                )
+                infos.append(info)
+            for info in infos:
+                info.wait_for_publish(60)
+            publisher.close()
+            trust = TrustStore.model_validate_json(trust_path.read_text())
+
+            async def run() -> tuple[float, float]:
+                swarm = Swarm(trust, SwarmSettings(broker.host, broker.port, window_seconds=None))
+                for device_id in ids:
+                    swarm.add(device_id, "token", {})
+                cpu0, began = proc_cpu_seconds(os.getpid()), time.monotonic()
+                await swarm.start()
+                await swarm.wait_serving(manifest.name, manifest.version, 3600)
+                wall, cpu = time.monotonic() - began, proc_cpu_seconds(os.getpid()) - cpu0
+                await swarm.stop()
+                return wall, cpu
+
+            wall, cpu = asyncio.run(run())
+        finally:
+            broker.stop(60)
+    print(
+        f"{devices:>8} swarm alone: connect + verify + install + report for all in {wall:.1f} s,"
+        f" swarm CPU {cpu:.1f} s = {cpu / devices * 1000:.2f} ms per device"
+        f" ({devices / cpu:,.0f} devices per CPU-second)",
+        flush=True,
+    )
+
+
+def print_swarm(f: RolloutFigures) -> None:
+    u = f.usage
+
+    def secs(value: float | None) -> str:
+        return "never" if value is None else f"{value:.1f}s"
+
+    print(
+        f"{f.devices:>8} swarm {f.plan:<12} {f.desired_s:>8.1f}s {f.desired_per_second:>9,.0f}"
+        f" {f.installed_s:>9.1f}s {secs(f.reported_s):>10} {secs(f.succeeded_s):>10}"
+        f" {u.broker_cpu:>7.1f} {u.control_plane_cpu:>7.1f} {u.swarm_cpu:>7.1f}"
+        f" {u.broker_rss:>7.0f} {u.control_plane_rss:>7.0f} {u.swarm_rss:>7.0f}"
+        f" {f.broker_drops:>6}",
+        flush=True,
+    )
+
+
+def py_spy(out: Path, pid: int, *, native: bool) -> subprocess.Popen[bytes]:
+    args = [str(Path(sys.executable).parent / "py-spy"), "record", "-o", str(out), "-p", str(pid)]
+    args += ["--nonblocking", "-r", "100"]
+    args += ["--format", "raw" if out.suffix == ".txt" else "flamegraph"]
+    if native:
+        args.append("--native")
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000,10000")
+    parser.add_argument("--sizes", default="1000,10000", help='"" skips this part')
     parser.add_argument("--profile", type=Path, default=None)
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    print("all-at-once rollout, no device answering; server CPU from /proc")
-    print(
-        f"{'devices':>8} {'signed':>9} {'published':>10} {'server CPU':>11} {'per device':>11}"
-        f" {'published/s':>12} {'idle CPU after':>15}"
+    parser.add_argument("--swarm-sizes", default="", help="e.g. 10000,100000")
+    parser.add_argument(
+        "--swarm-window", type=float, default=60.0, help="swarm telemetry window (s)"
     )
+    parser.add_argument(
+        "--profile-swarm", type=Path, default=None, help="py-spy the swarm (largest size)"
+    )
+    parser.add_argument("--swarm-plans", default="all-at-once,canary")
+    parser.add_argument(
+        "--swarm-install-timeout", type=int, default=None, help="the install gate's bound (s)"
+    )
+    parser.add_argument(
+        "--swarm-alone", default="", help="swarm sizes to measure without a control plane"
+    )
+    parser.add_argument(
+        "--broker-max-queued",
+        type=int,
+        default=None,
+        help="swarm: mosquitto's max_queued_messages instead of deploy/'s 10000",
+    )
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    if sizes:
+        print("all-at-once rollout, no device answering; server CPU from /proc")
+        print(
+            f"{'devices':>8} {'signed':>9} {'published':>10} {'server CPU':>11}"
+            f" {'per device':>11} {'published/s':>12} {'idle CPU after':>15}"
+        )
     for n in sizes:
         r = rollout_cost(n, args.profile if n == sizes[-1] else None)
         print(
             f"{n:>8} {r['assigned_s']:>8.2f}s {r['wall_s']:>9.2f}s {r['cpu_s']:>10.2f}s"
             f" {r['per_device_ms']:>9.2f}ms {n / r['wall_s']:>12.0f} {r['idle'] * 100:>14.1f}%"
         )
+    gates = {}
+    if args.swarm_install_timeout is not None:
+        gates["install_timeout_seconds"] = args.swarm_install_timeout
+    plans = tuple({**PLANS[name], "gates": gates} for name in args.swarm_plans.split(",") if name)
+    for n in (int(s) for s in args.swarm_alone.split(",") if s):
+        swarm_alone(n)
+    swarm_sizes = [int(s) for s in args.swarm_sizes.split(",") if s]
+    broker = {}
+    if args.broker_max_queued is not None:
+        broker["max_queued_messages"] = str(args.broker_max_queued)
+    if not swarm_sizes:
+        return
+    print(
+        "\nSWARM (protocol-level devices: desired states verified with the agent's checks, "
+        "artifacts counted as cached, no model run)\nfrom POST /rollouts: last desired state "
+        "accepted (and per second), every swarm device on the version, the control plane "
+        "holding it for all, succeeded (never: not within 300 s more); CPU s over that time,\n"
+        "RSS MiB at its end; drops: mosquitto's 'outgoing messages are being dropped' so far"
+    )
+    print(
+        f"{'devices':>8} {'':5} {'plan':<12} {'desired':>9} {'desired/s':>9} {'installed':>10}"
+        f" {'reported':>10} {'succeeded':>10} {'brk CPU':>7} {'CP CPU':>7} {'swm CPU':>7}"
+        f" {'brk RSS':>7} {'CP RSS':>7} {'swm RSS':>7} {'drops':>6}"
+    )
+    for n in swarm_sizes:
+        profile = args.profile_swarm if n == swarm_sizes[-1] else None
+        swarm_figures(n, args.swarm_window, profile, broker, plans)
 
 
 if __name__ == "__main__":

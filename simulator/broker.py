@@ -31,6 +31,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -181,7 +182,11 @@ class MosquittoBroker:
         bind_address: str = "127.0.0.1",
         auth: str = "passwd",
         tls: tuple[Path, Path] | None = None,
+        options: dict[str, str] | None = None,
     ) -> None:
+        """``options``: broker-wide settings that replace the template's (e.g.
+        ``{"max_queued_messages": "1000000"}`` for a benchmark that says so)."""
+        self.options = dict(options or {})
         self.workdir = Path(workdir).resolve()
         if any(ch.isspace() for ch in str(self.workdir)):
             # mosquitto.conf values end at the first blank.
@@ -224,6 +229,11 @@ class MosquittoBroker:
         if self.tls is not None:
             values["certfile"], values["keyfile"] = self.tls
         text = render_mosquitto_conf(self.auth, values)
+        for name, value in self.options.items():
+            line = f"{name} {value}  # replaced by simulator/broker.py"
+            text, found = re.subn(rf"(?m)^{re.escape(name)} .*$", line, text)
+            if not found:
+                text += f"\n{line}\n"
         # Run as root, mosquitto would switch to the "mosquitto" user, which cannot read a
         # pytest tmp_path (mode 0700). Ignored when not running as root.
         user = pwd.getpwuid(os.geteuid()).pw_name

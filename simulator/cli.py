@@ -148,8 +148,21 @@ async def _view(sim: Simulation) -> Group:
 @simulate_app.command("simulate")
 def simulate(
     scenario: Annotated[
-        str, typer.Option(help=f"Scenario: {', '.join(SCENARIOS)}.", show_default=False)
-    ],
+        str | None, typer.Option(help=f"Scenario: {', '.join(SCENARIOS)}.", show_default=False)
+    ] = None,
+    swarm: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=200_000,
+            help="Instead of a scenario: N protocol-level swarm devices (no model runs; "
+            "artifacts count as cached) and two rollouts, all-at-once then canary, measured.",
+            show_default=False,
+        ),
+    ] = None,
+    window_seconds: Annotated[
+        float, typer.Option(min=0.1, help="With --swarm: telemetry window per device.")
+    ] = 60.0,
     devices: Annotated[int, typer.Option(min=2, max=5000, help="Simulated devices.")] = 50,
     seed: Annotated[int, typer.Option(min=0, help="Seed of data, labels and cohorts.")] = 1,
     report_dir: Annotated[
@@ -173,7 +186,17 @@ def simulate(
 ) -> None:
     """Run a scenario with N real agents in this process against a private broker
     (mosquitto when installed, else in-process amqtt) and a real control plane. Exits 0
-    only when every check passed; REPORT_DIR/report.json holds each check with its figures."""
+    only when every check passed; REPORT_DIR/report.json holds each check with its figures.
+    With --swarm N: a protocol-level swarm instead of agents (see simulator/swarm);
+    REPORT_DIR/swarm.json holds its figures."""
+    if (scenario is None) == (swarm is None):
+        raise typer.BadParameter("give --scenario or --swarm", param_hint="--scenario")
+    if swarm is not None:
+        logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+        from simulator.swarm.cli import run_swarm
+
+        raise typer.Exit(run_swarm(swarm, report_dir, window_seconds, duration))
+    assert scenario is not None
     if scenario not in SCENARIOS:
         raise typer.BadParameter(
             f"{scenario!r} is not one of {', '.join(SCENARIOS)}", param_hint="--scenario"
