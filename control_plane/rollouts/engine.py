@@ -58,7 +58,7 @@ from control_plane.rollouts.machine import (
     step,
 )
 from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
-from control_plane.rollouts.traffic import Member, StageTraffic
+from control_plane.rollouts.traffic import StageTraffic
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
@@ -293,19 +293,7 @@ class RolloutEngine:
             return Tick(now)
         started = as_utc(rollout.stage_started_at)
         assert started is not None
-        assigned = {
-            device_id: Member(as_utc(at) or started, previous)
-            for device_id, at, previous in session.exec(
-                select(
-                    RolloutDevice.device_id,
-                    RolloutDevice.assigned_at,
-                    RolloutDevice.previous_version,
-                ).where(
-                    RolloutDevice.rollout_id == rollout.id,
-                    col(RolloutDevice.assigned_stage).is_not(None),
-                )
-            )
-        }
+        assigned = self.traffic.members(session, rollout, started)
         installed, failed = _install_counts(session, rollout)
         stage = stages[rollout.stage]
         lookback = timedelta(seconds=stage.gates.pair_lookback_seconds)

@@ -61,6 +61,9 @@ class Traffic:
         default_factory=lambda: np.zeros(LATENCY_BUCKETS, dtype=np.int64)
     )
     predictions: npt.NDArray[np.float64] | None = None
+    # Latency quantiles read so far, until the next window: a stage's gates read every
+    # device's p50 and p95 on every tick, and most devices had no new window since the last.
+    _quantiles: dict[float, float | None] = field(default_factory=dict, repr=False)
 
     def add(
         self,
@@ -72,6 +75,7 @@ class Traffic:
     ) -> None:
         """One window's counts; ``predictions`` on the caller's common bins (re-binned for a
         regression model whose versions bin on different edges), or per class index."""
+        self._quantiles.clear()
         self.devices.add(device_id)
         self.requests += requests
         self.errors += errors
@@ -101,9 +105,15 @@ class Traffic:
     def error_rate(self) -> float | None:
         return self.errors / self.requests if self.requests else None
 
+    def quantile(self, q: float) -> float | None:
+        """Latency quantile ``q`` in µs (None when empty)."""
+        if q not in self._quantiles:
+            self._quantiles[q] = histogram_quantile(self.latency, q)
+        return self._quantiles[q]
+
     @property
     def p95_us(self) -> float | None:
-        return histogram_quantile(self.latency, 0.95)
+        return self.quantile(0.95)
 
 
 def _padded(counts: npt.NDArray[np.float64], size: int) -> npt.NDArray[np.float64]:
@@ -177,6 +187,7 @@ def evaluate(
 
 
 def _fold(into: Traffic, other: Traffic) -> None:
+    into._quantiles.clear()
     into.devices |= other.devices
     into.requests += other.requests
     into.errors += other.errors
@@ -291,14 +302,14 @@ def _latency_gate(
     readings: list[tuple[float, float]] = []  # (after, before) in µs
     crossed = evidence = 0
     for pair in pairs:
-        after = histogram_quantile(pair.after.latency, reading.q)
+        after = pair.after.quantile(reading.q)
         if after is None or pair.after.requests < reading.min_requests:
             continue
         if pair.before.requests >= reading.min_requests:
-            before = histogram_quantile(pair.before.latency, reading.q)
+            before = pair.before.quantile(reading.q)
             evidence += pair.before.requests
         elif baseline.requests >= reading.min_requests:
-            before, crossed = histogram_quantile(baseline.latency, reading.q), crossed + 1
+            before, crossed = baseline.quantile(reading.q), crossed + 1
         else:
             continue
         assert before is not None
