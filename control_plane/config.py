@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from control_plane.errors import InvalidInputError
 from control_plane.fleet.selectors import parse_selector
+from shared.broker_address import parse_broker_urls
 from shared.messages import MAX_MIRRORS, MirrorUrl
 from shared.settings import TomlSettings, load
 
@@ -103,7 +104,8 @@ class ServerSettings(TomlSettings):
     mqtt_url: str | None = Field(
         default=None,
         description="Broker for devices, mqtt://user:pass@host:port (user "
-        "edgefleet-control-plane); unset: no device traffic.",
+        "edgefleet-control-plane); unset: no device traffic. Several, comma-separated: the "
+        "nodes of a broker cluster, tried in turn when one is unreachable or drops us.",
     )
     broker_accounts: Literal["dynsec", "manual"] = Field(
         default="dynsec",
@@ -164,6 +166,13 @@ class ServerSettings(TomlSettings):
             raise ValueError("tls_certfile and tls_keyfile go together")
         return self
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_broker_urls(value, "mqtt_url")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -215,6 +224,7 @@ CONFIG_TEMPLATE = """\
 # reference_bins = 10
 # training_workers = 1
 # mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1884"
+#   (a broker cluster: its nodes comma-separated, "mqtt://…@b1:1883,mqtt://…@b2:1883")
 # broker_accounts = "dynsec"      # device accounts made by the control plane; "manual": by hand
 # mqtt_ca_file = "/etc/edgefleet/ca.pem"    # for an mqtts:// broker with a private CA
 # topic_root = "edgefleet/v1"

@@ -38,7 +38,7 @@ from control_plane.fleet.ingestion import (
 )
 from control_plane.observability.logs import about
 from control_plane.store.tables import utcnow
-from shared.broker_address import CONTROL_PLANE_USER, parse_broker_url
+from shared.broker_address import CONTROL_PLANE_USER, BrokerAddress, parse_broker_urls
 from shared.cancellation import raise_if_cancelling
 from shared.messages import (
     MAX_SAMPLES_BYTES,
@@ -89,7 +89,9 @@ class MqttBridge:
         self.keys = keys
         self._leads = leads  # only the leader re-signs expiring desired states
         self.topics = Topics(settings.topic_root)
-        self.broker = parse_broker_url(settings.mqtt_url)
+        self.brokers = parse_broker_urls(settings.mqtt_url, "mqtt_url")
+        self.broker = self.brokers[0]  # its account; the node in use is ``node_index``
+        self.node_index = 0
         self.counters = BridgeCounters()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -133,16 +135,16 @@ class MqttBridge:
             group.create_task(self._refresh_loop())
             group.create_task(self._connection_loop())
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, broker: BrokerAddress) -> aiomqtt.Client:
         tls = None
-        if self.broker.tls:
+        if broker.tls:
             ca = self.settings.mqtt_ca_file
             tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
         return aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password,
             keepalive=30,
             timeout=10,
             identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
@@ -153,40 +155,50 @@ class MqttBridge:
         )
 
     async def _connection_loop(self) -> None:
-        delay = 0.5
+        """Stay connected: to the next broker node at once when one is unreachable or drops
+        us, backing off only once every node has failed in a row. Nothing is lost in the
+        switch: publishes that were in flight fail (the rollout stored their desired states
+        first) and every connect republishes all desired states; telemetry not yet
+        acknowledged stays in the devices' outboxes and comes again."""
+        delay, failures = 0.5, 0
         while True:
+            broker = self.brokers[self.node_index]
             try:
-                async with self._new_client() as client:
+                async with self._new_client(broker) as client:
                     self._client = client
                     self._linked.set()
-                    reader = asyncio.create_task(self._read(client))
-                    try:
-                        await self._prepare(client)
-                        self.connected.set()
-                        delay = 0.5
-                        log.info(
-                            "control plane connected to the broker %s:%s",
-                            self.broker.host,
-                            self.broker.port,
-                        )
-                        await self.republish_desired()
-                        raise_if_cancelling()
-                        await reader
-                    finally:
-                        reader.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await reader
+                    failures, delay = 0, 0.5
+                    await self._serve(client, broker)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
-                log.warning("broker connection lost: %s", exc)
+                log.warning("broker %s:%s: connection lost: %s", broker.host, broker.port, exc)
             except UnavailableError as exc:
                 log.error("broker accounts: %s", exc.message)
             finally:
                 self._client = None
                 self._linked.clear()
                 self.connected.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
-            delay = min(delay * 2, 10.0)
+            failures += 1
+            self.node_index = (self.node_index + 1) % len(self.brokers)
+            pause = 0.5
+            if failures >= len(self.brokers):  # every node failed in a row: back off
+                pause, delay = delay, min(delay * 2, 10.0)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
+
+    async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
+        """One connection: subscribe, republish every desired state, read until it ends."""
+        reader = asyncio.create_task(self._read(client))
+        try:
+            await self._prepare(client)
+            self.connected.set()
+            log.info("control plane connected to the broker %s:%s", broker.host, broker.port)
+            await self.republish_desired()
+            raise_if_cancelling()
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
