@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentSettings
 from shared.broker_address import BrokerAddress
@@ -27,6 +28,11 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INCOMING_QUEUE = 1000
+
+
+def refused(granted: tuple[int, ...] | list[ReasonCode]) -> bool:
+    """Whether a SUBACK refused a filter (return code 0x80)."""
+    return any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted)
 
 
 class DeviceSession:
@@ -51,6 +57,11 @@ class DeviceSession:
             topics.device(device, Channel.DESIRED): Channel.DESIRED,
             topics.device(device, Channel.ACK): Channel.ACK,
         }
+
+    @property
+    def broker(self) -> BrokerAddress:
+        """The broker node in use, or being tried."""
+        return self.settings.brokers[self.node_index]
 
     def _new_client(self, broker: BrokerAddress) -> aiomqtt.Client:
         device = self.settings.device_id
@@ -92,11 +103,10 @@ class DeviceSession:
         delay = self.settings.reconnect_min_seconds
         failures = 0
         while True:
-            broker = brokers[self.node_index]
+            broker, connects = brokers[self.node_index], self.connects
             try:
                 async with self._new_client(broker) as client:
                     self._client = client
-                    failures, delay = 0, self.settings.reconnect_min_seconds
                     await self._serve(client, broker)
             except aiomqtt.MqttError as exc:
                 # Disconnecting while cancelled can raise MqttError over the CancelledError:
@@ -108,6 +118,8 @@ class DeviceSession:
             finally:
                 self._client = None
                 self.connected.clear()
+            if self.connects > connects:  # it was up (subscribed, online): start afresh
+                failures, delay = 0, self.settings.reconnect_min_seconds
             failures += 1
             self.node_index = (self.node_index + 1) % len(brokers)
             pause = self.settings.reconnect_min_seconds
@@ -118,7 +130,11 @@ class DeviceSession:
     async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
         """One connection: subscribe, say online, republish, hand messages on until it ends."""
         for topic in self._subscriptions:
-            await client.subscribe(topic, qos=1)
+            if refused(await client.subscribe(topic, qos=1)):
+                # A cluster node may refuse while it elects a new leader (nats-server: the
+                # subscription's JetStream consumer times out); connected without it, the
+                # agent would never hear of a desired state. Reconnect instead.
+                raise aiomqtt.MqttError(f"the broker refused the subscription to {topic}")
         await client.publish(
             self.topics.device(self.settings.device_id, Channel.ONLINE),
             OnlineStatus(device_id=self.settings.device_id, online=True).model_dump_json(),

@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Literal
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -64,6 +65,16 @@ _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
 }
 
 
+async def _subscribe(client: aiomqtt.Client, topic_filter: str) -> None:
+    """Subscribe at QoS 1; a refusal in the SUBACK (0x80) ends the connection, so the loop
+    connects again. A cluster node refuses while it elects a new leader (nats-server: the
+    subscription's JetStream consumer times out); staying connected without the
+    subscription would silently miss every device's state."""
+    granted = await client.subscribe(topic_filter, qos=1)
+    if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
+        raise aiomqtt.MqttError(f"the broker refused the subscription to {topic_filter}")
+
+
 @dataclass
 class BridgeCounters:
     received: int = 0
@@ -92,6 +103,7 @@ class MqttBridge:
         self.brokers = parse_broker_urls(settings.mqtt_url, "mqtt_url")
         self.broker = self.brokers[0]  # its account; the node in use is ``node_index``
         self.node_index = 0
+        self.connects = 0  # connections that got as far as subscribing
         self.counters = BridgeCounters()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -162,12 +174,11 @@ class MqttBridge:
         acknowledged stays in the devices' outboxes and comes again."""
         delay, failures = 0.5, 0
         while True:
-            broker = self.brokers[self.node_index]
+            broker, connects = self.brokers[self.node_index], self.connects
             try:
                 async with self._new_client(broker) as client:
                     self._client = client
                     self._linked.set()
-                    failures, delay = 0, 0.5
                     await self._serve(client, broker)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
@@ -178,6 +189,8 @@ class MqttBridge:
                 self._client = None
                 self._linked.clear()
                 self.connected.clear()
+            if self.connects > connects:  # it was up (subscribed): start afresh
+                failures, delay = 0, 0.5
             failures += 1
             self.node_index = (self.node_index + 1) % len(self.brokers)
             pause = 0.5
@@ -190,6 +203,7 @@ class MqttBridge:
         reader = asyncio.create_task(self._read(client))
         try:
             await self._prepare(client)
+            self.connects += 1
             self.connected.set()
             log.info("control plane connected to the broker %s:%s", broker.host, broker.port)
             await self.republish_desired()
@@ -208,7 +222,7 @@ class MqttBridge:
         """With dynsec: take this account's role (its subscriptions need it) and delete the
         accounts of devices removed while the broker did not answer; then subscribe."""
         if self.dynsec is not None:
-            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            await _subscribe(client, RESPONSE_TOPIC)
             if not await self.dynsec.set_up_control_plane():
                 raise aiomqtt.MqttError("the broker ends this connection: it gave us our role")
             with Session(self.engine) as session:
@@ -218,7 +232,7 @@ class MqttBridge:
                 with Session(self.engine) as session:
                     await asyncio.to_thread(set_broker_account, session, device_id, False)
         for topic_filter in self._filters():
-            await client.subscribe(topic_filter, qos=1)
+            await _subscribe(client, topic_filter)
 
     def _accept(self, topic: str, payload: object) -> None:
         """Parse at the edge; a bad message is dropped and counted (for its device too),
