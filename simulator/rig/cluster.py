@@ -29,15 +29,17 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 from shared.broker_address import CONTROL_PLANE_USER
 from shared.topics import DEFAULT_ROOT
-from simulator.broker import connack_code, free_port
+from simulator.broker import connack_code
 
 RELOAD_MARKER_USER = "edgefleet-test-reload-marker"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
@@ -45,6 +47,16 @@ _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 # its state, online status, telemetry and samples.
 DEVICE_READS = ("desired", "ack")
 DEVICE_WRITES = ("state", "online", "telemetry", "samples")
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports (``free_port`` one after another may return the same
+    port twice: each socket is closed before the next is bound)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def nats_server_path() -> str | None:
@@ -110,14 +122,15 @@ class NatsCluster:
         self.accounts_path = self.workdir / "accounts.conf"  # included by every node
         self._users: dict[str, str] = {}
         self._cp_users: dict[str, str] = {RELOAD_MARKER_USER: secrets.token_hex(16)}
+        ports = iter(free_ports(4 * nodes))
         self.nodes = [
             NatsNode(
                 name=f"n{i + 1}",
                 workdir=self.workdir / f"n{i + 1}",
-                client_port=free_port(),
-                cluster_port=free_port(),
-                mqtt_port=free_port(),
-                http_port=free_port(),
+                client_port=next(ports),
+                cluster_port=next(ports),
+                mqtt_port=next(ports),
+                http_port=next(ports),
             )
             for i in range(nodes)
         ]
@@ -308,6 +321,14 @@ class NatsCluster:
                 node.process.kill()
                 node.process.wait()
             node.process = None
+
+    def mqtt_clients(self, index: int) -> list[str]:
+        """Client ids of the MQTT connections node ``index`` holds (its monitoring port)."""
+        node = self.nodes[index]
+        url = f"http://{self.host}:{node.http_port}/connz?limit=100000"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            connections = json.load(response)["connections"] or []
+        return [c["mqtt_client"] for c in connections if c.get("mqtt_client")]
 
     def log_text(self, node: NatsNode | None = None) -> str:
         nodes = [node] if node is not None else self.nodes
