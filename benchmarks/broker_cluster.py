@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
 
 import aiomqtt  # noqa: E402
+from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
@@ -390,7 +391,9 @@ async def fleet_figures(cl: Cluster, devices: int) -> dict[str, object]:
 
     async def device(i: int, device_id: str) -> None:
         c = await stack.enter_async_context(client(cl.port(i % 3), device_id))
-        await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=1)
+        granted = await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=1)
+        if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
+            refused.append(device_id)  # the agent would reconnect; this client does not
 
         async def read() -> None:
             async for _ in c.messages:
@@ -401,6 +404,7 @@ async def fleet_figures(cl: Cluster, devices: int) -> dict[str, object]:
         readers.append(asyncio.create_task(read()))
 
     readers: list[asyncio.Task[None]] = []
+    refused: list[str] = []
     async with stack:
         for chunk in range(0, devices, 50):  # 50 connects at a time
             await asyncio.gather(*(device(i, ids[i]) for i in range(chunk, chunk + 50)
@@ -436,6 +440,7 @@ async def fleet_figures(cl: Cluster, devices: int) -> dict[str, object]:
         "connect_seconds": round(connect_seconds, 2),
         "retained_publish_per_second": round(devices / publish_seconds),
         "qos1_publish_per_second": round(devices / plain_seconds),
+        "subscriptions_refused": len(refused),
         "delivered": len(arrived),
         "latency_p50_ms": round(q[49] * 1000, 1),
         "latency_p99_ms": round(q[98] * 1000, 1),
@@ -468,6 +473,15 @@ async def count_retained(port: int, devices: int) -> int:
     return found
 
 
+async def count_stored(port: int, devices: int) -> int:
+    """The retained desired states a node still holds, through one wildcard subscription
+    (RabbitMQ sends no retained message to a wildcard: 0 there says nothing)."""
+    async with client(port, "bench-count-stored") as c:
+        await c.subscribe(TOPICS.all_devices(Channel.DESIRED), qos=1)
+        got = await collect(c, devices + 1, 60)
+    return len({str(m.topic) for m in got if str(m.topic).split("/")[3].startswith("bench-")})
+
+
 async def kill_figures(cl: Cluster, devices: int) -> dict[str, object]:
     """Node 1 (index 0, where the retained states were published) dies with -9 while a QoS
     1 stream flows from node 2 to a clean_session=false subscriber on node 3."""
@@ -486,13 +500,14 @@ async def kill_figures(cl: Cluster, devices: int) -> dict[str, object]:
                 except aiomqtt.MqttError:
                     pass
             publish_after_kill = time.perf_counter() - killed_at
-        got = await collect(sub, 400, 20)
+        got = await collect(sub, 400, 60)
     stream = {bytes(m.payload) for m in got if isinstance(m.payload, bytes)}
     survived = await count_retained(cl.port(1), devices)
     begin = time.perf_counter()
     await asyncio.to_thread(cl.restart, 0)
     rejoin = time.perf_counter() - begin
     on_restarted = await count_retained(cl.port(0), devices)
+    stored = await count_stored(cl.port(1), devices)
     return {
         "qos1_stream_acked": acked,
         "qos1_stream_received": len(stream),
@@ -500,6 +515,7 @@ async def kill_figures(cl: Cluster, devices: int) -> dict[str, object]:
         "retained_on_survivor": f"{survived}/{devices}",
         "node_restart_s": round(rejoin, 1),
         "retained_on_restarted": f"{on_restarted}/{devices}",
+        "retained_stored_wildcard": f"{stored}/{devices}",
     }
 
 
