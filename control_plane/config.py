@@ -120,6 +120,16 @@ class ServerSettings(TomlSettings):
         "the system's).",
     )
     topic_root: str = Field(default="edgefleet/v1", description="MQTT topic root.")
+    mqtt_subscribe_qos: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="QoS of the control plane's subscriptions to device messages. 0 on a "
+        "NATS cluster: there each QoS 1 subscription is a JetStream consumer, which nodes "
+        "refuse for as long as JetStream is busy re-electing after a node died. Nothing is "
+        "lost at 0: telemetry stays in the device's outbox until acknowledged, and states "
+        "are retained and come again with every (re)subscription.",
+    )
     mqtt_shared_group: str | None = Field(
         default=None,
         description="Consume telemetry and samples through $share/GROUP/… so several "

@@ -65,12 +65,12 @@ _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
 }
 
 
-async def _subscribe(client: aiomqtt.Client, topic_filter: str) -> None:
-    """Subscribe at QoS 1; a refusal in the SUBACK (0x80) ends the connection, so the loop
+async def _subscribe(client: aiomqtt.Client, topic_filter: str, qos: Literal[0, 1] = 1) -> None:
+    """Subscribe; a refusal in the SUBACK (0x80) ends the connection, so the loop
     connects again. A cluster node refuses while it elects a new leader (nats-server: the
     subscription's JetStream consumer times out); staying connected without the
     subscription would silently miss every device's state."""
-    granted = await client.subscribe(topic_filter, qos=1)
+    granted = await client.subscribe(topic_filter, qos=qos)
     if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
         raise aiomqtt.MqttError(f"the broker refused the subscription to {topic_filter}")
 
@@ -232,7 +232,8 @@ class MqttBridge:
                 with Session(self.engine) as session:
                     await asyncio.to_thread(set_broker_account, session, device_id, False)
         for topic_filter in self._filters():
-            await _subscribe(client, topic_filter)
+            qos: Literal[0, 1] = 0 if self.settings.mqtt_subscribe_qos == 0 else 1
+            await _subscribe(client, topic_filter, qos)
 
     def _accept(self, topic: str, payload: object) -> None:
         """Parse at the edge; a bad message is dropped and counted (for its device too),

@@ -216,6 +216,8 @@ class NatsCluster:
         return {
             "EDGEFLEET_MQTT_URL": self.control_plane_url(password, first=first),
             "EDGEFLEET_BROKER_ACCOUNTS": self.accounts,
+            # QoS 1 subscriptions are JetStream consumers, refused while JetStream is busy.
+            "EDGEFLEET_MQTT_SUBSCRIBE_QOS": "0",
         }
 
     # -- users ---------------------------------------------------------------------------
