@@ -114,7 +114,10 @@ def enroll_command(
     device_id: Annotated[str, typer.Option(help="This device's id.")],
     broker_url: Annotated[
         str,
-        typer.Option(help="The broker devices connect to, e.g. mqtts://broker.example:8883."),
+        typer.Option(
+            help="The broker devices connect to, e.g. mqtts://broker.example:8883; the nodes "
+            "of a broker cluster comma-separated, tried in turn."
+        ),
     ],
     bootstrap_token: Annotated[
         str,

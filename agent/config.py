@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.broker_address import BrokerAddress, parse_broker_url
+from shared.broker_address import BrokerAddress, parse_broker_urls
 from shared.messages import DEVICE_ID_PATTERN
 from shared.settings import TomlSettings, load
 from shared.topics import DEFAULT_ROOT
@@ -33,7 +33,8 @@ class AgentSettings(TomlSettings):
     device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="This device's id.")
     broker_url: str = Field(
         description="mqtt://host:port (logs in as device_id with token) or "
-        "mqtt://user:pass@host:port; mqtts:// for TLS."
+        "mqtt://user:pass@host:port; mqtts:// for TLS. Several, comma-separated: the nodes "
+        "of a broker cluster, tried in turn when one is unreachable or drops the agent."
     )
     control_plane_url: str = Field(description="Base URL of the control plane (artifacts).")
     token: SecretStr = Field(description="Device token (edgefleet devices add).")
@@ -89,7 +90,7 @@ class AgentSettings(TomlSettings):
     @field_validator("broker_url")
     @classmethod
     def _broker(cls, value: str) -> str:
-        parse_broker_url(value)
+        parse_broker_urls(value)
         return value
 
     @field_validator("control_plane_url")
@@ -106,7 +107,13 @@ class AgentSettings(TomlSettings):
 
     @property
     def broker(self) -> BrokerAddress:
-        return parse_broker_url(self.broker_url)
+        """The first (or only) broker node."""
+        return self.brokers[0]
+
+    @property
+    def brokers(self) -> tuple[BrokerAddress, ...]:
+        """Every broker node, in the order they are tried."""
+        return parse_broker_urls(self.broker_url)
 
 
 def load_agent_settings(config_file: Path | None = None, **overrides: Any) -> AgentSettings:
@@ -121,7 +128,9 @@ DEFAULT_CONFIG = """\
 
 device_id = "dev-001"                          # required: ^[a-z0-9][a-z0-9-]{0,63}$
 broker_url = "mqtt://127.0.0.1:1883"          # required; mqtts:// for TLS; logs in as device_id
-#                                              # with token unless the URL says user:pass@
+#                                              # with token unless the URL says user:pass@;
+#                                              # a broker cluster: "mqtt://b1:1883,mqtt://b2:1883"
+#                                              # (the next node when one fails)
 control_plane_url = "http://127.0.0.1:8000"    # required: artifacts and the sequence floor
 token = "TOKEN"                                # required: device token (edgefleet devices add)
 trust_store = "/etc/edgefleet/trust-store.json"   # required: GET /api/v1/keys, saved once

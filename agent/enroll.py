@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from agent.runtime import https_context
-from shared.broker_address import parse_broker_url
+from shared.broker_address import parse_broker_urls
 from shared.trust import TrustStore
 
 
@@ -104,7 +104,7 @@ def enroll(
     poll_seconds: float = 2.0,
     say: Callable[[str], None] = print,
 ) -> None:
-    parse_broker_url(plan.broker_url)  # ValueError: a clear message before anything is spent
+    parse_broker_urls(plan.broker_url)  # ValueError: a clear message before anything is spent
     with httpx.Client(
         base_url=plan.url + "/api/v1", verify=https_context(plan.ca_file), timeout=30
     ) as client:

@@ -1,10 +1,11 @@
 """The agent's MQTT session (the only agent module that touches MQTT).
 
 aiomqtt drives paho from the asyncio loop (epoll, not paho's select() loop), so hundreds of
-agents fit in one process. The session reconnects forever with exponential backoff and
-jitter; its Last Will marks the device offline (retained); on every connect it publishes
-online, re-subscribes to its own ``desired`` and ``ack`` topics and calls ``on_connect``
-(which republishes the state and the outbox).
+agents fit in one process. The session reconnects forever: to the next node of a broker
+cluster at once, with exponential backoff and jitter once every node has failed. Its Last
+Will marks the device offline (retained); on every connect it publishes online,
+re-subscribes to its own ``desired`` and ``ack`` topics and calls ``on_connect`` (which
+republishes the state and the outbox).
 """
 
 from __future__ import annotations
@@ -17,14 +18,21 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import AgentSettings
+from shared.broker_address import BrokerAddress
 from shared.cancellation import raise_if_cancelling
 from shared.messages import OnlineStatus
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INCOMING_QUEUE = 1000
+
+
+def refused(granted: tuple[int, ...] | list[ReasonCode]) -> bool:
+    """Whether a SUBACK refused a filter (return code 0x80)."""
+    return any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted)
 
 
 class DeviceSession:
@@ -43,14 +51,19 @@ class DeviceSession:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.connects = 0
+        self.node_index = 0  # which of settings.brokers this session uses (or tries) now
         device = settings.device_id
         self._subscriptions = {
             topics.device(device, Channel.DESIRED): Channel.DESIRED,
             topics.device(device, Channel.ACK): Channel.ACK,
         }
 
-    def _new_client(self) -> aiomqtt.Client:
-        broker = self.settings.broker
+    @property
+    def broker(self) -> BrokerAddress:
+        """The broker node in use, or being tried."""
+        return self.settings.brokers[self.node_index]
+
+    def _new_client(self, broker: BrokerAddress) -> aiomqtt.Client:
         device = self.settings.device_id
         offline = OnlineStatus(device_id=device, online=False).model_dump_json()
         tls = None
@@ -81,48 +94,68 @@ class DeviceSession:
         )
 
     async def run(self) -> None:
-        """Stay connected until cancelled."""
+        """Stay connected until cancelled. With several broker nodes (a cluster), a node
+        that is unreachable or drops the connection is followed at once by the next one;
+        only when every node has failed in a row does the agent back off. Nothing needs
+        carrying over: the session is clean, the desired state is retained, and every
+        connect subscribes again and republishes the state and the unacknowledged outbox."""
+        brokers = self.settings.brokers
         delay = self.settings.reconnect_min_seconds
+        failures = 0
         while True:
+            broker, connects = brokers[self.node_index], self.connects
             try:
-                async with self._new_client() as client:
+                async with self._new_client(broker) as client:
                     self._client = client
-                    for topic in self._subscriptions:
-                        await client.subscribe(topic, qos=1)
-                    await client.publish(
-                        self.topics.device(self.settings.device_id, Channel.ONLINE),
-                        OnlineStatus(
-                            device_id=self.settings.device_id, online=True
-                        ).model_dump_json(),
-                        qos=1,
-                        retain=True,
-                    )
-                    self.connects += 1
-                    self.connected.set()
-                    delay = self.settings.reconnect_min_seconds
-                    log.info("%s: connected to the broker", self.settings.device_id)
-                    # Republishing state and outbox runs beside the message loop, so a
-                    # desired state or an ack is handled while a long outbox drains.
-                    raise_if_cancelling()
-                    flush = asyncio.create_task(self._on_connect())
-                    try:
-                        async for message in client.messages:
-                            channel = self._subscriptions.get(str(message.topic))
-                            payload = message.payload
-                            if channel is not None and isinstance(payload, bytes | bytearray):
-                                self._on_message(channel, bytes(payload))
-                    finally:
-                        flush.cancel()
+                    await self._serve(client, broker)
             except aiomqtt.MqttError as exc:
                 # Disconnecting while cancelled can raise MqttError over the CancelledError:
                 # honour the cancellation instead of reconnecting.
                 raise_if_cancelling(exc)
-                log.info("%s: broker connection lost: %s", self.settings.device_id, exc)
+                log.info(
+                    "%s: broker %s:%s: %s", self.settings.device_id, broker.host, broker.port, exc
+                )
             finally:
                 self._client = None
                 self.connected.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
-            delay = min(delay * 2, self.settings.reconnect_max_seconds)
+            if self.connects > connects:  # it was up (subscribed, online): start afresh
+                failures, delay = 0, self.settings.reconnect_min_seconds
+            failures += 1
+            self.node_index = (self.node_index + 1) % len(brokers)
+            pause = self.settings.reconnect_min_seconds
+            if failures >= len(brokers):  # every node failed in a row: back off
+                pause, delay = delay, min(delay * 2, self.settings.reconnect_max_seconds)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
+
+    async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
+        """One connection: subscribe, say online, republish, hand messages on until it ends."""
+        for topic in self._subscriptions:
+            if refused(await client.subscribe(topic, qos=1)):
+                # A cluster node may refuse while it elects a new leader (nats-server: the
+                # subscription's JetStream consumer times out); connected without it, the
+                # agent would never hear of a desired state. Reconnect instead.
+                raise aiomqtt.MqttError(f"the broker refused the subscription to {topic}")
+        await client.publish(
+            self.topics.device(self.settings.device_id, Channel.ONLINE),
+            OnlineStatus(device_id=self.settings.device_id, online=True).model_dump_json(),
+            qos=1,
+            retain=True,
+        )
+        self.connects += 1
+        self.connected.set()
+        log.info("%s: connected to %s:%s", self.settings.device_id, broker.host, broker.port)
+        # Republishing state and outbox runs beside the message loop, so a desired state or
+        # an ack is handled while a long outbox drains.
+        raise_if_cancelling()
+        flush = asyncio.create_task(self._on_connect())
+        try:
+            async for message in client.messages:
+                channel = self._subscriptions.get(str(message.topic))
+                payload = message.payload
+                if channel is not None and isinstance(payload, bytes | bytearray):
+                    self._on_message(channel, bytes(payload))
+        finally:
+            flush.cancel()
 
     async def publish(
         self, channel: Channel, payload: str | bytes, *, retain: bool = False

@@ -11,6 +11,7 @@ from pydantic_settings import SettingsConfigDict
 
 from control_plane.errors import InvalidInputError
 from control_plane.fleet.selectors import parse_selector
+from shared.broker_address import parse_broker_urls
 from shared.messages import MAX_MIRRORS, MirrorUrl
 from shared.settings import TomlSettings, load
 
@@ -103,7 +104,8 @@ class ServerSettings(TomlSettings):
     mqtt_url: str | None = Field(
         default=None,
         description="Broker for devices, mqtt://user:pass@host:port (user "
-        "edgefleet-control-plane); unset: no device traffic.",
+        "edgefleet-control-plane); unset: no device traffic. Several, comma-separated: the "
+        "nodes of a broker cluster, tried in turn when one is unreachable or drops us.",
     )
     broker_accounts: Literal["dynsec", "manual"] = Field(
         default="dynsec",
@@ -118,6 +120,16 @@ class ServerSettings(TomlSettings):
         "the system's).",
     )
     topic_root: str = Field(default="edgefleet/v1", description="MQTT topic root.")
+    mqtt_subscribe_qos: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="QoS of the control plane's subscriptions to device messages. 0 on a "
+        "NATS cluster: there each QoS 1 subscription is a JetStream consumer, which nodes "
+        "refuse for as long as JetStream is busy re-electing after a node died. Nothing is "
+        "lost at 0: telemetry stays in the device's outbox until acknowledged, and states "
+        "are retained and come again with every (re)subscription.",
+    )
     mqtt_shared_group: str | None = Field(
         default=None,
         description="Consume telemetry and samples through $share/GROUP/… so several "
@@ -163,6 +175,13 @@ class ServerSettings(TomlSettings):
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
             raise ValueError("tls_certfile and tls_keyfile go together")
         return self
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _broker(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_broker_urls(value, "mqtt_url")
+        return value
 
     @field_validator("data_dir")
     @classmethod
@@ -215,6 +234,7 @@ CONFIG_TEMPLATE = """\
 # reference_bins = 10
 # training_workers = 1
 # mqtt_url = "mqtt://edgefleet-control-plane:PASSWORD@127.0.0.1:1884"
+#   (a broker cluster: its nodes comma-separated, "mqtt://…@b1:1883,mqtt://…@b2:1883")
 # broker_accounts = "dynsec"      # device accounts made by the control plane; "manual": by hand
 # mqtt_ca_file = "/etc/edgefleet/ca.pem"    # for an mqtts:// broker with a private CA
 # topic_root = "edgefleet/v1"

@@ -102,7 +102,8 @@ def server_command(
         typer.Option(
             envvar="EDGEFLEET_MQTT_URL",
             show_default=False,
-            help="Broker for device traffic, mqtt://user:pass@host:port.",
+            help="Broker for device traffic, mqtt://user:pass@host:port; the nodes of a "
+            "broker cluster comma-separated, tried in turn.",
         ),
     ] = None,
     log_level: LogLevelOpt = None,

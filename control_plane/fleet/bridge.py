@@ -19,6 +19,7 @@ from datetime import timedelta
 from typing import Literal
 
 import aiomqtt
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import ValidationError
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -38,7 +39,7 @@ from control_plane.fleet.ingestion import (
 )
 from control_plane.observability.logs import about
 from control_plane.store.tables import utcnow
-from shared.broker_address import CONTROL_PLANE_USER, parse_broker_url
+from shared.broker_address import CONTROL_PLANE_USER, BrokerAddress, parse_broker_urls
 from shared.cancellation import raise_if_cancelling
 from shared.messages import (
     MAX_SAMPLES_BYTES,
@@ -62,6 +63,16 @@ _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
     Channel.TELEMETRY: (TelemetryWindow, MAX_TELEMETRY_BYTES),
     Channel.SAMPLES: (SampleBatch, MAX_SAMPLES_BYTES),
 }
+
+
+async def _subscribe(client: aiomqtt.Client, topic_filter: str, qos: Literal[0, 1] = 1) -> None:
+    """Subscribe; a refusal in the SUBACK (0x80) ends the connection, so the loop
+    connects again. A cluster node refuses while it elects a new leader (nats-server: the
+    subscription's JetStream consumer times out); staying connected without the
+    subscription would silently miss every device's state."""
+    granted = await client.subscribe(topic_filter, qos=qos)
+    if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
+        raise aiomqtt.MqttError(f"the broker refused the subscription to {topic_filter}")
 
 
 @dataclass
@@ -89,7 +100,10 @@ class MqttBridge:
         self.keys = keys
         self._leads = leads  # only the leader re-signs expiring desired states
         self.topics = Topics(settings.topic_root)
-        self.broker = parse_broker_url(settings.mqtt_url)
+        self.brokers = parse_broker_urls(settings.mqtt_url, "mqtt_url")
+        self.broker = self.brokers[0]  # its account; the node in use is ``node_index``
+        self.node_index = 0
+        self.connects = 0  # connections that got as far as subscribing
         self.counters = BridgeCounters()
         self.connected = asyncio.Event()
         self._client: aiomqtt.Client | None = None
@@ -133,16 +147,16 @@ class MqttBridge:
             group.create_task(self._refresh_loop())
             group.create_task(self._connection_loop())
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self, broker: BrokerAddress) -> aiomqtt.Client:
         tls = None
-        if self.broker.tls:
+        if broker.tls:
             ca = self.settings.mqtt_ca_file
             tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
         return aiomqtt.Client(
-            self.broker.host,
-            self.broker.port,
-            username=self.broker.username,
-            password=self.broker.password,
+            broker.host,
+            broker.port,
+            username=broker.username,
+            password=broker.password,
             keepalive=30,
             timeout=10,
             identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
@@ -153,40 +167,52 @@ class MqttBridge:
         )
 
     async def _connection_loop(self) -> None:
-        delay = 0.5
+        """Stay connected: to the next broker node at once when one is unreachable or drops
+        us, backing off only once every node has failed in a row. Nothing is lost in the
+        switch: publishes that were in flight fail (the rollout stored their desired states
+        first) and every connect republishes all desired states; telemetry not yet
+        acknowledged stays in the devices' outboxes and comes again."""
+        delay, failures = 0.5, 0
         while True:
+            broker, connects = self.brokers[self.node_index], self.connects
             try:
-                async with self._new_client() as client:
+                async with self._new_client(broker) as client:
                     self._client = client
                     self._linked.set()
-                    reader = asyncio.create_task(self._read(client))
-                    try:
-                        await self._prepare(client)
-                        self.connected.set()
-                        delay = 0.5
-                        log.info(
-                            "control plane connected to the broker %s:%s",
-                            self.broker.host,
-                            self.broker.port,
-                        )
-                        await self.republish_desired()
-                        raise_if_cancelling()
-                        await reader
-                    finally:
-                        reader.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                            await reader
+                    await self._serve(client, broker)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
-                log.warning("broker connection lost: %s", exc)
+                log.warning("broker %s:%s: connection lost: %s", broker.host, broker.port, exc)
             except UnavailableError as exc:
                 log.error("broker accounts: %s", exc.message)
             finally:
                 self._client = None
                 self._linked.clear()
                 self.connected.clear()
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
-            delay = min(delay * 2, 10.0)
+            if self.connects > connects:  # it was up (subscribed): start afresh
+                failures, delay = 0, 0.5
+            failures += 1
+            self.node_index = (self.node_index + 1) % len(self.brokers)
+            pause = 0.5
+            if failures >= len(self.brokers):  # every node failed in a row: back off
+                pause, delay = delay, min(delay * 2, 10.0)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
+
+    async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
+        """One connection: subscribe, republish every desired state, read until it ends."""
+        reader = asyncio.create_task(self._read(client))
+        try:
+            await self._prepare(client)
+            self.connects += 1
+            self.connected.set()
+            log.info("control plane connected to the broker %s:%s", broker.host, broker.port)
+            await self.republish_desired()
+            raise_if_cancelling()
+            await reader
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                await reader
 
     async def _read(self, client: aiomqtt.Client) -> None:
         async for message in client.messages:
@@ -196,7 +222,7 @@ class MqttBridge:
         """With dynsec: take this account's role (its subscriptions need it) and delete the
         accounts of devices removed while the broker did not answer; then subscribe."""
         if self.dynsec is not None:
-            await client.subscribe(RESPONSE_TOPIC, qos=1)
+            await _subscribe(client, RESPONSE_TOPIC)
             if not await self.dynsec.set_up_control_plane():
                 raise aiomqtt.MqttError("the broker ends this connection: it gave us our role")
             with Session(self.engine) as session:
@@ -206,7 +232,8 @@ class MqttBridge:
                 with Session(self.engine) as session:
                     await asyncio.to_thread(set_broker_account, session, device_id, False)
         for topic_filter in self._filters():
-            await client.subscribe(topic_filter, qos=1)
+            qos: Literal[0, 1] = 0 if self.settings.mqtt_subscribe_qos == 0 else 1
+            await _subscribe(client, topic_filter, qos)
 
     def _accept(self, topic: str, payload: object) -> None:
         """Parse at the edge; a bad message is dropped and counted (for its device too),

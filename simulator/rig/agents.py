@@ -28,6 +28,7 @@ from shared.signing import KeyRole, SigningKey
 from shared.topics import Channel, Topics
 from shared.trust import TrustedKey, TrustStore
 from simulator.broker import MosquittoBroker
+from simulator.rig.cluster import NatsCluster
 
 T = TypeVar("T")
 CP_PASSWORD = "cp-secret"  # noqa: S105  (a test rig's throw-away secret)
@@ -288,15 +289,21 @@ def agent_settings(
     tmp: Path,
     *,
     device_id: str,
-    broker: MosquittoBroker,
+    broker: MosquittoBroker | NatsCluster,
     token: str,
     control_plane_url: str,
     trust_store: Path,
     **overrides: Any,
 ) -> AgentSettings:
+    """``broker``: mosquitto, or a cluster (every node, the first one first)."""
+    url = (
+        broker.urls(0, device_id, token)
+        if isinstance(broker, NatsCluster)
+        else f"mqtt://{device_id}:{token}@{broker.host}:{broker.port}"
+    )
     values: dict[str, Any] = {
         "device_id": device_id,
-        "broker_url": f"mqtt://{device_id}:{token}@{broker.host}:{broker.port}",
+        "broker_url": url,
         "control_plane_url": control_plane_url,
         "token": token,
         "trust_store": trust_store,

@@ -1,5 +1,6 @@
-"""A whole system for end-to-end tests: a private mosquitto, a real `edgefleet server`
-subprocess talking to it, and real agents (each in its own thread and event loop)."""
+"""A whole system for end-to-end tests: a private mosquitto (or a three-node NATS cluster),
+a real `edgefleet server` subprocess talking to it, and real agents (each in its own thread
+and event loop)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import httpx
 
 from simulator.broker import MosquittoBroker
 from simulator.rig.agents import CP_PASSWORD, AgentThread, agent_settings, wait_until
+from simulator.rig.cluster import NatsCluster
 from simulator.rig.server import ServerProcess, start_server, stop_server
 
 OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_seconds": 60}
@@ -21,18 +23,23 @@ OPEN_GATES = {"min_requests": 0, "min_devices_reporting": 0, "install_timeout_se
 @dataclass
 class Fleet:
     tmp: Path
-    broker: MosquittoBroker
+    broker: MosquittoBroker | NatsCluster
     server: ServerProcess
     api: httpx.Client
     trust: Path
     agents: dict[str, AgentThread]
     env: dict[str, str]
 
-    def add(self, device_id: str, site: str, **overrides: Any) -> AgentThread:
+    def add(self, device_id: str, site: str, *, node: int = 0, **overrides: Any) -> AgentThread:
+        """Register a device and start its agent; on a cluster, its broker_url lists every
+        node starting with ``node``."""
         response = self.api.post("/devices", json={"id": device_id, "labels": {"site": site}})
         assert response.status_code == 201, response.text
         token = response.json()["token"]
         self.broker.add_user(device_id, token)
+        values: dict[str, Any] = {"window_seconds": 0.5, "labels": {"site": site}}
+        if isinstance(self.broker, NatsCluster):
+            values["broker_url"] = self.broker.urls(node, device_id, token)
         agent = AgentThread(
             agent_settings(
                 self.tmp,
@@ -41,7 +48,7 @@ class Fleet:
                 token=token,
                 control_plane_url=self.server.url,
                 trust_store=self.trust,
-                **{"window_seconds": 0.5, "labels": {"site": site}, **overrides},
+                **{**values, **overrides},
             )
         )
         self.agents[device_id] = agent
@@ -102,11 +109,24 @@ class Fleet:
         return slot.current.manifest.version if slot and slot.current else None
 
 
-@contextlib.contextmanager
-def open_fleet(tmp_path: Path, **server_env: str) -> Iterator[Fleet]:
+def open_fleet(tmp_path: Path, **server_env: str) -> contextlib.AbstractContextManager[Fleet]:
     """Broker and server up (``server_env``: extra ``EDGEFLEET_*`` settings); agents are
     added with ``Fleet.add``; everything is stopped on the way out."""
-    broker = MosquittoBroker(tmp_path / "broker")
+    return _open(tmp_path, MosquittoBroker(tmp_path / "broker"), server_env)
+
+
+def open_cluster_fleet(
+    tmp_path: Path, **server_env: str
+) -> contextlib.AbstractContextManager[Fleet]:
+    """``open_fleet`` on a three-node NATS cluster instead of mosquitto; the control plane
+    and the agents (``Fleet.add(node=…)``) list every node."""
+    return _open(tmp_path, NatsCluster(tmp_path / "broker"), server_env)
+
+
+@contextlib.contextmanager
+def _open(
+    tmp_path: Path, broker: MosquittoBroker | NatsCluster, server_env: dict[str, str]
+) -> Iterator[Fleet]:
     broker.add_control_plane_user(CP_PASSWORD)
     broker.start()
     env = {
@@ -114,7 +134,11 @@ def open_fleet(tmp_path: Path, **server_env: str) -> Iterator[Fleet]:
         "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
         **server_env,
     }
-    server = start_server(tmp_path / "cp", env=env)
+    try:
+        server = start_server(tmp_path / "cp", env=env)
+    except BaseException:
+        broker.stop()  # not left running (a cluster is three processes)
+        raise
     api = server.client()
     trust = tmp_path / "trust.json"
     trust.write_text(api.get("/keys").text)
