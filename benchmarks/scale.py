@@ -336,7 +336,7 @@ def main() -> None:
         "--broker-max-queued",
         type=int,
         default=None,
-        help="swarm: mosquitto's max_queued_messages instead of deploy/'s 10000",
+        help="swarm: mosquitto's max_queued_messages instead of deploy/'s (1,000,000)",
     )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]

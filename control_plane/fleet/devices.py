@@ -207,12 +207,15 @@ def fleet_counts(
         .select_from(Device)
         .where(*selected(selector))
     ).one()
+    query = select(DeviceModel.model_name, DeviceModel.version, DeviceModel.phase, func.count())
+    if selector.terms:  # the whole fleet needs no join
+        query = query.join(Device, col(Device.id) == DeviceModel.device_id).where(
+            *selected(selector)
+        )
     groups = session.exec(
-        select(DeviceModel.model_name, DeviceModel.version, DeviceModel.phase, func.count())
-        .join(Device, col(Device.id) == DeviceModel.device_id)
-        .where(*selected(selector))
-        .group_by(col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase))
-        .order_by(col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase))
+        query.group_by(
+            col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase)
+        ).order_by(col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase))
     ).all()
     return int(devices), int(online), [(m, v, p, int(n)) for m, v, p, n in groups]
 

@@ -36,7 +36,7 @@ from control_plane.fleet.deployments import (
     load_devices,
     told_otherwise,
 )
-from control_plane.fleet.devices import matching_devices
+from control_plane.fleet.devices import matching_devices, selected
 from control_plane.fleet.selectors import parse_selector
 from control_plane.observability.logs import about
 from control_plane.registry.versions import resolve_version
@@ -120,7 +120,9 @@ def plan_rollout(
         .where(
             Rollout.model_name == model,
             col(Rollout.status).in_(ACTIVE),
-            col(RolloutDevice.device_id).in_(ids),
+            # the selector again, not the ids: 100,000 ids are past PostgreSQL's 65,535
+            # parameters a statement
+            col(RolloutDevice.device_id).in_(select(Device.id).where(*selected(parsed))),
         )
     ).all()
     if busy:

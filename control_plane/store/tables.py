@@ -420,6 +420,8 @@ class RolloutDevice(SQLModel, table=True):
     """A device of a rollout: its place in the cohort order and what it got."""
 
     __tablename__ = "rollout_device"
+    # A stage's cohort is a range of ranks, listed in rank order (the dashboard's pages).
+    __table_args__ = (Index("ix_rollout_device_rank", "rollout_id", "rank"),)
 
     rollout_id: str = Field(max_length=32, foreign_key="rollout.id", primary_key=True)
     device_id: str = Field(max_length=64, primary_key=True)
