@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any
 
 from shared.broker_address import CONTROL_PLANE_USER
+from simulator.swarm.codec import mqtt_string, packet
 
 DEPLOY_DIR = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
 ACL_TEMPLATE = DEPLOY_DIR / "acl"
@@ -117,20 +118,6 @@ def _run_tool(name: str, *args: str) -> None:
         )
 
 
-def _mqtt_string(value: str) -> bytes:
-    data = value.encode()
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(length: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, length = length % 128, length // 128
-        out.append(byte | (0x80 if length else 0))
-        if not length:
-            return bytes(out)
-
-
 def connack_code(
     host: str,
     port: int,
@@ -142,18 +129,16 @@ def connack_code(
     """Send a bare MQTT 3.1.1 CONNECT and return the CONNACK return code (0 = accepted,
     5 = not authorised). Raises OSError when the broker does not answer."""
     flags = 0x02  # clean session
-    payload = _mqtt_string(client_id or f"edgefleet-probe-{secrets.token_hex(4)}")
+    payload = mqtt_string((client_id or f"edgefleet-probe-{secrets.token_hex(4)}").encode())
     if username is not None:
         flags |= 0x80
-        payload += _mqtt_string(username)
+        payload += mqtt_string(username.encode())
         if password is not None:
             flags |= 0x40
-            payload += _mqtt_string(password)
-    variable_header = _mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", 10)
-    body = variable_header + payload
-    packet = bytes([0x10]) + _remaining_length(len(body)) + body
+            payload += mqtt_string(password.encode())
+    variable_header = mqtt_string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", 10)
     with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(packet)
+        sock.sendall(packet(0x10, variable_header + payload))
         answer = b""
         while len(answer) < 4:
             chunk = sock.recv(4 - len(answer))

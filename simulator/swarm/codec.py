@@ -41,7 +41,7 @@ class SessionHandler(Protocol):
     def on_puback(self, packet_id: int) -> None: ...
 
 
-def _string(value: bytes) -> bytes:
+def mqtt_string(value: bytes) -> bytes:
     return struct.pack("!H", len(value)) + value
 
 
@@ -69,27 +69,27 @@ def connect_packet(
     """CONNECT, clean session, with a retained QoS 1 Last Will and credentials."""
     flags = 0x02 | 0x04 | 0x08 | 0x20 | 0x80 | 0x40  # clean, will, will QoS 1, retain, user, pw
     body = (
-        _string(b"MQTT")
+        mqtt_string(b"MQTT")
         + bytes([4, flags])
         + struct.pack("!H", keepalive)
-        + _string(client_id.encode())
-        + _string(will_topic)
-        + _string(will_payload)
-        + _string(username.encode())
-        + _string(password.encode())
+        + mqtt_string(client_id.encode())
+        + mqtt_string(will_topic)
+        + mqtt_string(will_payload)
+        + mqtt_string(username.encode())
+        + mqtt_string(password.encode())
     )
     return packet(0x10, body)
 
 
 def subscribe_packet(packet_id: int, topics: list[bytes]) -> bytes:
     return packet(
-        0x82, struct.pack("!H", packet_id) + b"".join(_string(t) + b"\x01" for t in topics)
+        0x82, struct.pack("!H", packet_id) + b"".join(mqtt_string(t) + b"\x01" for t in topics)
     )
 
 
 def publish_packet(topic: bytes, payload: bytes, packet_id: int, *, retain: bool) -> bytes:
     """QoS 1."""
-    return packet(0x32 | int(retain), _string(topic) + struct.pack("!H", packet_id) + payload)
+    return packet(0x32 | int(retain), mqtt_string(topic) + struct.pack("!H", packet_id) + payload)
 
 
 def puback_packet(packet_id: int) -> bytes:

@@ -11,14 +11,31 @@ import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import Engine
 
 from control_plane.app import create_app
 from control_plane.config import ServerSettings, load_settings
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.store.datadir import init_data_dir
+from control_plane.store.db import create_db_engine, migrate
 from shared.messages import DeviceState, TelemetryWindow
 from simulator.broker import MosquittoBroker
 from simulator.rig.agent_rig import Rig, open_rig
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """A migrated database, empty: the test runs once on SQLite and once on PostgreSQL."""
+    if request.param == "postgres":
+        url = str(request.getfixturevalue("postgres_url"))
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'edgefleet.db'}"
+    engine = create_db_engine(url)
+    migrate(engine)
+    yield engine
+    engine.dispose()
 
 
 @dataclass

@@ -5,7 +5,6 @@ on real SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,27 +20,12 @@ from control_plane.fleet.devices import (
     page_of_devices,
 )
 from control_plane.fleet.selectors import Selector, Term, parse_selector
-from control_plane.store.db import create_db_engine, migrate
 from control_plane.store.tables import Device, DeviceDeployment, DeviceModel, Event
 from shared.messages import DesiredState, DeviceState, ModelRef, ModelStatus, Phase
 
 pytestmark = pytest.mark.integration
 KEYS = ["site", "hw", "a.b", "x/y", "k-1", "K_2"]
 VALUES = st.sampled_from(["", "berlin", "rpi4", "O'Brien", 'say "hi"', "50%", "ü", "a_b", " "])
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('fleet') / 'fleet.db'}"
-    engine = create_db_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 labels = st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4)

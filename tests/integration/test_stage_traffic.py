@@ -5,7 +5,6 @@ lookback, and a row that commits after a row with a higher id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -20,7 +19,6 @@ from control_plane.monitoring.windows import encode
 from control_plane.rollouts.gates import Pair, Traffic
 from control_plane.rollouts.machine import RolloutStatus
 from control_plane.rollouts.traffic import Member, StageTraffic
-from control_plane.store.db import create_db_engine, migrate
 from control_plane.store.tables import Rollout, RolloutDevice, TelemetryModelRecord
 from shared.messages import ModelWindow, TelemetryWindow
 from shared.stats import LATENCY_BUCKETS
@@ -33,16 +31,9 @@ REST = ["dev-3", "dev-4"]  # in the rollout, not in this stage
 MEMBERS = {d: Member(START + timedelta(minutes=i), 1) for i, d in enumerate(STAGE)}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('traffic') / 'traffic.db'}"
-    engine = create_db_engine(url)
-    migrate(engine)
+@pytest.fixture
+def stage(engine: Engine) -> Engine:
+    """The database with rollout r1: STAGE assigned v2 (from v1), REST in it unassigned."""
     with Session(engine) as session:
         session.add(rollout())
         for rank, device_id in enumerate(STAGE + REST):
@@ -58,8 +49,7 @@ def engine(
                 )
             )
         session.commit()
-    yield engine
-    engine.dispose()
+    return engine
 
 
 def rollout() -> Rollout:
@@ -137,8 +127,9 @@ class Clock:
 @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
 @given(ticks=st.lists(st.tuples(st.lists(windows, max_size=6), st.floats(0, 40)), max_size=8))
 def test_running_sums_read_what_a_full_read_reads(
-    engine: Engine, ticks: list[tuple[list[TelemetryWindow], float]]
+    stage: Engine, ticks: list[tuple[list[TelemetryWindow], float]]
 ) -> None:
+    engine = stage
     clock = Clock()
     running = StageTraffic(settle_seconds=30, clock=clock)
     with Session(engine) as session:  # windows of earlier examples: the reading starts over
@@ -150,9 +141,10 @@ def test_running_sums_read_what_a_full_read_reads(
         assert_same(reading(running, engine), reading(StageTraffic(settle_seconds=0), engine))
 
 
-def test_a_row_committed_after_a_higher_id_is_still_counted(engine: Engine) -> None:
+def test_a_row_committed_after_a_higher_id_is_still_counted(stage: Engine) -> None:
     """A row whose id is below one already read (its transaction committed later) is added
     when its id settles, neither lost nor counted twice."""
+    engine = stage
     clock = Clock()
     running = StageTraffic(settle_seconds=30, clock=clock)
     late = model(2, 40, 1, 3)

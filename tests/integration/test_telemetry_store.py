@@ -4,7 +4,6 @@ arrived, the models of a window in their order, a window with no model kept too.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from control_plane.fleet.ingestion import Incoming, store_batch, stored_windows
-from control_plane.store.db import create_db_engine, migrate
 from control_plane.store.tables import TelemetryModelRecord, TelemetryRecord
 from shared.messages import ModelWindow, TelemetryWindow
 from tests.unit.test_windows import windows as model_windows
@@ -22,20 +20,6 @@ from tests.unit.test_windows import windows as model_windows
 pytestmark = pytest.mark.integration
 DEVICES = ["dev-a", "dev-b", "dev-c"]
 START = datetime(2026, 11, 30, 12, 0, 0, 123456, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Engine]:
-    if request.param == "postgres":
-        url = str(request.getfixturevalue("postgres_url"))
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('telemetry') / 'telemetry.db'}"
-    engine = create_db_engine(url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 SEQ = iter(range(1, 10**9))
