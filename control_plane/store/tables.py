@@ -291,7 +291,7 @@ class Device(SQLModel, table=True):
     broker_account: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=false())
     )
-    online: bool = False
+    online: bool = Field(default=False, index=True)  # counted without reading the rows
     last_seen: datetime | None = None
     state: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     # The device's own report counter: a report with a higher one wins (not its clock).
