@@ -36,6 +36,13 @@ Incoming = DeviceState | OnlineStatus | TelemetryWindow | SampleBatch
 # is offline (weeks at most), and its clock may be somewhat off; 2099 or 1970 is not a window.
 MAX_WINDOW_AGE = timedelta(days=365)
 MAX_CLOCK_AHEAD = timedelta(days=1)
+# The most rows one model version may claim to have served per second of its window (an
+# edge device serves thousands). With a window's length capped at 7 days, no window's
+# count exceeds ~6.0e11 (2**39.2), so int64 sums over millions of windows (a stage's
+# running sums, a monitor bucket) cannot wrap; and inputs being float32, no feature's
+# sums can reach infinity.
+MAX_ROWS_PER_SECOND = 1_000_000
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -63,11 +70,38 @@ class BatchResult:
 
 
 def implausible(window: TelemetryWindow, received: datetime) -> str | None:
-    """Why a window's times cannot be true, judged against its receipt; None if they can."""
+    """Why a window cannot be true — its times judged against its receipt, its counts
+    against its length and each other; None if it can."""
     if window.window_end > received + MAX_CLOCK_AHEAD:
         return f"window ends at {window.window_end}, in the future"
     if window.window_start < received - MAX_WINDOW_AGE:
         return f"window starts at {window.window_start}, over a year ago"
+    seconds = max((window.window_end - window.window_start).total_seconds(), 1.0)
+    for model in window.models:
+        if problem := _implausible_counts(model, int(seconds * MAX_ROWS_PER_SECOND)):
+            return f"{model.name} v{model.version}: {problem}"
+    return None
+
+
+def _implausible_counts(model: ModelWindow, most: int) -> str | None:
+    """Why a model's counts cannot be what one device served: more rows than the window's
+    length allows (``most``), or a part larger than the whole it is part of."""
+    if model.requests > most:
+        return f"{model.requests} rows is over {most} for the window's length"
+    served = model.requests - model.errors
+    if served < 0:
+        return f"{model.errors} errors in {model.requests} rows"
+    if sum(model.latency_counts) > served or sum(model.predictions) > served:
+        return f"more latencies or predictions than the {served} rows served"
+    for j, feature in enumerate(model.features):
+        if feature.n + feature.missing > served:
+            return f"feature {j}: {feature.n + feature.missing} values in {served} rows"
+        if sum(feature.counts) + feature.below + feature.above > feature.n:
+            return f"feature {j}: more binned values than its {feature.n}"
+        if abs(feature.sum) > feature.n * FLOAT32_MAX or not (
+            0.0 <= feature.sum_sq <= feature.n * FLOAT32_MAX**2
+        ):
+            return f"feature {j}: sums beyond what {feature.n} float32 values add up to"
     return None
 
 

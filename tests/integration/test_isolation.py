@@ -130,6 +130,10 @@ def test_one_bad_message_stops_nobody_elses_ingest(
         b.send("telemetry", window("dev-b", 4, models=[model_window(float("nan"))]))
         b.send("telemetry", window("dev-b", 5, window_start=far, window_end=far))  # 2095
         b.send("telemetry", window("dev-b", 6))
+        # Counts no device serves in a window (they would wrap the gates' int64 sums).
+        b.send(
+            "telemetry", window("dev-b", 7, models=[{**model_window(1.0), "requests": 2**53 - 1}])
+        )
         c.send("telemetry", window("dev-c", POISON_SEQ))  # the database refuses it
         c.send("telemetry", window("dev-c", 2**31 + 5))  # past PostgreSQL's int4
         c.send("telemetry", window("dev-c", 7))
@@ -137,7 +141,7 @@ def test_one_bad_message_stops_nobody_elses_ingest(
         # A device that sends nothing else: its refused window is counted and acknowledged.
         d.send("telemetry", window("dev-d", 9, window_start=far, window_end=far))
         wait_until(lambda: acked(d) == [9], what="dev-d's implausible window acknowledged")
-        wait_until(lambda: acked(b) == [5, 6], what="dev-b's good and implausible acked")
+        wait_until(lambda: acked(b) == [5, 6, 7], what="dev-b's good and implausible acked")
         wait_until(lambda: acked(c) == [7, POISON_SEQ, 2**31 + 5], what="dev-c's acked")
 
         def stored(device_id: str) -> list[int]:
@@ -149,7 +153,7 @@ def test_one_bad_message_stops_nobody_elses_ingest(
         assert stored("dev-b") == [6]
         assert stored("dev-c") == [7, 2**31 + 5]
         dropped = {d: api.get(f"/devices/{d}").json()["dropped_messages"] for d in devices}
-        assert dropped == {"dev-a": 0, "dev-b": 4, "dev-c": 1, "dev-d": 1}
+        assert dropped == {"dev-a": 0, "dev-b": 5, "dev-c": 1, "dev-d": 1}
         assert bridge.counters.poisoned == 1
     finally:
         for device in devices.values():
