@@ -38,6 +38,7 @@ from control_plane.fleet.ingestion import (
     store_batch,
 )
 from control_plane.observability.logs import about
+from control_plane.store.db import contended
 from control_plane.store.tables import utcnow
 from shared.broker_address import CONTROL_PLANE_USER, BrokerAddress, parse_broker_urls
 from shared.cancellation import raise_if_cancelling
@@ -56,6 +57,8 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
+# Messages parsed and waiting for the ingest loop. Past it, reading waits, and so does the
+# PUBACK of what was read (_read): the broker keeps the rest queued for us.
 QUEUE_MAX = 50_000
 _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
     Channel.STATE: (DeviceState, MAX_STATE_BYTES),
@@ -152,7 +155,7 @@ class MqttBridge:
         if broker.tls:
             ca = self.settings.mqtt_ca_file
             tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
@@ -160,11 +163,22 @@ class MqttBridge:
             keepalive=30,
             timeout=10,
             identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
-            max_queued_incoming_messages=QUEUE_MAX,
+            # Unbounded: aiomqtt would discard a message that does not fit, never to be
+            # acknowledged, and the broker would hold its in-flight slot for good. What the
+            # broker sends ahead is its in-flight window (below).
+            max_queued_incoming_messages=None,
             max_inflight_messages=MAX_INFLIGHT,  # rollouts publish a stage's states together
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             tls_params=tls,
         )
+        # A QoS 1 message is acknowledged once it has been handed to the ingest queue (see
+        # _read), not on arrival: while ingest stands still (the database held up), the
+        # broker stops at its in-flight window (max_inflight_messages, 20 in deploy/) and
+        # queues the rest for us, within its own bounds, instead of us reading them into
+        # memory. (mosquitto 2.0.11 sends further ahead once acknowledgements flow again:
+        # hundreds, measured.) aiomqtt 2.5 has no option for it: paho's.
+        client._client.manual_ack_set(True)
+        return client
 
     async def _connection_loop(self) -> None:
         """Stay connected: to the next broker node at once when one is unreachable or drops
@@ -215,8 +229,15 @@ class MqttBridge:
                 await reader
 
     async def _read(self, client: aiomqtt.Client) -> None:
+        """Hand each message on, waiting while the ingest queue is full, then acknowledge
+        it (QoS 1, in order of arrival, as MQTT requires)."""
+        paho = client._client  # manual acknowledgement: _new_client
         async for message in client.messages:
-            self._accept(str(message.topic), message.payload)
+            incoming = self._accept(str(message.topic), message.payload)
+            if incoming is not None:
+                await self._queue.put(incoming)
+            if message.qos == 1:
+                paho.ack(message.mid, 1)
 
     async def _prepare(self, client: aiomqtt.Client) -> None:
         """With dynsec: take this account's role (its subscriptions need it) and delete the
@@ -235,18 +256,18 @@ class MqttBridge:
             qos: Literal[0, 1] = 0 if self.settings.mqtt_subscribe_qos == 0 else 1
             await _subscribe(client, topic_filter, qos)
 
-    def _accept(self, topic: str, payload: object) -> None:
-        """Parse at the edge; a bad message is dropped and counted (for its device too),
-        never raised."""
+    def _accept(self, topic: str, payload: object) -> Incoming | None:
+        """Parse at the edge: the message to ingest, or None. A bad message is dropped and
+        counted (for its device too), never raised."""
         if topic == RESPONSE_TOPIC and self.dynsec is not None:
             if isinstance(payload, bytes):
                 self.dynsec.accept(payload)
-            return
+            return None
         self.counters.received += 1
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] not in _PARSERS or not isinstance(payload, bytes):
             self.counters.dropped += 1
-            return
+            return None
         device_id, channel = parsed
         model, cap = _PARSERS[channel]
         try:
@@ -257,14 +278,11 @@ class MqttBridge:
                 raise ValueError(f"payload names {message.device_id!r}")
         except (ValidationError, ValueError) as exc:
             self._drop(device_id, channel.value, str(exc))
-            return
+            return None
         if isinstance(message, TelemetryWindow) and (problem := implausible(message, utcnow())):
             self._drop(device_id, channel.value, problem, refused=message)
-            return
-        try:
-            self._queue.put_nowait(message)
-        except asyncio.QueueFull:  # not acknowledged: the device sends it again later
-            self.counters.dropped += 1
+            return None
+        return message
 
     def _drop(
         self, device_id: str, what: str, why: str, refused: TelemetryWindow | None = None
@@ -305,13 +323,14 @@ class MqttBridge:
         """Store a batch (and the drop counts) in one transaction. When that fails while the
         database answers, the batch is split until the message that fails is found: the
         others are stored and acknowledged, that one is dropped, counted and acknowledged
-        (it would fail every time). While the database does not answer, the batch waits and
-        nothing is acknowledged."""
+        (it would fail every time). While the database does not answer, or another
+        transaction holds its locks past the busy timeout (SQLite's single writer behind a
+        long write), the batch waits and nothing is acknowledged."""
         while True:
             try:
                 result = await asyncio.to_thread(store_batch, self.engine, batch, dropped)
             except Exception as exc:
-                if not await asyncio.to_thread(database_answers, self.engine):
+                if contended(exc) or not await asyncio.to_thread(database_answers, self.engine):
                     log.warning("ingest waits for the database: %s", str(exc)[:200])
                     await asyncio.sleep(1.0)
                     continue

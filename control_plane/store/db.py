@@ -8,12 +8,16 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Select, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The API runs sync routes on a 40-thread pool: let most of them hold a connection at once.
 POOL_SIZE = 10
 POOL_OVERFLOW = 30
+# What a write meets while another transaction holds what it needs; tried again, it passes.
+_SQLITE_BUSY = ("database is locked", "database table is locked")
+_POSTGRES_CONTENDED = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
 
 
 def create_db_engine(url: str) -> Engine:
@@ -38,6 +42,16 @@ def create_db_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+
+
+def contended(exc: BaseException) -> bool:
+    """Whether a failed statement met another transaction's locks (SQLite's busy timeout
+    ran out, a PostgreSQL deadlock or serialization failure), not a fault of its own."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    if getattr(exc.orig, "sqlstate", None) in _POSTGRES_CONTENDED:
+        return True
+    return isinstance(exc, OperationalError) and any(m in str(exc.orig) for m in _SQLITE_BUSY)
 
 
 def alembic_config(engine: Engine) -> Config:

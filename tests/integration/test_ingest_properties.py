@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import create_engine, text
 from sqlmodel import Session, select
 
 from control_plane.auth.keys import load_keys
@@ -49,12 +51,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MqttBridge]:
 
 def ingest(bridge: MqttBridge, messages: list[tuple[str, bytes]]) -> None:
     """What the bridge does with messages off the broker: the edge, then one stored batch."""
-    for topic, payload in messages:
-        bridge._accept(topic, payload)
-    batch = []
-    while not bridge._queue.empty():
-        if (message := bridge._queue.get_nowait()) is not None:
-            batch.append(message)
+    batch = [m for topic, payload in messages if (m := bridge._accept(topic, payload))]
     dropped, bridge._dropped, bridge._refused = bridge._dropped, {}, {}
     asyncio.run(bridge._store(batch, dropped))
 
@@ -109,3 +106,29 @@ def test_any_bytes_on_any_device_topic(
         stored = {r.window.seq for r in stored_windows(session, "dev-good", 100_000)}
     assert seq in stored  # the other devices' garbage cost dev-good nothing
     everything_reads_back(bridge)
+
+
+def test_a_write_held_up_past_the_busy_timeout_waits_and_loses_nothing(
+    bridge: MqttBridge, tmp_path: Path
+) -> None:
+    """Another transaction holds SQLite's one write lock past the busy timeout (as a long
+    write of a 100,000-device rollout stage did): the batch waits for it and is stored
+    whole, instead of being split as if one of its messages could never be stored."""
+    url = bridge.settings.resolved_database_url
+    impatient = MqttBridge(
+        bridge.settings,
+        create_engine(url, connect_args={"timeout": 0.05}),  # a 50 ms busy timeout
+        bridge.keys,
+    )
+    window = TelemetryWindow.model_validate_json(good_window(10_001))
+    holder = create_db_engine(url).connect()
+    holder.execute(text("UPDATE device SET dropped_messages = dropped_messages"))
+    release = threading.Timer(1.0, holder.rollback)
+    release.start()
+    try:
+        result = asyncio.run(impatient._store([window], {}))
+    finally:
+        release.join()
+        holder.close()
+    assert (result.inserted, impatient.counters.poisoned) == (1, 0)
+    assert result.acks == {"dev-good": [10_001]}

@@ -303,3 +303,58 @@ def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) ->
         engine.dispose()
     assert len(attempts) == 2
     assert order[0] == "republished"
+
+
+def hold_the_telemetry_table(api: Api) -> Any:
+    """A transaction that keeps ingest from writing windows until it ends."""
+    engine = create_db_engine(api.settings.resolved_database_url)
+    connection = engine.connect()
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("LOCK TABLE telemetry_window IN EXCLUSIVE MODE"))
+    else:  # SQLite's one writer
+        connection.execute(text("UPDATE device SET dropped_messages = dropped_messages"))
+    return connection
+
+
+def test_a_burst_larger_than_the_ingest_queue_loses_nothing(
+    make_api: MakeApi,
+    broker: MosquittoBroker,
+    database_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """While the database is held up (a long write elsewhere, as a 100,000-device rollout
+    makes on SQLite), a device sends 40 times what the ingest queue holds. The control
+    plane acknowledges a message to the broker only once it is queued, so the broker
+    keeps the rest, instead of the control plane reading and discarding them: every
+    window is stored once the database is free."""
+    monkeypatch.setattr("control_plane.fleet.bridge.QUEUE_MAX", 25)
+    api = make_api(
+        database_url,
+        mqtt_url=broker.control_plane_url(CP_PASSWORD),
+        broker_accounts=broker.accounts,
+    )
+    bridge = bridge_of(api)
+    wait_until(bridge.connected.is_set, what="bridge connected")
+    token = api.post("/devices", json={"id": "dev-a"}).json()["token"]
+    broker.add_user("dev-a", token)
+    device = Device(broker, "dev-a", token)
+    held = hold_the_telemetry_table(api)
+    try:
+        device.send("telemetry", window("dev-a", 1))
+        wait_until(
+            lambda: bridge.counters.received == 1 and bridge._queue.empty(),
+            what="the first window taken for storing",
+        )
+        for seq in range(2, 1001):
+            device.send("telemetry", window("dev-a", seq))
+        wait_until(bridge._queue.full, what="the ingest queue full")
+        held.rollback()
+        wanted = list(range(1, 1001))
+        wait_until(lambda: acked(device) == wanted, what="every window acknowledged", timeout=120)
+        assert bridge.counters.dropped == 0
+        assert bridge.counters.poisoned == 0
+        stored = api.get("/devices/dev-a/telemetry", params={"limit": 2000}).json()
+        assert sorted(w["window"]["seq"] for w in stored) == wanted
+    finally:
+        held.close()
+        device.close()
