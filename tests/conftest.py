@@ -9,6 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis judges by the clock too (a 200 ms deadline per example, a health check on how
+# fast examples are drawn), and on a busy two-core machine those fail tests that are right:
+# every property test here runs without them.
+settings.register_profile("edgefleet", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("edgefleet")
 
 PG_ADMIN_URL = os.environ.get("EDGEFLEET_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
