@@ -1,13 +1,27 @@
-"""The agent's subscriptions against a real broker: the QoS it asks for (`mqtt_subscribe_qos`)
+"""The agent's subscriptions against real brokers: the QoS it asks for (`mqtt_subscribe_qos`),
+what that means on a NATS cluster (a JetStream consumer per subscription at 1, none at 0),
 and subscribing again to a topic that stayed silent (`mqtt_resubscribe_seconds`)."""
 
 from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shared.topics import Channel
 from simulator.rig.agent_rig import DEVICE, Rig, install_v1, predict_ok, serving
-from simulator.rig.agents import sign_desired, wait_until
+from simulator.rig.agents import (
+    AgentThread,
+    ArtifactServer,
+    agent_settings,
+    sign_desired,
+    trusted_keys,
+    wait_until,
+)
+from simulator.rig.cluster import NatsCluster, nats_server_path
 from simulator.rig.models import make_model
 
 pytestmark = pytest.mark.integration
@@ -79,3 +93,72 @@ def test_without_renewal_a_silent_subscription_stays_silent(rig: Rig) -> None:
     with pytest.raises(AssertionError):
         wait_until(lambda: serving(agent) == 2, timeout=3, what="v2")
     assert agent.a.session.resubscriptions == 0
+
+
+# --- NATS ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    if nats_server_path() is None:
+        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+    with NatsCluster(tmp_path / "nats") as started:
+        yield started
+
+
+def consumer_subjects(cluster: NatsCluster, stream: str) -> list[str]:
+    """The filter subjects of the JetStream consumers on ``stream`` (monitoring port)."""
+    node = cluster.nodes[0]
+    url = (
+        f"http://{cluster.host}:{node.http_port}/jsz"
+        "?accounts=true&streams=true&consumers=true&config=true"
+    )
+    with urllib.request.urlopen(url, timeout=10) as response:
+        report = json.load(response)
+    return [
+        consumer["config"].get("filter_subject", "")
+        for account in report.get("account_details") or []
+        for detail in account.get("stream_detail") or []
+        if detail["name"] == stream
+        for consumer in detail.get("consumer_detail") or []
+    ]
+
+
+@pytest.mark.skipif(nats_server_path() is None, reason="nats-server is not installed")
+def test_on_nats_only_qos_1_subscriptions_are_jetstream_consumers(
+    cluster: NatsCluster, tmp_path: Path
+) -> None:
+    """What `mqtt_subscribe_qos = 0` is for: a QoS 1 MQTT subscription on nats-server is a
+    JetStream consumer (which a node's death can leave granted but silent), a QoS 0 one is a
+    plain NATS subscription. The cluster rig's agents get 0."""
+    _, _, trust = trusted_keys(tmp_path)
+    tokens = {"dev-q0": "ef_token-q0", "dev-q1": "ef_token-q1"}
+    cluster.add_users(tokens)
+    artifacts = ArtifactServer()
+    agents: list[AgentThread] = []
+    try:
+        for device_id, overrides in (("dev-q0", {}), ("dev-q1", {"mqtt_subscribe_qos": 1})):
+            settings = agent_settings(
+                tmp_path,
+                device_id=device_id,
+                broker=cluster,
+                token=tokens[device_id],
+                control_plane_url=artifacts.url,
+                trust_store=trust,
+                **overrides,
+            )
+            agents.append(AgentThread(settings))
+        for agent in agents:
+            wait_until(agent.a.session.connected.is_set, timeout=60, what="connected")
+        q0, q1 = (agent.a.session for agent in agents)
+        assert q0.granted == {Channel.DESIRED: 0, Channel.ACK: 0}
+        assert q1.granted == {Channel.DESIRED: 1, Channel.ACK: 1}
+        subjects = consumer_subjects(cluster, "$MQTT_msgs")
+        assert sorted(s for s in subjects if "dev-q" in s) == [
+            "$MQTT.msgs.edgefleet.v1.devices.dev-q1.ack",
+            "$MQTT.msgs.edgefleet.v1.devices.dev-q1.desired",
+        ]
+    finally:
+        for agent in agents:
+            agent.stop()
+        artifacts.close()
