@@ -54,6 +54,27 @@ class AgentSettings(TomlSettings):
     tls_cert_file: Path | None = Field(default=None, description="Client certificate.")
     tls_key_file: Path | None = Field(default=None, description="Client key.")
     keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    mqtt_subscribe_qos: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="QoS of the agent's subscriptions to its desired state and acks. 0 on a "
+        "NATS cluster: there each QoS 1 subscription is a JetStream consumer, which can be "
+        "granted after a node died and yet deliver nothing. Nothing is lost at 0: the desired "
+        "state is retained and comes again with every (re)subscription, and telemetry whose "
+        "ack is lost stays in the outbox, is sent again at the next window and acknowledged "
+        "again (stored once).",
+    )
+    mqtt_resubscribe_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="Subscribe again to the desired (or ack) topic when it has brought "
+        "nothing for this long while connected; 0: never. The broker sends the retained "
+        "desired state again, which changes nothing when it is the one already accepted. A "
+        "guard for broker clusters, where a subscription can stay granted but silent or miss "
+        "a publish racing it (docs/broker-cluster.md).",
+    )
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     outbox_max_messages: int = Field(default=10_000, ge=10, description="Outbox cap.")
@@ -143,6 +164,9 @@ window_seconds = 60                            # telemetry window
 # tls_ca_file = "/etc/edgefleet/ca.pem"        # for mqtts:// and https:// artifacts
 # tls_cert_file = "/etc/edgefleet/device.pem"  # client certificate, optional
 # tls_key_file = "/etc/edgefleet/device.key"
+# mqtt_subscribe_qos = 1                       # 0 on a NATS cluster (docs/broker-cluster.md)
+# mqtt_resubscribe_seconds = 0                 # e.g. 300 on a broker cluster: subscribe again
+#                                              # when a topic was silent this long (0: never)
 # outbox_max_messages = 10000                  # oldest dropped (and counted) beyond this
 # max_artifact_bytes = 536870912               # 512 MiB download cap
 # download_deadline_seconds = 900

@@ -4,8 +4,10 @@ aiomqtt drives paho from the asyncio loop (epoll, not paho's select() loop), so 
 agents fit in one process. The session reconnects forever: to the next node of a broker
 cluster at once, with exponential backoff and jitter once every node has failed. Its Last
 Will marks the device offline (retained); on every connect it publishes online,
-re-subscribes to its own ``desired`` and ``ack`` topics and calls ``on_connect`` (which
-republishes the state and the outbox).
+re-subscribes to its own ``desired`` and ``ack`` topics (at ``mqtt_subscribe_qos``) and calls
+``on_connect`` (which republishes the state and the outbox). With ``mqtt_resubscribe_seconds``
+it also subscribes again to a topic that has been silent that long, so a subscription a
+broker cluster keeps granted but silent cannot hold a device back for ever.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import random
 import socket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
@@ -52,6 +54,9 @@ class DeviceSession:
         self.connected = asyncio.Event()
         self.connects = 0
         self.node_index = 0  # which of settings.brokers this session uses (or tries) now
+        self.granted: dict[Channel, int] = {}  # the QoS the broker granted, per subscription
+        self.resubscriptions = 0  # subscribed again to a silent topic (not on connect)
+        self._heard: dict[str, float] = {}  # topic → loop time of its last message or SUBACK
         device = settings.device_id
         self._subscriptions = {
             topics.device(device, Channel.DESIRED): Channel.DESIRED,
@@ -129,12 +134,10 @@ class DeviceSession:
 
     async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
         """One connection: subscribe, say online, republish, hand messages on until it ends."""
+        self.granted.clear()
+        self._heard.clear()
         for topic in self._subscriptions:
-            if refused(await client.subscribe(topic, qos=1)):
-                # A cluster node may refuse while it elects a new leader (nats-server: the
-                # subscription's JetStream consumer times out); connected without it, the
-                # agent would never hear of a desired state. Reconnect instead.
-                raise aiomqtt.MqttError(f"the broker refused the subscription to {topic}")
+            await self._subscribe(client, topic)
         await client.publish(
             self.topics.device(self.settings.device_id, Channel.ONLINE),
             OnlineStatus(device_id=self.settings.device_id, online=True).model_dump_json(),
@@ -148,14 +151,71 @@ class DeviceSession:
         # an ack is handled while a long outbox drains.
         raise_if_cancelling()
         flush = asyncio.create_task(self._on_connect())
+        parts = [asyncio.create_task(self._read(client))]
+        if self.settings.mqtt_resubscribe_seconds:
+            parts.append(asyncio.create_task(self._resubscribe_silent(client)))
         try:
-            async for message in client.messages:
-                channel = self._subscriptions.get(str(message.topic))
-                payload = message.payload
-                if channel is not None and isinstance(payload, bytes | bytearray):
-                    self._on_message(channel, bytes(payload))
+            # Either part ends only with an error (the connection is gone, or a subscription
+            # was refused): end the connection with it.
+            done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+            errors = [part.exception() for part in done]
+            for error in errors:
+                if error is not None:
+                    raise error
         finally:
             flush.cancel()
+            for part in parts:
+                part.cancel()
+            await asyncio.gather(*parts, return_exceptions=True)
+
+    async def _subscribe(self, client: aiomqtt.Client, topic: str) -> None:
+        qos: Literal[0, 1] = 0 if self.settings.mqtt_subscribe_qos == 0 else 1
+        granted = await client.subscribe(topic, qos=qos)
+        if refused(granted):
+            # A cluster node may refuse while it elects a new leader (nats-server: the
+            # subscription's JetStream consumer times out); connected without it, the
+            # agent would never hear of a desired state. Reconnect instead.
+            raise aiomqtt.MqttError(f"the broker refused the subscription to {topic}")
+        first = granted[0]
+        self.granted[self._subscriptions[topic]] = (
+            first.value if isinstance(first, ReasonCode) else first
+        )
+        self._heard[topic] = asyncio.get_running_loop().time()
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        async for message in client.messages:
+            topic = str(message.topic)
+            channel = self._subscriptions.get(topic)
+            payload = message.payload
+            if channel is not None and isinstance(payload, bytes | bytearray):
+                self._heard[topic] = loop.time()
+                self._on_message(channel, bytes(payload))
+        raise aiomqtt.MqttError("the message stream ended")  # it does only when disconnected
+
+    async def _resubscribe_silent(self, client: aiomqtt.Client) -> None:
+        """Subscribe again to each topic that brought nothing for ``mqtt_resubscribe_seconds``.
+        The broker then sends the retained desired state again: a new one is applied, the one
+        already accepted changes nothing (the updater takes it as a re-apply). Wanted where a
+        subscription can be granted and still deliver nothing (nats-server 2.9 after a node
+        died), or miss a publish racing it across cluster nodes."""
+        interval = self.settings.mqtt_resubscribe_seconds
+        loop = asyncio.get_running_loop()
+        while True:
+            due = min(self._heard.values()) + interval
+            # Jitter: agents that connected together do not all subscribe again together.
+            jitter = interval * random.uniform(0.0, 0.1)  # noqa: S311
+            await asyncio.sleep(max(0.0, due - loop.time()) + jitter)
+            for topic, heard in list(self._heard.items()):
+                if loop.time() - heard >= interval:
+                    await self._subscribe(client, topic)
+                    self.resubscriptions += 1
+                    log.info(
+                        "%s: subscribed again to %s (silent for %.0f s)",
+                        self.settings.device_id,
+                        topic,
+                        interval,
+                    )
 
     async def publish(
         self, channel: Channel, payload: str | bytes, *, retain: bool = False

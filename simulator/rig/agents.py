@@ -319,6 +319,8 @@ def agent_settings(
         "download_grace_seconds": 2.0,
         "download_attempts": 2,
     }
+    if isinstance(broker, NatsCluster):
+        values.update(broker.agent_values())
     values.update(overrides)
     return AgentSettings.model_validate(values)
 

@@ -220,6 +220,12 @@ class NatsCluster:
             "EDGEFLEET_MQTT_SUBSCRIBE_QOS": "0",
         }
 
+    def agent_values(self) -> dict[str, object]:
+        """Agent settings this cluster needs beyond ``broker_url``: subscriptions at QoS 0,
+        plain NATS subscriptions. At QoS 1 each is a JetStream consumer, and one granted
+        again after a node died can deliver nothing (docs/broker-cluster.md)."""
+        return {"mqtt_subscribe_qos": 0}
+
     # -- users ---------------------------------------------------------------------------
 
     def add_control_plane_user(self, password: str, username: str = CONTROL_PLANE_USER) -> None:

@@ -2,7 +2,9 @@
 three nodes): a real `edgefleet server` and real agents spread over the nodes, the node the
 control plane and a third of the devices are connected to killed -9 in the middle of a
 staged rollout. Every device converges on the new version, and every telemetry window each
-agent produced is stored exactly once."""
+agent produced is stored exactly once. The rig runs the control plane and the agents with
+``mqtt_subscribe_qos = 0``: on nats-server 2.9 a QoS 1 subscription is a JetStream consumer,
+and one granted again after the kill could deliver nothing (docs/broker-cluster.md)."""
 
 from __future__ import annotations
 
@@ -21,19 +23,6 @@ from simulator.rig.fleet import OPEN_GATES, Fleet, open_cluster_fleet
 
 pytestmark = [
     pytest.mark.integration,
-    # A known bug, not a slow machine: after the node is killed, a device whose QoS 1
-    # subscription to its desired topic was granted again on a surviving node can still
-    # receive nothing (nats-server 2.9's JetStream consumer behind it is gone): the
-    # broker holds the device's new desired state retained, the device stays on the old
-    # version, and the install gate rolls the canary back (1-2 of 9 devices, in the full
-    # suite and alone). Fixing it is the agent's (a QoS 0 desired subscription on NATS, or
-    # resubscribing when a desired state it was told of does not come); until then this
-    # test may fail, and says why.
-    pytest.mark.xfail(
-        strict=False,
-        reason="nats-server 2.9: a re-granted QoS 1 subscription can deliver nothing after "
-        "a node is killed (docs/broker-cluster.md)",
-    ),
     pytest.mark.skipif(
         nats_server_path() is None,
         reason="nats-server is not installed (apt-get install "

@@ -93,3 +93,25 @@ def test_a_config_that_is_not_toml_is_a_config_error_not_a_crash(tmp_path: Path)
     assert result.returncode == 2  # systemd's RestartPreventExitStatus: not restarted into it
     assert "is not valid TOML" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mqtt_subscribe_qos", 2),  # the agent handles no QoS 2
+        ("mqtt_subscribe_qos", -1),
+        ("mqtt_resubscribe_seconds", -1),
+        ("mqtt_resubscribe_seconds", float("inf")),
+    ],
+)
+def test_subscription_settings_out_of_range_are_refused(
+    tmp_path: Path, key: str, value: float
+) -> None:
+    from pydantic import ValidationError
+
+    from agent.config import load_agent_settings
+
+    with pytest.raises(ValidationError, match=key):
+        load_agent_settings(required_only(tmp_path), **{key: value})
+    settings = load_agent_settings(required_only(tmp_path))
+    assert (settings.mqtt_subscribe_qos, settings.mqtt_resubscribe_seconds) == (1, 0.0)
