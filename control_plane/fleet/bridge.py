@@ -57,8 +57,7 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
-# Messages parsed and waiting for the ingest loop. Past it, reading waits, and so does the
-# PUBACK of what was read (_read): the broker keeps the rest queued for us.
+# Messages parsed and waiting for the ingest loop; past it, reading waits (_read).
 QUEUE_MAX = 50_000
 _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
     Channel.STATE: (DeviceState, MAX_STATE_BYTES),
@@ -155,7 +154,7 @@ class MqttBridge:
         if broker.tls:
             ca = self.settings.mqtt_ca_file
             tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
-        client = aiomqtt.Client(
+        return aiomqtt.Client(
             broker.host,
             broker.port,
             username=broker.username,
@@ -163,22 +162,14 @@ class MqttBridge:
             keepalive=30,
             timeout=10,
             identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
-            # Unbounded: aiomqtt would discard a message that does not fit, never to be
-            # acknowledged, and the broker would hold its in-flight slot for good. What the
-            # broker sends ahead is its in-flight window (below).
+            # Unbounded: aiomqtt discards what does not fit its queue, after paho has
+            # acknowledged it to the broker (a state report lost for good). Parsed messages
+            # wait in our bounded queue (_read).
             max_queued_incoming_messages=None,
             max_inflight_messages=MAX_INFLIGHT,  # rollouts publish a stage's states together
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             tls_params=tls,
         )
-        # A QoS 1 message is acknowledged once it has been handed to the ingest queue (see
-        # _read), not on arrival: while ingest stands still (the database held up), the
-        # broker stops at its in-flight window (max_inflight_messages, 20 in deploy/) and
-        # queues the rest for us, within its own bounds, instead of us reading them into
-        # memory. (mosquitto 2.0.11 sends further ahead once acknowledgements flow again:
-        # hundreds, measured.) aiomqtt 2.5 has no option for it: paho's.
-        client._client.manual_ack_set(True)
-        return client
 
     async def _connection_loop(self) -> None:
         """Stay connected: to the next broker node at once when one is unreachable or drops
@@ -229,15 +220,11 @@ class MqttBridge:
                 await reader
 
     async def _read(self, client: aiomqtt.Client) -> None:
-        """Hand each message on, waiting while the ingest queue is full, then acknowledge
-        it (QoS 1, in order of arrival, as MQTT requires)."""
-        paho = client._client  # manual acknowledgement: _new_client
+        """Hand each message on, waiting while the ingest queue is full (never dropping)."""
         async for message in client.messages:
             incoming = self._accept(str(message.topic), message.payload)
             if incoming is not None:
                 await self._queue.put(incoming)
-            if message.qos == 1:
-                paho.ack(message.mid, 1)
 
     async def _prepare(self, client: aiomqtt.Client) -> None:
         """With dynsec: take this account's role (its subscriptions need it) and delete the
