@@ -60,7 +60,7 @@ from simulator.rig.fleet import OPEN_GATES  # noqa: E402
 from simulator.rig.models import make_model  # noqa: E402
 from simulator.rig.procs import proc_cpu_seconds  # noqa: E402
 from simulator.rig.server import run_cli, start_server, stop_server  # noqa: E402
-from simulator.swarm.rig import FD_HEADROOM, SwarmRig  # noqa: E402
+from simulator.swarm.rig import FD_HEADROOM, SwarmRig, edge_brokers_for  # noqa: E402
 from simulator.swarm.runner import Swarm, raise_fd_limit  # noqa: E402
 from simulator.swarm.scenario import (  # noqa: E402
     ALL_AT_ONCE,
@@ -189,22 +189,17 @@ def swarm_figures(
     broker: dict[str, str],
     plans: tuple[dict[str, Any], ...],
 ) -> None:
-    """Both rollouts on a swarm of ``devices``; prints one line per plan."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard < devices + FD_HEADROOM:
-        # The broker holds a descriptor per session and cannot raise its limit past ours.
-        print(
-            f"{devices:>8} swarm: not run — RLIMIT_NOFILE is capped at {hard:,} here (hard "
-            f"limit; raising it needs CAP_SYS_RESOURCE), and mosquitto needs one descriptor "
-            f"per session: at most ~{hard - FD_HEADROOM:,} swarm devices on one broker"
-        )
-        return
+    """Both rollouts on a swarm of ``devices``; prints one line per plan. Past what one
+    broker holds here (a descriptor per session, RLIMIT_NOFILE per process), the devices
+    are on edge brokers bridged to the control plane's, one swarm process per edge."""
+    edges = edge_brokers_for(devices)
     spy: list[subprocess.Popen[bytes]] = []
 
     def ready(rig: SwarmRig) -> None:
+        where = f" on {edges} edge brokers bridged to the control plane's" if edges else ""
         print(
-            f"{devices:>8} swarm: registered in {rig.register_seconds:.1f} s, connected in "
-            f"{rig.connect_seconds:.1f} s; RSS MiB broker {rig.usage().broker_rss:.0f}, "
+            f"{devices:>8} swarm{where}: registered in {rig.register_seconds:.1f} s, connected"
+            f" in {rig.connect_seconds:.1f} s; RSS MiB broker {rig.usage().broker_rss:.0f}, "
             f"swarm {rig.usage().swarm_rss:.0f}",
             flush=True,
         )
@@ -223,6 +218,7 @@ def swarm_figures(
                 on_rollout=print_swarm,
                 broker_options=broker,
                 plans=plans,
+                edge_brokers=edges,
             )
         )
     for process in spy:

@@ -168,10 +168,13 @@ class MosquittoBroker:
         auth: str = "passwd",
         tls: tuple[Path, Path] | None = None,
         options: dict[str, str] | None = None,
+        extra_config: str = "",
     ) -> None:
         """``options``: broker-wide settings that replace the template's (e.g.
-        ``{"max_queued_messages": "1000000"}`` for a benchmark that says so)."""
+        ``{"max_queued_messages": "1000000"}`` for a benchmark that says so);
+        ``extra_config``: lines appended at the end (a bridge's ``connection`` section)."""
         self.options = dict(options or {})
+        self.extra_config = extra_config
         self.workdir = Path(workdir).resolve()
         if any(ch.isspace() for ch in str(self.workdir)):
             # mosquitto.conf values end at the first blank.
@@ -222,7 +225,8 @@ class MosquittoBroker:
         # Run as root, mosquitto would switch to the "mosquitto" user, which cannot read a
         # pytest tmp_path (mode 0700). Ignored when not running as root.
         user = pwd.getpwuid(os.geteuid()).pw_name
-        return text + f"\n# Added by simulator/broker.py: keep the current user.\nuser {user}\n"
+        text += f"\n# Added by simulator/broker.py: keep the current user.\nuser {user}\n"
+        return text + self.extra_config
 
     @property
     def host(self) -> str:

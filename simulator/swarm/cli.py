@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from simulator.swarm.rig import SwarmRig
+from simulator.swarm.rig import SwarmRig, edge_brokers_for
 from simulator.swarm.scenario import describe, swarm_rollouts
 
 console = Console()
@@ -24,13 +24,16 @@ def run_swarm(devices: int, report_dir: Path, window_seconds: float, duration: f
     report_dir.mkdir(parents=True, exist_ok=True)
 
     telemetry: dict[str, int] = {}
+    # Past one broker's descriptors here: edge brokers bridged to the control plane's.
+    edges = edge_brokers_for(devices)
 
     def ready(rig: SwarmRig) -> None:
         rigs.append(rig)
+        where = f"{edges} edge brokers bridged to " if edges else ""
         console.print(
             f"swarm: {devices:,} protocol-level devices (no model runs; artifacts count as "
-            f"cached) connected in {rig.connect_seconds:.1f} s to {rig.broker.describe()}; "
-            f"control plane {rig.control.url}",
+            f"cached) connected in {rig.connect_seconds:.1f} s to {where}"
+            f"{rig.broker.describe()}; control plane {rig.control.url}",
             highlight=False,
         )
 
@@ -43,16 +46,17 @@ def run_swarm(devices: int, report_dir: Path, window_seconds: float, duration: f
                 timeout=duration or DEFAULT_TIMEOUT,
                 window_seconds=window_seconds,
                 on_ready=ready,
+                edge_brokers=edges,
             )
         )
     except (TimeoutError, RuntimeError) as exc:
         console.print(f"[red]FAIL[/] swarm of {devices:,}: {exc}", highlight=False)
         return 1
-    counters = rigs[0].swarm.counters
+    counters = rigs[0].sessions.counters
     telemetry.update(
         windows=counters.windows,
         publishes=counters.telemetry_published,
-        unacknowledged=rigs[0].swarm.unacked(),
+        unacknowledged=rigs[0].sessions.unacked(),
     )
     for item in figures:
         console.print(describe(item), highlight=False)

@@ -16,7 +16,9 @@ Shared by ``edgefleet simulate --swarm``, ``benchmarks/scale.py`` and the tests.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,10 @@ from simulator.control import ControlPlane
 from simulator.data import sensor_csv
 from simulator.rig.agents import CP_PASSWORD  # the rig's: its Publisher logs in with it
 from simulator.rig.procs import proc_cpu_seconds, proc_rss_mib
+from simulator.swarm.edges import EdgeBrokers
 from simulator.swarm.runner import Swarm, raise_fd_limit
 from simulator.swarm.settings import SwarmSettings
+from simulator.swarm.shards import SwarmShards
 
 MODEL = "fault"
 REGISTER_BATCH = 10_000  # POST /devices takes a list of at most this many
@@ -38,6 +42,15 @@ SITES = ("berlin", "paris", "madrid", "oslo", "rome", "vienna", "lisbon", "warsa
 # Gates that a swarm can pass: it serves no requests (telemetry counts are synthetic).
 OPEN_GATES: dict[str, Any] = {"min_requests": 0, "min_devices_reporting": 0}
 FD_HEADROOM = 4096
+
+
+def edge_brokers_for(devices: int) -> int:
+    """Edge brokers a swarm of ``devices`` needs here: 0 while one broker (and one swarm
+    process) may hold a descriptor per session, else enough that each may."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if devices + FD_HEADROOM <= hard:
+        return 0
+    return math.ceil(devices / (hard - FD_HEADROOM))
 
 
 @dataclass
@@ -71,6 +84,9 @@ class SwarmRig:
     server_env: dict[str, str] = field(default_factory=dict)
     broker_options: dict[str, str] = field(default_factory=dict)  # MosquittoBroker options
     labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    # 0: the devices on the control plane's broker, in this process. N: on N edge brokers
+    # bridged to it, in one swarm process per edge (simulator.swarm.edges, .shards).
+    edge_brokers: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
     connect_seconds: float = 0.0
     register_seconds: float = 0.0
@@ -81,7 +97,11 @@ class SwarmRig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(self.workdir / "broker", options=self.broker_options)
         await asyncio.to_thread(self.broker.add_control_plane_user, CP_PASSWORD)
+        self.edges = EdgeBrokers(
+            self.broker, self.workdir / "edges", self.edge_brokers, options=self.broker_options
+        )
         await asyncio.to_thread(self.broker.start)
+        await asyncio.to_thread(self.edges.start)
         self.control = ControlPlane(
             self.workdir / "control-plane",
             env={
@@ -99,10 +119,20 @@ class SwarmRig:
                 self.trust,
                 SwarmSettings(self.broker.host, self.broker.port, **self.swarm_options),
             )
+            self.sessions: Swarm | SwarmShards = self.swarm
+            if self.edges.brokers:
+                # Every shard connects at once, beside the control plane taking in each
+                # device's first reports: a bound for 100,000 sessions on two cores.
+                options = {"connect_timeout_seconds": 600.0, **self.swarm_options}
+                self.sessions = SwarmShards(
+                    self.trust,
+                    [SwarmSettings(b.host, b.port, **options) for b in self.edges.brokers],
+                    self.workdir / "shards",
+                )
             began = time.monotonic()
             await self.register([self.device_id(i) for i in range(self.devices)])
             self.register_seconds = time.monotonic() - began
-            self.connect_seconds = await self.swarm.start()
+            self.connect_seconds = await self.sessions.start()
         except BaseException:
             await self._close()
             raise
@@ -118,12 +148,13 @@ class SwarmRig:
 
     async def _close(self) -> None:
         try:
-            if hasattr(self, "swarm"):
-                await self.swarm.stop()
+            if hasattr(self, "sessions"):
+                await self.sessions.stop()
         finally:
             if hasattr(self, "api"):
                 await self.api.aclose()
             await asyncio.to_thread(self.control.stop)
+            await asyncio.to_thread(self.edges.stop, 60)
             await asyncio.to_thread(self.broker.stop, 60)
 
     @staticmethod
@@ -144,9 +175,16 @@ class SwarmRig:
             response.raise_for_status()
             for item in response.json():
                 self.tokens[item["device"]["id"]] = item["token"]
-        await asyncio.to_thread(self.broker.add_users, {d: self.tokens[d] for d in ids}, 600)
-        for device_id in ids:
-            self.swarm.add(device_id, self.tokens[device_id], self.labels[device_id])
+        brokers = self.edges.brokers or [self.broker]
+        for i, broker in enumerate(brokers):
+            mine = ids[i :: len(brokers)]
+            await asyncio.to_thread(broker.add_users, {d: self.tokens[d] for d in mine}, 600)
+            for device_id in mine:
+                token, labels = self.tokens[device_id], self.labels[device_id]
+                if isinstance(self.sessions, SwarmShards):
+                    self.sessions.add(i, device_id, token, labels)
+                else:
+                    self.sessions.add(device_id, token, labels)
 
     # --- the control plane ---------------------------------------------------------------
 
@@ -222,21 +260,26 @@ class SwarmRig:
     def broker_drops(self) -> int:
         """Times mosquitto logged that it drops messages for a client (its queue for that
         client is full: ``max_queued_messages``), e.g. state reports to the control plane."""
-        return self.broker.log_text().count("Outgoing messages are being dropped")
+        dropped = self.broker.log_text().count("Outgoing messages are being dropped")
+        return dropped + self.edges.drops()
 
     # --- resources -----------------------------------------------------------------------
 
     def usage(self) -> Usage:
-        broker_pid = self.broker.pid
+        """The broker's figures are the central one's and every edge's, added up; the
+        swarm's are this process's and every shard's."""
+        brokers = [b.pid for b in (self.broker, *self.edges.brokers)]
         cp = self.control.process
-        assert broker_pid is not None
+        assert None not in brokers
         assert cp is not None
-        me = os.getpid()
+        swarm = [os.getpid()]
+        if isinstance(self.sessions, SwarmShards):
+            swarm += self.sessions.pids
         return Usage(
-            proc_cpu_seconds(broker_pid),
+            sum(proc_cpu_seconds(pid) for pid in brokers if pid is not None),
             proc_cpu_seconds(cp.pid),
-            proc_cpu_seconds(me),
-            proc_rss_mib(broker_pid),
+            sum(proc_cpu_seconds(pid) for pid in swarm),
+            sum(proc_rss_mib(pid) for pid in brokers if pid is not None),
             proc_rss_mib(cp.pid),
-            proc_rss_mib(me),
+            sum(proc_rss_mib(pid) for pid in swarm),
         )

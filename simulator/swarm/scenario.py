@@ -51,7 +51,7 @@ async def measure_rollout(
     error); ``settle`` (default: ``timeout``) bounds, after that, the waits for the control
     plane to hold every report and for ``succeeded`` (None in the figures when not met:
     e.g. the broker dropped reports)."""
-    swarm = rig.swarm
+    swarm = rig.sessions
     settle = timeout if settle is None else settle
     before = rig.usage()
     began = time.monotonic()
@@ -97,6 +97,7 @@ async def swarm_rollouts(
     on_ready: Callable[[SwarmRig], None] | None = None,
     on_rollout: Callable[[RolloutFigures], None] | None = None,
     broker_options: dict[str, str] | None = None,
+    edge_brokers: int = 0,
 ) -> list[RolloutFigures]:
     """Train a version per plan and roll each out to the whole swarm, one after another."""
     figures = []
@@ -105,6 +106,7 @@ async def swarm_rollouts(
         devices,
         swarm_options={"window_seconds": window_seconds},
         broker_options=broker_options or {},
+        edge_brokers=edge_brokers,
     ) as rig:
         if on_ready is not None:
             on_ready(rig)
