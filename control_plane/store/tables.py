@@ -334,16 +334,17 @@ def _copy_device_labels(session: Session, _flush: UOWTransaction) -> None:
     """Rewrite the ``device_label`` rows of the devices whose labels this flush wrote: new
     devices, and devices whose ``labels`` were set (the ORM's history, still there after the
     flush). A deleted device's rows go with it (``ON DELETE CASCADE``)."""
+    new = session.new  # a fresh set each time it is read: once, not once per device
     written = [
         device
-        for device in (*session.new, *session.dirty)
+        for device in (*new, *session.dirty)
         if isinstance(device, Device)
-        and (device in session.new or attributes.get_history(device, "labels").has_changes())
+        and (device in new or attributes.get_history(device, "labels").has_changes())
     ]
     if not written:
         return
     connection = session.connection()
-    stale = [device.id for device in written if device not in session.new]
+    stale = [device.id for device in written if device not in new]
     for at in range(0, len(stale), _LABEL_CHUNK):
         ids = stale[at : at + _LABEL_CHUNK]
         connection.execute(delete(DeviceLabel).where(DeviceLabel.device_id.in_(ids)))  # type: ignore[attr-defined]
