@@ -259,7 +259,7 @@ def told_otherwise(session: Session, model: str, selector: str, rollout_id: str)
     query = (
         select(Device)
         .outerjoin(told, and_(col(told.device_id) == Device.id, col(told.model_name) == model))
-        .where(*selected(parse_selector(selector)))
+        .where(*selected(session, parse_selector(selector)))
         .where(
             or_(
                 col(told.device_id).is_(None),

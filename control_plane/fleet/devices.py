@@ -7,21 +7,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, delete, func, or_
+from sqlalchemy import ColumnElement, case, delete, func
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import defer
+from sqlalchemy.orm import Mapped, aliased, defer
 from sqlmodel import Session, col, select
 
 from control_plane.audit.record import record_event
 from control_plane.audit.types import DeviceModelData, EventType, Payload
 from control_plane.auth.tokens import issue_token, new_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
-from control_plane.fleet.selectors import Selector
+from control_plane.fleet.selectors import Selector, Term
 from control_plane.store.tables import (
     Admission,
     ApiToken,
     Device,
     DeviceDeployment,
+    DeviceLabel,
     DeviceModel,
     Event,
     Role,
@@ -122,6 +123,7 @@ def forget_devices(session: Session, device_ids: Sequence[str]) -> None:
         )
     )
     session.exec(delete(DeviceModel).where(col(DeviceModel.device_id).in_(device_ids)))
+    session.exec(delete(DeviceLabel).where(col(DeviceLabel.device_id).in_(device_ids)))
     session.exec(delete(DeviceDeployment).where(col(DeviceDeployment.device_id).in_(device_ids)))
     session.exec(delete(Device).where(col(Device.id).in_(device_ids)))
     session.commit()
@@ -163,26 +165,54 @@ def list_devices(session: Session) -> list[Device]:
     return list(session.exec(select(Device).order_by(col(Device.id))).all())
 
 
-def selected(selector: Selector) -> list[ColumnElement[bool]]:
-    """The selector as SQL conditions on ``device`` (JSON labels: ``json_extract`` on
-    SQLite, ``->>`` on PostgreSQL): the same devices ``selector.matches`` would pick."""
-    conditions: list[ColumnElement[bool]] = []
+def _has_label(term: Term, device_id: Mapped[str]) -> ColumnElement[bool]:
+    """Whether ``device_id`` has the term's label: its key, and for ``=``/``!=`` its value
+    (a lookup by ``device_label``'s primary key)."""
+    label = aliased(DeviceLabel)
+    query = select(label.device_id).where(label.device_id == device_id, label.key == term.key)
+    if term.op in ("=", "!="):
+        query = query.where(label.value == term.value)
+    return query.exists()
+
+
+def _labelled(term: Term) -> list[ColumnElement[bool]]:
+    """``device_label`` rows of devices that have ``term``'s label (``=`` or ``exists``)."""
+    wanted = [col(DeviceLabel.key) == term.key]
+    return wanted + ([col(DeviceLabel.value) == term.value] if term.op == "=" else [])
+
+
+def selected(session: Session, selector: Selector) -> list[ColumnElement[bool]]:
+    """The selector as SQL conditions on ``device``: the same devices ``selector.matches``
+    would pick (``key!=value`` also picks devices without the key), found in
+    ``device_label``. When a term needs a label (``key=value`` or ``key``) that under a
+    third of the fleet has, only the label rows of the rarest such term are read and the
+    other terms looked up for those devices (``hw=jetson,site=s3`` reads 5,000 rows of
+    100,000 devices); otherwise every device is looked up, which is cheaper per device
+    than gathering a long list of ids (measured on SQLite: 0.4 s against 1 s for 66,666
+    matches of 100,000)."""
+    needed = [term for term in selector.terms if term.op in ("=", "exists")]
+    if needed:
+        count = select(func.count()).select_from(DeviceLabel)
+        having = {term: session.exec(count.where(*_labelled(term))).one() for term in needed}
+        driver = min(needed, key=having.__getitem__)
+        fleet = session.exec(select(func.count()).select_from(Device)).one()
+        if having[driver] * 3 <= fleet:
+            ids = select(DeviceLabel.device_id).where(*_labelled(driver))
+            for term in selector.terms:
+                if term != driver:
+                    has = _has_label(term, col(DeviceLabel.device_id))
+                    ids = ids.where(has if term.op in ("=", "exists") else ~has)
+            return [col(Device.id).in_(ids)]
+    conditions = []
     for term in selector.terms:
-        value = col(Device.labels)[term.key].as_string()
-        if term.op == "exists":
-            conditions.append(value.is_not(None))
-        elif term.op == "absent":
-            conditions.append(value.is_(None))
-        elif term.op == "=":
-            conditions.append(value == term.value)
-        else:
-            conditions.append(or_(value.is_(None), value != term.value))
+        has = _has_label(term, col(Device.id))
+        conditions.append(has if term.op in ("=", "exists") else ~has)
     return conditions
 
 
 def matching_devices(session: Session, selector: Selector) -> list[Device]:
     """The devices ``selector`` matches, by id."""
-    query = select(Device).where(*selected(selector)).order_by(col(Device.id))
+    query = select(Device).where(*selected(session, selector)).order_by(col(Device.id))
     return list(session.exec(query).all())
 
 
@@ -190,8 +220,9 @@ def page_of_devices(
     session: Session, selector: Selector, limit: int | None, offset: int
 ) -> tuple[int, list[Device]]:
     """How many devices ``selector`` matches, and ``limit`` of them from ``offset`` by id."""
-    total = session.exec(select(func.count()).select_from(Device).where(*selected(selector)))
-    query = select(Device).where(*selected(selector)).order_by(col(Device.id)).offset(offset)
+    where = selected(session, selector)
+    total = session.exec(select(func.count()).select_from(Device).where(*where))
+    query = select(Device).where(*where).order_by(col(Device.id)).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return int(total.one()), list(session.exec(query).all())
@@ -202,16 +233,15 @@ def fleet_counts(
 ) -> tuple[int, int, list[tuple[str, int | None, str, int]]]:
     """Devices ``selector`` matches, how many are online, and devices per (model, active
     version, phase) as they last reported: counted by the database."""
+    where = selected(session, selector)
     devices, online = session.exec(
         select(func.count(), func.coalesce(func.sum(case((col(Device.online), 1), else_=0)), 0))
         .select_from(Device)
-        .where(*selected(selector))
+        .where(*where)
     ).one()
     query = select(DeviceModel.model_name, DeviceModel.version, DeviceModel.phase, func.count())
     if selector.terms:  # the whole fleet needs no join
-        query = query.join(Device, col(Device.id) == DeviceModel.device_id).where(
-            *selected(selector)
-        )
+        query = query.join(Device, col(Device.id) == DeviceModel.device_id).where(*where)
     groups = session.exec(
         query.group_by(
             col(DeviceModel.model_name), col(DeviceModel.version), col(DeviceModel.phase)

@@ -122,7 +122,7 @@ def plan_rollout(
             col(Rollout.status).in_(ACTIVE),
             # the selector again, not the ids: 100,000 ids are past PostgreSQL's 65,535
             # parameters a statement
-            col(RolloutDevice.device_id).in_(select(Device.id).where(*selected(parsed))),
+            col(RolloutDevice.device_id).in_(select(Device.id).where(*selected(session, parsed))),
         )
     ).all()
     if busy:

@@ -11,16 +11,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from control_plane.fleet.devices import (
     apply_reports,
     fleet_counts,
+    forget_devices,
     matching_devices,
     page_of_devices,
+    register_device,
+    register_devices,
 )
 from control_plane.fleet.selectors import Selector, Term, parse_selector
-from control_plane.store.tables import Device, DeviceDeployment, DeviceModel, Event
+from control_plane.store.tables import Device, DeviceDeployment, DeviceLabel, DeviceModel, Event
 from shared.messages import DesiredState, DeviceState, ModelRef, ModelStatus, Phase
 
 pytestmark = pytest.mark.integration
@@ -41,14 +44,29 @@ selectors = st.lists(terms, max_size=3).map(lambda t: Selector(tuple(t), "genera
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(fleet=st.lists(labels, min_size=0, max_size=12), selector=selectors)
+@given(
+    fleet=st.lists(labels, min_size=0, max_size=12),
+    relabelled=st.lists(st.none() | labels, max_size=12),
+    selector=selectors,
+)
 def test_the_database_picks_the_devices_the_selector_matches(
-    engine: Engine, fleet: list[dict[str, str]], selector: Selector
+    engine: Engine,
+    fleet: list[dict[str, str]],
+    relabelled: list[dict[str, str] | None],
+    selector: Selector,
 ) -> None:
+    """Devices inserted, then some relabelled in a second flush (``device_label`` rewritten,
+    not only written): SQL picks what the Python matcher picks, in id order."""
     with Session(engine) as session:
         session.exec(delete(Device))
         for i, device_labels in enumerate(fleet):
             session.add(Device(id=f"dev-{i:02d}", labels=device_labels, online=i % 2 == 0))
+        session.commit()
+        for device, new in zip(
+            session.exec(select(Device).order_by(Device.id)), relabelled, strict=False
+        ):
+            if new is not None:
+                fleet[int(device.id[4:])] = device.labels = new
         session.commit()
         expected = [f"dev-{i:02d}" for i, lab in enumerate(fleet) if selector.matches(lab)]
         assert [d.id for d in matching_devices(session, selector)] == expected
@@ -57,6 +75,20 @@ def test_the_database_picks_the_devices_the_selector_matches(
         devices, online, _ = fleet_counts(session, selector)
         assert devices == len(expected)
         assert online == sum(int(d.split("-")[1]) % 2 == 0 for d in expected)
+        assert label_rows(session) == stored_labels(session)
+
+
+def label_rows(session: Session) -> dict[str, dict[str, str]]:
+    """The ``device_label`` rows, as each device's labels (devices without any left out)."""
+    rows: dict[str, dict[str, str]] = {}
+    for row in session.exec(select(DeviceLabel)):
+        rows.setdefault(row.device_id, {})[row.key] = row.value
+    return rows
+
+
+def stored_labels(session: Session) -> dict[str, dict[str, str]]:
+    session.expire_all()  # as stored, not as this session remembers
+    return {d.id: d.labels for d in session.exec(select(Device)) if d.labels}
 
 
 def report(device_id: str, seq: int, models: dict[str, tuple[int | None, Phase]]) -> DeviceState:
@@ -79,6 +111,57 @@ def report(device_id: str, seq: int, models: dict[str, tuple[int | None, Phase]]
         outbox_dropped=0,
         updated_at=datetime.now(UTC),
     )
+
+
+def test_label_rows_follow_every_write_of_labels(engine: Engine) -> None:
+    """``device_label`` is what ``device.labels`` says after each path that writes labels:
+    registration (one, a list as the CSV import sends, an unregistered device's labels
+    merged), a report of an unregistered device, pre-authorization, enrollment, PATCH,
+    and deletion (``forget_devices``, the ORM, a bulk delete)."""
+    from control_plane.api.routes.devices import patch_device
+    from control_plane.api.schemas import DeviceUpdate
+    from control_plane.fleet.enrollment import create_bootstrap_token, enroll, preauthorize
+
+    def check() -> None:
+        assert label_rows(session) == stored_labels(session)
+
+    with Session(engine) as session:
+        register_devices(session, [("dev-a", {"site": "rome"}), ("dev-b", {}), ("dev-c", {})])
+        register_device(session, "dev-d", {"hw": "rpi4", "site": "oslo"})
+        check()
+        apply_reports(
+            session, [report("dev-r0", 1, {}), report("dev-r1", 1, {})], datetime.now(UTC)
+        )
+        session.commit()
+        check()
+        assert label_rows(session)["dev-r0"] == {"site": "berlin"}
+        register_devices(session, [("dev-r0", {"hw": "jetson"})])  # merged with the reported
+        check()
+        assert label_rows(session)["dev-r0"] == {"site": "berlin", "hw": "jetson"}
+        preauthorize(session, [("dev-p", {"line": "1"})])
+        _, secret = create_bootstrap_token(
+            session,
+            name="b",
+            uses=2,
+            ttl=timedelta(hours=1),
+            labels={"line": "2"},
+            auto_accept=True,
+        )
+        enroll(session, secret, "dev-p", {"extra": "x"})
+        enroll(session, secret, "dev-e", {"extra": "y"})
+        check()
+        assert label_rows(session)["dev-p"] == {"line": "2", "extra": "x"}
+        patch_device("dev-a", DeviceUpdate(labels={"hw": "rpi3"}), session, None)  # type: ignore[arg-type]
+        patch_device("dev-d", DeviceUpdate(labels={}), session, None)  # type: ignore[arg-type]
+        check()
+        assert set(label_rows(session)) == {"dev-a", "dev-r0", "dev-r1", "dev-p", "dev-e"}
+        forget_devices(session, ["dev-a"])
+        session.delete(session.get(Device, "dev-e"))
+        session.commit()
+        check()
+        session.exec(delete(Device).where(col(Device.id).in_(["dev-r1", "dev-p"])))
+        session.commit()
+        assert set(label_rows(session)) == {"dev-r0"}
 
 
 def test_counts_follow_the_latest_report_of_each_device(engine: Engine) -> None:

@@ -11,12 +11,15 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
-from sqlmodel import Session, SQLModel
+from sqlalchemy import inspect, text
+from sqlmodel import Session, SQLModel, select
 
 import control_plane.store.tables  # noqa: F401
+from control_plane.fleet.devices import matching_devices
 from control_plane.fleet.ingestion import stored_windows
+from control_plane.fleet.selectors import parse_selector
 from control_plane.store.db import alembic_config, create_db_engine, migrate
+from control_plane.store.tables import DeviceLabel
 from shared.messages import TelemetryWindow
 from tests.unit.test_wire_properties import DOCUMENTS
 
@@ -75,5 +78,45 @@ def test_windows_stored_as_json_become_numbers_and_back(url: str) -> None:
         with engine.connect() as conn:
             payload = conn.execute(text("SELECT payload FROM telemetry_window")).scalar_one()
         assert TelemetryWindow.model_validate_json(payload) == window
+    finally:
+        engine.dispose()
+
+
+def test_labels_stored_before_0012_become_label_rows(url: str) -> None:
+    """0012 copies each device's JSON labels into ``device_label`` (what selectors read),
+    and its downgrade drops the copy: ``device.labels`` stays the source."""
+    engine = create_db_engine(url)
+    config = alembic_config(engine)
+    labels = {"dev-a": {"site": "berlin", "hw": "rpi4"}, "dev-b": {}, "dev-c": {"ü": "O'Brien"}}
+    try:
+        command.upgrade(config, "0011")
+        with engine.begin() as conn:
+            for device_id, device_labels in labels.items():
+                conn.execute(
+                    text(
+                        "INSERT INTO device (id, labels, registered, admission, broker_account,"
+                        " online, state_seq, deployment_seq, dropped_messages, created_at)"
+                        " VALUES (:id, :labels, true, 'accepted', false, false, 0, 0, 0, :now)"
+                    ),
+                    {
+                        "id": device_id,
+                        "labels": json.dumps(device_labels),
+                        "now": datetime.now(UTC),
+                    },
+                )
+        command.upgrade(config, "head")
+        with Session(engine) as session:
+            rows = session.exec(select(DeviceLabel.device_id, DeviceLabel.key, DeviceLabel.value))
+            assert sorted(rows) == [
+                ("dev-a", "hw", "rpi4"),
+                ("dev-a", "site", "berlin"),
+                ("dev-c", "ü", "O'Brien"),
+            ]
+            assert [d.id for d in matching_devices(session, parse_selector("site!=rome,hw"))] == [
+                "dev-a"
+            ]
+        command.downgrade(config, "0011")
+        assert "device_label" not in inspect(engine).get_table_names()
+        command.upgrade(config, "head")
     finally:
         engine.dispose()

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import String, cast
 from sqlmodel import col, func, select
 
 from control_plane.api.deps import Operator, SessionDep, Viewer
@@ -22,7 +21,6 @@ from control_plane.api.schemas import (
     StagePublic,
     VersionSeries,
 )
-from control_plane.audit.types import EventType
 from control_plane.errors import InvalidInputError
 from control_plane.rollouts.engine import (
     ACTIVE,
@@ -33,9 +31,10 @@ from control_plane.rollouts.engine import (
     plan_rollout,
     stages_of,
 )
-from control_plane.rollouts.history import VersionChange, versions_over_time
+from control_plane.rollouts.history import counts_over_time, moments
 from control_plane.rollouts.machine import RolloutStatus
-from control_plane.store.tables import DeviceModel, Event, Rollout, RolloutDevice, as_utc, utcnow
+from control_plane.rollouts.version_counts import counted_versions
+from control_plane.store.tables import Event, Rollout, RolloutDevice, as_utc, utcnow
 
 router = APIRouter(prefix="/rollouts", tags=["rollouts"])
 RolloutIdPath = Annotated[str, Path(description="Rollout id.")]
@@ -235,34 +234,8 @@ def rollout_versions(
     rollout = get_rollout(session, rollout_id)
     start = as_utc(rollout.created_at) or utcnow()
     end = utcnow() if rollout.status in ACTIVE else as_utc(rollout.updated_at) or utcnow()
-    members = select(RolloutDevice.device_id).where(RolloutDevice.rollout_id == rollout_id)
-    now_serving: dict[str, int | None] = dict.fromkeys(session.exec(members).all())
-    serving = session.exec(
-        select(DeviceModel.device_id, DeviceModel.version).where(
-            DeviceModel.model_name == rollout.model_name, col(DeviceModel.device_id).in_(members)
-        )
-    )
-    now_serving.update(serving.all())
-    # Columns, not events: at 100,000 devices an ORM object and a payload model per change
-    # cost more than the replay. ``previous`` is DeviceModelData's field; an event recorded
-    # before events carried it has no data and cannot be replayed.
-    previous = col(Event.data)["previous"].as_integer()
-    rows = session.exec(
-        select(Event.at, Event.device_id, previous, Event.version)
-        .where(
-            Event.type == EventType.DEVICE_MODEL,
-            Event.model_name == rollout.model_name,
-            col(Event.device_id).in_(members),
-            col(Event.at) > start,
-            cast(col(Event.data), String) != "null",  # JSON null: no payload
-        )
-        .order_by(col(Event.id))
-    ).all()
-    changes = [
-        VersionChange(as_utc(at) or start, device_id or "", was, version)
-        for at, device_id, was, version in rows
-    ]
-    counted = versions_over_time(start, end, now_serving, changes, points)
+    at_start, changes = counted_versions(session, rollout_id, rollout.model_name, start)
+    counted = counts_over_time(moments(start, end, points), at_start, changes)
     versions = sorted({v for _, counts in counted for v in counts}, key=lambda v: v or 0)
     return RolloutVersions(
         times=[moment for moment, _ in counted],
