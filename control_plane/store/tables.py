@@ -26,7 +26,7 @@ from sqlalchemy import (
     false,
     insert,
 )
-from sqlalchemy.orm import Session, UOWTransaction, attributes
+from sqlalchemy.orm import PassiveFlag, Session, UOWTransaction, attributes
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -339,7 +339,13 @@ def _copy_device_labels(session: Session, _flush: UOWTransaction) -> None:
         device
         for device in (*new, *session.dirty)
         if isinstance(device, Device)
-        and (device in new or attributes.get_history(device, "labels").has_changes())
+        and (
+            device in new
+            # An attribute not loaded has not changed: never load it to find out.
+            or attributes.get_history(
+                device, "labels", PassiveFlag.PASSIVE_NO_INITIALIZE
+            ).has_changes()
+        )
     ]
     if not written:
         return
