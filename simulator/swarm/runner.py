@@ -111,6 +111,40 @@ def _spread(total: int, weights: list[int]) -> list[int]:
     return counts
 
 
+async def wait_changed(
+    changed: asyncio.Event,
+    done: Callable[[], bool],
+    timeout: float,  # noqa: ASYNC109  (the error names what is missing)
+    what: Callable[[], str],
+    poll: float,
+    failed: Callable[[], str | None] = lambda: None,
+) -> float:
+    """Seconds until ``done()``, checked whenever ``changed`` is set and at least every
+    ``poll`` seconds; TimeoutError with ``what()``, RuntimeError with ``failed()``."""
+    began = time.monotonic()
+    while not done():
+        if failure := failed():
+            raise RuntimeError(failure)
+        left = timeout - (time.monotonic() - began)
+        if left <= 0:
+            raise TimeoutError(f"{what()} after {timeout:g} s")
+        changed.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(left, poll)):
+                await changed.wait()
+    return time.monotonic() - began
+
+
+def all_serving(
+    serving: Callable[[], Counter[tuple[str, int]]], n: int, model: str, version: int
+) -> tuple[Callable[[], bool], Callable[[], str]]:
+    """Whether all ``n`` devices serve ``model`` ``version``, and how many do not."""
+    return (
+        lambda: serving()[(model, version)] >= n,
+        lambda: f"{n - serving()[(model, version)]} of {n} swarm devices not on {model} v{version}",
+    )
+
+
 @dataclass
 class Swarm:
     """N device sessions on the running loop."""
@@ -296,28 +330,12 @@ class Swarm:
     ) -> float:
         """Seconds until ``done()``, woken by every change the swarm sees (connections,
         versions) and at least every 50 ms; TimeoutError with ``what()``."""
-        began = time.monotonic()
-        while not done():
-            left = timeout - (time.monotonic() - began)
-            if left <= 0:
-                raise TimeoutError(f"{what()} after {timeout:g} s")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, WAIT_POLL_SECONDS)):
-                    await self._changed.wait()
-        return time.monotonic() - began
+        return await wait_changed(self._changed, done, timeout, what, WAIT_POLL_SECONDS)
 
     async def wait_serving(self, model: str, version: int, timeout: float) -> float:  # noqa: ASYNC109
         """Seconds until every device has installed (and reported) ``model`` ``version``."""
-        n = len(self.devices)
-        return await self.wait_for(
-            lambda: self.serving[(model, version)] >= n,
-            timeout,
-            lambda: (
-                f"{n - self.serving[(model, version)]} of {n} swarm devices not on "
-                f"{model} v{version}"
-            ),
-        )
+        done, what = all_serving(lambda: self.serving, len(self.devices), model, version)
+        return await self.wait_for(done, timeout, what)
 
     def unacked(self) -> int:
         """Telemetry windows waiting for the control plane's ack, over all devices."""

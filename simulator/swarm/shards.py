@@ -19,12 +19,13 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from shared.trust import TrustStore
-from simulator.swarm.runner import Swarm
+from simulator.swarm.runner import Swarm, all_serving, wait_changed
 from simulator.swarm.settings import SwarmCounters, SwarmSettings
 
 REPORT_SECONDS = 0.1
@@ -129,31 +130,18 @@ class SwarmShards:
                 return f"swarm shard {i} exited with {shard.process.returncode}: {log[-2000:]}"
         return None
 
-    async def _wait(self, done: Any, timeout: float, what: Any) -> float:  # noqa: ASYNC109
-        began = time.monotonic()
-        while not done():
-            if failure := self._failed():
-                raise RuntimeError(failure)
-            left = timeout - (time.monotonic() - began)
-            if left <= 0:
-                raise TimeoutError(f"{what()} after {timeout:g} s")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(left, 1.0)):
-                    await self._changed.wait()
-        return time.monotonic() - began
+    async def _wait(
+        self,
+        done: Callable[[], bool],
+        timeout: float,  # noqa: ASYNC109  (the error names what is missing)
+        what: Callable[[], str],
+    ) -> float:
+        return await wait_changed(self._changed, done, timeout, what, 1.0, self._failed)
 
     async def wait_serving(self, model: str, version: int, timeout: float) -> float:  # noqa: ASYNC109
         """Seconds until every device of every shard has installed and reported it."""
-        n = len(self.devices)
-        return await self._wait(
-            lambda: self.serving[(model, version)] >= n,
-            timeout,
-            lambda: (
-                f"{n - self.serving[(model, version)]} of {n} swarm devices not on "
-                f"{model} v{version}"
-            ),
-        )
+        done, what = all_serving(lambda: self.serving, len(self.devices), model, version)
+        return await self._wait(done, timeout, what)
 
     def unacked(self) -> int:
         """Telemetry windows waiting for the control plane's ack, over all shards."""

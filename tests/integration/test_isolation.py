@@ -104,16 +104,22 @@ def acked(device: Device) -> list[int]:
     )
 
 
-def test_one_bad_message_stops_nobody_elses_ingest(
-    make_api: MakeApi, broker: MosquittoBroker, database_url: str | None
-) -> None:
+def connected_api(make_api: MakeApi, broker: MosquittoBroker, database_url: str | None) -> Api:
+    """A control plane whose bridge is connected to ``broker``."""
     api = make_api(
         database_url,
         mqtt_url=broker.control_plane_url(CP_PASSWORD),
         broker_accounts=broker.accounts,
     )
+    wait_until(bridge_of(api).connected.is_set, what="bridge connected")
+    return api
+
+
+def test_one_bad_message_stops_nobody_elses_ingest(
+    make_api: MakeApi, broker: MosquittoBroker, database_url: str | None
+) -> None:
+    api = connected_api(make_api, broker, database_url)
     bridge = bridge_of(api)
-    wait_until(bridge.connected.is_set, what="bridge connected")
     poison(api)
     devices = {}
     for name in ("dev-a", "dev-b", "dev-c", "dev-d"):
@@ -323,18 +329,12 @@ def test_a_burst_larger_than_the_ingest_queue_loses_nothing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """While the database is held up (a long write elsewhere, as a 100,000-device rollout
-    makes on SQLite), a device sends 40 times what the ingest queue holds. The control
-    plane acknowledges a message to the broker only once it is queued, so the broker
-    keeps the rest, instead of the control plane reading and discarding them: every
-    window is stored once the database is free."""
+    makes on SQLite), a device sends 40 times what the ingest queue holds. The bridge
+    waits for room in the queue instead of dropping what does not fit: every window is
+    stored once the database is free."""
     monkeypatch.setattr("control_plane.fleet.bridge.QUEUE_MAX", 25)
-    api = make_api(
-        database_url,
-        mqtt_url=broker.control_plane_url(CP_PASSWORD),
-        broker_accounts=broker.accounts,
-    )
+    api = connected_api(make_api, broker, database_url)
     bridge = bridge_of(api)
-    wait_until(bridge.connected.is_set, what="bridge connected")
     token = api.post("/devices", json={"id": "dev-a"}).json()["token"]
     broker.add_user("dev-a", token)
     device = Device(broker, "dev-a", token)
