@@ -188,11 +188,13 @@ def swarm_figures(
     profile: Path | None,
     broker: dict[str, str],
     plans: tuple[dict[str, Any], ...],
+    edges: int | None = None,
 ) -> None:
     """Both rollouts on a swarm of ``devices``; prints one line per plan. Past what one
     broker holds here (a descriptor per session, RLIMIT_NOFILE per process), the devices
-    are on edge brokers bridged to the control plane's, one swarm process per edge."""
-    edges = edge_brokers_for(devices)
+    are on edge brokers bridged to the control plane's, one swarm process per edge (or on
+    ``edges`` of them, when given)."""
+    edges = edge_brokers_for(devices) if edges is None else max(edges, edge_brokers_for(devices))
     spy: list[subprocess.Popen[bytes]] = []
 
     def ready(rig: SwarmRig) -> None:
@@ -341,6 +343,12 @@ def main() -> None:
         help="swarm: mosquitto's autosave_interval (s) instead of deploy/'s 1 (each save "
         "rewrites the whole database: ~260 MB at 100,000 devices)",
     )
+    parser.add_argument(
+        "--edge-brokers",
+        type=int,
+        default=None,
+        help="swarm: on this many edge brokers even where one broker would do",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
@@ -383,7 +391,7 @@ def main() -> None:
     )
     for n in swarm_sizes:
         profile = args.profile_swarm if n == swarm_sizes[-1] else None
-        swarm_figures(n, args.swarm_window, profile, broker, plans)
+        swarm_figures(n, args.swarm_window, profile, broker, plans, args.edge_brokers)
 
 
 if __name__ == "__main__":
