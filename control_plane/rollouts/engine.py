@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -220,13 +221,16 @@ class RolloutEngine:
         self.publish = publish
         self.mirrors = mirrors  # artifact mirrors per device group (settings)
         self.failures = 0  # rollout ticks that raised (each logged with the rollout id)
+        self.busy_seconds = 0.0  # the last tick's, publishing aside (the leader paces on it)
         self._manifests: dict[tuple[str, int], ModelManifest] = {}
         self.traffic = StageTraffic()  # running sums of each running stage's windows
 
     # --- driving ------------------------------------------------------------------------
 
     async def tick(self) -> None:
+        began = time.monotonic()
         desired = await asyncio.to_thread(self._tick_all)
+        self.busy_seconds = time.monotonic() - began
         await self._publish(desired)
 
     async def command(self, rollout_id: str, command: Command, actor: str) -> Rollout:

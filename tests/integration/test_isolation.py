@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -284,6 +285,8 @@ def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) ->
         order.append("republished")
 
     class Counted:
+        busy_seconds = 0.0
+
         async def tick(self) -> None:  # the rollout engine's tick
             order.append("tick")
             if order.count("tick") >= 2:
@@ -309,6 +312,61 @@ def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) ->
         engine.dispose()
     assert len(attempts) == 2
     assert order[0] == "republished"
+
+
+def test_a_long_rollout_tick_is_followed_by_a_longer_rest(tmp_path: Path) -> None:
+    """A tick that works for a long time (gates over a stage of 100,000 devices) must not
+    take the whole process: the leader rests twice as long as the tick worked before the
+    next, and still heartbeats every few seconds however long its ticks are. Sleeps only
+    ever last longer on a busy machine, so the lower bound holds there too."""
+    from control_plane.app import HEARTBEAT_SECONDS, REST_PER_BUSY, _lead
+    from control_plane.coordination.leadership import Leadership
+    from control_plane.store.db import migrate
+
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'l.db'}")
+    migrate(engine)
+    starts: list[float] = []
+    beats: list[float] = []
+    leadership = Leadership(engine)
+    real_heartbeat = leadership.heartbeat
+
+    def heartbeat() -> None:
+        beats.append(time.monotonic())
+        real_heartbeat()
+
+    leadership.heartbeat = heartbeat  # type: ignore[method-assign]
+    worked = 0.3
+
+    class Busy:
+        busy_seconds = 0.0
+
+        async def tick(self) -> None:
+            starts.append(time.monotonic())
+            await asyncio.to_thread(time.sleep, worked)  # _tick_all's work, in its thread
+            self.busy_seconds = worked
+            if len(starts) == 8:  # 7 rests of >= 0.9 s: past HEARTBEAT_SECONDS
+                done.set()
+
+    class Monitor:
+        def tick(self) -> None:
+            pass
+
+    async def run() -> None:
+        leader = asyncio.create_task(_lead(leadership, Busy(), Monitor(), None, 0.01))  # type: ignore[arg-type]
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        finally:
+            leader.cancel()
+
+    done = asyncio.Event()
+    try:
+        asyncio.run(run())
+    finally:
+        engine.dispose()
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    assert min(gaps) >= worked * (1 + REST_PER_BUSY)
+    assert starts[-1] - starts[0] > HEARTBEAT_SECONDS
+    assert len(beats) >= 2  # by the clock; counting ticks, 0.01 s apart, it took 500
 
 
 def hold_the_telemetry_table(api: Api) -> Any:
