@@ -1,4 +1,5 @@
-"""The README's command table matches the CLI, and every command in it is run by a test."""
+"""The README's command table matches the CLI, every command in it is run by a test, and it
+names every setting of the agent and of the server."""
 
 from __future__ import annotations
 
@@ -55,3 +56,16 @@ def test_every_command_in_the_table_is_run_by_a_test() -> None:
             if not re.search(words, sources):
                 not_run.append(f"{name} {sub}".strip())
     assert not not_run, f"no test runs: {not_run}"
+
+
+def test_the_readme_names_every_setting_of_the_agent_and_of_the_server() -> None:
+    from agent.config import AgentSettings
+    from control_plane.config import ServerSettings
+
+    text = (ROOT / "README.md").read_text()
+    agent = text[text.index("## The device agent") :]
+    agent = agent[: agent.index("\n## ", 1)]
+    assert [f for f in AgentSettings.model_fields if f"`{f}`" not in agent] == []
+    server = text[text.index("Settings (file `DATA_DIR/config.toml`") :]
+    server = server[: server.index("\n\n")]
+    assert [f for f in ServerSettings.model_fields if f"`{f}`" not in server] == []
