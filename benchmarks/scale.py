@@ -340,7 +340,7 @@ def main() -> None:
         "--broker-autosave",
         type=int,
         default=None,
-        help="swarm: mosquitto's autosave_interval (s) instead of deploy/'s 1 (each save "
+        help="swarm: mosquitto's autosave_interval (s) instead of deploy/'s 300 (each save "
         "rewrites the whole database: ~260 MB at 100,000 devices)",
     )
     parser.add_argument(

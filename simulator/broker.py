@@ -14,8 +14,8 @@ tests/integration/test_broker.py):
   only sets a flag that the broker's main loop acts on (within milliseconds), so `reload`
   (and `add_user`/`remove_user`, which use it) waits until it has taken effect.
 * Persistence: mosquitto writes `mosquitto.db` on a clean shutdown (SIGTERM) and every
-  `autosave_interval` seconds (1 in the template, with `autosave_on_changes false`; the
-  broker saves once more than one whole second has passed, so in practice every ~2 s). A
+  `autosave_interval` seconds (300 in the template, with `autosave_on_changes false`; the
+  broker saves once more than that many whole seconds have passed: with 1, every ~2 s). A
   SIGKILL therefore loses whatever changed since the last autosave; a retained message
   survives a SIGKILL once one autosave has completed after it (`wait_for_autosave`).
 * ACLs are never checked at SUBSCRIBE time (the default ACL check returns success for

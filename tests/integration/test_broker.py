@@ -86,13 +86,24 @@ async def received_until(client: aiomqtt.Client, last_payload: bytes) -> list[tu
             return out
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
+def accounts_broker(workdir: Path, **options: str) -> Iterator[MosquittoBroker]:
+    with MosquittoBroker(workdir, options=options) as running:
         running.add_control_plane_user(CP_PASSWORD)
         for device, token in TOKENS.items():
             running.add_user(device, token)
         yield running
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    yield from accounts_broker(tmp_path / "broker")
+
+
+@pytest.fixture
+def saving_broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """Saving every ~2 s instead of deploy/'s 5 minutes: the durability window under test
+    is the same, only shorter to wait for."""
+    yield from accounts_broker(tmp_path / "broker", autosave_interval="1")
 
 
 # -- authentication ----------------------------------------------------------------------
@@ -379,16 +390,20 @@ def test_retained_desired_reaches_a_late_subscriber_and_survives_restart(
     assert run(retained_desired(broker)) == b'{"model": "v1"}'
 
 
-def test_retained_message_survives_sigkill_once_autosaved(broker: MosquittoBroker) -> None:
+def test_retained_message_survives_sigkill_once_autosaved(saving_broker: MosquittoBroker) -> None:
+    broker = saving_broker
     run(publish_retained(broker, b"v1"))
     broker.wait_for_autosave()  # autosave_interval 1: within ~2 s
     broker.restart(kill=True)
     assert run(retained_desired(broker)) == b"v1"
 
 
-def test_sigkill_loses_what_changed_since_the_last_autosave(broker: MosquittoBroker) -> None:
+def test_sigkill_loses_what_changed_since_the_last_autosave(
+    saving_broker: MosquittoBroker,
+) -> None:
     """The durability window, documented: a crash right after a change loses it (the next
     autosave is at least ~1 s away once one has just happened)."""
+    broker = saving_broker
     run(publish_retained(broker, b"v1"))
     broker.wait_for_autosave()
     started = time.monotonic()
