@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, update
 from sqlalchemy.orm.attributes import set_committed_value
@@ -15,6 +16,7 @@ from control_plane.config import ArtifactMirror
 from control_plane.fleet.devices import get_device, selected
 from control_plane.fleet.selectors import parse_selector
 from control_plane.registry.versions import resolve_version
+from control_plane.store.db import update_stored
 from control_plane.store.tables import Device, DeviceDeployment, TrustStoreVersion
 from shared.canonical import canonical_json
 from shared.manifest import ModelManifest, utc_seconds
@@ -133,6 +135,7 @@ def sign_many(
     version = trust_version(session)
     signer = _BatchSigner(key)
     signed = []
+    written: list[tuple[Device, dict[str, Any]]] = []
     for device, models in planned:
         if mirrors is not None:
             chosen = mirrors_for(device.labels, mirrors)
@@ -154,11 +157,14 @@ def sign_many(
                 signature="",
             )
         )
-        device.previous_desired = device.desired  # its artifacts stay downloadable (rollback)
-        device.desired = desired.model_dump_json()
-        device.desired_expires_at = desired.expires_at
-        session.add(device)
+        values = {
+            "previous_desired": device.desired,  # its artifacts stay downloadable (rollback)
+            "desired": desired.model_dump_json(),
+            "desired_expires_at": desired.expires_at,
+        }
+        written.append((device, values))
         signed.append(desired)
+    update_stored(session, written)
     _record_deployments(session, signed)
     return signed
 

@@ -60,6 +60,7 @@ from control_plane.rollouts.machine import (
 )
 from control_plane.rollouts.plans import PlanSpec, Stage, cohort_order, resolve
 from control_plane.rollouts.traffic import StageTraffic
+from control_plane.store.db import update_stored
 from control_plane.store.tables import (
     DefaultVersion,
     Device,
@@ -431,11 +432,10 @@ class RolloutEngine:
         if manifest is None:
             raise NotFoundError(f"{rollout.model_name} v{rollout.version} is gone")
         devices = load_devices(session, [m.device_id for m in joining])
-        for member in joining:
-            device = devices[member.device_id]
-            member.previous_version = desired_version(
-                device, rollout.model_name
-            ) or reported_version(device, rollout.model_name)
+        name = rollout.model_name
+        previous = {
+            d.id: desired_version(d, name) or reported_version(d, name) for d in devices.values()
+        }
         deployment = DeploymentModel(
             manifest=manifest, rollout_id=rollout.id, stage=stages[action.stage].label
         )
@@ -448,10 +448,19 @@ class RolloutEngine:
             self.mirrors,
         )
         now = utcnow()
-        for member, desired in zip(joining, signed, strict=True):
-            member.assigned_stage, member.assigned_seq = action.stage, desired.seq
-            member.assigned_at = now
-            session.add(member)
+        assigned = [
+            (
+                member,
+                {
+                    "assigned_stage": action.stage,
+                    "assigned_seq": desired.seq,
+                    "assigned_at": now,
+                    "previous_version": previous[member.device_id],
+                },
+            )
+            for member, desired in zip(joining, signed, strict=True)
+        ]
+        update_stored(session, assigned)
         return signed
 
     def _restore_default(self, session: Session, rollout: Rollout) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Select, create_engine, event, text
+from sqlalchemy import Engine, Select, Table, and_, bindparam, create_engine, event, text, update
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlmodel import Session, SQLModel
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The API runs sync routes on a 40-thread pool: let most of them hold a connection at once.
@@ -83,3 +85,27 @@ def fast_rows(session: Session, query: Select[Any]) -> list[tuple[Any, ...]]:
     with driver.cursor(binary=True) as cursor:
         cursor.execute(str(compiled), compiled.params)
         return list(cursor.fetchall())
+
+
+def update_stored(session: Session, changes: Sequence[tuple[SQLModel, dict[str, Any]]]) -> None:
+    """Write new column values of loaded rows (each object with its values, the same
+    columns for all) with one multi-row UPDATE by primary key, and set them on the objects
+    as stored, so no flush writes them again. For thousands of rows: flushing as many
+    changed objects cost several times the statement (a stage of 100,000 devices)."""
+    if not changes:
+        return
+    table: Table = type(changes[0][0]).__table__  # type: ignore[attr-defined]
+    keys = [column.name for column in table.primary_key]
+    names = list(changes[0][1])
+    statement = (
+        update(table)
+        .where(and_(*(table.c[k] == bindparam(f"k_{k}") for k in keys)))
+        .values({n: bindparam(f"v_{n}") for n in names})
+    )
+    rows = []
+    for row, values in changes:
+        key = {f"k_{k}": getattr(row, k) for k in keys}
+        rows.append(key | {f"v_{n}": values[n] for n in names})
+        for name, value in values.items():
+            set_committed_value(row, name, value)
+    session.connection().execute(statement, rows)
