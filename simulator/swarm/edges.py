@@ -8,8 +8,11 @@ What a bridge needs, found by running one (mosquitto 2.0.11):
   has none there, so no device would get its retained desired state on connecting;
 - an account of its own on the central broker's control-plane listener, allowed to read
   and write the whole topic root, as the control plane is.
-A desired state reaches every edge (topic filters cannot tell one site's device ids from
-another's), so the central broker sends each one once per edge.
+Given each edge's devices, an edge subscribes to their ``desired`` and ``ack`` topics one
+by one, so the central broker sends each desired state to the one edge that needs it.
+Without them (topic filters cannot tell one site's device ids from another's), a desired
+state reaches every edge: at 100,000 devices on seven, seven copies of each, and every
+edge's database held all 100,000 (170 MB rewritten at each save).
 """
 
 from __future__ import annotations
@@ -24,8 +27,15 @@ INWARD = (Channel.DESIRED, Channel.ACK)
 OUTWARD = (Channel.STATE, Channel.ONLINE, Channel.TELEMETRY, Channel.SAMPLES)
 
 
-def bridge_config(name: str, central: MosquittoBroker, password: str, topics: Topics) -> str:
-    """The ``connection`` section of an edge bridged to ``central``'s control-plane port."""
+def bridge_config(
+    name: str,
+    central: MosquittoBroker,
+    password: str,
+    topics: Topics,
+    devices: list[str] | None = None,
+) -> str:
+    """The ``connection`` section of an edge bridged to ``central``'s control-plane port;
+    ``devices``: the only ones whose ``desired`` and ``ack`` come in (None: all)."""
     lines = [
         f"connection {name}",
         f"address {central.host}:{central.cp_port}",
@@ -35,14 +45,17 @@ def bridge_config(name: str, central: MosquittoBroker, password: str, topics: To
         f"local_clientid {name}-local",
         "bridge_protocol_version mqttv311",
     ]
-    lines += [f"topic {topics.all_devices(c)} in 1" for c in INWARD]
+    if devices is None:
+        lines += [f"topic {topics.all_devices(c)} in 1" for c in INWARD]
+    else:
+        lines += [f"topic {topics.device(d, c)} in 1" for d in devices for c in INWARD]
     lines += [f"topic {topics.all_devices(c)} out 1" for c in OUTWARD]
     return "\n" + "\n".join(lines) + "\n"
 
 
 class EdgeBrokers:
     """``count`` mosquittos for devices, bridged to ``central`` (which must use a password
-    file: its ``auth`` is ``passwd``)."""
+    file: its ``auth`` is ``passwd``); ``devices``: each edge's, when known beforehand."""
 
     def __init__(
         self,
@@ -52,6 +65,7 @@ class EdgeBrokers:
         *,
         topics: Topics | None = None,
         options: dict[str, str] | None = None,
+        devices: list[list[str]] | None = None,
     ) -> None:
         topics = topics or Topics()
         self.brokers: list[MosquittoBroker] = []
@@ -64,7 +78,9 @@ class EdgeBrokers:
                 MosquittoBroker(
                     workdir / name,
                     options={**(options or {}), "check_retain_source": "false"},
-                    extra_config=bridge_config(name, central, password, topics),
+                    extra_config=bridge_config(
+                        name, central, password, topics, devices[i] if devices else None
+                    ),
                 )
             )
         with central.acl_file.open("a") as acl:

@@ -44,6 +44,11 @@ OPEN_GATES: dict[str, Any] = {"min_requests": 0, "min_devices_reporting": 0}
 FD_HEADROOM = 4096
 
 
+def placed(ids: list[str], broker: int, brokers: int) -> list[str]:
+    """The devices of ``ids`` on broker ``broker`` of ``brokers``: every brokers-th."""
+    return ids[broker::brokers]
+
+
 def edge_brokers_for(devices: int) -> int:
     """Edge brokers a swarm of ``devices`` needs here: 0 while one broker (and one swarm
     process) may hold a descriptor per session, else enough that each may."""
@@ -97,8 +102,13 @@ class SwarmRig:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.broker = MosquittoBroker(self.workdir / "broker", options=self.broker_options)
         await asyncio.to_thread(self.broker.add_control_plane_user, CP_PASSWORD)
+        ids = [self.device_id(i) for i in range(self.devices)]
         self.edges = EdgeBrokers(
-            self.broker, self.workdir / "edges", self.edge_brokers, options=self.broker_options
+            self.broker,
+            self.workdir / "edges",
+            self.edge_brokers,
+            options=self.broker_options,
+            devices=[placed(ids, i, self.edge_brokers) for i in range(self.edge_brokers)],
         )
         await asyncio.to_thread(self.broker.start)
         await asyncio.to_thread(self.edges.start)
@@ -130,7 +140,7 @@ class SwarmRig:
                     self.workdir / "shards",
                 )
             began = time.monotonic()
-            await self.register([self.device_id(i) for i in range(self.devices)])
+            await self.register(ids)
             self.register_seconds = time.monotonic() - began
             self.connect_seconds = await self.sessions.start()
         except BaseException:
@@ -163,7 +173,8 @@ class SwarmRig:
 
     async def register(self, ids: list[str]) -> None:
         """Register devices with the control plane (lists of 10,000), give each a broker
-        user (one reload), and add them to the swarm (not connected: ``swarm.start``)."""
+        user (one reload), and add them to the swarm (not connected: ``swarm.start``). On
+        edge brokers, the devices of ``self.devices`` (the bridges carry their channels)."""
         for start in range(0, len(ids), REGISTER_BATCH):
             body = []
             for device_id in ids[start : start + REGISTER_BATCH]:
@@ -177,7 +188,7 @@ class SwarmRig:
                 self.tokens[item["device"]["id"]] = item["token"]
         brokers = self.edges.brokers or [self.broker]
         for i, broker in enumerate(brokers):
-            mine = ids[i :: len(brokers)]
+            mine = placed(ids, i, len(brokers))
             await asyncio.to_thread(broker.add_users, {d: self.tokens[d] for d in mine}, 600)
             for device_id in mine:
                 token, labels = self.tokens[device_id], self.labels[device_id]
