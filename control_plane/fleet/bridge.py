@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
 # Messages parsed and waiting for the ingest loop; past it, reading waits (_read).
 QUEUE_MAX = 50_000
+# Stored batches whose acks wait to be published: past this, storing waits for the broker.
+ACK_BACKLOG = 20
 _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
     Channel.STATE: (DeviceState, MAX_STATE_BYTES),
     Channel.ONLINE: (OnlineStatus, MAX_STATE_BYTES),
@@ -113,6 +115,7 @@ class MqttBridge:
         self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue(QUEUE_MAX)
         self._dropped: dict[str, int] = {}  # device → refused messages not yet counted in the DB
         self._refused: dict[str, list[int]] = {}  # device → refused windows to acknowledge
+        self._acks: asyncio.Queue[BatchResult] = asyncio.Queue(ACK_BACKLOG)  # stored, to ack
         self._ttl = timedelta(seconds=settings.desired_ttl_seconds)
         self._linked = asyncio.Event()  # connected, maybe not yet subscribed
         self.dynsec = (
@@ -146,6 +149,7 @@ class MqttBridge:
         """Stay connected, consume, ingest, refresh expiring desired states; until cancelled."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._ingest_loop())
+            group.create_task(self._ack_loop())
             group.create_task(self._refresh_loop())
             group.create_task(self._connection_loop())
 
@@ -304,7 +308,15 @@ class MqttBridge:
             result = await self._store(batch, dropped)
             for device_id, seqs in refused.items():
                 result.acks.setdefault(device_id, []).extend(seqs)
-            await self._acknowledge(result)
+            await self._acks.put(result)
+
+    async def _ack_loop(self) -> None:
+        """Acknowledge stored batches, apart from storing them: an ack's PUBACK comes back
+        behind whatever the broker is sending us, and at 100,000 devices, with megabytes
+        queued on our socket, waiting for each in turn held ingest to a few batches a
+        minute (acks timed out; devices' outboxes filled)."""
+        while True:
+            await self._acknowledge(await self._acks.get())
 
     async def _store(self, batch: list[Incoming], dropped: dict[str, int]) -> BatchResult:
         """Store a batch (and the drop counts) in one transaction. When that fails while the
@@ -343,16 +355,21 @@ class MqttBridge:
             return result
 
     async def _acknowledge(self, result: BatchResult) -> None:
+        """Every ack of a batch in flight together (paho sends MAX_INFLIGHT at a time)."""
         channels: tuple[tuple[Literal["telemetry", "samples"], dict[str, list[int]]], ...] = (
             ("telemetry", result.acks),
             ("samples", result.sample_acks),
         )
-        for channel, acks in channels:
-            for device_id, seqs in acks.items():
-                await self._publish(
+        await asyncio.gather(
+            *(
+                self._publish(
                     self.topics.device(device_id, Channel.ACK),
                     Ack(channel=channel, seqs=seqs).model_dump_json(),
                 )
+                for channel, acks in channels
+                for device_id, seqs in acks.items()
+            )
+        )
 
     async def _refresh_loop(self) -> None:
         interval = min(3600.0, self.settings.desired_ttl_seconds / 10)

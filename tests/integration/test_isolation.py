@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -378,6 +379,43 @@ def hold_the_telemetry_table(api: Api) -> Any:
     else:  # SQLite's one writer
         connection.execute(text("UPDATE device SET dropped_messages = dropped_messages"))
     return connection
+
+
+def test_storing_goes_on_while_acks_wait_for_the_broker(
+    make_api: MakeApi,
+    broker: MosquittoBroker,
+    database_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An ack's PUBACK comes back behind whatever the broker is sending the control plane
+    (at 100,000 devices, megabytes on its socket). While no ack gets out, windows that
+    arrive later are still stored; once acks flow, every window is acknowledged."""
+    api = connected_api(make_api, broker, database_url)
+    bridge = bridge_of(api)
+    release = threading.Event()
+    publish = bridge._publish
+
+    async def held_acks(topic: str, payload: str, retain: bool = False, qos: Any = 1) -> bool:
+        while topic.endswith("/ack") and not release.is_set():
+            await asyncio.sleep(0.01)
+        return await publish(topic, payload, retain, qos)
+
+    monkeypatch.setattr(bridge, "_publish", held_acks)
+    token = api.post("/devices", json={"id": "dev-a"}).json()["token"]
+    broker.add_user("dev-a", token)
+    device = Device(broker, "dev-a", token)
+    try:
+        device.send("telemetry", window("dev-a", 1))
+        wait_until(lambda: bridge.counters.stored_windows == 1, what="the first batch stored")
+        for seq in range(2, 51):
+            device.send("telemetry", window("dev-a", seq))
+        wait_until(lambda: bridge.counters.stored_windows == 50, what="later batches stored")
+        assert acked(device) == []
+        release.set()
+        wait_until(lambda: acked(device) == list(range(1, 51)), what="every window acknowledged")
+    finally:
+        release.set()
+        device.close()
 
 
 def test_a_burst_larger_than_the_ingest_queue_loses_nothing(
