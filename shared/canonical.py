@@ -31,32 +31,62 @@ from shared.errors import CanonicalJSONError
 MAX_SAFE_INT = 2**53 - 1
 
 
-def _normalise(value: Any, path: str) -> Any:
-    if value is None or isinstance(value, bool | str):
+class _NotCanonical(Exception):  # noqa: N818  (internal: becomes CanonicalJSONError)
+    """A value with no canonical form; ``where`` collects its path on the way out."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.where: list[str] = []  # innermost first
+
+
+def _normalise(value: Any) -> Any:
+    # No path is built on the way in (it cost more than the rest together: a desired
+    # state has hundreds of values); one that fails gathers it on the way out, for free
+    # until then (3.11's exceptions cost nothing unless raised).
+    kind = type(value)  # exact types first: ABC checks cost more than the rest
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is not dict and kind is not list and isinstance(value, bool | str):
         return value
     if isinstance(value, int):
         if abs(value) > MAX_SAFE_INT:
-            raise CanonicalJSONError(f"{path}: integer {value} is outside ±(2**53-1)")
+            raise _NotCanonical(f"integer {value} is outside ±(2**53-1)")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise CanonicalJSONError(f"{path}: {value!r} is not a finite number")
+            raise _NotCanonical(f"{value!r} is not a finite number")
         return 0.0 if value == 0.0 else value
-    if isinstance(value, Mapping):
+    if kind is dict or (kind is not list and isinstance(value, Mapping)):
         out: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise CanonicalJSONError(f"{path}: object key {key!r} is not a string")
-            out[key] = _normalise(item, f"{path}.{key}")
+                raise _NotCanonical(f"object key {key!r} is not a string")
+            try:
+                out[key] = _normalise(item)
+            except _NotCanonical as exc:
+                exc.where.append(f".{key}")
+                raise
         return out
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
-        return [_normalise(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    raise CanonicalJSONError(f"{path}: {type(value).__name__} has no canonical JSON form")
+    if kind is list or (isinstance(value, Sequence) and not isinstance(value, bytes | bytearray)):
+        items = []
+        for i, item in enumerate(value):
+            try:
+                items.append(_normalise(item))
+            except _NotCanonical as exc:
+                exc.where.append(f"[{i}]")
+                raise
+        return items
+    raise _NotCanonical(f"{type(value).__name__} has no canonical JSON form")
 
 
 def canonical_json(value: Any) -> bytes:
     """Return the canonical JSON bytes of ``value`` (see the module docstring)."""
-    normalised = _normalise(value, "$")
+    try:
+        normalised = _normalise(value)
+    except _NotCanonical as exc:
+        path = "$" + "".join(reversed(exc.where))
+        raise CanonicalJSONError(f"{path}: {exc.problem}") from None
     # json uses float.__repr__ (shortest round-trip) for floats; sort_keys sorts by code point.
     text = json.dumps(
         normalised, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
