@@ -132,8 +132,17 @@ class SwarmRig:
             self.sessions: Swarm | SwarmShards = self.swarm
             if self.edges.brokers:
                 # Every shard connects at once, beside the control plane taking in each
-                # device's first reports: a bound for 100,000 sessions on two cores.
-                options = {"connect_timeout_seconds": 600.0, **self.swarm_options}
+                # device's first reports: a bound for 100,000 sessions on two cores. A
+                # shard's event loop runs every ready session in one pass, and 14,000
+                # sessions' desired states arriving together made a pass minutes long on
+                # a shard's share of two cores: its PINGREQs came too late, every edge
+                # dropped every session once (mosquitto's 1.5 x 60 s), and the reconnect
+                # storm stalled the rollout. A device of its own would ping on time.
+                options = {
+                    "connect_timeout_seconds": 600.0,
+                    "keepalive_seconds": 900,
+                    **self.swarm_options,
+                }
                 self.sessions = SwarmShards(
                     self.trust,
                     [SwarmSettings(b.host, b.port, **options) for b in self.edges.brokers],
