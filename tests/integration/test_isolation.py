@@ -266,11 +266,31 @@ def test_a_failed_unit_of_the_monitor_leaves_nothing_behind_on_sqlite(tmp_path: 
         engine.dispose()
 
 
+class IdleMonitor:
+    def tick(self) -> None:
+        pass
+
+
+def lead_until(leadership: Any, rollouts: Any, done: asyncio.Event, republish: Any = None) -> None:
+    """Run the leader loop (ticks 0.01 s apart) with these stand-ins until ``done``."""
+    from control_plane.app import _lead
+
+    async def run() -> None:
+        leader = asyncio.create_task(
+            _lead(leadership, rollouts, IdleMonitor(), None, 0.01, republish)  # type: ignore[arg-type]
+        )
+        try:
+            await asyncio.wait_for(done.wait(), 60)
+        finally:
+            leader.cancel()
+
+    asyncio.run(run())
+
+
 def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) -> None:
     """A process that becomes the leader publishes the stored desired states (the old leader
     may have died before it did). When that fails (the broker away for a moment) the next
     tick tries again, and rollouts are driven only once it succeeded."""
-    from control_plane.app import _lead
     from control_plane.coordination.leadership import Leadership
     from control_plane.store.db import migrate
 
@@ -293,22 +313,9 @@ def test_a_new_leader_retries_its_republish_until_it_succeeds(tmp_path: Path) ->
             if order.count("tick") >= 2:
                 done.set()
 
-    class Monitor:
-        def tick(self) -> None:
-            pass
-
-    async def run() -> None:
-        leader = asyncio.create_task(
-            _lead(Leadership(engine), Counted(), Monitor(), None, 0.01, republish)  # type: ignore[arg-type]
-        )
-        try:
-            await asyncio.wait_for(done.wait(), 60)
-        finally:
-            leader.cancel()
-
     done = asyncio.Event()
     try:
-        asyncio.run(run())
+        lead_until(Leadership(engine), Counted(), done, republish)
     finally:
         engine.dispose()
     assert len(attempts) == 2
@@ -320,7 +327,7 @@ def test_a_long_rollout_tick_is_followed_by_a_longer_rest(tmp_path: Path) -> Non
     take the whole process: the leader rests twice as long as the tick worked before the
     next, and still heartbeats every few seconds however long its ticks are. Sleeps only
     ever last longer on a busy machine, so the lower bound holds there too."""
-    from control_plane.app import HEARTBEAT_SECONDS, REST_PER_BUSY, _lead
+    from control_plane.app import HEARTBEAT_SECONDS, REST_PER_BUSY
     from control_plane.coordination.leadership import Leadership
     from control_plane.store.db import migrate
 
@@ -348,20 +355,9 @@ def test_a_long_rollout_tick_is_followed_by_a_longer_rest(tmp_path: Path) -> Non
             if len(starts) == 8:  # 7 rests of >= 0.9 s: past HEARTBEAT_SECONDS
                 done.set()
 
-    class Monitor:
-        def tick(self) -> None:
-            pass
-
-    async def run() -> None:
-        leader = asyncio.create_task(_lead(leadership, Busy(), Monitor(), None, 0.01))  # type: ignore[arg-type]
-        try:
-            await asyncio.wait_for(done.wait(), 60)
-        finally:
-            leader.cancel()
-
     done = asyncio.Event()
     try:
-        asyncio.run(run())
+        lead_until(leadership, Busy(), done)
     finally:
         engine.dispose()
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
