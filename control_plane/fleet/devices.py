@@ -513,7 +513,11 @@ def _apply_state(
     # device_model equal to what the report says
     reported = {m.name for m in state.models}
     for name in set(models) - reported:
-        session.delete(models.pop(name))
+        dropped = models.pop(name)
+        if dropped in session.new:  # added by an earlier report of this batch
+            session.expunge(dropped)
+        else:
+            session.delete(dropped)
     for model in state.models:
         row = models.get(model.name)
         if row is None:

@@ -24,7 +24,15 @@ from control_plane.fleet.devices import (
 )
 from control_plane.fleet.selectors import Selector, Term, parse_selector
 from control_plane.store.tables import Device, DeviceDeployment, DeviceLabel, DeviceModel, Event
-from shared.messages import DesiredState, DeviceState, ModelRef, ModelStatus, Phase
+from shared.messages import (
+    DesiredState,
+    DeviceState,
+    ErrorInfo,
+    ModelRef,
+    ModelStatus,
+    OnlineStatus,
+    Phase,
+)
 
 pytestmark = pytest.mark.integration
 KEYS = ["site", "hw", "a.b", "x/y", "k-1", "K_2"]
@@ -242,3 +250,86 @@ def test_deployment_rows_follow_each_signed_desired_state(engine: Engine) -> Non
             desired = DesiredState.model_validate_json(device.desired or "")
             told = {r.model_name: r.version for r in rows if r.device_id == device.id}
             assert told == {m.manifest.name: m.manifest.version for m in desired.models}
+
+
+ERRORS = st.none() | st.sampled_from(["sha256_mismatch", "bad_signature"]).map(
+    lambda reason: ErrorInfo(reason=reason, message=reason, at=datetime(2026, 1, 1, tzinfo=UTC))
+)
+MODEL = st.tuples(st.none() | st.integers(1, 3), st.sampled_from(list(Phase)), ERRORS)
+REPORTS = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        st.booleans()
+        | st.tuples(
+            st.integers(1, 6),
+            st.dictionaries(st.sampled_from(["m", "n"]), MODEL, max_size=2),
+            ERRORS,
+        ),
+    ),
+    max_size=12,
+)
+
+
+Reported = tuple[int, dict[str, tuple[int | None, Phase, ErrorInfo | None]], ErrorInfo | None]
+
+
+def wire(device_id: str, what: bool | Reported) -> DeviceState | OnlineStatus:
+    if isinstance(what, bool):
+        return OnlineStatus(device_id=device_id, online=what)
+    seq, models, error = what
+    state = report(device_id, seq, {name: (v, phase) for name, (v, phase, _) in models.items()})
+    statuses = [m.model_copy(update={"last_error": models[m.name][2]}) for m in state.models]
+    return state.model_copy(update={"models": statuses, "last_error": error})
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(batches=st.lists(REPORTS, min_size=1, max_size=4))
+def test_registered_devices_take_reports_as_the_orm_path_does(
+    engine: Engine, batches: list[list[tuple[str, bool | Reported]]]
+) -> None:
+    """Registered devices' reports are written with multi-row statements, the others' through
+    ORM objects: the same batches (reordered and repeated reports, models added, changed and
+    dropped, refusals, online flips) leave the same rows and record the same events."""
+    seen = datetime(2026, 6, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        session.exec(delete(Event))
+        session.exec(delete(DeviceModel))
+        session.exec(delete(Device))
+        register_devices(session, [(f"reg-{d}", {}) for d in "abc"])
+        session.exec(delete(Event))
+        session.commit()
+        for batch in batches:
+            sent = [(d, wire("x", what)) for d, what in batch]
+            for world in ("reg", "orm"):
+                renamed = [m.model_copy(update={"device_id": f"{world}-{d}"}) for d, m in sent]
+                apply_reports(session, renamed, seen)
+            session.commit()
+        session.expire_all()
+
+        def rows(world: str) -> object:
+            devices = {
+                d.id[4:]: (
+                    d.online,
+                    d.state_seq,
+                    d.state and d.state.replace(world, "X"),
+                    d.last_seen,
+                )
+                for d in session.exec(select(Device).where(col(Device.id).startswith(world)))
+                if d.state_seq or d.online
+            }
+            models = sorted(
+                (m.device_id[4:], m.model_name, m.version, m.phase, m.error_seq)
+                for m in session.exec(
+                    select(DeviceModel).where(col(DeviceModel.device_id).startswith(world))
+                )
+            )
+            events: dict[str, list[object]] = {}  # each device's in order
+            for e in session.exec(select(Event).order_by(col(Event.id))):
+                if e.device_id and e.device_id.startswith(world):
+                    happened = (e.type, e.message, e.data, e.model_name, e.version)
+                    events.setdefault(e.device_id[4:], []).append(happened)
+            return devices, models, events
+
+        assert rows("reg") == rows("orm")
