@@ -42,7 +42,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
@@ -58,6 +58,9 @@ from simulator.rig.procs import proc_rss_mib  # noqa: E402
 PASSWORD = "bench-secret"  # a throw-away cluster's account
 TOPICS = Topics()
 PAYLOAD = b"x" * 800  # about a signed desired state
+# The device clients' desired subscriptions (--device-qos): 1 as the agent's default, 0 as
+# the agent runs on a NATS cluster (docs/broker-cluster.md, mqtt_subscribe_qos).
+DEVICE_QOS: list[Literal[0, 1]] = [1]
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 WAIT = 15.0  # seconds a check waits for a message before it says "no"
 
@@ -391,7 +394,7 @@ async def fleet_figures(cl: Cluster, devices: int) -> dict[str, object]:
 
     async def device(i: int, device_id: str) -> None:
         c = await stack.enter_async_context(client(cl.port(i % 3), device_id))
-        granted = await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=1)
+        granted = await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=DEVICE_QOS[0])
         if any((g.value if isinstance(g, ReasonCode) else g) >= 0x80 for g in granted):
             refused.append(device_id)  # the agent would reconnect; this client does not
 
@@ -460,7 +463,7 @@ async def count_retained(port: int, devices: int) -> int:
         device_id = f"bench-{i:05d}"
         try:
             async with client(port, f"{device_id}-again") as c:
-                await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=1)
+                await c.subscribe(TOPICS.device(device_id, Channel.DESIRED), qos=DEVICE_QOS[0])
                 return await first_message(c, 10) is not None
         except aiomqtt.MqttError:
             return False
@@ -557,7 +560,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--engines", default="nats,rabbitmq")
+    parser.add_argument(
+        "--device-qos",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="QoS of the device clients' desired subscriptions (0: as agents on NATS run)",
+    )
     args = parser.parse_args()
+    DEVICE_QOS[0] = 0 if args.device_qos == 0 else 1
     results = []
     for name in args.engines.split(","):
         if name == "rabbitmq" and not (RABBIT_BIN / "rabbitmq-server").exists():
