@@ -219,12 +219,17 @@ def matching_devices(session: Session, selector: Selector) -> list[Device]:
 
 
 def page_of_devices(
-    session: Session, selector: Selector, limit: int | None, offset: int
+    session: Session, selector: Selector, limit: int | None, offset: int, after: str | None = None
 ) -> tuple[int, list[Device]]:
-    """How many devices ``selector`` matches, and ``limit`` of them from ``offset`` by id."""
+    """How many devices ``selector`` matches, and ``limit`` of them by id from ``offset``
+    among those after the id ``after`` (a key the index finds: a deep ``offset`` reads
+    every row it skips)."""
     where = selected(session, selector)
     total = session.exec(select(func.count()).select_from(Device).where(*where))
-    query = select(Device).where(*where).order_by(col(Device.id)).offset(offset)
+    query = select(Device).where(*where)
+    if after is not None:
+        query = query.where(col(Device.id) > after)
+    query = query.order_by(col(Device.id)).offset(offset)
     if limit is not None:
         query = query.limit(limit)
     return int(total.one()), list(session.exec(query).all())

@@ -290,6 +290,10 @@ def test_devices_registered_in_bulk_each_get_their_own_broker_account(
         assert connects(broker, device_id, tokens["dev-001"]) == NOT_AUTHORISED
     listed = api.get("/devices", params={"selector": "line=1", "limit": 1})
     assert listed.headers["X-Total-Count"] == str(len(ids[1::3]))
+    walked: list[str] = []  # page after page by the last id seen
+    while page := api.get("/devices", params={"limit": 100, "after": (walked or [""])[-1]}).json():
+        walked += [d["id"] for d in page]
+    assert walked == ids
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,9 @@ def test_the_database_picks_the_devices_the_selector_matches(
         assert [d.id for d in matching_devices(session, selector)] == expected
         total, page = page_of_devices(session, selector, limit=3, offset=1)
         assert total == len(expected) and [d.id for d in page] == expected[1:4]
+        if expected:  # the next page by key: the same devices as by offset
+            _, page = page_of_devices(session, selector, limit=3, offset=0, after=expected[0])
+            assert [d.id for d in page] == expected[1:4]
         devices, online, _ = fleet_counts(session, selector)
         assert devices == len(expected)
         assert online == sum(int(d.split("-")[1]) % 2 == 0 for d in expected)

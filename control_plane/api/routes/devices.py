@@ -123,11 +123,20 @@ def get_devices(
         int | None, Query(ge=1, le=1000, description="At most this many (by id); all if unset.")
     ] = None,
     offset: Annotated[int, Query(ge=0, le=10**9, description="Skip this many first.")] = 0,
+    after: Annotated[
+        str | None,
+        Query(
+            max_length=64,
+            description="Only devices whose id sorts after this one: the next page after a "
+            "page's last id, read from the index however deep (a deep `offset` reads every "
+            "row it skips).",
+        ),
+    ] = None,
 ) -> list[DevicePublic]:
     """Devices by id. The `X-Total-Count` header says how many the selector matches, so a
     page of `limit` from `offset` can say where it is."""
     parsed = parse_selector(selector, loc=("query", "selector"))
-    total, devices = page_of_devices(session, parsed, limit, offset)
+    total, devices = page_of_devices(session, parsed, limit, offset, after)
     response.headers["X-Total-Count"] = str(total)
     return [device_public(d) for d in devices]
 
