@@ -19,6 +19,7 @@ from control_plane.audit.types import DeviceModelData, EventType, Payload
 from control_plane.auth.tokens import issue_token, new_token
 from control_plane.errors import ConflictError, ForbiddenError, InvalidInputError, NotFoundError
 from control_plane.fleet.selectors import Selector, Term
+from control_plane.store.db import refresh_statistics
 from control_plane.store.tables import (
     Admission,
     ApiToken,
@@ -35,6 +36,7 @@ from shared.messages import DeviceState, ModelStatus, OnlineStatus, SequenceFloo
 from shared.topics import is_device_id
 
 MAX_LABELS = 32
+ANALYZE_AFTER = 1000  # devices registered at once: the planner needs their statistics now
 RESERVED_PREFIX = "edgefleet-"  # broker service accounts: edgefleet-control-plane, …
 
 
@@ -111,6 +113,8 @@ def register_devices(
         raise ConflictError(
             "a device of the request was registered meanwhile: try again", loc=("body",)
         ) from exc
+    if len(ids) >= ANALYZE_AFTER:
+        refresh_statistics(session, "device", "device_label")
     stored = {d.id: d for d in session.exec(select(Device).where(col(Device.id).in_(ids))).all()}
     return [(stored[device_id], secret) for device_id, secret in zip(ids, issued, strict=True)]
 

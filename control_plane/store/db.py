@@ -46,6 +46,16 @@ def create_db_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
 
 
+def refresh_statistics(session: Session, *tables: str) -> None:
+    """Have PostgreSQL sample ``tables`` now (SQLite: nothing), after a bulk write. Until
+    autovacuum gets to it, a table filled at once has no statistics, and the planner takes
+    every condition for one row: a label-selector page of 100,000 devices took 42-65 s
+    through a nested loop, 4 ms once analyzed."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"ANALYZE {', '.join(tables)}"))
+        session.commit()
+
+
 def contended(exc: BaseException) -> bool:
     """Whether a failed statement met another transaction's locks (SQLite's busy timeout
     ran out, a PostgreSQL deadlock or serialization failure), not a fault of its own."""

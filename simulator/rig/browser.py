@@ -68,6 +68,20 @@ def text_of(driver: Any, css: str) -> str:
     return str(text)
 
 
+def attribute_of(driver: Any, css: str, name: str) -> str:
+    """An attribute of the element, read in one script call (as ``text_of``, for the same
+    reason: a handle found, then read, may be of an element re-rendered away)."""
+    value = driver.execute_script(
+        "const e = document.querySelector(arguments[0]);"
+        " return e ? e.getAttribute(arguments[1]) : null",
+        css,
+        name,
+    )
+    if value is None:
+        raise LookupError(f"nothing matches {css}, or it has no {name}")
+    return str(value)
+
+
 def shows(driver: Any, css: str, text: str) -> bool:
     return text in text_of(driver, css)
 

@@ -21,6 +21,7 @@ from simulator.rig.agents import wait_until
 from simulator.rig.browser import (
     CHROMEDRIVER,
     CHROMIUM,
+    attribute_of,
     chart_series,
     log_in,
     open_chromium,
@@ -238,11 +239,7 @@ def the_dashboard_shows_it(fleet: Fleet, drift: dict[str, Any]) -> None:
         Select(driver.find_element(By.ID, "drift-version")).select_by_value("1")
         wait_for(partial(shows, driver, "#drift h2", "(v1,"), "v1's readings")
         psi = chart_series(driver, "#psi-chart")
-        threshold = float(
-            driver.find_element(By.CSS_SELECTOR, "#psi-chart line.threshold").get_attribute(
-                "data-value"
-            )
-        )
+        threshold = float(attribute_of(driver, "#psi-chart line.threshold", "data-value"))
         peaks = {name: max(v for v in values if v is not None) for name, values in psi.items()}
         assert peaks["temperature_c"] > threshold, (peaks, threshold)
         assert max(peaks, key=lambda name: peaks[name]) == "temperature_c", peaks
