@@ -101,6 +101,9 @@ def reads(api: httpx.Client, rollout: str, devices: int) -> dict[str, Callable[[
         "GET /devices?limit=50 (last page)": lambda: api.get(
             "/devices", params={**page, "offset": devices - 50}
         ),
+        "GET /devices?limit=50&after= (last page)": lambda: api.get(
+            "/devices", params={**page, "after": f"dev-{devices - 51:06d}"}
+        ),
         "GET /devices?selector=hw=jetson,site=s3": lambda: api.get(
             "/devices", params={**page, "selector": "hw=jetson,site=s3"}
         ),
@@ -136,14 +139,16 @@ def measure(label: str, devices: int, database_url: str | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
+    parser.add_argument("--databases", default="sqlite,postgresql")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    databases = args.databases.split(",")
     print(f"# .venv/bin/python benchmarks/api_reads.py --sizes {args.sizes}", flush=True)
     print(f"   {'database':<12}{'devices':>9}  {'request':<42}{'p50 ms':>8}{'p95 ms':>8}")
-    for n in sizes:
+    for n in sizes if "sqlite" in databases else []:
         measure("SQLite", n, None)
     with postgres_database() as pg:
-        if pg is not None:
+        if pg is not None and "postgresql" in databases:
             for n in sizes:
                 measure("PostgreSQL", n, recreate(pg))
 
