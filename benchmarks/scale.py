@@ -21,8 +21,16 @@ until the control plane holds it in every device's state, and until `succeeded`;
 once, then canary with zero soak; CPU seconds of the broker, the control plane and the
 swarm over that time, and their RSS. Every such figure is labelled "swarm".
 
+With ``--ingest-sizes``, telemetry at scale: a swarm on control-plane processes sharing
+one PostgreSQL and splitting telemetry through a shared subscription. After an all-at-once
+rollout (one process leading), windows of each ``--ingest-windows`` length (60 s: a
+fleet's rate; shorter: past what one process stores) into each ``--ingest-processes``
+count in turn: windows made, stored and refused as duplicates per second, the backlog,
+and each process's, PostgreSQL's, the brokers' and the swarm's CPU.
+
     .venv/bin/python benchmarks/scale.py [--sizes 1000,10000] [--profile out.svg]
     .venv/bin/python benchmarks/scale.py --sizes "" --swarm-sizes 10000,100000
+    .venv/bin/python benchmarks/scale.py --sizes "" --ingest-sizes 100000
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
 
 import paho.mqtt.client as mqtt  # noqa: E402
+from fleet import postgres_database  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
@@ -65,7 +74,11 @@ from simulator.swarm.runner import Swarm, raise_fd_limit  # noqa: E402
 from simulator.swarm.scenario import (  # noqa: E402
     ALL_AT_ONCE,
     CANARY,
+    IngestFigures,
     RolloutFigures,
+    describe,
+    measure_ingest,
+    measure_rollout,
     swarm_rollouts,
 )
 from simulator.swarm.settings import SwarmSettings  # noqa: E402
@@ -229,6 +242,80 @@ def swarm_figures(
     del figures
 
 
+def swarm_ingest(
+    devices: int,
+    windows: list[float],
+    processes: list[int],
+    seconds: float,
+    broker: dict[str, str],
+    edges: int | None = None,
+) -> None:
+    """Telemetry from a swarm of ``devices`` into control-plane processes on PostgreSQL
+    that split it through a shared subscription: the swarm takes a version all at once
+    (one process leading; its line says how long), then at each window length (the
+    offered load: 60 s is a fleet's rate, shorter ones go past what one process stores)
+    and each number of processes, what was stored per second over ``seconds``."""
+    edges = edge_brokers_for(devices) if edges is None else max(edges, edge_brokers_for(devices))
+    with postgres_database() as url:
+        if url is None:
+            print(f"{devices:>8} swarm ingest: not run (PostgreSQL not reachable)")
+            return
+        with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp:
+            asyncio.run(
+                _swarm_ingest(Path(tmp), devices, url, windows, processes, seconds, broker, edges)
+            )
+
+
+async def _swarm_ingest(
+    workdir: Path,
+    devices: int,
+    url: str,
+    windows: list[float],
+    processes: list[int],
+    seconds: float,
+    broker: dict[str, str],
+    edges: int,
+) -> None:
+    async with SwarmRig(
+        workdir,
+        devices,
+        swarm_options={"window_seconds": windows[0]},
+        server_env={"EDGEFLEET_DATABASE_URL": url, "EDGEFLEET_MQTT_SHARED_GROUP": "ingest"},
+        broker_options=broker,
+        edge_brokers=edges,
+    ) as rig:
+        print(
+            f"{devices:>8} swarm on PostgreSQL{f' and {edges} edge brokers' if edges else ''}:"
+            f" registered in {rig.register_seconds:.1f} s, connected in"
+            f" {rig.connect_seconds:.1f} s",
+            flush=True,
+        )
+        version = await rig.train()
+        rollout = await measure_rollout(rig, version, ALL_AT_ONCE, 3600, SETTLE_SECONDS)
+        print(f"{'':>8} {describe(rollout)}", flush=True)
+        print(
+            f"{'devices':>8} {'window':>7} {'procs':>5} {'made/s':>8} {'stored/s':>9}"
+            f" {'dup/s':>7} {'unacked before → after':>23} {'CP CPU (each)':>15}"
+            f" {'PG CPU':>6} {'brk CPU':>7} {'swm CPU':>7}  keeps up"
+        )
+        for window in windows:
+            await rig.set_window(window)
+            for count in processes:
+                await rig.run_control_planes(count)
+                print_ingest(await measure_ingest(rig, window, seconds))
+
+
+def print_ingest(f: IngestFigures) -> None:
+    cpu = "+".join(f"{c:.2f}" for c in f.control_plane_cpu)
+    print(
+        f"{f.devices:>8} {f.window_seconds:>6.0f}s {f.processes:>5} {f.made_per_second:>8,.0f}"
+        f" {sum(f.stored_per_second):>9,.0f} {sum(f.duplicates_per_second):>7,.0f}"
+        f" {f.unacked_before:>11,} → {f.unacked_after:<9,} {cpu:>15} {f.database_cpu:>6.2f}"
+        f" {f.broker_cpu:>7.2f} {f.swarm_cpu:>7.2f}  {'yes' if f.keeps_up else 'no'}",
+        flush=True,
+    )
+
+
 def swarm_alone(devices: int) -> None:
     """The swarm's own cost, no control plane: N desired states signed beforehand (as the
     control plane signs them) and retained on the broker, then the swarm connects; from
@@ -344,6 +431,22 @@ def main() -> None:
         "rewrites the whole database: ~260 MB at 100,000 devices)",
     )
     parser.add_argument(
+        "--ingest-sizes",
+        default="",
+        help="swarm sizes whose telemetry ingest is measured on PostgreSQL (e.g. 100000)",
+    )
+    parser.add_argument(
+        "--ingest-windows",
+        default="60,10",
+        help="ingest: the swarm's telemetry windows (s), a fleet's rate and past it",
+    )
+    parser.add_argument(
+        "--ingest-processes", default="1,2", help="ingest: control-plane processes, in turn"
+    )
+    parser.add_argument(
+        "--ingest-seconds", type=float, default=120.0, help="ingest: each measurement's span"
+    )
+    parser.add_argument(
         "--edge-brokers",
         type=int,
         default=None,
@@ -375,6 +478,24 @@ def main() -> None:
         broker["max_queued_messages"] = str(args.broker_max_queued)
     if args.broker_autosave is not None:
         broker["autosave_interval"] = str(args.broker_autosave)
+    ingest_sizes = [int(s) for s in args.ingest_sizes.split(",") if s]
+    if ingest_sizes:
+        print(
+            "\nSWARM TELEMETRY INGEST (protocol-level devices) into control-plane processes on"
+            " PostgreSQL splitting it\n(shared subscription); per second over"
+            f" {args.ingest_seconds:.0f} s: windows made (the offered load), stored, refused"
+            " as duplicates (resent);\nCPU seconds per second; keeps up: no backlog growing"
+            " past a window's worth"
+        )
+    for n in ingest_sizes:
+        swarm_ingest(
+            n,
+            [float(w) for w in args.ingest_windows.split(",")],
+            [int(p) for p in args.ingest_processes.split(",")],
+            args.ingest_seconds,
+            broker,
+            args.edge_brokers,
+        )
     if not swarm_sizes:
         return
     print(

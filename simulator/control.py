@@ -19,10 +19,12 @@ from simulator.broker import free_port
 
 class ControlPlane:
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.settings = load_settings(data_dir)
+        self.env = env or {}
+        # The token goes into the server's database: ``env``'s, when it names one.
+        database = self.env.get("EDGEFLEET_DATABASE_URL")
+        self.settings = load_settings(data_dir, database_url=database)
         self.data_dir = self.settings.data_dir
         self.token = init_data_dir(self.settings).token
-        self.env = env or {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None

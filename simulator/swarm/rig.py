@@ -93,6 +93,8 @@ class SwarmRig:
     # bridged to it, in one swarm process per edge (simulator.swarm.edges, .shards).
     edge_brokers: int = 0
     tokens: dict[str, str] = field(default_factory=dict)
+    # More control-plane processes beside ``control`` (``run_control_planes``).
+    siblings: list[ControlPlane] = field(default_factory=list)
     connect_seconds: float = 0.0
     register_seconds: float = 0.0
 
@@ -172,6 +174,7 @@ class SwarmRig:
         finally:
             if hasattr(self, "api"):
                 await self.api.aclose()
+            await self.run_control_planes(1)
             await asyncio.to_thread(self.control.stop)
             await asyncio.to_thread(self.edges.stop, 60)
             await asyncio.to_thread(self.broker.stop, 60)
@@ -207,6 +210,25 @@ class SwarmRig:
                     self.sessions.add(device_id, token, labels)
 
     # --- the control plane ---------------------------------------------------------------
+
+    async def run_control_planes(self, processes: int) -> None:
+        """``processes`` control-plane processes on this rig's data directory: siblings of
+        ``control`` started or stopped. They share the work only on a shared database with
+        a shared subscription (``EDGEFLEET_DATABASE_URL`` and ``EDGEFLEET_MQTT_SHARED_GROUP``
+        in ``server_env``): then they split telemetry and one of them leads rollouts."""
+        while len(self.siblings) + 1 < processes:
+            sibling = ControlPlane(self.control.data_dir, env=self.control.env)
+            await asyncio.to_thread(sibling.start)
+            self.siblings.append(sibling)
+        while self.siblings and len(self.siblings) + 1 > processes:
+            await asyncio.to_thread(self.siblings.pop().stop)
+
+    async def set_window(self, seconds: float) -> None:
+        """The swarm's telemetry windows are ``seconds`` long from now on."""
+        if isinstance(self.sessions, SwarmShards):
+            await self.sessions.set_window(seconds)
+        else:
+            self.sessions.set_window(seconds)
 
     async def train(self, seed: int = 1, rows: int = 2000) -> int:
         """Upload a sensor dataset and train a logistic regression on it; the new version."""
@@ -287,19 +309,18 @@ class SwarmRig:
 
     def usage(self) -> Usage:
         """The broker's figures are the central one's and every edge's, added up; the
-        swarm's are this process's and every shard's."""
+        control plane's every process's; the swarm's this process's and every shard's."""
         brokers = [b.pid for b in (self.broker, *self.edges.brokers)]
-        cp = self.control.process
+        cps = [c.process for c in (self.control, *self.siblings)]
         assert None not in brokers
-        assert cp is not None
         swarm = [os.getpid()]
         if isinstance(self.sessions, SwarmShards):
             swarm += self.sessions.pids
         return Usage(
             sum(proc_cpu_seconds(pid) for pid in brokers if pid is not None),
-            proc_cpu_seconds(cp.pid),
+            sum(proc_cpu_seconds(cp.pid) for cp in cps if cp is not None),
             sum(proc_cpu_seconds(pid) for pid in swarm),
             sum(proc_rss_mib(pid) for pid in brokers if pid is not None),
-            proc_rss_mib(cp.pid),
+            sum(proc_rss_mib(cp.pid) for cp in cps if cp is not None),
             sum(proc_rss_mib(pid) for pid in swarm),
         )

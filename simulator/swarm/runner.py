@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import resource
 import socket
@@ -189,13 +190,19 @@ class Swarm:
             self.settings.connect_timeout_seconds,
             lambda: f"{len(self.devices) - self.connected} swarm devices not connected",
         )
-        if self.settings.window_seconds is not None:
-            loop = asyncio.get_running_loop()
-            n = max(1, len(self.devices))
-            for i, device in enumerate(self.devices.values()):  # spread over the window
-                delay = self.settings.window_seconds * (1 + i / n)
-                self._timers[device.device_id] = loop.call_later(delay, self._window, device)
+        self._schedule_windows()
         return time.monotonic() - began
+
+    def _schedule_windows(self) -> None:
+        """Each device's first window closes within the second window from now, the
+        devices spread over it (as agents started at different times)."""
+        if self.settings.window_seconds is None:
+            return
+        loop = asyncio.get_running_loop()
+        n = max(1, len(self.devices))
+        for i, device in enumerate(self.devices.values()):
+            delay = self.settings.window_seconds * (1 + i / n)
+            self._timers[device.device_id] = loop.call_later(delay, self._window, device)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -346,6 +353,13 @@ class Swarm:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+    def set_window(self, seconds: float) -> None:
+        """Telemetry windows of ``seconds`` from now on (the offered load: a benchmark
+        measures ingest at a fleet's rate and past it without a new swarm)."""
+        self.stop_telemetry()
+        self.settings = dataclasses.replace(self.settings, window_seconds=seconds)
+        self._schedule_windows()
 
     # --- stopping ----------------------------------------------------------------------------
 

@@ -5,12 +5,18 @@ counted as cached); ``benchmarks/fleet.py`` measures real agents."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from simulator.control import ControlPlane
+from simulator.rig.procs import named_cpu_seconds, proc_cpu_seconds
 from simulator.swarm.rig import MODEL, SwarmRig, Usage
 
 ALL_AT_ONCE: dict[str, Any] = {"preset": "all-at-once", "soak_seconds": 0}
@@ -83,6 +89,96 @@ async def measure_rollout(
         succeeded_s=succeeded,
         usage=rig.usage().minus(before),
         broker_drops=rig.broker_drops(),
+    )
+
+
+@dataclass
+class IngestFigures:
+    """Telemetry from a swarm of ``devices`` over ``seconds``, split over ``processes``
+    control-plane processes: windows made (the offered load), windows stored and refused
+    as duplicates (resent ones already stored) by each process, per second; the swarm's
+    windows waiting for an ack before and after; CPU seconds per second of each control
+    plane process, of PostgreSQL, of the brokers and of the swarm."""
+
+    devices: int
+    window_seconds: float
+    processes: int
+    seconds: float
+    made_per_second: float
+    stored_per_second: list[float]
+    duplicates_per_second: list[float]
+    unacked_before: int
+    unacked_after: int
+    control_plane_cpu: list[float]
+    database_cpu: float
+    broker_cpu: float
+    swarm_cpu: float
+
+    @property
+    def keeps_up(self) -> bool:
+        """Stores what is made, with no growing backlog (within one window's worth)."""
+        backlog = self.unacked_after - self.unacked_before
+        return backlog <= self.made_per_second * self.window_seconds
+
+
+async def ingest_counts(control: ControlPlane) -> tuple[float, float]:
+    """Telemetry windows this control-plane process has stored and found duplicate, from
+    its ``/metrics``."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        response = await client.get(
+            f"{control.url}/metrics", headers={"Authorization": f"Bearer {control.token}"}
+        )
+    outcomes = {}
+    for family in text_string_to_metric_families(response.raise_for_status().text):
+        if family.name == "edgefleet_telemetry_windows":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    outcomes[sample.labels["outcome"]] = sample.value
+    return outcomes["stored"], outcomes["duplicate"]
+
+
+async def measure_ingest(rig: SwarmRig, window: float, seconds: float) -> IngestFigures:
+    """Ingest over ``seconds`` at the swarm's current windows (``window`` long) with the
+    rig's control-plane processes as they run now. Starts after two windows: the first
+    window of a new length closes within the second."""
+    controls = [rig.control, *rig.siblings]
+    pids = [c.process.pid for c in controls if c.process is not None]
+    await asyncio.sleep(2 * window)
+
+    async def snapshot() -> tuple[Any, ...]:
+        counts = await asyncio.gather(*(ingest_counts(c) for c in controls))
+        cpu = [proc_cpu_seconds(pid) for pid in pids]
+        return (
+            time.monotonic(),
+            rig.sessions.counters.windows,
+            rig.sessions.unacked(),
+            counts,
+            cpu,
+            named_cpu_seconds("postgres"),
+            rig.usage(),
+        )
+
+    t0, made0, unacked0, counts0, cpu0, db0, usage0 = await snapshot()
+    await asyncio.sleep(seconds)
+    t1, made1, unacked1, counts1, cpu1, db1, usage1 = await snapshot()
+    elapsed = t1 - t0
+    usage = usage1.minus(usage0)
+    return IngestFigures(
+        devices=len(rig.sessions.devices),
+        window_seconds=window,
+        processes=len(controls),
+        seconds=elapsed,
+        made_per_second=(made1 - made0) / elapsed,
+        stored_per_second=[(b[0] - a[0]) / elapsed for a, b in zip(counts0, counts1, strict=True)],
+        duplicates_per_second=[
+            (b[1] - a[1]) / elapsed for a, b in zip(counts0, counts1, strict=True)
+        ],
+        unacked_before=unacked0,
+        unacked_after=unacked1,
+        control_plane_cpu=[(b - a) / elapsed for a, b in zip(cpu0, cpu1, strict=True)],
+        database_cpu=(db1 - db0) / elapsed,
+        broker_cpu=usage.broker_cpu / elapsed,
+        swarm_cpu=usage.swarm_cpu / elapsed,
     )
 
 

@@ -167,6 +167,10 @@ class SwarmShards:
         """No more windows (those in the outboxes are still sent until acknowledged)."""
         await self._tell(b"telemetry-off\n")
 
+    async def set_window(self, seconds: float) -> None:
+        """Telemetry windows of ``seconds`` from now on (``Swarm.set_window``)."""
+        await self._tell(f"telemetry-window {seconds}\n".encode())
+
     async def wait_acknowledged(self, timeout: float) -> float:  # noqa: ASYNC109
         """Seconds until every shard has had every window it made acknowledged."""
         return await self._wait(
@@ -194,7 +198,8 @@ class SwarmShards:
 
 async def run_shard(config: dict[str, Any]) -> None:
     """One shard: its swarm connected and reporting; ``telemetry-off`` on stdin stops its
-    windows (those unacknowledged are still sent), ``stop`` or EOF stops it."""
+    windows (those unacknowledged are still sent), ``telemetry-window S`` makes them S
+    seconds long, ``stop`` or EOF stops it."""
     trust = TrustStore.model_validate_json(config["trust"])
     swarm = Swarm(trust, SwarmSettings(**config["settings"]))
     for device_id, token, labels in config["devices"]:
@@ -209,9 +214,13 @@ async def run_shard(config: dict[str, Any]) -> None:
     last: tuple[Any, ...] = ()
     while True:
         if command.done():
-            if command.result().strip() != "telemetry-off":
+            verb, _, argument = command.result().strip().partition(" ")
+            if verb == "telemetry-off":
+                swarm.stop_telemetry()
+            elif verb == "telemetry-window":
+                swarm.set_window(float(argument))
+            else:
                 break
-            swarm.stop_telemetry()
             command = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
         serving = [[m, v, n] for (m, v), n in swarm.serving.items() if n]
         now = (serving, asdict(swarm.counters), swarm.unacked())
