@@ -62,8 +62,8 @@ class AgentSettings(TomlSettings):
         "NATS cluster: there each QoS 1 subscription is a JetStream consumer, which can be "
         "granted after a node died and yet deliver nothing. Nothing is lost at 0: the desired "
         "state is retained and comes again with every (re)subscription, and telemetry whose "
-        "ack is lost stays in the outbox, is sent again at the next window and acknowledged "
-        "again (stored once).",
+        "ack is lost stays in the outbox, is sent again (outbox_resend_windows) and "
+        "acknowledged again (stored once).",
     )
     mqtt_resubscribe_seconds: float = Field(
         default=0.0,
@@ -78,6 +78,14 @@ class AgentSettings(TomlSettings):
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
     outbox_max_messages: int = Field(default=10_000, ge=10, description="Outbox cap.")
+    outbox_resend_windows: int = Field(
+        default=5,
+        ge=1,
+        le=10_000,
+        description="Telemetry and samples not yet acknowledged are sent again every this "
+        "many windows (and at every connect); each new one is sent once when made. A control "
+        "plane that is behind is not sent the same windows again at every window.",
+    )
     max_artifact_bytes: int = Field(
         default=DEFAULT_MAX_ARTIFACT_BYTES, ge=1, description="Download cap."
     )
@@ -168,6 +176,7 @@ window_seconds = 60                            # telemetry window
 # mqtt_resubscribe_seconds = 0                 # e.g. 300 on a broker cluster: subscribe again
 #                                              # when a topic was silent this long (0: never)
 # outbox_max_messages = 10000                  # oldest dropped (and counted) beyond this
+# outbox_resend_windows = 5                    # unacknowledged ones are sent again this often
 # max_artifact_bytes = 536870912               # 512 MiB download cap
 # download_deadline_seconds = 900
 # download_min_bytes_per_second = 16384        # after a 10 s grace

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,11 +109,21 @@ class Outbox:
         with self._lock:
             return self._counter(f"seq:{channel}")
 
-    def pending(self, limit: int = 1000) -> list[OutboxItem]:
-        """Oldest first."""
+    def pending(
+        self, limit: int = 1000, after: Mapping[str, int] | None = None
+    ) -> list[OutboxItem]:
+        """Oldest first; with ``after``, only messages numbered above ``after[channel]``."""
+        floors = dict(after or {})
+        where, params = "", []
+        if floors:
+            cases = " ".join("WHEN ? THEN ?" for _ in floors)
+            where = f"WHERE seq > (CASE channel {cases} ELSE 0 END)"
+            for channel, seq in floors.items():
+                params += [channel, seq]
         with self._lock:
             rows = self._db.execute(
-                "SELECT channel, seq, payload FROM outbox ORDER BY created, seq LIMIT ?", (limit,)
+                f"SELECT channel, seq, payload FROM outbox {where} ORDER BY created, seq LIMIT ?",  # noqa: S608  (placeholders only)
+                (*params, limit),
             ).fetchall()
         return [OutboxItem(str(c), int(s), bytes(p)) for c, s, p in rows]
 

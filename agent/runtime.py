@@ -111,6 +111,9 @@ class Agent:
         self._window_start = datetime.now(UTC)
         self._samples: list[tuple[LoadedModel, SampleRow]] = []
         self._rng = random.Random()  # noqa: S311  (sampling, not security)
+        # The outbox's highest number sent per channel, and windows since all was sent again.
+        self._sent_up_to: dict[str, int] = {}
+        self._windows_unsent_again = 0
 
     # --- inference (thread-safe: called from HTTP threads and the event loop) -----------------
 
@@ -215,14 +218,23 @@ class Agent:
 
     async def _on_connect(self) -> None:
         await self.publish_state()
-        await self._republish_outbox()
+        self._sent_up_to = {}
+        await self._send_outbox(again=True)
 
-    async def _republish_outbox(self) -> None:
-        """Send everything not yet acknowledged (oldest first). Duplicates are harmless: the
-        control plane stores each (device, seq) once."""
-        for item in await asyncio.to_thread(self.outbox.pending, REPUBLISH_BATCH):
+    async def _send_outbox(self, *, again: bool) -> None:
+        """Send what is waiting in the outbox, oldest first: with ``again``, everything not
+        yet acknowledged (after a connect, and every ``outbox_resend_windows`` windows);
+        else only what was not sent on this connection. Sending everything at every window
+        multiplied a control plane's load while it was behind (100,000 devices: half of
+        what it took in were windows stored already, and its backlog grew). Duplicates are
+        harmless: the control plane stores each (device, seq) once."""
+        after = None if again else self._sent_up_to
+        if again:
+            self._windows_unsent_again = 0
+        for item in await asyncio.to_thread(self.outbox.pending, REPUBLISH_BATCH, after):
             if not await self.session.publish(Channel(item.channel), item.payload):
                 return
+            self._sent_up_to[item.channel] = max(self._sent_up_to.get(item.channel, 0), item.seq)
 
     # --- telemetry ---------------------------------------------------------------------------
 
@@ -254,7 +266,10 @@ class Agent:
 
             await asyncio.to_thread(self.outbox.append, Channel.TELEMETRY.value, make)
         await self._store_samples()
-        await self._republish_outbox()
+        self._windows_unsent_again += 1
+        await self._send_outbox(
+            again=self._windows_unsent_again >= self.settings.outbox_resend_windows
+        )
         return telemetry
 
     async def _store_samples(self) -> None:

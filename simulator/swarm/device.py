@@ -10,8 +10,9 @@ requests), or straight to ``serving`` when the version is the rollback slot's. A
 keeps what serves and is reported with the agent's reason and message (``error_info``).
 
 Telemetry follows the agent's outbox: windows numbered 1, 2, … per device, kept until the
-control plane's ``Ack`` names them, all pending ones published again after each window and
-on every connect, the oldest dropped (and counted in ``outbox_dropped``) beyond the cap.
+control plane's ``Ack`` names them, each new one published when made, all pending ones
+again every ``outbox_resend_windows`` windows and on every connect, the oldest dropped (and
+counted in ``outbox_dropped``) beyond the cap.
 
 Deliberate differences from the agent, all about what a swarm cannot or need not do: no
 download, sha256, onnxruntime load or golden vectors; no trust-store following (a desired
@@ -157,7 +158,9 @@ class SwarmDevice:
     # broker has PUBACKed the one before (the agent awaits each publish).
     draining: list[int] = field(default_factory=list)  # seqs still to send, oldest last
     drain_packet: int | None = None  # the PUBACK the drain waits for
-    drain_again: bool = False  # a window closed (or a reconnect) while draining
+    drain_next: bool | None = None  # asked to send (again: True) while draining
+    sent_up_to: int = 0  # the highest seq sent on this connection
+    windows_unsent_again: int = 0  # windows closed since all pending was sent again
 
     def __post_init__(self) -> None:
         topics = self.swarm.topics
@@ -196,7 +199,7 @@ class SwarmDevice:
         self.connected = True
         self.connects += 1
         self.report()
-        self.republish_outbox()
+        self.send_outbox(again=True)
 
     def on_puback(self, packet_id: int) -> None:
         if packet_id == self.drain_packet:
@@ -205,7 +208,8 @@ class SwarmDevice:
 
     def on_lost(self, exc: Exception | None) -> None:
         self.session = None
-        self.draining, self.drain_packet, self.drain_again = [], None, False
+        self.draining, self.drain_packet, self.drain_next = [], None, None
+        self.sent_up_to = 0  # a new connection sends everything again
         was_connected, self.connected = self.connected, False
         self.swarm.lost(self, was_connected)
 
@@ -441,15 +445,23 @@ class SwarmDevice:
             while len(self.outbox) > self.swarm.settings.outbox_max_messages:
                 self.outbox.popitem(last=False)
                 self.outbox_dropped += 1
-        self.republish_outbox()
+        self.windows_unsent_again += 1
+        resend = self.swarm.settings.outbox_resend_windows
+        self.send_outbox(again=self.windows_unsent_again >= resend)
 
-    def republish_outbox(self) -> None:
-        """Everything not acknowledged yet, oldest first, at most the agent's batch of 200,
-        one at a time; asked again while a drain runs, another follows it."""
+    def send_outbox(self, *, again: bool) -> None:
+        """As the agent's ``_send_outbox``: with ``again`` everything not acknowledged yet,
+        else what was not sent on this connection; oldest first, at most the agent's batch
+        of 200, one at a time. Asked while a drain runs, another follows it."""
         if self.drain_packet is not None or self.draining:
-            self.drain_again = True
+            self.drain_next = again or bool(self.drain_next)
             return
-        self.draining = list(self.outbox)[:REPUBLISH_BATCH][::-1]
+        if again:
+            self.windows_unsent_again = 0
+            seqs = list(self.outbox)
+        else:
+            seqs = [seq for seq in self.outbox if seq > self.sent_up_to]
+        self.draining = seqs[:REPUBLISH_BATCH][::-1]
         self._drain()
 
     def _drain(self) -> None:
@@ -463,11 +475,12 @@ class SwarmDevice:
                 self.draining = []
                 return
             self.swarm.counters.telemetry_published += 1
+            self.sent_up_to = max(self.sent_up_to, seq)
             self.drain_packet = packet_id
             return
-        if self.drain_again:
-            self.drain_again = False
-            self.republish_outbox()
+        if self.drain_next is not None:
+            again, self.drain_next = self.drain_next, None
+            self.send_outbox(again=again)
 
 
 def jitter(seconds: float) -> float:

@@ -14,6 +14,7 @@ class SwarmSettings:
     window_seconds: float | None = 60.0  # None: no telemetry
     requests_per_window: int = 60  # synthetic rows counted in each window
     outbox_max_messages: int = 10_000
+    outbox_resend_windows: int = 5  # the agent's default
     probation_seconds: float = 0.0  # the swarm serves no requests: committed by time
     probation_requests: int = 0
     max_artifact_bytes: int = 512 * 1024 * 1024

@@ -20,7 +20,7 @@ from shared.topics import Channel
 from simulator.rig.agents import AgentThread, Publisher, agent_settings
 from simulator.rig.server import run_cli
 from simulator.swarm.rig import MODEL, SwarmRig
-from simulator.swarm.scenario import ALL_AT_ONCE, CANARY, measure_rollout
+from simulator.swarm.scenario import ALL_AT_ONCE, CANARY, ingest_counts, measure_rollout
 from simulator.swarm.shards import SwarmShards
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -211,6 +211,60 @@ def test_a_swarm_on_edge_brokers_bridged_to_the_control_planes_converges(
             assert stored == counters.windows >= devices
             assert counters.lost == 0
             assert rig.broker_drops() == 0
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.postgres
+def test_two_control_plane_processes_split_a_swarms_telemetry_each_window_stored_once(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """What ``benchmarks/scale.py --ingest-sizes`` measures, judged: two control-plane
+    processes on one PostgreSQL, splitting telemetry through a shared subscription on the
+    control plane's broker, the swarm on two edge brokers. The swarm starts with windows
+    too long to close during the test; once told to make them short, windows flow, both
+    processes store some, and every window made is stored exactly once."""
+    devices = 100
+
+    async def scenario() -> None:
+        env = {"EDGEFLEET_DATABASE_URL": postgres_url, "EDGEFLEET_MQTT_SHARED_GROUP": "ingest"}
+        async with SwarmRig(
+            tmp_path / "rig",
+            devices,
+            swarm_options={"window_seconds": 3600.0},
+            server_env=env,
+            edge_brokers=2,
+        ) as rig:
+            shards = rig.sessions
+            assert isinstance(shards, SwarmShards)
+            await rig.run_control_planes(2)
+            version = await rig.train()
+            figures = await measure_rollout(rig, version, ALL_AT_ONCE, BOUND)
+            assert figures.succeeded_s is not None, "the rollout did not succeed"
+            assert shards.counters.windows == 0
+            await rig.set_window(0.5)
+            await until(lambda: shards.counters.windows > 0, "windows made")
+            controls = [rig.control, *rig.siblings]
+            for control in controls:
+                began = time.monotonic()
+                while (await ingest_counts(control))[0] == 0:
+                    assert time.monotonic() - began < BOUND, f"{control.url} stored no window"
+                    await asyncio.sleep(0.2)
+            await shards.stop_telemetry()
+            await shards.wait_acknowledged(BOUND)
+            stored = 0
+            for device_id in shards.devices:
+                response = await rig.api.get(
+                    f"/devices/{device_id}/telemetry", params={"limit": 10_000}
+                )
+                seqs = [item["window"]["seq"] for item in response.raise_for_status().json()]
+                assert sorted(seqs) == list(range(1, len(seqs) + 1)), device_id
+                stored += len(seqs)
+            assert stored == shards.counters.windows
+            counts = [await ingest_counts(c) for c in controls]
+            assert sum(count[0] for count in counts) == stored  # stored once, by one of them
+            await rig.run_control_planes(1)
+            assert rig.siblings == []
 
     asyncio.run(scenario())
 

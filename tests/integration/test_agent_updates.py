@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
+from collections import Counter
 from datetime import timedelta
 
 import numpy as np
 import pytest
 
-from shared.messages import MAX_DESIRED_BYTES, Ack, Phase, SampleBatch
+from shared.messages import MAX_DESIRED_BYTES, Ack, Phase, SampleBatch, TelemetryWindow
 from shared.signing import SigningKey
 from shared.topics import Channel
 from simulator.data import sensor_rows
@@ -350,6 +351,38 @@ def test_telemetry_and_samples_wait_in_the_outbox_until_acked(rig: Rig) -> None:
     # A malformed ack is dropped and counted, nothing else happens.
     rig.publisher.client.publish(topic, b"{nope", qos=1).wait_for_publish(10)
     wait_until(lambda: agent.a.updater.dropped_messages == 1, what="bad ack counted")
+
+
+def test_each_window_is_sent_once_and_unacknowledged_ones_again_every_few_windows(
+    rig: Rig,
+) -> None:
+    """On the shipped default (outbox_resend_windows = 5), with no ack coming: each window
+    is published once when it closes, and at the fifth all that wait are published again.
+    Publishing everything pending at every window multiplied a lagging control plane's
+    load (issue 17: 100,000 devices)."""
+    agent = rig.start_agent()
+    assert agent.a.settings.outbox_resend_windows == 5
+    install_v1(rig, agent)
+
+    def sent() -> Counter[int]:
+        return Counter(
+            TelemetryWindow.model_validate_json(p).seq
+            for t, p in list(rig.publisher.received)
+            if t.endswith("/telemetry")
+        )
+
+    for _ in range(4):
+        predict_ok(agent)
+        agent.call(agent.a.close_window())
+    wait_until(lambda: sent().total() == 4, what="four windows published")
+    predict_ok(agent)
+    agent.call(agent.a.close_window())  # the fifth: everything again
+    wait_until(lambda: sent().total() == 9, what="the pending ones again")
+    assert sent() == {1: 2, 2: 2, 3: 2, 4: 2, 5: 1}
+    predict_ok(agent)
+    agent.call(agent.a.close_window())
+    wait_until(lambda: sent()[6] == 1, what="the sixth")
+    assert sent().total() == 10
 
 
 def test_an_unreachable_control_plane_is_retried_not_refused(rig: Rig) -> None:

@@ -49,3 +49,15 @@ def test_overflow_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     assert [i.seq for i in box.pending()] == [3, 4, 5]
     assert box.dropped == 2
     assert len(box) == 3
+
+
+def test_pending_after_skips_what_each_channel_has_sent(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", cap=10)
+    for _ in range(3):
+        box.append("telemetry", payload)
+        box.append("samples", payload)
+    newer = box.pending(after={"telemetry": 2, "samples": 0})
+    expected = [("samples", 1), ("samples", 2), ("telemetry", 3), ("samples", 3)]
+    assert [(i.channel, i.seq) for i in newer] == expected
+    assert [i.seq for i in box.pending(after={"telemetry": 3})] == [1, 2, 3]  # samples only
+    assert len(box.pending(1, after={"telemetry": 1})) == 1
