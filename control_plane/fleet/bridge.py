@@ -4,6 +4,10 @@ Consumes device ``state``, ``online`` and ``telemetry`` (optionally through a sh
 subscription, so several control-plane processes split them), parses each payload once,
 writes in batches, and acknowledges telemetry to the device only after the commit.
 Publishes signed desired states retained at QoS 1 and waits for the broker's PUBACK.
+
+Two connections to the broker: one reads, and stops reading while ingest is behind (the
+broker keeps the rest: ``inbound``); one publishes, so its PUBACKs never wait behind what
+the other has not read.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from control_plane.errors import UnavailableError
 from control_plane.fleet.broker_accounts import RESPONSE_TOPIC, Dynsec
 from control_plane.fleet.deployments import all_desired, refresh_expiring
 from control_plane.fleet.enrollment import accounts_to_delete, set_broker_account
+from control_plane.fleet.inbound import PausableClient, until_disconnected
 from control_plane.fleet.ingestion import (
     BatchResult,
     Incoming,
@@ -59,6 +64,8 @@ log = logging.getLogger(__name__)
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
 # Messages parsed and waiting for the ingest loop; past it, reading waits (_read).
 QUEUE_MAX = 50_000
+# Messages read and not yet parsed; past it, reading waits until half of them are taken.
+READ_BACKLOG = 1_000
 # Stored batches whose acks wait to be published: past this, storing waits for the broker.
 ACK_BACKLOG = 20
 _PARSERS: dict[Channel, tuple[type[Incoming], int]] = {
@@ -110,7 +117,8 @@ class MqttBridge:
         self.connects = 0  # connections that got as far as subscribing
         self.counters = BridgeCounters()
         self.connected = asyncio.Event()
-        self._client: aiomqtt.Client | None = None
+        self._client: aiomqtt.Client | None = None  # publishes
+        self._inbound: PausableClient | None = None  # reads
         # None: no message, only drops to count (and refused windows to acknowledge).
         self._queue: asyncio.Queue[Incoming | None] = asyncio.Queue(QUEUE_MAX)
         self._dropped: dict[str, int] = {}  # device → refused messages not yet counted in the DB
@@ -153,22 +161,22 @@ class MqttBridge:
             group.create_task(self._refresh_loop())
             group.create_task(self._connection_loop())
 
-    def _new_client(self, broker: BrokerAddress) -> aiomqtt.Client:
+    def _new_client(self, broker: BrokerAddress, role: str) -> PausableClient:
         tls = None
         if broker.tls:
             ca = self.settings.mqtt_ca_file
             tls = aiomqtt.TLSParameters(ca_certs=str(ca) if ca else None)
-        return aiomqtt.Client(
+        return PausableClient(
             broker.host,
             broker.port,
             username=broker.username,
             password=broker.password,
             keepalive=30,
             timeout=10,
-            identifier=f"edgefleet-cp-{random.getrandbits(32):08x}",
+            identifier=f"edgefleet-cp-{role}-{random.getrandbits(32):08x}",
             # Unbounded: aiomqtt discards what does not fit its queue, after paho has
-            # acknowledged it to the broker (a state report lost for good). Parsed messages
-            # wait in our bounded queue (_read).
+            # acknowledged it to the broker (a state report lost for good). _read bounds
+            # it by pausing the socket.
             max_queued_incoming_messages=None,
             max_inflight_messages=MAX_INFLIGHT,  # rollouts publish a stage's states together
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
@@ -185,17 +193,20 @@ class MqttBridge:
         while True:
             broker, connects = self.brokers[self.node_index], self.connects
             try:
-                async with self._new_client(broker) as client:
-                    self._client = client
+                async with (
+                    self._new_client(broker, "in") as inbound,
+                    self._new_client(broker, "out") as outbound,
+                ):
+                    self._client, self._inbound = outbound, inbound
                     self._linked.set()
-                    await self._serve(client, broker)
+                    await self._serve(inbound, outbound, broker)
             except aiomqtt.MqttError as exc:
                 raise_if_cancelling(exc)
                 log.warning("broker %s:%s: connection lost: %s", broker.host, broker.port, exc)
             except UnavailableError as exc:
                 log.error("broker accounts: %s", exc.message)
             finally:
-                self._client = None
+                self._client = self._inbound = None
                 self._linked.clear()
                 self.connected.clear()
             if self.connects > connects:  # it was up (subscribed): start afresh
@@ -207,28 +218,42 @@ class MqttBridge:
                 pause, delay = delay, min(delay * 2, 10.0)
             await asyncio.sleep(pause * random.uniform(0.5, 1.0))  # noqa: S311  (jitter)
 
-    async def _serve(self, client: aiomqtt.Client, broker: BrokerAddress) -> None:
-        """One connection: subscribe, republish every desired state, read until it ends."""
-        reader = asyncio.create_task(self._read(client))
+    async def _serve(
+        self, inbound: PausableClient, outbound: aiomqtt.Client, broker: BrokerAddress
+    ) -> None:
+        """One pair of connections: subscribe, republish every desired state, read until
+        either ends."""
+        reader = asyncio.create_task(self._read(inbound))
+        watch = asyncio.create_task(until_disconnected(outbound))
         try:
-            await self._prepare(client)
+            await self._prepare(inbound)
             self.connects += 1
             self.connected.set()
             log.info("control plane connected to the broker %s:%s", broker.host, broker.port)
             await self.republish_desired()
             raise_if_cancelling()
-            await reader
+            done, _ = await asyncio.wait((reader, watch), return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await reader
+            for task in (reader, watch):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await task
 
-    async def _read(self, client: aiomqtt.Client) -> None:
-        """Hand each message on, waiting while the ingest queue is full (never dropping)."""
+    async def _read(self, client: PausableClient) -> None:
+        """Hand each message on, never dropping one: while the ingest queue is full, and
+        while READ_BACKLOG messages wait to be parsed, read no more from the broker."""
         async for message in client.messages:
             incoming = self._accept(str(message.topic), message.payload)
             if incoming is not None:
+                if self._queue.full():
+                    client.pause_reading()
                 await self._queue.put(incoming)
+            if client.backlog >= READ_BACKLOG:
+                client.pause_reading()
+            elif client.backlog <= READ_BACKLOG // 2:
+                client.resume_reading()
 
     async def _prepare(self, client: aiomqtt.Client) -> None:
         """With dynsec: take this account's role (its subscriptions need it) and delete the
