@@ -296,7 +296,7 @@ async def _swarm_ingest(
         print(
             f"{'devices':>8} {'window':>7} {'procs':>5} {'made/s':>8} {'stored/s':>9}"
             f" {'dup/s':>7} {'unacked before → after':>23} {'CP CPU (each)':>15}"
-            f" {'PG CPU':>6} {'brk CPU':>7} {'swm CPU':>7}  keeps up"
+            f" {'PG CPU':>6} {'brk CPU':>7} {'swm CPU':>7} {'desired':>7}  keeps up"
         )
         for window in windows:
             await rig.set_window(window)
@@ -311,7 +311,8 @@ def print_ingest(f: IngestFigures) -> None:
         f"{f.devices:>8} {f.window_seconds:>6.0f}s {f.processes:>5} {f.made_per_second:>8,.0f}"
         f" {sum(f.stored_per_second):>9,.0f} {sum(f.duplicates_per_second):>7,.0f}"
         f" {f.unacked_before:>11,} → {f.unacked_after:<9,} {cpu:>15} {f.database_cpu:>6.2f}"
-        f" {f.broker_cpu:>7.2f} {f.swarm_cpu:>7.2f}  {'yes' if f.keeps_up else 'no'}",
+        f" {f.broker_cpu:>7.2f} {f.swarm_cpu:>7.2f} {f.accepted:>7,}"
+        f"  {'yes' if f.keeps_up else 'no'}",
         flush=True,
     )
 
@@ -484,8 +485,8 @@ def main() -> None:
             "\nSWARM TELEMETRY INGEST (protocol-level devices) into control-plane processes on"
             " PostgreSQL splitting it\n(shared subscription); per second over"
             f" {args.ingest_seconds:.0f} s: windows made (the offered load), stored, refused"
-            " as duplicates (resent);\nCPU seconds per second; keeps up: no backlog growing"
-            " past a window's worth"
+            " as duplicates (resent);\nCPU seconds per second; desired: desired states the"
+            " swarm accepted (again) meanwhile; keeps up: no backlog growing past a window's worth"
         )
     for n in ingest_sizes:
         swarm_ingest(

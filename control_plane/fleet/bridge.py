@@ -62,8 +62,9 @@ from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
-# Messages parsed and waiting for the ingest loop; past it, reading waits (_read).
-QUEUE_MAX = 50_000
+# Messages parsed and waiting for the ingest loop (ten batches of the default 500); past
+# it, reading waits and the broker keeps the rest (_read). 50,000 parsed windows held ~1 GB.
+QUEUE_MAX = 5_000
 # Messages read and not yet parsed; past it, reading waits until half of them are taken.
 READ_BACKLOG = 1_000
 # Stored batches whose acks wait to be published: past this, storing waits for the broker.
@@ -109,7 +110,7 @@ class MqttBridge:
         self.settings = settings
         self.engine = engine
         self.keys = keys
-        self._leads = leads  # only the leader re-signs expiring desired states
+        self._leads = leads  # only the leader re-signs and republishes desired states
         self.topics = Topics(settings.topic_root)
         self.brokers = parse_broker_urls(settings.mqtt_url, "mqtt_url")
         self.broker = self.brokers[0]  # its account; the node in use is ``node_index``
@@ -230,7 +231,8 @@ class MqttBridge:
             self.connects += 1
             self.connected.set()
             log.info("control plane connected to the broker %s:%s", broker.host, broker.port)
-            await self.republish_desired()
+            if self._leads():  # a follower's connect leaves the broker's copies as they are
+                await self.republish_desired()
             raise_if_cancelling()
             done, _ = await asyncio.wait((reader, watch), return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -414,10 +416,11 @@ class MqttBridge:
                 await self.publish_desired(desired)
 
     async def republish_desired(self) -> None:
-        """Make sure the broker holds every device's latest desired state: on (re)connect,
-        and when this process becomes the leader (the one before may have died between
-        storing a desired state and publishing it). Not connected: nothing to do now, the
-        connection does it."""
+        """Make sure the broker holds every device's latest desired state: on the leader's
+        (re)connect, and when this process becomes the leader (the one before may have died
+        between storing a desired state and publishing it). Not connected: nothing to do
+        now, the connection does it. Only the leader: each process that joined republished
+        all of them (100,000 publishes, each checked again by its device)."""
         if not self.connected.is_set():
             return
         with Session(self.engine) as session:

@@ -109,6 +109,7 @@ class IngestFigures:
     duplicates_per_second: list[float]
     unacked_before: int
     unacked_after: int
+    accepted: int  # desired states the swarm accepted (again) meanwhile
     control_plane_cpu: list[float]
     database_cpu: float
     broker_cpu: float
@@ -148,9 +149,10 @@ async def measure_ingest(rig: SwarmRig, window: float, seconds: float) -> Ingest
     async def snapshot() -> tuple[Any, ...]:
         counts = await asyncio.gather(*(ingest_counts(c) for c in controls))
         cpu = [proc_cpu_seconds(pid) for pid in pids]
+        counters = rig.sessions.counters
         return (
             time.monotonic(),
-            rig.sessions.counters.windows,
+            (counters.windows, counters.accepted),
             rig.sessions.unacked(),
             counts,
             cpu,
@@ -158,9 +160,9 @@ async def measure_ingest(rig: SwarmRig, window: float, seconds: float) -> Ingest
             rig.usage(),
         )
 
-    t0, made0, unacked0, counts0, cpu0, db0, usage0 = await snapshot()
+    t0, swarm0, unacked0, counts0, cpu0, db0, usage0 = await snapshot()
     await asyncio.sleep(seconds)
-    t1, made1, unacked1, counts1, cpu1, db1, usage1 = await snapshot()
+    t1, swarm1, unacked1, counts1, cpu1, db1, usage1 = await snapshot()
     elapsed = t1 - t0
     usage = usage1.minus(usage0)
     return IngestFigures(
@@ -168,13 +170,14 @@ async def measure_ingest(rig: SwarmRig, window: float, seconds: float) -> Ingest
         window_seconds=window,
         processes=len(controls),
         seconds=elapsed,
-        made_per_second=(made1 - made0) / elapsed,
+        made_per_second=(swarm1[0] - swarm0[0]) / elapsed,
         stored_per_second=[(b[0] - a[0]) / elapsed for a, b in zip(counts0, counts1, strict=True)],
         duplicates_per_second=[
             (b[1] - a[1]) / elapsed for a, b in zip(counts0, counts1, strict=True)
         ],
         unacked_before=unacked0,
         unacked_after=unacked1,
+        accepted=swarm1[1] - swarm0[1],
         control_plane_cpu=[(b - a) / elapsed for a, b in zip(cpu0, cpu1, strict=True)],
         database_cpu=(db1 - db0) / elapsed,
         broker_cpu=usage.broker_cpu / elapsed,

@@ -151,6 +151,20 @@ async def windows_stored_once(rig: SwarmRig) -> int:
     return total
 
 
+async def shards_windows_stored_once(rig: SwarmRig, shards: SwarmShards) -> int:
+    """Stop the shards' windows, wait until each is acknowledged, and check that each
+    device's stored windows are numbered 1..k, each once; their total."""
+    await shards.stop_telemetry()
+    await shards.wait_acknowledged(BOUND)
+    stored = 0
+    for device_id in shards.devices:
+        response = await rig.api.get(f"/devices/{device_id}/telemetry", params={"limit": 10_000})
+        seqs = [item["window"]["seq"] for item in response.raise_for_status().json()]
+        assert sorted(seqs) == list(range(1, len(seqs) + 1)), device_id
+        stored += len(seqs)
+    return stored
+
+
 def test_swarm_converges_refuses_like_the_agent_and_stores_each_window_once(
     tmp_path: Path,
 ) -> None:
@@ -197,16 +211,7 @@ def test_a_swarm_on_edge_brokers_bridged_to_the_control_planes_converges(
                 figures = await measure_rollout(rig, version, plan, BOUND)
                 assert shards.serving[(MODEL, version)] == devices
                 assert figures.succeeded_s is not None, "the rollout did not succeed"
-            await shards.stop_telemetry()
-            await shards.wait_acknowledged(BOUND)
-            stored = 0
-            for device_id in shards.devices:
-                response = await rig.api.get(
-                    f"/devices/{device_id}/telemetry", params={"limit": 10_000}
-                )
-                seqs = [item["window"]["seq"] for item in response.raise_for_status().json()]
-                assert sorted(seqs) == list(range(1, len(seqs) + 1)), device_id
-                stored += len(seqs)
+            stored = await shards_windows_stored_once(rig, shards)
             counters = shards.counters
             assert stored == counters.windows >= devices
             assert counters.lost == 0
@@ -250,16 +255,7 @@ def test_two_control_plane_processes_split_a_swarms_telemetry_each_window_stored
                 while (await ingest_counts(control))[0] == 0:
                     assert time.monotonic() - began < BOUND, f"{control.url} stored no window"
                     await asyncio.sleep(0.2)
-            await shards.stop_telemetry()
-            await shards.wait_acknowledged(BOUND)
-            stored = 0
-            for device_id in shards.devices:
-                response = await rig.api.get(
-                    f"/devices/{device_id}/telemetry", params={"limit": 10_000}
-                )
-                seqs = [item["window"]["seq"] for item in response.raise_for_status().json()]
-                assert sorted(seqs) == list(range(1, len(seqs) + 1)), device_id
-                stored += len(seqs)
+            stored = await shards_windows_stored_once(rig, shards)
             assert stored == shards.counters.windows
             counts = [await ingest_counts(c) for c in controls]
             assert sum(count[0] for count in counts) == stored  # stored once, by one of them

@@ -4,12 +4,20 @@ signed desired states published retained."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from control_plane.auth.keys import load_keys
+from control_plane.config import load_settings
+from control_plane.fleet.bridge import MqttBridge
+from control_plane.store.datadir import init_data_dir
+from control_plane.store.db import create_db_engine, migrate
 from shared.messages import DesiredState, DeviceState
 from shared.signing import KeyRole
 from shared.trust import TrustStore
@@ -23,8 +31,6 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def broker(tmp_path: object) -> Iterator[MosquittoBroker]:
-    from pathlib import Path
-
     running = MosquittoBroker(Path(str(tmp_path)) / "broker")
     running.add_control_plane_user(CP_PASSWORD)
     running.start()
@@ -191,3 +197,44 @@ def test_expiring_desired_states_are_resigned_with_a_new_sequence(make_api: Make
     assert refreshed[0].expires_at - refreshed[0].issued_at == timedelta(days=30)
     assert refreshed[0].models[0].manifest.version == 1
     assert api.get("/devices/dev-d").json()["deployment_seq"] == deployed["seq"] + 1
+
+
+def test_only_the_leader_republishes_desired_states_when_it_connects(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """Every connect of the leader makes sure the broker holds each desired state; a
+    follower's does not (at 100,000 devices each joining process republished them all).
+    A connect's republish starts before the event loop runs anything else after
+    ``connected`` is set, so the wait on it is the event that judges."""
+    settings = load_settings(
+        tmp_path / "cp",
+        mqtt_url=broker.control_plane_url(CP_PASSWORD),
+        broker_accounts=broker.accounts,
+    )
+    init_data_dir(settings)
+    engine = create_db_engine(settings.resolved_database_url)
+    migrate(engine)
+    republished: list[bool] = []
+
+    async def connect(leads: bool) -> None:
+        bridge = MqttBridge(settings, engine, load_keys(settings.keys_dir), leads=lambda: leads)
+
+        async def republish() -> None:
+            republished.append(leads)
+
+        bridge.republish_desired = republish  # type: ignore[method-assign]
+        running = asyncio.create_task(bridge.run())
+        try:
+            await asyncio.wait_for(bridge.connected.wait(), 60)
+            await asyncio.sleep(0)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    try:
+        asyncio.run(connect(leads=False))
+        asyncio.run(connect(leads=True))
+    finally:
+        engine.dispose()
+    assert republished == [True]
