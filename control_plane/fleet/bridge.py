@@ -222,8 +222,8 @@ class MqttBridge:
     async def _serve(
         self, inbound: PausableClient, outbound: aiomqtt.Client, broker: BrokerAddress
     ) -> None:
-        """One pair of connections: subscribe, republish every desired state, read until
-        either ends."""
+        """One pair of connections: subscribe, (the leader) republish every desired state,
+        read until either ends."""
         reader = asyncio.create_task(self._read(inbound))
         watch = asyncio.create_task(until_disconnected(outbound))
         try:

@@ -7,6 +7,9 @@ its memory (4.9 GB at 100,000 devices) and spent its event loop reading instead 
 Paused, the rest waits at the broker, which keeps it for this session within its own bounds
 (mosquitto's ``max_queued_messages`` / ``max_queued_bytes``). Nothing published on this
 connection waits for a PUBACK while it is paused: the bridge publishes on a second one.
+Paused past the keepalive (ingest held up that long: the database down), paho drops the
+connection and the bridge connects again; what was read and not parsed goes with it and
+comes again: device states are retained, telemetry waits in the devices' outboxes.
 
 aiomqtt 2.x registers its socket reader inside ``_on_socket_open`` without keeping it; this
 subclass registers the same reader (paho's ``loop_read``, and SSL's pending bytes, as
