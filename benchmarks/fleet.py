@@ -274,20 +274,25 @@ def ok(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def train_versions(r: Rig) -> float:
+# What --model trains through the API: rows of the sensor dataset, algorithm, parameters.
+MODELS: dict[str, tuple[int, str, dict[str, Any]]] = {
+    "logreg": (600, "logreg", {}),
+    # ~1 MB of ONNX, as device_agent.py's (unbounded depth: size grows with rows × trees).
+    "rf-1mb": (2000, "random_forest", {"n_estimators": 30, "max_depth": None}),
+}
+
+
+def train_versions(r: Rig, model: str) -> float:
     start = time.perf_counter()
-    csv = write_sensor_csv(r.tmp / "sensors.csv", 600, seed=3)
+    rows, algorithm, params = MODELS[model]
+    csv = write_sensor_csv(r.tmp / "sensors.csv", rows, seed=3)
     dataset = ok(
         r.api.post("/datasets", params={"name": "s", "label": "fault"}, content=csv.read_bytes())
     ).json()
     versions = []
     for seed in (0, 1):
-        job = ok(
-            r.api.post(
-                f"/models/{MODEL}/train",
-                json={"dataset_id": dataset["id"], "algorithm": "logreg", "seed": seed},
-            )
-        ).json()
+        body = {"dataset_id": dataset["id"], "algorithm": algorithm, "params": params}
+        job = ok(r.api.post(f"/models/{MODEL}/train", json={**body, "seed": seed})).json()
         deadline = time.monotonic() + 120
         while (body := ok(r.api.get(f"/jobs/{job['id']}")).json())["status"] != "succeeded":
             if body["status"] == "failed" or time.monotonic() > deadline:
@@ -848,6 +853,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 50, 200; ~1 s per ingest row")
     parser.add_argument("--sizes", help="fleet sizes, comma-separated (default 100,1000)")
+    parser.add_argument(
+        "--model", choices=sorted(MODELS), default="logreg", help="rf-1mb: a ~1 MB random forest"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     sizes = sizes or ([50, 200] if args.quick else [100, 1000])
@@ -860,6 +868,7 @@ def main() -> None:
 
     began = time.perf_counter()
     flags = (" --quick" if args.quick else "") + (f" --sizes {args.sizes}" if args.sizes else "")
+    flags += f" --model {args.model}" if args.model != "logreg" else ""
     print(f"# .venv/bin/python benchmarks/fleet.py{flags}")
     print(machine_info())
     print(f"# RLIMIT_NOFILE soft limit raised to {fd_limit:,}; all times wall clock")
@@ -877,11 +886,12 @@ def main() -> None:
     print("    (polled every 20 ms); → succeeded: until GET /rollouts/{id} says so (every 0.2 s).")
     print("    CPU: utime+stime of the control plane process / this process during the rollout.")
     with rig() as r:
-        train_s = train_versions(r)
+        train_s = train_versions(r, args.model)
         v1, v2 = r.versions
         artifact = ok(r.api.get(f"/models/{MODEL}/versions/{v1}")).json()
         print(
-            f"trained {MODEL} v{v1} and v{v2} (logreg) through the REST API in {train_s:.1f} s; "
+            f"trained {MODEL} v{v1} and v{v2} ({args.model}) through the REST API in"
+            f" {train_s:.1f} s; "
             f"ONNX artifact {artifact.get('size', '?')} bytes"
         )
         bench_rollouts(r, sizes, tally, recovery_limit_s=10.0 if args.quick else 30.0)
