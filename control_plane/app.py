@@ -18,6 +18,7 @@ from sqlalchemy import Engine
 
 from control_plane import ui
 from control_plane.api import errors
+from control_plane.api.admission import Admission
 from control_plane.api.routes import (
     artifacts,
     datasets,
@@ -55,6 +56,9 @@ HEARTBEAT_SECONDS = 5.0  # well inside leadership.STALE_AFTER
 # (benchmarks/gil_reader.py).
 SWITCH_INTERVAL_SECONDS = 0.0005
 REST_PER_BUSY = 2.0
+# HTTP requests at once past arriving (control_plane/api/admission.py): fewer than the
+# worker threads (anyio's 40) and the database pool's connections (store.db: 40).
+ADMITTED_REQUESTS = 32
 
 
 async def _lead(
@@ -231,5 +235,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(system.metrics_router)
     ui.install(app)
 
-    app.add_middleware(RequestTimer)
+    app.add_middleware(Admission, limit=ADMITTED_REQUESTS)
+    app.add_middleware(RequestTimer)  # outside: a request's time includes its wait
     return app
