@@ -42,6 +42,7 @@ class Shard:
     serving: Counter[tuple[str, int]] = field(default_factory=Counter)
     counters: SwarmCounters = field(default_factory=SwarmCounters)
     unacked: int = 0  # telemetry windows waiting for the control plane's ack
+    telemetry_off: bool = False  # it has stopped making windows (reports after say so)
 
 
 class SwarmShards:
@@ -124,6 +125,8 @@ class SwarmShards:
             report = json.loads(line)
             if "connected" in report:
                 shard.connected = report["connected"]
+            if "telemetry_off" in report:
+                shard.telemetry_off = True
             if "serving" in report:
                 shard.serving = Counter({(m, v): n for m, v, n in report["serving"]})
                 shard.counters = SwarmCounters(**report["counters"])
@@ -163,9 +166,19 @@ class SwarmShards:
                     process.stdin.write(command)
                     await process.stdin.drain()
 
-    async def stop_telemetry(self) -> None:
-        """No more windows (those in the outboxes are still sent until acknowledged)."""
+    async def stop_telemetry(self, timeout: float = STOP_SECONDS) -> None:  # noqa: ASYNC109
+        """No more windows (those in the outboxes are still sent until acknowledged).
+        Returns once every shard has stopped, so the counts reported after it are final:
+        a report read before a shard took the command may say 0 unacknowledged while it
+        still makes windows."""
+        for shard in self.shards:
+            shard.telemetry_off = False
         await self._tell(b"telemetry-off\n")
+        await self._wait(
+            lambda: all(s.telemetry_off for s in self.shards),
+            timeout,
+            lambda: f"{sum(not s.telemetry_off for s in self.shards)} shards still make windows",
+        )
 
     async def set_window(self, seconds: float) -> None:
         """Telemetry windows of ``seconds`` from now on (``Swarm.set_window``)."""
@@ -213,10 +226,12 @@ async def run_shard(config: dict[str, Any]) -> None:
     command = asyncio.ensure_future(asyncio.to_thread(sys.stdin.readline))
     last: tuple[Any, ...] = ()
     while True:
+        stopped = False
         if command.done():
             verb, _, argument = command.result().strip().partition(" ")
             if verb == "telemetry-off":
                 swarm.stop_telemetry()
+                stopped = True
             elif verb == "telemetry-window":
                 swarm.set_window(float(argument))
             else:
@@ -227,6 +242,8 @@ async def run_shard(config: dict[str, Any]) -> None:
         if now != last:
             emit({"serving": serving, "counters": now[1], "unacked": now[2]})
             last = now
+        if stopped:  # after the report of what it had made by then
+            emit({"telemetry_off": True})
         await asyncio.wait([command], timeout=REPORT_SECONDS)
     await swarm.stop()
 
