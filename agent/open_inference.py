@@ -93,10 +93,12 @@ class ModelMetadata(TypedDict):
 
 
 class ResponseOutput(TypedDict):
+    """``data``: a numpy array, written by orjson as a flat JSON list (NaN as null)."""
+
     name: str
     datatype: str
     shape: list[int]
-    data: list[int] | list[float | None]
+    data: npt.NDArray[np.float32] | npt.NDArray[np.int64]
 
 
 class InferenceResponse(TypedDict):
@@ -192,6 +194,8 @@ class InferenceRequest:
             )
         data = self.data
         if not (data and isinstance(data[0], list)):
+            if self.datatype in _FLOAT_DATATYPES:
+                return model.rows_from_flat(data, n)
             data = [data[i * width : (i + 1) * width] for i in range(n)]
         return model.rows_from_lists(_as_numbers(self.datatype, data, spec.features))
 
@@ -311,14 +315,14 @@ def output_names(output: OutputSchema) -> list[str]:
 
 
 def output_tensors(manifest: ModelManifest, outputs: Outputs) -> list[ResponseOutput]:
-    """Every output the model answers, in the manifest's order, data flattened row-major."""
+    """Every output the model answers, in the manifest's order, data flattened row-major
+    (numpy arrays: the server writes them with orjson, NaN and infinities as null)."""
     spec = manifest.output
     n = int(outputs.values.shape[0])
     if spec.task == "regression":
         name = spec.value_output or spec.outputs[0].name
-        return [
-            {"name": name, "datatype": "FP32", "shape": [n, 1], "data": json_floats(outputs.values)}
-        ]
+        values = np.ascontiguousarray(outputs.values.reshape(-1))
+        return [{"name": name, "datatype": "FP32", "shape": [n, 1], "data": values}]
     assert outputs.labels is not None  # LoadedModel.run gives labels for classification
     label_name = spec.label_output or "label"
     proba_name = spec.probabilities_output or "probabilities"
@@ -327,13 +331,13 @@ def output_tensors(manifest: ModelManifest, outputs: Outputs) -> list[ResponseOu
             "name": label_name,
             "datatype": "INT64",
             "shape": [n],
-            "data": cast(list[int], outputs.labels.tolist()),
+            "data": np.ascontiguousarray(outputs.labels.reshape(-1)),
         },
         proba_name: {
             "name": proba_name,
             "datatype": "FP32",
             "shape": [n, int(outputs.values.shape[1])],
-            "data": json_floats(outputs.values),
+            "data": np.ascontiguousarray(outputs.values.reshape(-1)),
         },
     }
     return [tensors[name] for name in output_names(spec)]

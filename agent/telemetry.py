@@ -1,8 +1,8 @@
 """Telemetry windows: what one model version saw and did over a window, in mergeable counts.
 
-The hot path only appends (rows, outputs, latency) under a lock; binning runs in bulk when
-the buffer fills or the window closes, so a single-row prediction pays microseconds, not
-a numpy call per feature.
+The hot path only appends (rows, outputs, latency) under a lock; counting and binning run
+in bulk when the buffer fills or the window closes, so a single-row prediction pays well
+under a microsecond here, not a numpy call per feature.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy.typing as npt
 from agent.inference import Outputs
 from shared.manifest import ModelManifest
 from shared.messages import FeatureWindow, ModelWindow
-from shared.stats import LATENCY_BUCKETS, bin_counts, latency_bucket
+from shared.stats import LATENCY_BUCKETS, bin_counts, latency_counts
 
 FLUSH_ROWS = 4096
 
@@ -42,7 +42,8 @@ class WindowAccumulator:
         self.manifest = manifest
         self._lock = threading.Lock()
         self._rows: list[npt.NDArray[np.float32]] = []
-        self._predicted: list[npt.NDArray[np.float64]] = []
+        self._predicted: list[npt.NDArray[np.float32] | npt.NDArray[np.int64]] = []
+        self._latencies: list[float] = []  # µs, one per request
         self._buffered = 0
         self._counts = self._empty()
 
@@ -62,17 +63,13 @@ class WindowAccumulator:
         )
 
     def record(self, X: npt.NDArray[np.float32], outputs: Outputs, latency_us: float) -> None:
-        predicted = (
-            outputs.labels.astype(np.float64)
-            if outputs.labels is not None
-            else outputs.values.astype(np.float64)
-        )
+        """One request's rows, outputs and latency (kept, not copied: neither may change)."""
+        predicted = outputs.labels if outputs.labels is not None else outputs.values
         with self._lock:
-            self._counts.requests += X.shape[0]
-            self._counts.latency[latency_bucket(latency_us)] += 1
             self._rows.append(X)
             self._predicted.append(predicted)
-            self._buffered += X.shape[0]
+            self._latencies.append(latency_us)
+            self._buffered += len(X)
             if self._buffered >= FLUSH_ROWS:
                 self._flush()
 
@@ -85,9 +82,11 @@ class WindowAccumulator:
         if not self._rows:
             return
         X = np.concatenate(self._rows).astype(np.float64)
-        predicted = np.concatenate(self._predicted)
-        self._rows, self._predicted, self._buffered = [], [], 0
+        predicted = np.concatenate(self._predicted).astype(np.float64)
         c = self._counts
+        c.requests += len(X)
+        c.latency += latency_counts(self._latencies)
+        self._rows, self._predicted, self._latencies, self._buffered = [], [], [], 0
         for j, ref in enumerate(self.manifest.reference.features):
             counted = bin_counts(X[:, j], ref.bin_edges)
             bins = c.features[j]

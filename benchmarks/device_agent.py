@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))  # the project's packages, run from anywhere
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from results import Figure, Results, add_json_argument  # noqa: E402  (benchmarks/results.py)
 
 from agent.config import AgentSettings  # noqa: E402
 from agent.fetch import hash_file  # noqa: E402
@@ -190,21 +191,45 @@ def ok_call(request: Callable[[], httpx.Response]) -> None:
     ok(request())
 
 
-def bench_inference(agent: AgentThread, models: list[tuple[str, str, bytes]], repeats: int) -> None:
+def rounds_us(
+    calls: list[Callable[[], object]], repeats: int, warmup: int
+) -> list[tuple[float, float]]:
+    """Median and p99 µs of each call, the calls taken in turn ``repeats`` times (so a busy
+    spell of the machine falls on all of them alike)."""
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    samples = np.empty((len(calls), repeats))
+    clock = time.perf_counter_ns
+    for i in range(repeats):
+        for j, call in enumerate(calls):
+            start = clock()
+            call()
+            samples[j, i] = clock() - start
+    samples /= 1000
+    return [(float(np.median(s)), float(np.percentile(s, 99))) for s in samples]
+
+
+def bench_inference(
+    agent: AgentThread, models: list[tuple[str, str, bytes]], repeats: int, results: Results
+) -> None:
     a = agent.a
     port = a.settings.api_port
     X = sensor_rows(64, seed=3)[0].astype(np.float32)
     print(f"\n## 1. Inference latency, µs (in-process agent {DEVICE}, its HTTP API on :{port})")
     print("    ×ort = median over bare onnxruntime session.run on the same bytes with the")
-    print("    agent's session options (agent.inference.session_for: 1 intra-op thread).")
-    print("    HTTP: one keep-alive connection; client and server share this process's GIL.")
+    print("    agent's session options (agent.inference.session_for: 1 intra-op thread);")
+    print("    the paths of a row taken in turn. HTTP: one keep-alive connection; client and")
+    print("    server share this process's GIL (section 2b: each in its own process).")
     print(f"{'model':<15}{'rows':>5}  {'path':<46}{'median':>9}{'[p99]':>10}{'×ort':>8}")
     with contextlib.ExitStack() as stack:
         client = stack.enter_context(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10))
         raw = RawHttp(port)
         stack.callback(raw.close)
-        for path, call in http_paths(client, raw, "GET", "/v2/health/live"):
-            med, p99 = timings_us(call, repeats, warmup=100)
+        floor = http_paths(client, raw, "GET", "/v2/health/live")
+        for (path, _), (med, p99) in zip(
+            floor, rounds_us([call for _, call in floor], repeats, 100), strict=True
+        ):
             print(f"{'HTTP floor':<15}{'-':>5}  {path:<46}{med:>9.1f}{p99:>10.1f}")
         for label, name, model_bytes in models:
             session = session_for(model_bytes)
@@ -231,14 +256,32 @@ def bench_inference(agent: AgentThread, models: list[tuple[str, str, bytes]], re
                     features = dict(zip(FEATURES, batch[0].tolist(), strict=True))
                     v1 = json.dumps({"model": name, "features": features}).encode()
                     paths += http_paths(client, raw, "POST", "/v1/predict", v1)
-                ort_median = 0.0
-                for path, call in paths:
-                    med, p99 = timings_us(call, n, warmup=100)
-                    ort_median = ort_median or med
+                # In-process paths in rounds of their own: an HTTP request between two calls
+                # leaves the next one on cold caches.
+                timed = rounds_us([call for _, call in paths[:3]], n, warmup=100)
+                timed += rounds_us([call for _, call in paths[3:]], n, warmup=100)
+                group = f"in-process, {label}, {rows} row{'s' if rows > 1 else ''}"
+                ort_figure = results.add(group, paths[0][0], *timed[0][:1], "µs", p99=timed[0][1])
+                for (path, _), (med, p99) in zip(paths, timed, strict=True):
                     print(
                         f"{label:<15}{rows:>5}  {path:<46}{med:>9.1f}{p99:>10.1f}"
-                        f"{med / ort_median:>7.1f}x"
+                        f"{med / ort_figure.value:>7.1f}x"
                     )
+                    if path.startswith("Agent."):
+                        results.add(
+                            group,
+                            path,
+                            med,
+                            "µs",
+                            p99=p99,
+                            baseline=ort_figure,
+                            target="≤ 1.3×" if path.startswith("Agent.predict ") else None,
+                            headline=label == "logreg" and path.startswith("Agent.predict "),
+                        )
+                bookkeeping = timed[1][0] - ort_figure.value
+                results.add(
+                    group, "Agent.predict less session.run", bookkeeping, "µs", target="≤ 5 µs"
+                )
 
 
 # --- 2. footprint of `edgefleet agent` --------------------------------------------------------
@@ -278,7 +321,7 @@ def write_config(r: Rig, api_port: int) -> Path:
     )
 
 
-def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, repeats: int) -> None:
+def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, results: Results) -> None:
     manifest, model_bytes = logreg
     api_port = free_port()
     config = write_config(r, api_port)
@@ -325,23 +368,10 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, repeats: int) ->
         time.sleep(idle_seconds)
         cpu1, wall1 = proc_cpu_seconds(process.pid), time.perf_counter()
         idle_cpu = 100 * (cpu1 - cpu0) / (wall1 - wall0)
+        body = v2_body("input", sensor_rows(1, seed=3)[0].astype(np.float32))
 
-        # Cross-check of part 1 without a shared GIL (client here, server in the agent
-        # process), with the agent's own CPU per request from /proc.
-        X = sensor_rows(64, seed=3)[0].astype(np.float32)
-        raw = RawHttp(api_port)
-        stack.callback(raw.close)
-        http_rows: list[tuple[int, str, float, float, float]] = []
-        requests = 0
-        for rows in (1, 64):
-            n = repeats if rows == 1 else max(100, repeats // 4)
-            body = v2_body("input", np.ascontiguousarray(X[:rows]))
-            for path, call in http_paths(client, raw, "POST", "/v2/models/fault/infer", body):
-                cpu_before = proc_cpu_seconds(process.pid)
-                med, p99 = timings_us(call, n, warmup=100)
-                cpu_us = (proc_cpu_seconds(process.pid) - cpu_before) / (n + 100) * 1e6
-                requests += n + 100
-                http_rows.append((rows, path, med, p99, cpu_us))
+        for _ in range(1000):  # what serving leaves behind
+            ok(client.post("/v2/models/fault/infer", content=body))
         rss_after = proc_rss_mib(process.pid)
 
     model_path = r.tmp / "baseline.onnx"
@@ -360,14 +390,226 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, repeats: int) ->
         ("baseline: python + numpy + onnxruntime + same model", rss_base),
         ("edgefleet agent, live, no model yet", rss_empty),
         ("edgefleet agent, serving, idle", rss_serving),
-        (f"edgefleet agent, after {requests:,} more HTTP requests", rss_after),
+        ("edgefleet agent, after 1,000 HTTP requests", rss_after),
     ):
         print(f"{label:<50}{rss:>8.1f}{rss / rss_base:>11.2f}x")
-    print("HTTP to the agent process from this one (no shared GIL), µs; agent CPU per request")
-    print("from its utime+stime (10 ms ticks: an average, warm-up included)")
-    print(f"{'rows':>6}  {'path':<46}{'median':>9}{'[p99]':>10}{'agent CPU':>11}")
-    for rows, path, med, p99, cpu_us in http_rows:
-        print(f"{rows:>6}  {path:<46}{med:>9.1f}{p99:>10.1f}{cpu_us:>11.0f}")
+    group = "edgefleet agent process, logreg"
+    results.add(group, "start-up to live", startup, "s", target="≤ 0.5 s", headline=True)
+    results.add(group, "idle CPU", idle_cpu, "%", target="≤ 1 %")
+    bare = results.add(group, "python + numpy + onnxruntime + the model", rss_base, "MiB")
+    results.add(group, "RSS serving, after 1,000 requests", rss_after, "MiB", baseline=bare)
+    results.add(
+        group,
+        "RSS over python + numpy + onnxruntime + the model",
+        rss_after - rss_base,
+        "MiB",
+        target="≤ 30 MiB",
+        headline=True,
+    )
+
+
+# --- 2b. the agent's HTTP API against hand-written peers --------------------------------------
+
+PEERS = {  # benchmarks/peers.py
+    "fastapi-async": "FastAPI, async def",
+    "fastapi-def": "FastAPI, def (threadpool)",
+    "starlette": "bare Starlette route",
+}
+AGENT = "edgefleet agent"
+
+
+@dataclass
+class Server:
+    label: str
+    process: subprocess.Popen[bytes]
+    port: int
+
+
+def start_server(label: str, command: list[str], port: int, log: Path, live: str) -> Server:
+    """A server process, once it answers ``live`` with 200."""
+    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    server = Server(label, process, port)
+    started = time.perf_counter()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{label} exited {process.returncode}:\n{log.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(live).status_code == 200:
+                    return server
+            if time.perf_counter() - started > 60:
+                stop_process(process)
+                raise RuntimeError(f"{label}: {live} not 200 after 60 s:\n{log.read_text()}")
+            time.sleep(0.01)
+
+
+def interleaved(
+    servers: list[Server], body: bytes, path: str, repeats: int, warmup: int
+) -> dict[str, tuple[float, float, float]]:
+    """Per server: median and p99 µs of ``repeats`` requests sent to each in turn (one
+    keep-alive connection each), and its CPU µs per request over them."""
+    clients = [RawHttp(s.port) for s in servers]
+    request = RawHttp.encode("POST", path, body)
+    try:
+        for _ in range(warmup):
+            for client in clients:
+                client.exchange(request)
+        cpu0 = [proc_cpu_seconds(s.process.pid) for s in servers]
+        samples = np.empty((len(servers), repeats))
+        for i in range(repeats):
+            for j, client in enumerate(clients):
+                start = time.perf_counter_ns()
+                client.exchange(request)
+                samples[j, i] = (time.perf_counter_ns() - start) / 1000
+        cpu1 = [proc_cpu_seconds(s.process.pid) for s in servers]
+    finally:
+        for client in clients:
+            client.close()
+    return {
+        s.label: (
+            float(np.median(samples[j])),
+            float(np.percentile(samples[j], 99)),
+            (cpu1[j] - cpu0[j]) / repeats * 1e6,
+        )
+        for j, s in enumerate(servers)
+    }
+
+
+def throughput(server: Server, request_file: Path, seconds: float, connections: int) -> float:
+    """Answers per second to ``connections`` concurrent keep-alive clients (another process:
+    benchmarks/http_load.py)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "http_load.py"),
+            str(server.port),
+            str(request_file),
+            str(seconds),
+            str(connections),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"load on {server.label} failed:\n{out.stderr[-3000:]}")
+    figures = json.loads(out.stdout)
+    return float(figures["requests"] / figures["seconds"])
+
+
+def bench_http_peers(
+    r: Rig, logreg: Model, repeats: int, load_seconds: float, results: Results
+) -> None:
+    """The agent's local API (``edgefleet agent``, serving) against the peers on the same
+    model file, each in its own process: latency and CPU per request, interleaved; answers
+    per second to 8 concurrent clients; RSS."""
+    manifest, model_bytes = logreg
+    model_path = r.tmp / "peer-model.onnx"
+    model_path.write_bytes(model_bytes)
+    print("\n## 2b. Local HTTP inference against hand-written peers (each its own process)")
+    print("    POST /v2/models/fault/infer, FP32 rows of the logreg; one keep-alive raw-socket")
+    print(f"    client per server, {repeats} requests to each in turn; CPU: the server's")
+    print("    utime+stime over them; concurrent: 8 keep-alive clients in another process.")
+    with contextlib.ExitStack() as stack:
+        api_port = free_port()
+        agent = start_server(
+            AGENT,
+            [
+                sys.executable,
+                "-m",
+                "edgefleet",
+                "agent",
+                "--config",
+                str(write_config(r, api_port)),
+            ],
+            api_port,
+            r.tmp / "peer-agent.log",
+            "/v2/health/live",
+        )
+        stack.callback(stop_process, agent.process)
+        r.publish(r.next_desired(SUB_DEVICE, [manifest]))
+        wait_until(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{api_port}/v2/models/fault/ready").status_code == 200
+            ),
+            what="the agent serving the model",
+        )
+        servers = [agent]
+        for kind, label in PEERS.items():
+            port = free_port()
+            command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), kind]
+            peer = start_server(
+                label,
+                [*command, str(model_path), str(port)],
+                port,
+                r.tmp / f"{kind}.log",
+                "/v2/health/live",
+            )
+            stack.callback(stop_process, peer.process)
+            servers.append(peer)
+        X = sensor_rows(64, seed=3)[0].astype(np.float32)
+        print(f"{'rows':>5}  {'server':<28}{'p50 µs':>9}{'p99 µs':>9}{'CPU µs':>9}{'req/s ×8':>10}")
+        for rows in (1, 64):
+            body = v2_body("input", np.ascontiguousarray(X[:rows]))
+            path = "/v2/models/fault/infer"
+            n = repeats if rows == 1 else max(300, repeats // 2)
+            measured = interleaved(servers, body, path, n, warmup=200)
+            request_file = r.tmp / f"request-{rows}.http"
+            request_file.write_bytes(RawHttp.encode("POST", path, body))
+            rates = {s.label: throughput(s, request_file, load_seconds, 8) for s in servers}
+            group = f"HTTP v2 infer, logreg, {rows} row{'s' if rows > 1 else ''}"
+            figures: dict[str, dict[str, Figure]] = {}
+            for label in [*PEERS.values(), AGENT]:
+                med, p99, cpu = measured[label]
+                print(
+                    f"{rows:>5}  {label:<28}{med:>9.0f}{p99:>9.0f}{cpu:>9.0f}{rates[label]:>10.0f}"
+                )
+                if label == AGENT:
+                    continue
+                figures[label] = {
+                    "p50": results.add(f"{group}: p50", label, med, "µs", p99=p99),
+                    "cpu": results.add(f"{group}: server CPU per request", label, cpu, "µs"),
+                    "rate": results.add(
+                        f"{group}: answers/s, 8 clients", label, rates[label], "/s", better="higher"
+                    ),
+                }
+            med, p99, cpu = measured[AGENT]
+            starlette, fastapi = figures[PEERS["starlette"]], figures[PEERS["fastapi-async"]]
+            for kind, value, tail in (("p50", med, p99), ("cpu", cpu, None)):
+                group_name = starlette[kind].group
+                results.add(
+                    group_name,
+                    AGENT,
+                    value,
+                    "µs",
+                    baseline=starlette[kind],
+                    p99=tail,
+                    target="≤ 1×",
+                    headline=rows == 1,
+                )
+                results.add(
+                    group_name,
+                    f"{AGENT} (against FastAPI async)",
+                    value,
+                    "µs",
+                    baseline=fastapi[kind],
+                    p99=tail,
+                    target="≤ 0.8×",
+                )
+            results.add(
+                fastapi["rate"].group,
+                AGENT,
+                rates[AGENT],
+                "/s",
+                better="higher",
+                baseline=fastapi["rate"],
+                target="≥ 1.5×",
+                headline=rows == 1,
+            )
+        print(
+            f"{'':>5}  {'RSS MiB after':<28}"
+            + "  ".join(f"{s.label}: {proc_rss_mib(s.process.pid):.1f}" for s in servers)
+        )
 
 
 # --- 3. deploy latency ------------------------------------------------------------------------
@@ -488,13 +730,23 @@ def build_models(
     return logreg, rf, sizes[0], sizes[1], time.perf_counter() - start
 
 
+PARTS = ("inference", "footprint", "peers", "deploy")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats (~1 minute)")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (~2 minutes)")
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}"
+    )
+    add_json_argument(parser)
     args = parser.parse_args()
-    repeats = 400 if args.quick else 2000
+    parts = set(args.only.split(","))
+    repeats = 400 if args.quick else 3000
     reps = 3 if args.quick else 5
     idle_seconds = 5.0 if args.quick else 10.0
+    load_seconds = 2.0 if args.quick else 5.0
+    results = Results("device_agent")
 
     began = time.perf_counter()
     print(f"# .venv/bin/python benchmarks/device_agent.py{' --quick' if args.quick else ''}")
@@ -510,28 +762,35 @@ def main() -> None:
         )
         for manifest, data in (logreg, rf):
             r.artifacts.add(manifest.sha256, data)
-
-        agent = start_agent_thread(r)
-        try:
-            r.publish(r.next_desired(DEVICE, [logreg[0], rf[0]]))
-            wait_until(
-                lambda: (
-                    serving_sha(agent, "fault") == logreg[0].sha256
-                    and serving_sha(agent, "fault-rf") == rf[0].sha256
-                ),
-                what="both models serving",
-            )
-            bench_inference(
-                agent,
-                [("logreg", "fault", logreg[1]), ("random forest", "fault-rf", rf[1])],
-                repeats,
-            )
-            bench_footprint(r, logreg, idle_seconds, repeats)
-            bench_deploys(
-                r, agent, [("random forest 1MB", rf_1mb), ("random forest 10MB", rf_10mb)]
-            )
-        finally:
-            agent.stop()
+        if "footprint" in parts:
+            bench_footprint(r, logreg, idle_seconds, results)
+        if "peers" in parts:
+            bench_http_peers(r, logreg, repeats, load_seconds, results)
+        if parts & {"inference", "deploy"}:
+            agent = start_agent_thread(r)
+            try:
+                r.publish(r.next_desired(DEVICE, [logreg[0], rf[0]]))
+                wait_until(
+                    lambda: (
+                        serving_sha(agent, "fault") == logreg[0].sha256
+                        and serving_sha(agent, "fault-rf") == rf[0].sha256
+                    ),
+                    what="both models serving",
+                )
+                if "inference" in parts:
+                    bench_inference(
+                        agent,
+                        [("logreg", "fault", logreg[1]), ("random forest", "fault-rf", rf[1])],
+                        repeats,
+                        results,
+                    )
+                if "deploy" in parts:
+                    bench_deploys(
+                        r, agent, [("random forest 1MB", rf_1mb), ("random forest 10MB", rf_10mb)]
+                    )
+            finally:
+                agent.stop()
+    results.write(args.json)
     print(f"\n# total {time.perf_counter() - began:.0f} s")
 
 

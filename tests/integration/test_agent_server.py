@@ -439,10 +439,9 @@ def test_body_length_limits(models: Models) -> None:
             411,
             "chunked bodies are not supported; send Content-Length",
         )
-        assert raw_post(server.port, {"Content-Length": "-3"})[:2] == (
-            400,
-            "invalid Content-Length '-3'",
-        )
+        status, error, connection = raw_post(server.port, {"Content-Length": "-3"})
+        assert (status, connection) == (400, "close")
+        assert error.startswith("malformed HTTP request: ") and "Content-Length" in error
 
 
 def test_inference_failure_is_a_500(
@@ -482,14 +481,14 @@ def test_keep_alive_and_stop(models: Models) -> None:
         conn.request("GET", path)
         conn.getresponse().read()
         assert conn.sock is sock, path  # errors keep the connection too
-    # a refused POST whose body was not read must not leave it for the next request
-    conn.request("POST", "/v2/health/live", body=b'{"a": 1}')
+    # a refused POST's body is read all the same: it is not taken for the next request
+    conn.request("POST", "/v2/health/live", body=b"GET /v2 HTTP/1.1\r\n\r\n")
     response = conn.getresponse()
     response.read()
-    assert (response.status, response.getheader("Connection")) == (405, "close")
-
+    assert (response.status, response.getheader("Connection")) == (405, None)
     conn.request("GET", "/v2/health/live")
-    conn.getresponse().read()
+    assert conn.getresponse().read() == b'{"live":true}'
+    assert conn.sock is sock
     started = time.monotonic()
     server.stop()  # with this keep-alive connection idle and open
     assert time.monotonic() - started < 2
