@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,10 +16,12 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+import orjson
 import pytest
 
+import agent.server
 from agent.inference import LoadedModel, describe, session_for
-from agent.server import MAX_BODY_BYTES, InferenceServer
+from agent.server import MAX_BODY_BYTES, MAX_HEAD_BYTES, InferenceServer
 from agent.slot import ModelSlot, ModelUnavailableError, Prediction
 from shared.hashing import sha256_bytes
 from shared.manifest import InputSchema, ModelManifest, OutputSchema, Reference
@@ -574,3 +577,144 @@ def test_hot_swap_under_load(models: Models) -> None:
     assert swaps > 10
     for _, version, probabilities in answers:  # each answer came whole from its version
         np.testing.assert_allclose(probabilities, expected[version], atol=1e-6)
+
+
+class GatedBackend(SlotBackend):
+    """Inference waits for ``gate`` (set by the test); ``running`` is set when it waits."""
+
+    def __init__(self, *models: Model) -> None:
+        super().__init__(*models)
+        self.gate = threading.Event()
+        self.running = threading.Event()
+
+    def predict(
+        self, name: str, X: npt.NDArray[np.float32], model: LoadedModel | None = None
+    ) -> Prediction:
+        self.running.set()
+        assert self.gate.wait(30)
+        return super().predict(name, X, model)
+
+
+def post_in_thread(url: str, answers: list[int]) -> threading.Thread:
+    def post() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            answers.append(
+                client.post("/v1/predict", json={"features": named(rows(1)[0])}).status_code
+            )
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread
+
+
+def test_a_slow_route_moves_off_the_loop_and_health_checks_go_on(models: Models) -> None:
+    """The loop answers a request itself until its route proves slow (over
+    OFFLOAD_AFTER_US); from then on a worker thread answers it, and the loop goes on
+    answering everyone else meanwhile."""
+    backend = GatedBackend(models.fault)
+    answers: list[int] = []
+    with InferenceServer(backend, port=0) as server:
+        first = post_in_thread(server.url, answers)  # answered on the loop: it blocks it
+        assert backend.running.wait(10)
+        time.sleep(0.01)  # the route's first answer takes at least 10 ms: over 2 ms
+        backend.gate.set()
+        first.join(10)
+        backend.gate.clear()
+        backend.running.clear()
+        second = post_in_thread(server.url, answers)  # now in a worker thread
+        assert backend.running.wait(10)
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            assert client.get("/v2/health/live").json() == {"live": True}  # while it waits
+            assert client.get("/v2/models/fault").status_code == 200
+        assert second.is_alive()
+        backend.gate.set()
+        second.join(10)
+    assert answers == [200, 200]
+
+
+def read_answer(reader: Any) -> tuple[int, bytes]:
+    """One HTTP answer from a socket's file: status and body."""
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return status, reader.read(length)
+
+
+def raw_exchange(port: int, data: bytes, responses: int) -> list[tuple[int, bytes]]:
+    """Send ``data`` in one write; read ``responses`` answers (status, body) in order."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+        reader = sock.makefile("rb")
+        return [read_answer(reader) for _ in range(responses)]
+
+
+def test_pipelined_requests_are_answered_in_order_up_to_a_malformed_one(models: Models) -> None:
+    body = orjson.dumps(v2_request(rows(1)))
+    requests = [
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST /v2/models/fault/infer HTTP/1.1\r\nHost: x\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body,
+        b"GET /v2/nothing HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n",  # malformed
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",  # after it: not read
+    ]
+    with InferenceServer(SlotBackend(models.fault), port=0) as server:
+        answers = raw_exchange(server.port, b"".join(requests), 4)
+    assert [status for status, _ in answers] == [200, 200, 404, 400]
+    assert orjson.loads(answers[1][1])["model_name"] == "fault"
+    assert orjson.loads(answers[3][1])["error"].startswith("malformed HTTP request")
+
+
+def test_expect_100_continue(models: Models) -> None:
+    """curl sends a body over 1 KiB only after a 100 Continue (or a 1 s wait)."""
+    body = orjson.dumps(v2_request(rows(40)))
+    head = (
+        b"POST /v2/models/fault/infer HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+    )
+    with (
+        InferenceServer(SlotBackend(models.fault), port=0) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(head)
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        assert sock.recv(20).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_headers_are_bounded(models: Models) -> None:
+    huge = b"X-Pad: " + b"a" * (MAX_HEAD_BYTES + 1) + b"\r\n"
+    with InferenceServer(SlotBackend(models.fault), port=0) as server:
+        [(status, body)] = raw_exchange(
+            server.port, b"GET /v2/health/live HTTP/1.1\r\n" + huge + b"\r\n", 1
+        )
+    assert (status, orjson.loads(body)["error"]) == (431, f"headers over {MAX_HEAD_BYTES} bytes")
+
+
+def test_connections_are_bounded_and_idle_ones_closed(
+    models: Models, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agent.server, "MAX_CONNECTIONS", 3)
+    monkeypatch.setattr(agent.server, "IDLE_TIMEOUT_S", 0.5)
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with InferenceServer(SlotBackend(models.fault), port=0) as server:
+        kept = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(3)]
+        try:
+            for sock in kept:  # each is accepted and answered
+                sock.sendall(live)
+                assert read_answer(sock.makefile("rb"))[0] == 200
+            [(status, body)] = raw_exchange(server.port, live, 1)  # the fourth
+            assert (status, orjson.loads(body)["error"]) == (
+                503,
+                "over 3 connections; try again later",
+            )
+            for sock in kept:  # idle past the timeout: closed by the server (EOF)
+                assert sock.recv(100) == b""
+        finally:
+            for sock in kept:
+                sock.close()
