@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the project's packages, run from anywhere
 
+import base_profile  # noqa: E402  (benchmarks/base_profile.py)
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
@@ -67,6 +69,10 @@ RF_1MB: dict[str, Any] = {"rows": 2000, "params": {"n_estimators": 30, "max_dept
 RF_10MB: dict[str, Any] = {"rows": 5000, "params": {"n_estimators": 120, "max_depth": None}}
 
 Model = tuple[ModelManifest, bytes]
+# The interpreter `edgefleet agent` runs under: this one, or a base install's
+# (--base-profile: the agent alone, as on a device; the checkout's code either way, as the
+# agent process starts in the checkout).
+AGENT_PYTHON = [sys.executable]
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -321,23 +327,57 @@ def write_config(r: Rig, api_port: int) -> Path:
     )
 
 
-def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, results: Results) -> None:
+def start_agent_process(
+    config: Path, log_path: Path, ready: str
+) -> tuple[subprocess.Popen[bytes], float]:
+    """``edgefleet agent --config`` started, and the seconds until ``ready`` answers 200."""
+    port = AgentSettings.model_validate(tomllib.loads(config.read_text())).api_port
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        [AGENT_PYTHON[0], "-m", "edgefleet", "agent", "--config", str(config)],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"agent exited {process.returncode}:\n{log_path.read_text()}")
+            with contextlib.suppress(httpx.TransportError):
+                if client.get(ready).status_code == 200:
+                    return process, time.perf_counter() - start
+            if time.perf_counter() - start > 60:
+                stop_process(process)
+                raise RuntimeError(f"agent: {ready} not 200 after 60 s:\n{log_path.read_text()}")
+            time.sleep(0.002)
+
+
+def bench_footprint(
+    r: Rig, logreg: Model, idle_seconds: float, starts: int, results: Results
+) -> None:
     manifest, model_bytes = logreg
     api_port = free_port()
     config = write_config(r, api_port)
     base = f"http://127.0.0.1:{api_port}"
     log_path = r.tmp / f"{SUB_DEVICE}.log"
     print(f"\n## 2. Footprint: `python -m edgefleet agent --config …` ({manifest.size:,} B logreg)")
+    model_path = r.tmp / "baseline.onnx"
+    model_path.write_bytes(model_bytes)
+    baseline_starts = []
+    for _ in range(starts):
+        began = time.perf_counter()
+        rss_of_script(BASELINE_SCRIPT, str(model_path))
+        baseline_starts.append(time.perf_counter() - began)
+    startups = []
+    for _ in range(starts - 1):  # started and stopped: a fresh data dir, no model yet
+        process, seconds = start_agent_process(config, log_path, "/v2/health/live")
+        stop_process(process)
+        startups.append(seconds)
     with contextlib.ExitStack() as stack:
-        log = stack.enter_context(log_path.open("wb"))
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-m", "edgefleet", "agent", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
+        process, seconds = start_agent_process(config, log_path, "/v2/health/live")
         stack.callback(stop_process, process)
+        startups.append(seconds)
+        startup = statistics.median(startups)
         client = stack.enter_context(httpx.Client(base_url=base, timeout=2))
 
         def answers(path: str) -> bool:
@@ -348,11 +388,6 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, results: Results
             except httpx.TransportError:
                 return False
 
-        while not answers("/v2/health/live"):
-            if time.perf_counter() - start > 60:
-                raise RuntimeError(f"agent not live after 60 s:\n{log_path.read_text()}")
-            time.sleep(0.005)
-        startup = time.perf_counter() - start
         rss_empty = proc_rss_mib(process.pid)
         # The agent subscribes after it is live: publishing now still reaches it (retained).
         published = time.perf_counter()
@@ -373,12 +408,23 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, results: Results
         for _ in range(1000):  # what serving leaves behind
             ok(client.post("/v2/models/fault/infer", content=body))
         rss_after = proc_rss_mib(process.pid)
-
-    model_path = r.tmp / "baseline.onnx"
-    model_path.write_bytes(model_bytes)
+    restarts = []  # the model installed: a device's reboot, up to serving it
+    for _ in range(starts):
+        process, seconds = start_agent_process(config, log_path, "/v2/models/fault/ready")
+        stop_process(process)
+        restarts.append(seconds)
+    restart = statistics.median(restarts)
     rss_bare = rss_of_script(BARE_SCRIPT)
     rss_base = rss_of_script(BASELINE_SCRIPT, str(model_path))
-    print(f"start-up (process start → GET /v2/health/live 200)     {startup * 1000:8.0f} ms")
+    print(
+        f"start-up (process start → GET /v2/health/live 200)     {startup * 1000:8.0f} ms"
+        f"   (median of {starts}: {', '.join(f'{t * 1000:.0f}' for t in startups)})"
+    )
+    bare_ms = statistics.median(baseline_starts) * 1000
+    print(
+        f"restart, model on disk (→ GET /v2/models/fault/ready)  {restart * 1000:8.0f} ms"
+        f"   (python + numpy + onnxruntime + the model: {bare_ms:.0f} ms)"
+    )
     print(f"deploy (publish → GET /v2/models/fault/ready 200)       {ready * 1000:8.0f} ms")
     print(
         f"idle CPU over {idle_seconds:g} s (utime+stime, % of one core)   {idle_cpu:8.2f} %"
@@ -395,6 +441,13 @@ def bench_footprint(r: Rig, logreg: Model, idle_seconds: float, results: Results
         print(f"{label:<50}{rss:>8.1f}{rss / rss_base:>11.2f}x")
     group = "edgefleet agent process, logreg"
     results.add(group, "start-up to live", startup, "s", target="≤ 0.5 s", headline=True)
+    bare_start = results.add(
+        group,
+        "python + numpy + onnxruntime + the model: start",
+        statistics.median(baseline_starts),
+        "s",
+    )
+    results.add(group, "restart to ready, the model on disk", restart, "s", baseline=bare_start)
     results.add(group, "idle CPU", idle_cpu, "%", target="≤ 1 %")
     bare = results.add(group, "python + numpy + onnxruntime + the model", rss_base, "MiB")
     results.add(group, "RSS serving, after 1,000 requests", rss_after, "MiB", baseline=bare)
@@ -515,7 +568,7 @@ def bench_http_peers(
         agent = start_server(
             AGENT,
             [
-                sys.executable,
+                AGENT_PYTHON[0],
                 "-m",
                 "edgefleet",
                 "agent",
@@ -739,8 +792,17 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}"
     )
+    parser.add_argument(
+        "--base-profile",
+        type=Path,
+        metavar="DIR",
+        help="run `edgefleet agent` from a venv holding the base install alone (built there by "
+        "benchmarks/base_profile.py unless it exists), as a device would",
+    )
     add_json_argument(parser)
     args = parser.parse_args()
+    if args.base_profile is not None:
+        AGENT_PYTHON[0] = str(base_profile.ensure(args.base_profile))
     parts = set(args.only.split(","))
     repeats = 400 if args.quick else 3000
     reps = 3 if args.quick else 5
@@ -749,7 +811,8 @@ def main() -> None:
     results = Results("device_agent")
 
     began = time.perf_counter()
-    print(f"# .venv/bin/python benchmarks/device_agent.py{' --quick' if args.quick else ''}")
+    print(f"# .venv/bin/python benchmarks/device_agent.py {' '.join(sys.argv[1:])}")
+    print(f"# edgefleet agent runs under {AGENT_PYTHON[0]}")
     print(
         f"# Python {platform.python_version()}, onnxruntime {ort.__version__}, "
         f"numpy {np.__version__}, {os.cpu_count()} CPUs; medians [p99]"
@@ -763,7 +826,7 @@ def main() -> None:
         for manifest, data in (logreg, rf):
             r.artifacts.add(manifest.sha256, data)
         if "footprint" in parts:
-            bench_footprint(r, logreg, idle_seconds, results)
+            bench_footprint(r, logreg, idle_seconds, 3 if args.quick else 7, results)
         if "peers" in parts:
             bench_http_peers(r, logreg, repeats, load_seconds, results)
         if parts & {"inference", "deploy"}:
