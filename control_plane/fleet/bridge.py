@@ -32,7 +32,7 @@ from control_plane.auth.keys import KeyStore
 from control_plane.config import ServerSettings
 from control_plane.errors import UnavailableError
 from control_plane.fleet.broker_accounts import RESPONSE_TOPIC, Dynsec
-from control_plane.fleet.deployments import all_desired, refresh_expiring
+from control_plane.fleet.deployments import all_desired, desired_changed, refresh_expiring
 from control_plane.fleet.enrollment import accounts_to_delete, set_broker_account
 from control_plane.fleet.inbound import PausableClient, until_disconnected
 from control_plane.fleet.ingestion import (
@@ -61,6 +61,8 @@ from shared.messages import (
 from shared.topics import Channel, Topics
 
 log = logging.getLogger(__name__)
+# Passes of a republish: each publishes again what was signed while the one before ran.
+REPUBLISH_PASSES = 5
 MAX_INFLIGHT = 200  # QoS 1 publishes awaiting the broker's PUBACK (paho's default: 20)
 # Messages parsed and waiting for the ingest loop (ten batches of the default 500); past
 # it, reading waits and the broker keeps the rest (_read). 50,000 parsed windows held ~1 GB.
@@ -420,13 +422,35 @@ class MqttBridge:
         (re)connect, and when this process becomes the leader (the one before may have died
         between storing a desired state and publishing it). Not connected: nothing to do
         now, the connection does it. Only the leader: each process that joined republished
-        all of them (100,000 publishes, each checked again by its device)."""
+        all of them (100,000 publishes, each checked again by its device).
+
+        The broker keeps whichever copy came last, and what was read at the start may be
+        older than a desired state stored and published meanwhile (a rollout's next stage):
+        republished after it, the old copy would hide it from every device that connects
+        later (benchmarks/chaos.py: a broker killed -9 mid-rollout). So each pass ends by
+        reading the sequences again and publishing once more whatever changed since its
+        read, until nothing has."""
         if not self.connected.is_set():
             return
         with Session(self.engine) as session:
             desired_states = await asyncio.to_thread(all_desired, session)
-        for desired in desired_states:
-            await self.publish_desired(desired)
+        published: dict[str, int] = {}
+        for _ in range(REPUBLISH_PASSES):
+            for desired in desired_states:
+                if not self.connected.is_set():
+                    return  # the next connect republishes them all
+                if await self.publish_desired(desired):  # else the next pass tries again
+                    published[desired.device_id] = desired.seq
+            with Session(self.engine) as session:
+                desired_states = await asyncio.to_thread(desired_changed, session, published)
+            if not desired_states:
+                return
+        log.warning(
+            "desired states kept changing while republished: %d more after %d passes "
+            "(they are published as they are signed)",
+            len(desired_states),
+            REPUBLISH_PASSES,
+        )
 
     async def _publish(
         self, topic: str, payload: str, retain: bool = False, qos: Literal[0, 1] = 1

@@ -257,6 +257,22 @@ def all_desired(session: Session) -> list[DesiredState]:
     return [DesiredState.model_validate_json(r) for r in rows if r]
 
 
+def desired_changed(session: Session, known: dict[str, int]) -> list[DesiredState]:
+    """The desired states whose sequence is no longer the one in ``known`` (device →
+    sequence): signed since ``known`` was read. Sequences are read alone (``deployment_seq``
+    is stored with ``desired``), documents only for the devices that changed."""
+    rows = session.exec(
+        select(Device.id, Device.deployment_seq).where(col(Device.desired).is_not(None))
+    ).all()
+    changed = [device_id for device_id, seq in rows if known.get(device_id) != seq]
+    found: list[DesiredState] = []
+    for start in range(0, len(changed), BATCH):
+        chunk = changed[start : start + BATCH]
+        documents = session.exec(select(Device.desired).where(col(Device.id).in_(chunk))).all()
+        found += [DesiredState.model_validate_json(d) for d in documents if d]
+    return found
+
+
 def told_otherwise(session: Session, model: str, selector: str, rollout_id: str) -> list[Device]:
     """Devices ``selector`` matches whose desired state has ``model`` from a rollout other
     than ``rollout_id``, or does not have it: the only ones that can be behind that

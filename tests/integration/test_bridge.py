@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -238,3 +239,94 @@ def test_only_the_leader_republishes_desired_states_when_it_connects(
     finally:
         engine.dispose()
     assert republished == [True]
+
+
+def test_a_republish_never_puts_back_an_older_desired_state(
+    broker: MosquittoBroker, tmp_path: Path
+) -> None:
+    """A connect's republish publishes the desired states it read when it began. A newer one
+    stored and published meanwhile (the rollout's next stage, signed while the republish
+    was under way) must stay what the broker retains: the older copy published after it
+    would hide it from a device that connects later (benchmarks/chaos.py: after a broker
+    kill -9, a device was sent sequence 1 again after it had accepted 2)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from sqlmodel import Session
+
+    from control_plane.store.tables import Device
+    from shared.broker_address import CONTROL_PLANE_USER
+    from simulator.rig.agents import sign_desired
+    from simulator.rig.models import make_model
+
+    settings = load_settings(
+        tmp_path / "cp",
+        mqtt_url=broker.control_plane_url(CP_PASSWORD),
+        broker_accounts=broker.accounts,
+    )
+    init_data_dir(settings)
+    engine = create_db_engine(settings.resolved_database_url)
+    migrate(engine)
+    keys = load_keys(settings.keys_dir)
+    manifest, _ = make_model(keys.model)
+
+    def desired(device_id: str, seq: int) -> DesiredState:
+        return sign_desired(keys.deployment, device_id, seq, [manifest])
+
+    def store(state: DesiredState) -> None:  # as sign_many stores it: seq and document
+        with Session(engine) as session:
+            device = session.get(Device, state.device_id) or Device(id=state.device_id, labels={})
+            device.deployment_seq, device.desired = state.seq, state.model_dump_json()
+            session.add(device)
+            session.commit()
+
+    devices = [f"dev-{i}" for i in range(3)]
+    for device_id in devices:
+        store(desired(device_id, 1))
+    newer: list[DesiredState] = []
+
+    async def scenario() -> None:
+        bridge = MqttBridge(settings, engine, keys, leads=lambda: False)
+        publish = bridge._publish
+
+        async def publish_then_race(
+            topic: str, payload: str, retain: bool = False, qos: Literal[0, 1] = 1
+        ) -> bool:
+            if retain and not newer:  # the republish's first one: a stage starts now
+                other = next(d for d in devices if f"/{d}/" not in topic)
+                newer.append(desired(other, 2))
+                store(newer[0])
+                assert await publish(
+                    f"edgefleet/v1/devices/{other}/desired", newer[0].model_dump_json(), True
+                )
+            return await publish(topic, payload, retain, qos)
+
+        bridge._publish = publish_then_race  # type: ignore[method-assign]
+        running = asyncio.create_task(bridge.run())
+        try:
+            await asyncio.wait_for(bridge.connected.wait(), 60)
+            await bridge.republish_desired()
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    retained: dict[str, int] = {}
+    reader = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="retained-reader")
+    reader.username_pw_set(CONTROL_PLANE_USER, CP_PASSWORD)
+    reader.on_message = lambda _c, _u, m: retained.update(
+        {m.topic.split("/")[-2]: DesiredState.model_validate_json(m.payload).seq}
+    )
+    reader.connect(broker.host, broker.cp_port)
+    reader.loop_start()
+    try:
+        reader.subscribe("edgefleet/v1/devices/+/desired", qos=1)
+        wait_until(lambda: len(retained) == len(devices), what="every retained desired state")
+    finally:
+        reader.loop_stop()
+        reader.disconnect()
+    assert newer
+    assert retained == {d: 2 if d == newer[0].device_id else 1 for d in devices}
