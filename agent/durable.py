@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from pathlib import Path
+
+# What ``write_atomic`` names its temp file: ``.{target}.`` and mkstemp's 8 characters (every
+# target here is JSON: state, trust store, crash report, slots, manifests).
+_TEMP_FILE = re.compile(r"\.[^/]+\.json\.[a-z0-9_]{8}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -38,3 +43,15 @@ def move_atomic(source: Path, destination: Path) -> None:
         os.fsync(handle.fileno())
     os.replace(source, destination)
     fsync_dir(destination.parent)
+
+
+def remove_interrupted_writes(directory: Path) -> list[Path]:
+    """Delete the temp files ``write_atomic`` left in ``directory`` when the process died
+    between creating one and renaming it (kill -9, power loss): nothing reads them, so they
+    would stay for good. Call it only while nothing writes there (at start-up)."""
+    removed = []
+    for path in directory.iterdir():
+        if _TEMP_FILE.fullmatch(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

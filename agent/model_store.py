@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from agent.durable import move_atomic, write_atomic
+from agent.durable import move_atomic, remove_interrupted_writes, write_atomic
 from shared.manifest import ModelManifest
 from shared.messages import DesiredState, ErrorInfo, Verdict
 from shared.trust import TrustStore
@@ -153,6 +153,15 @@ class ModelStore:
             if sha not in keep:
                 path.unlink(missing_ok=True)
                 self.manifest_path(name, sha).unlink(missing_ok=True)
+
+    def discard_interrupted_writes(self) -> list[Path]:
+        """Remove what atomic writes a crash interrupted left behind (in the data dir and in
+        each model's directory); the files removed. At start-up only."""
+        removed = remove_interrupted_writes(self.data_dir)
+        for directory in sorted(self.models_dir.iterdir()):
+            if directory.is_dir():
+                removed += remove_interrupted_writes(directory)
+        return removed
 
     def staged(self) -> list[str]:
         """sha256 of every download in staging (complete or not)."""

@@ -145,6 +145,8 @@ class Updater:
         """Serve what the store holds, after verifying it again (a file may have been damaged
         or swapped while the agent was down): signature, sha256, load, golden vectors. A
         version that was on probation when the agent stopped goes on probation again."""
+        for path in self.store.discard_interrupted_writes():  # a kill -9 mid-write
+            log.info("%s: removed %s (an interrupted write)", self.settings.device_id, path)
         accepted = self.store.read_accepted()
         if accepted is not None:
             self.accepted = Accepted(seq=accepted.seq, signature=accepted.desired.signature)

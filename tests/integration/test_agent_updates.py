@@ -318,6 +318,31 @@ def test_crash_between_write_and_rename_converges(rig: Rig) -> None:
     assert not any(s == v2.sha256 for s, _ in rig.artifacts.requests)  # nothing downloaded
 
 
+def test_temp_files_of_writes_a_kill_interrupted_are_removed_at_restart(rig: Rig) -> None:
+    # A kill -9 inside write_atomic (between mkstemp and the rename) leaves its temp file;
+    # benchmarks/chaos.py found one (.slots.json.XXXXXXXX) after 100 kills mid-install.
+    # Nothing ever reads them: the next start removes them, and nothing else.
+    agent = rig.start_agent()
+    v1_data = install_v1(rig, agent)
+    agent.stop()
+    data_dir = rig.tmp / DEVICE
+    sha = hashlib.sha256(v1_data).hexdigest()
+    left = [
+        data_dir / "models" / "fault" / ".slots.json._eg3hz37",
+        data_dir / "models" / "fault" / f".{sha}.manifest.json.k2m9x0qa",
+        data_dir / ".state.json.ab12cd34",
+    ]
+    for path in left:
+        path.write_bytes(b'{"half": ')
+    kept = data_dir / ".not-ours"
+    kept.write_text("x")
+    again = rig.start_agent()
+    assert serving(again) == 1
+    assert active_bytes(again) == v1_data
+    assert not [path.name for path in left if path.exists()]
+    assert kept.exists()
+
+
 def test_telemetry_and_samples_wait_in_the_outbox_until_acked(rig: Rig) -> None:
     agent = rig.start_agent(sample_rate=1.0, samples_per_window=2)
     install_v1(rig, agent)
