@@ -61,7 +61,8 @@ class SimOptions:
         enough for ~1,200 requests across the fleet (drift needs 500 rows per bucket)."""
         if self.bucket_seconds is not None:
             return self.bucket_seconds
-        return max(3.0, 1200 / (self.devices * self.rows_per_second))
+        rate = self.devices * self.rows_per_second
+        return max(3.0, 1200 / rate) if rate > 0 else 3.0  # no app traffic: any will do
 
 
 @dataclass
@@ -81,21 +82,11 @@ class Simulation:
         self.broker: MosquittoBroker | InProcessBroker = await asyncio.to_thread(
             start_broker, self.workdir / "broker"
         )
-        cp_password = "simulator-control-plane"  # noqa: S105  (a private broker's)
-        await asyncio.to_thread(self.broker.add_control_plane_user, cp_password)
-        self.control = ControlPlane(
-            self.workdir / "control-plane",
-            env={
-                "EDGEFLEET_MQTT_URL": self.broker.control_plane_url(cp_password),
-                "EDGEFLEET_BROKER_ACCOUNTS": self.broker.accounts,
-                "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
-                "EDGEFLEET_MONITOR_BUCKET_SECONDS": str(self.options.bucket),
-                "EDGEFLEET_MONITOR_GRACE_SECONDS": str(self.options.window_seconds + 0.5),
-            },
-        )
-        await asyncio.to_thread(self.control.start)
-        self.api = self.control.async_client()
-        keys = (await self.api.get("/keys")).raise_for_status().text
+        try:  # a start that fails half way leaves nothing running
+            keys = await self._start_control_plane()
+        except BaseException:
+            await asyncio.to_thread(self.broker.stop)
+            raise
         self.trust_path = self.workdir / "trust-store.json"
         self.trust_path.write_text(keys)
         self.fleet = SimulatedFleet(TrustStore.model_validate_json(keys))
@@ -113,6 +104,29 @@ class Simulation:
             asyncio.create_task(self._record(), name="recorder"),
         ]
         return self
+
+    async def _start_control_plane(self) -> str:
+        """The control plane on the broker, and its API client; the trust store it answers."""
+        cp_password = "simulator-control-plane"  # noqa: S105  (a private broker's)
+        await asyncio.to_thread(self.broker.add_control_plane_user, cp_password)
+        self.control = ControlPlane(
+            self.workdir / "control-plane",
+            env={
+                "EDGEFLEET_MQTT_URL": self.broker.control_plane_url(cp_password),
+                "EDGEFLEET_BROKER_ACCOUNTS": self.broker.accounts,
+                "EDGEFLEET_ROLLOUT_TICK_SECONDS": "0.2",
+                "EDGEFLEET_MONITOR_BUCKET_SECONDS": str(self.options.bucket),
+                "EDGEFLEET_MONITOR_GRACE_SECONDS": str(self.options.window_seconds + 0.5),
+            },
+        )
+        await asyncio.to_thread(self.control.start)
+        self.api = self.control.async_client()
+        try:
+            return (await self.api.get("/keys")).raise_for_status().text
+        except BaseException:
+            await self.api.aclose()
+            await asyncio.to_thread(self.control.stop)
+            raise
 
     async def __aexit__(
         self,
