@@ -332,24 +332,9 @@ def start_agent_process(
 ) -> tuple[subprocess.Popen[bytes], float]:
     """``edgefleet agent --config`` started, and the seconds until ``ready`` answers 200."""
     port = AgentSettings.model_validate(tomllib.loads(config.read_text())).api_port
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [AGENT_PYTHON[0], "-m", "edgefleet", "agent", "--config", str(config)],
-        stdout=log_path.open("ab"),
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"agent exited {process.returncode}:\n{log_path.read_text()}")
-            with contextlib.suppress(httpx.TransportError):
-                if client.get(ready).status_code == 200:
-                    return process, time.perf_counter() - start
-            if time.perf_counter() - start > 60:
-                stop_process(process)
-                raise RuntimeError(f"agent: {ready} not 200 after 60 s:\n{log_path.read_text()}")
-            time.sleep(0.002)
+    command = [AGENT_PYTHON[0], "-m", "edgefleet", "agent", "--config", str(config)]
+    server, seconds = start_server(AGENT, command, port, log_path, ready)
+    return server.process, seconds
 
 
 def bench_footprint(
@@ -478,22 +463,23 @@ class Server:
     port: int
 
 
-def start_server(label: str, command: list[str], port: int, log: Path, live: str) -> Server:
-    """A server process, once it answers ``live`` with 200."""
-    process = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
-    server = Server(label, process, port)
+def start_server(
+    label: str, command: list[str], port: int, log: Path, live: str
+) -> tuple[Server, float]:
+    """A server process, once it answers ``live`` with 200; the seconds that took."""
     started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2) as client:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"{label} exited {process.returncode}:\n{log.read_text()}")
             with contextlib.suppress(httpx.TransportError):
                 if client.get(live).status_code == 200:
-                    return server
+                    return Server(label, process, port), time.perf_counter() - started
             if time.perf_counter() - started > 60:
                 stop_process(process)
                 raise RuntimeError(f"{label}: {live} not 200 after 60 s:\n{log.read_text()}")
-            time.sleep(0.01)
+            time.sleep(0.002)
 
 
 def interleaved(
@@ -565,20 +551,9 @@ def bench_http_peers(
     print("    utime+stime over them; concurrent: 8 keep-alive clients in another process.")
     with contextlib.ExitStack() as stack:
         api_port = free_port()
-        agent = start_server(
-            AGENT,
-            [
-                AGENT_PYTHON[0],
-                "-m",
-                "edgefleet",
-                "agent",
-                "--config",
-                str(write_config(r, api_port)),
-            ],
-            api_port,
-            r.tmp / "peer-agent.log",
-            "/v2/health/live",
-        )
+        config = write_config(r, api_port)
+        process, _ = start_agent_process(config, r.tmp / "peer-agent.log", "/v2/health/live")
+        agent = Server(AGENT, process, api_port)
         stack.callback(stop_process, agent.process)
         r.publish(r.next_desired(SUB_DEVICE, [manifest]))
         wait_until(
@@ -591,7 +566,7 @@ def bench_http_peers(
         for kind, label in PEERS.items():
             port = free_port()
             command = [sys.executable, str(REPO / "benchmarks" / "peers.py"), kind]
-            peer = start_server(
+            peer, _ = start_server(
                 label,
                 [*command, str(model_path), str(port)],
                 port,
