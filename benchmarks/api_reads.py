@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import httpx  # noqa: E402
 from fleet import postgres_database  # noqa: E402
+from results import Results, add_json_argument  # noqa: E402
 from telemetry import recreate  # noqa: E402
 
 from control_plane.fleet.ingestion import Incoming, store_batch  # noqa: E402
@@ -59,15 +60,16 @@ def report(device_id: str, version: int) -> DeviceState:
     )
 
 
-def timed(get: Callable[[], httpx.Response]) -> tuple[float, float]:
-    """p50 and p95 in ms of ``REQUESTS`` calls."""
+def timed(get: Callable[[], httpx.Response]) -> tuple[float, float, float]:
+    """p50, p95 and p99 in ms of ``REQUESTS`` calls."""
     times = []
     for _ in range(REQUESTS):
         start = time.perf_counter()
         get().raise_for_status()
         times.append((time.perf_counter() - start) * 1000)
     times.sort()
-    return statistics.median(times), times[int(0.95 * len(times)) - 1]
+    p95, p99 = (times[int(q * len(times)) - 1] for q in (0.95, 0.99))
+    return statistics.median(times), p95, p99
 
 
 def populate(api: httpx.Client, devices: int, database_url: str) -> str:
@@ -116,7 +118,9 @@ def reads(api: httpx.Client, rollout: str, devices: int) -> dict[str, Callable[[
     }
 
 
-def measure(label: str, devices: int, database_url: str | None) -> None:
+def measure(
+    label: str, devices: int, database_url: str | None, results: Results, largest: bool
+) -> None:
     with tempfile.TemporaryDirectory(prefix="edgefleet-api-") as tmp:
         root = Path(tmp)
         env = {"EDGEFLEET_DATABASE_URL": database_url} if database_url else {}
@@ -130,8 +134,21 @@ def measure(label: str, devices: int, database_url: str | None) -> None:
                 url = database_url or f"sqlite:///{root / 'cp' / 'edgefleet.db'}"
                 rollout = populate(api, devices, url)
                 for name, get in reads(api, rollout, devices).items():
-                    p50, p95 = timed(get)
+                    p50, p95, p99 = timed(get)
                     print(f"   {label:<12}{devices:>9,}  {name:<42}{p50:>8.1f}{p95:>8.1f}")
+                    group = f"{name}, {devices:,} devices"
+                    # Against SQLite's figure for the same request and size, when measured.
+                    sqlite = next((f for f in results.figures if f.group == group), None)
+                    results.add(
+                        group,
+                        label,
+                        p50,
+                        "ms",
+                        p99=p99,
+                        baseline=sqlite,
+                        headline=name == "GET /devices/summary" and largest,
+                        note=f"p95 {p95:.1f} ms",
+                    )
         finally:
             stop_server(server)
 
@@ -140,17 +157,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000,100000")
     parser.add_argument("--databases", default="sqlite,postgresql")
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("api_reads")
     sizes = [int(s) for s in args.sizes.split(",")]
     databases = args.databases.split(",")
     print(f"# .venv/bin/python benchmarks/api_reads.py --sizes {args.sizes}", flush=True)
     print(f"   {'database':<12}{'devices':>9}  {'request':<42}{'p50 ms':>8}{'p95 ms':>8}")
     for n in sizes if "sqlite" in databases else []:
-        measure("SQLite", n, None)
+        measure("SQLite", n, None, results, n == max(sizes))
     with postgres_database() as pg:
         if pg is not None and "postgresql" in databases:
             for n in sizes:
-                measure("PostgreSQL", n, recreate(pg))
+                measure("PostgreSQL", n, recreate(pg), results, n == max(sizes))
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working d
 
 import aiomqtt  # noqa: E402
 from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+from results import Figure, Results, add_json_argument  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
@@ -556,6 +557,71 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def record(results: Results, measured: list[dict[str, Any]]) -> None:
+    """NATS's figures (the choice: docs/broker-cluster.md) against RabbitMQ's, when both ran."""
+    first: dict[str, Figure] = {}
+
+    def add(group: str, engine: str, value: float, unit: str, **extra: Any) -> None:
+        figure = results.add(group, engine, value, unit, baseline=first.get(group), **extra)
+        first.setdefault(group, figure)
+
+    for r in sorted(measured, key=lambda r: r["engine"] == "nats"):
+        engine, fleet, kill = r["engine"], r["fleet"], r["kill"]
+        n = fleet["devices"]
+        split = r["protocol"].get("shared_subscription_split")  # a count, not a verdict
+        checks = [v for k, v in r["protocol"].items() if k != "shared_subscription_split"]
+        add(
+            "protocol checks passed",
+            engine,
+            sum(v is True for v in checks),
+            "count",
+            better="higher",
+            note=f"of {len(checks)}; $share split {split}",
+        )
+        add("cluster start", engine, r["start_seconds"], "s")
+        add(f"connect {n:,} device clients", engine, fleet["connect_seconds"], "s")
+        add(
+            f"{n:,} retained desired states published",
+            engine,
+            fleet["retained_publish_per_second"],
+            "/s",
+            better="higher",
+        )
+        add(
+            f"{n:,} retained desired states delivered",
+            engine,
+            fleet["latency_p50_ms"],
+            "ms",
+            p99=fleet["latency_p99_ms"],
+            headline=engine == "nats",
+            note=f"{fleet['delivered']} delivered, last after {fleet['last_delivery_s']} s",
+        )
+        add(
+            "node RSS after, all three",
+            engine,
+            sum(m for m in fleet["rss_after_mib"] if m is not None),
+            "MiB",
+        )
+        add(
+            "QoS 1 stream across a node killed -9",
+            engine,
+            kill["qos1_stream_received"],
+            "count",
+            better="higher",
+            note=f"of 400, {kill['qos1_stream_acked']} acked",
+        )
+        survived = int(str(kill["retained_on_survivor"]).split("/")[0])
+        add(
+            f"retained states on a survivor of a kill -9, of {n:,}",
+            engine,
+            survived,
+            "count",
+            better="higher",
+            headline=engine == "nats",
+        )
+        add("killed node restarted", engine, kill["node_restart_s"], "s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
@@ -567,6 +633,7 @@ def main() -> None:
         default=1,
         help="QoS of the device clients' desired subscriptions (0: as agents on NATS run)",
     )
+    add_json_argument(parser)
     args = parser.parse_args()
     DEVICE_QOS[0] = 0 if args.device_qos == 0 else 1
     results = []
@@ -580,6 +647,9 @@ def main() -> None:
         results.append(result)
     if results:
         print(table(results))
+    figures = Results("broker_cluster")
+    record(figures, results)
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

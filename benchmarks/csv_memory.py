@@ -19,6 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import Results, add_json_argument
+
 from control_plane.registry.datasets import DatasetLimits, parse_csv
 from simulator.data import sensor_csv
 
@@ -39,6 +41,7 @@ def rss() -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=100)
+    add_json_argument(parser)
     args = parser.parse_args()
     data = make_csv(args.mib * MiB)
     limits = DatasetLimits(max_rows=10**8, max_columns=1000, min_rows=1)
@@ -53,6 +56,21 @@ def main() -> None:
     total = (size + peak) / size
     print(f"upload + parse          {(size + peak) / MiB:8.1f} MiB  {total:5.2f}×  (budget 3×)")
     print(f"time                    {seconds:8.1f} s")
+    results = Results("csv_memory")
+    group = f"parse_csv, {size / MiB:.0f} MiB upload"
+    upload = results.add(group, "upload", size / MiB, "MiB")
+    results.add(group, "parse, peak RSS growth", peak / MiB, "MiB", baseline=upload)
+    results.add(
+        group,
+        "upload + parse",
+        (size + peak) / MiB,
+        "MiB",
+        baseline=upload,
+        target="≤ 3×",
+        headline=True,
+    )
+    results.add(group, "parse time", seconds, "s", note=f"{len(parsed.labels):,} rows")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working d
 import httpx  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from results import Results, add_json_argument  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.messages import DeviceState, ModelRef, ModelStatus, Phase  # noqa: E402
@@ -197,7 +198,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10,1000")
     parser.add_argument("--loads", type=int, default=7)
+    add_json_argument(parser)
     args = parser.parse_args()
+    figures = Results("dashboard")
     sizes = [int(s) for s in args.sizes.split(",")]
     results = {n: measure(n, args.loads) for n in sizes}
     base = results[sizes[0]]
@@ -206,6 +209,17 @@ def main() -> None:
         cells = "".join(f"{results[n][name] * 1000:>18.1f}" for n in sizes)
         ratio = results[sizes[-1]][name] / base[name]
         print(f"{name:<30}{cells}   × {ratio:.2f}")
+        smallest = figures.add(name, f"{sizes[0]:,} devices", base[name] * 1000, "ms")
+        for n in sizes[1:]:
+            figures.add(
+                name,
+                f"{n:,} devices",
+                results[n][name] * 1000,
+                "ms",
+                baseline=smallest,
+                headline=name in ("fleet page", "rollout page") and n == sizes[-1],
+            )
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

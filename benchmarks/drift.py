@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import numpy.typing as npt
+from results import Results, add_json_argument
 
 from control_plane.config import ServerSettings
 from control_plane.monitoring.drift import (
@@ -91,7 +92,7 @@ def median_ms(call: Callable[[], object], repeats: int) -> float:
     return float(np.median(samples))
 
 
-def cost(repeats: int) -> None:
+def cost(repeats: int, results: Results) -> None:
     X, y = wide_rows(TRAIN_ROWS, seed=0)
     names = [f"{FEATURES[j % len(FEATURES)]}_{j // len(FEATURES)}" for j in range(N_FEATURES)]
     reference = Reference(
@@ -167,6 +168,14 @@ def cost(repeats: int) -> None:
     ]
     for label, ms, ratio in rows:
         print(f"   {label:<44}{ms:>9.2f}{ratio:>14}")
+    group = f"one fleet window, {DEVICES:,} devices × {N_FEATURES} features"
+    parsing = results.add(group, rows[0][0], t_parse, "ms")
+    naive = results.add(group, rows[1][0], t_naive, "ms")
+    results.add(group, rows[2][0], t_merge, "ms", baseline=naive, headline=True)
+    results.add(group, rows[3][0], t_judge, "ms")
+    from_json = results.add(group, rows[4][0], t_whole, "ms", baseline=parsing)
+    results.add(group, rows[5][0], t_stored, "ms", baseline=naive)
+    results.add(group, rows[6][0], t_numbers, "ms", baseline=from_json, headline=True)
 
 
 def normal_reference(train: npt.NDArray[np.float64]) -> Reference:
@@ -223,7 +232,7 @@ def run(
     return first, readings
 
 
-def detection(runs: int, horizon: int) -> None:
+def detection(runs: int, horizon: int, results: Results) -> None:
     print(
         f"\n2. detection of a mean shift δσ on one N(0,1) feature: {TRAIN_ROWS:,} training "
         f"rows, {BINS} quantile bins, default policy, {runs} runs × {horizon} windows"
@@ -234,9 +243,9 @@ def detection(runs: int, horizon: int) -> None:
     )
     for rows in (500, 2000):
         for shift in SHIFTS:
-            results = [run(shift, rows, horizon, seed) for seed in range(runs)]
-            delays = np.array([np.inf if f is None else f for f, _ in results])
-            readings = sum(r for _, r in results) / (runs * horizon)
+            outcomes = [run(shift, rows, horizon, seed) for seed in range(runs)]
+            delays = np.array([np.inf if f is None else f for f, _ in outcomes])
+            readings = sum(r for _, r in outcomes) / (runs * horizon)
 
             def share(n: int, delays: npt.NDArray[np.float64] = delays) -> str:
                 return f"{np.mean(delays <= n):.1%}"
@@ -252,9 +261,17 @@ def detection(runs: int, horizon: int) -> None:
                 f"   {rows:>11}{shift:>5.2f}σ{median:>8}{p90:>6}{share(2):>9}{share(5):>9}"
                 f"{share(horizon):>9}{readings:>23.2%}"
             )
+            group = f"detection, {rows:,} rows a window"
+            if shift == 0:
+                found = float(np.mean(delays <= horizon)) * 100
+                results.add(group, f"δ = 0, false verdicts within {horizon}", found, "%")
+            else:
+                found = float(np.mean(delays <= 5)) * 100
+                name = f"δ = {shift:g}σ, found within 5 windows"
+                results.add(group, name, found, "%", better="higher")
 
 
-def calibration(runs: int, horizon: int) -> None:
+def calibration(runs: int, horizon: int, results: Results) -> None:
     """Fixed thresholds against calibrated ones, by training rows × bucket rows."""
     fixed = DriftPolicy(calibrate=False)
     calibrated = DriftPolicy()
@@ -271,12 +288,13 @@ def calibration(runs: int, horizon: int) -> None:
     )
     for train_rows in sizes:
         for rows in buckets:
-            cells = []
+            cells, shares = [], []
             for policy in (fixed, calibrated):
-                results = [
+                verdicts = [
                     run(0.0, rows, horizon, seed, train_rows, policy) for seed in range(runs)
                 ]
-                cells.append(f"{np.mean([f is not None for f, _ in results]):.1%}")
+                shares.append(float(np.mean([f is not None for f, _ in verdicts])) * 100)
+                cells.append(f"{shares[-1] / 100:.1%}")
             for policy in (fixed, calibrated):
                 delays = np.array(
                     [
@@ -290,6 +308,7 @@ def calibration(runs: int, horizon: int) -> None:
                 median = np.quantile(delays, 0.5, method="inverted_cdf")
                 shown = "never" if np.isinf(median) else f"{median:.0f}"
                 cells.append(f"{np.mean(delays <= 2):.1%} [{shown}]")
+                shares.append(float(np.mean(delays <= 2)) * 100)
             reference = normal_reference(np.random.default_rng(0).normal(size=train_rows))
             ref = reference.features[0]
             limit = thresholds([ref.below, *ref.counts, ref.above], rows, calibrated)
@@ -297,16 +316,27 @@ def calibration(runs: int, horizon: int) -> None:
                 f"   {train_rows:>9,}{rows:>8,}{cells[0]:>14}{cells[1]:>12}{cells[2]:>19}"
                 f"{cells[3]:>16}{limit.js_drift:>14.3f}"
             )
+            group = f"calibration, {train_rows:,} training rows, {rows:,}-row buckets"
+            fixed_false = results.add(group, "false verdicts, fixed thresholds", shares[0], "%")
+            results.add(group, "false verdicts, calibrated", shares[1], "%", baseline=fixed_false)
+            name = "0.5σ found within 2 buckets"
+            fixed_found = results.add(group, f"{name}, fixed", shares[2], "%", better="higher")
+            results.add(
+                group, f"{name}, calibrated", shares[3], "%", better="higher", baseline=fixed_found
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and runs (~40 s)")
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("drift")
     print(f"# .venv/bin/python benchmarks/drift.py{' --quick' if args.quick else ''}")
-    cost(repeats=5 if args.quick else 20)
-    detection(runs=100 if args.quick else 500, horizon=20)
-    calibration(runs=100 if args.quick else 400, horizon=20)
+    cost(repeats=5 if args.quick else 20, results=results)
+    detection(runs=100 if args.quick else 500, horizon=20, results=results)
+    calibration(runs=100 if args.quick else 400, horizon=20, results=results)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.* (broker, server helpers)
 
 import httpx  # noqa: E402
+from results import Figure, Results, add_json_argument  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 
 from control_plane.fleet.ingestion import Incoming, store_batch  # noqa: E402
@@ -554,7 +555,7 @@ async def run_fleet(
 
 
 def bench_rollouts(
-    r: Rig, sizes: list[int], tally: LogTally, recovery_limit_s: float
+    r: Rig, sizes: list[int], tally: LogTally, recovery_limit_s: float, results: Results
 ) -> list[FleetRun]:
     server_log = ServerLog(r.server.data_dir / "server.log")
     server_log.take()  # start-up and training
@@ -577,7 +578,38 @@ def bench_rollouts(
             server_log.offset = 0  # start_server truncates the log
         runs.append(run)
         print_fleet_run(run)
+        record_fleet_run(results, run, headline=n == sizes[-1])
     return runs
+
+
+def record_fleet_run(results: Results, run: FleetRun, headline: bool) -> None:
+    """The rollouts' times (canary against all-at-once), and what the fleet took to start."""
+    group = f"rollout, {run.n:,} agents in one process"
+    first: dict[str, Figure] = {}
+    for ro in run.rollouts:
+        for what, seconds in (("→ all serve", ro.serving_s), ("→ succeeded", ro.succeeded_s)):
+            if seconds is not None:
+                figure = results.add(
+                    group,
+                    f"{ro.plan} {what}",
+                    seconds,
+                    "s",
+                    baseline=first.get(what),
+                    headline=headline and ro.plan == "all-at-once" and what == "→ succeeded",
+                )
+                first.setdefault(what, figure)
+        cpu = results.add(
+            group, f"{ro.plan}, control-plane CPU", ro.cp_cpu_s, "s", baseline=first.get("CPU")
+        )
+        first.setdefault("CPU", cpu)
+    group = f"start, {run.n:,} agents in one process"
+    rate = run.n / run.register_s
+    results.add(group, "register devices, one POST each", rate, "/s", better="higher")
+    results.add(group, "fleet.start → every agent connected", run.connect_s, "s")
+    serving = [label for label in run.rss if label.startswith("serving")]
+    if serving:
+        per_agent = (run.rss[serving[-1]] - run.rss["before"]) / run.n * 1024
+        results.add(group, "RSS per agent serving", per_agent, "KiB")
 
 
 def print_fleet_run(run: FleetRun) -> None:
@@ -793,7 +825,7 @@ def postgres_database() -> Iterator[str | None]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def bench_ingest(tmp: Path, budget: float) -> None:
+def bench_ingest(tmp: Path, budget: float, results: Results) -> None:
     source = WindowSource()
     sample = source.payloads(1)[0]
     parse_n = 2000
@@ -837,6 +869,21 @@ def bench_ingest(tmp: Path, budget: float) -> None:
             f"{run.database:<22}{run.mode:<18}{run.windows:>9,}{run.seconds:>9.2f}"
             f"{run.per_second:>11,.0f}{run.seconds / run.windows * 1e6:>11.0f}{ratio:>11}"
         )
+    for batched in runs:
+        if batched.mode == "one per call":
+            continue
+        one = next(b for b in runs if b.database == batched.database and b is not batched)
+        group = f"ingest, {batched.database}"
+        each = results.add(group, one.mode, one.per_second, "windows/s", better="higher")
+        results.add(
+            group,
+            batched.mode,
+            batched.per_second,
+            "windows/s",
+            better="higher",
+            baseline=each,
+            headline=batched.database.startswith("SQLite"),
+        )
     for run in runs:
         if run.reported != run.windows:
             print(
@@ -856,7 +903,9 @@ def main() -> None:
     parser.add_argument(
         "--model", choices=sorted(MODELS), default="logreg", help="rf-1mb: a ~1 MB random forest"
     )
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("fleet")
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else None
     sizes = sizes or ([50, 200] if args.quick else [100, 1000])
     budget = 1.0 if args.quick else 3.0
@@ -894,13 +943,14 @@ def main() -> None:
             f" {train_s:.1f} s; "
             f"ONNX artifact {artifact.get('size', '?')} bytes"
         )
-        bench_rollouts(r, sizes, tally, recovery_limit_s=10.0 if args.quick else 30.0)
+        bench_rollouts(r, sizes, tally, 10.0 if args.quick else 30.0, results)
     # With the broker and the control plane stopped: nothing else competes for the 2 CPUs.
     progress("telemetry ingest")
     gc.collect()
     with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp:
-        bench_ingest(Path(tmp), budget)
+        bench_ingest(Path(tmp), budget, results)
     print(f"\n# total {time.perf_counter() - began:.0f} s")
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import numpy.typing as npt
+from results import Better, Results, add_json_argument
 
 from agent.inference import session_for
 from control_plane.rollouts.gates import GateResult, Installs, Pair, Traffic, evaluate
@@ -191,7 +192,9 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=40_000, help="Recorded inferences.")
     parser.add_argument("--no-hog", action="store_true")
+    add_json_argument(parser)
     args = parser.parse_args()
+    figures = Results("gates")
     recording = record(args.runs, hog=not args.no_hog)
     p50, p95, p99 = np.percentile(recording, [50, 95, 99])
     print(
@@ -229,6 +232,21 @@ def main() -> None:
                 f"{failed[k] / args.stages:.1%}" for k in (*GATES, "paired", "cross")
             )
             print(f"| {case} | {shares} | {wanted} |")
+            group = f"{case}, {requests} requests a device: stages failed"
+            better: Better = "lower" if case == "good" else "higher"
+            cross = figures.add(
+                group, "cross-device rule", failed["cross"] / args.stages * 100, "%", better=better
+            )
+            figures.add(
+                group,
+                "paired gates",
+                failed["paired"] / args.stages * 100,
+                "%",
+                better=better,
+                baseline=cross,
+                target=wanted,
+                headline=requests == 300 and case != "20% errors",
+            )
         print("\nthe readings behind the thresholds (median over the stage of per-device ratios):")
         for case, values in readings.items():
             for name, kept in values.items():
@@ -240,6 +258,7 @@ def main() -> None:
                     f"  {case:<11} {name}: 0.5th percentile {low:.2f}, "
                     f"median {np.median(kept):.2f}, 99.5th percentile {high:.2f}"
                 )
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

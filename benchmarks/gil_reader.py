@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
 
 import aiomqtt  # noqa: E402
+from results import Results, add_json_argument  # noqa: E402
 
 from control_plane.app import SWITCH_INTERVAL_SECONDS  # noqa: E402
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
@@ -106,7 +107,9 @@ async def receive(port: int, messages: int, busy: bool) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=20_000)
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("gil_reader")
     default = sys.getswitchinterval()
     with tempfile.TemporaryDirectory(prefix="edgefleet-gil-") as tmp:
         broker = MosquittoBroker(Path(tmp) / "broker")
@@ -127,9 +130,22 @@ def main() -> None:
                     f" ({busy / alone:.2f} of alone) {beside / rounds:>37.2f}",
                     flush=True,
                 )
+                group = f"QoS 1 reader, switch interval {interval * 1000:g} ms"
+                reader = results.add(group, "reader alone", alone, "msg/s", better="higher")
+                results.add(
+                    group,
+                    "beside a computing thread",
+                    busy,
+                    "msg/s",
+                    better="higher",
+                    baseline=reader,
+                    headline=interval in (default, SWITCH_INTERVAL_SECONDS),
+                    note=f"the thread kept {beside / rounds:.0%} of its rounds",
+                )
         finally:
             sys.setswitchinterval(default)
             broker.stop()
+    results.write(args.json)
 
 
 if __name__ == "__main__":

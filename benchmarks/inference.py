@@ -15,6 +15,7 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
+from results import Results, add_json_argument
 
 from agent.inference import session_for
 from control_plane.training.algorithms import ALGORITHMS, build_pipeline
@@ -36,7 +37,9 @@ def timings_us(call: Callable[[], object], repeats: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2000)
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("inference")
 
     X, y = sensor_rows(5000, seed=0)
     X = X.astype(np.float32)
@@ -61,6 +64,19 @@ def main() -> None:
                 f"{ox_med:>12.1f} [{ox_p99:>7.1f}]{sk_med / ox_med:>9.1f}x"
                 f"{len(model_bytes):>12,}"
             )
+            group = f"{name}, {rows} row{'s' if rows > 1 else ''}"
+            sklearn = results.add(group, "scikit-learn predict_proba", sk_med, "µs", p99=sk_p99)
+            results.add(
+                group,
+                "onnxruntime session.run",
+                ox_med,
+                "µs",
+                p99=ox_p99,
+                baseline=sklearn,
+                headline=rows == 1 and name in ("logreg", "random_forest"),
+                note=f"ONNX {len(model_bytes):,} bytes",
+            )
+    results.write(args.json)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results import Results, add_json_argument
+
 from agent.slot import ModelSlot
 from shared.manifest import ModelManifest
 from shared.messages import Phase
@@ -106,15 +108,19 @@ def during_download(run: Round, big: tuple[ModelManifest, bytes]) -> tuple[float
     return until(lambda: serving(run.agent) == v1.version), waited
 
 
-def summary(values: list[float]) -> str:
+def p90(values: list[float]) -> float:
     ordered = sorted(values)
-    p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-    return f"{statistics.median(values) * 1000:9.1f} {p90 * 1000:9.1f}"
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:9.1f} {p90(values) * 1000:9.1f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    add_json_argument(parser)
     args = parser.parse_args()
     results: dict[str, tuple[list[float], list[float]]] = {
         "on probation": ([], []),
@@ -142,9 +148,22 @@ def main() -> None:
                 results[name][0].append(took)
                 results[name][1].append(waited)
     print(f"\nrollback: publish → the rollback slot's version serving ({args.runs} runs)")
+    figures = Results("preemption")
     print(f"{'while':14} {'p50 ms':>9} {'p90 ms':>9}   {'queued behind it, p50 ms':>24}")
     for name, (times, queued) in results.items():
         print(f"{name:14} {summary(times)}   {statistics.median(queued) * 1000:24.0f}")
+        group = f"rollback while {name}, publish → serving"
+        behind = figures.add(group, "queued behind it", statistics.median(queued) * 1000, "ms")
+        figures.add(
+            group,
+            "pre-empted",
+            statistics.median(times) * 1000,
+            "ms",
+            baseline=behind,
+            headline=True,
+            note=f"p90 {p90(times) * 1000:.1f} ms, {args.runs} runs",
+        )
+    figures.write(args.json)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working directory
 
+from results import Results, add_json_argument  # noqa: E402
+
 from simulator.broker import MosquittoBroker, connack_code  # noqa: E402
 from simulator.rig.agents import CP_PASSWORD  # noqa: E402
 from simulator.rig.server import start_server, stop_server  # noqa: E402
@@ -67,13 +69,21 @@ def register(devices: int, listed: bool, dynsec: bool) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000)
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("registration")
     print(f"{args.devices} devices, SQLite, each way on a fresh control plane and broker")
     print(f"{'broker accounts':<34} {'one POST each':>15} {'one POST, a list':>18}   ratio")
     for dynsec, name in ((False, "none (manual)"), (True, "dynsec (the default)")):
         one = register(args.devices, listed=False, dynsec=dynsec)
         many = register(args.devices, listed=True, dynsec=dynsec)
         print(f"{name:<34} {one:>10.0f} /s {many:>13.0f} /s   × {many / one:.1f}")
+        group = f"register {args.devices:,} devices, broker accounts {name}"
+        each = results.add(group, "one POST each", one, "/s", better="higher")
+        results.add(
+            group, "one POST, a list", many, "/s", better="higher", baseline=each, headline=dynsec
+        )
+    results.write(args.json)
 
 
 if __name__ == "__main__":

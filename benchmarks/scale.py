@@ -53,6 +53,7 @@ sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working d
 import paho.mqtt.client as mqtt  # noqa: E402
 from fleet import postgres_database  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from results import Results, add_json_argument  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
@@ -195,12 +196,27 @@ def rollout_cost(devices: int, profile: Path | None) -> dict[str, float]:
     }
 
 
+def record_cost(results: Results, n: int, r: dict[str, float], headline: bool) -> None:
+    """The rollout's times; its CPU per device against the first size's, in this run."""
+    group = f"rollout to {n:,} devices, no device answering"
+    results.add(group, "→ signed and stored for all", r["assigned_s"], "s")
+    results.add(group, "→ delivered to all", r["wall_s"], "s")
+    results.add(group, "server CPU", r["cpu_s"], "s")
+    results.add(group, "server idle CPU after", r["idle"] * 100, "%")
+    group = "rollout, no device answering: server CPU per device"
+    first = next((f for f in results.figures if f.group == group), None)
+    name = f"{n:,} devices"
+    per_device = r["per_device_ms"]
+    results.add(group, name, per_device, "ms", baseline=first, headline=headline)
+
+
 def swarm_figures(
     devices: int,
     window_seconds: float,
     profile: Path | None,
     broker: dict[str, str],
     plans: tuple[dict[str, Any], ...],
+    results: Results,
     edges: int | None = None,
 ) -> None:
     """Both rollouts on a swarm of ``devices``; prints one line per plan. Past what one
@@ -221,6 +237,10 @@ def swarm_figures(
         if profile is not None:
             spy.append(py_spy(profile, os.getpid(), native=False))
 
+    def rollout_done(figures: RolloutFigures) -> None:
+        print_swarm(figures)
+        record_swarm(results, figures)
+
     with tempfile.TemporaryDirectory(prefix="edgefleet-swarm-") as tmp:
         figures = asyncio.run(
             swarm_rollouts(
@@ -230,7 +250,7 @@ def swarm_figures(
                 settle=SETTLE_SECONDS,
                 window_seconds=window_seconds,
                 on_ready=ready,
-                on_rollout=print_swarm,
+                on_rollout=rollout_done,
                 broker_options=broker,
                 plans=plans,
                 edge_brokers=edges,
@@ -248,6 +268,7 @@ def swarm_ingest(
     processes: list[int],
     seconds: float,
     broker: dict[str, str],
+    results: Results,
     edges: int | None = None,
 ) -> None:
     """Telemetry from a swarm of ``devices`` into control-plane processes on PostgreSQL
@@ -262,7 +283,9 @@ def swarm_ingest(
             return
         with tempfile.TemporaryDirectory(prefix="edgefleet-ingest-") as tmp:
             asyncio.run(
-                _swarm_ingest(Path(tmp), devices, url, windows, processes, seconds, broker, edges)
+                _swarm_ingest(
+                    Path(tmp), devices, url, windows, processes, seconds, broker, edges, results
+                )
             )
 
 
@@ -275,6 +298,7 @@ async def _swarm_ingest(
     seconds: float,
     broker: dict[str, str],
     edges: int,
+    results: Results,
 ) -> None:
     async with SwarmRig(
         workdir,
@@ -302,7 +326,9 @@ async def _swarm_ingest(
             await rig.set_window(window)
             for count in processes:
                 await rig.run_control_planes(count)
-                print_ingest(await measure_ingest(rig, window, seconds))
+                figures = await measure_ingest(rig, window, seconds)
+                print_ingest(figures)
+                record_ingest(results, figures)
 
 
 def print_ingest(f: IngestFigures) -> None:
@@ -317,7 +343,7 @@ def print_ingest(f: IngestFigures) -> None:
     )
 
 
-def swarm_alone(devices: int) -> None:
+def swarm_alone(devices: int, results: Results) -> None:
     """The swarm's own cost, no control plane: N desired states signed beforehand (as the
     control plane signs them) and retained on the broker, then the swarm connects; from
     its first CONNECT until every device has verified, installed and reported, with the
@@ -373,6 +399,42 @@ def swarm_alone(devices: int) -> None:
         f" ({devices / cpu:,.0f} devices per CPU-second)",
         flush=True,
     )
+    group = f"swarm alone, {devices:,} devices"
+    results.add(group, "connect + verify + install + report", wall, "s")
+    results.add(group, "swarm CPU per device", cpu / devices * 1000, "ms")
+
+
+def record_swarm(results: Results, f: RolloutFigures) -> None:
+    """A swarm rollout's times from POST /rollouts, and the CPU each party spent."""
+    group = f"swarm {f.plan}, {f.devices:,} devices"
+    results.add(group, "→ last desired state accepted", f.desired_s, "s")
+    results.add(group, "→ every swarm device on the version", f.installed_s, "s")
+    if f.reported_s is not None:
+        results.add(group, "→ the control plane holds it for all", f.reported_s, "s")
+    if f.succeeded_s is not None:
+        results.add(group, "→ succeeded", f.succeeded_s, "s", headline=f.plan == "all-at-once")
+    results.add(group, "control-plane CPU", f.usage.control_plane_cpu, "s")
+    results.add(group, "broker CPU", f.usage.broker_cpu, "s")
+    results.add(group, "swarm CPU", f.usage.swarm_cpu, "s")
+
+
+def record_ingest(results: Results, f: IngestFigures) -> None:
+    """Windows stored per second against those made (the offered load)."""
+    group = (
+        f"swarm ingest, {f.devices:,} devices, {f.window_seconds:g} s windows, "
+        f"{f.processes} process{'es' if f.processes > 1 else ''}"
+    )
+    made = results.add(group, "windows made", f.made_per_second, "/s", better="higher")
+    results.add(
+        group,
+        "windows stored",
+        sum(f.stored_per_second),
+        "/s",
+        better="higher",
+        baseline=made,
+        note="keeps up" if f.keeps_up else "falls behind",
+    )
+    results.add(group, "control-plane CPU", sum(f.control_plane_cpu), "s/s")
 
 
 def print_swarm(f: RolloutFigures) -> None:
@@ -453,7 +515,9 @@ def main() -> None:
         default=None,
         help="swarm: on this many edge brokers even where one broker would do",
     )
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("scale")
     sizes = [int(s) for s in args.sizes.split(",") if s]
     if sizes:
         print("all-at-once rollout, no device answering; server CPU from /proc")
@@ -467,12 +531,13 @@ def main() -> None:
             f"{n:>8} {r['assigned_s']:>8.2f}s {r['wall_s']:>9.2f}s {r['cpu_s']:>10.2f}s"
             f" {r['per_device_ms']:>9.2f}ms {n / r['wall_s']:>12.0f} {r['idle'] * 100:>14.1f}%"
         )
+        record_cost(results, n, r, headline=n == sizes[-1])
     gates = {}
     if args.swarm_install_timeout is not None:
         gates["install_timeout_seconds"] = args.swarm_install_timeout
     plans = tuple({**PLANS[name], "gates": gates} for name in args.swarm_plans.split(",") if name)
     for n in (int(s) for s in args.swarm_alone.split(",") if s):
-        swarm_alone(n)
+        swarm_alone(n, results)
     swarm_sizes = [int(s) for s in args.swarm_sizes.split(",") if s]
     broker = {}
     if args.broker_max_queued is not None:
@@ -495,9 +560,11 @@ def main() -> None:
             [int(p) for p in args.ingest_processes.split(",")],
             args.ingest_seconds,
             broker,
+            results,
             args.edge_brokers,
         )
     if not swarm_sizes:
+        results.write(args.json)
         return
     print(
         "\nSWARM (protocol-level devices: desired states verified with the agent's checks, "
@@ -513,7 +580,8 @@ def main() -> None:
     )
     for n in swarm_sizes:
         profile = args.profile_swarm if n == swarm_sizes[-1] else None
-        swarm_figures(n, args.swarm_window, profile, broker, plans, args.edge_brokers)
+        swarm_figures(n, args.swarm_window, profile, broker, plans, results, args.edge_brokers)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

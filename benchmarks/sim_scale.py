@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from results import Results, add_json_argument  # noqa: E402
+
 from simulator.cli import run_scenario  # noqa: E402
 from simulator.report import Report  # noqa: E402
 from simulator.run import SimOptions  # noqa: E402
@@ -54,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="100 devices")
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("sim_scale")
     n = 100 if args.quick else args.devices
     with tempfile.TemporaryDirectory(prefix="edgefleet-simbench-") as tmp:
         directory = Path(tmp)
@@ -72,6 +76,46 @@ def main() -> None:
             )
             for key, value in report.figures.items():
                 print(f"  {key}: {value}")
+            record(results, name, size, report, (rss, cpu, wall))
+    results.write(args.json)
+
+
+def record(
+    results: Results, name: str, size: int, report: Report, usage: tuple[float, float, float]
+) -> None:
+    """The scenario's verdict and numeric figures; windows stored against those produced."""
+    rss, cpu, wall = usage
+    group = f"{name}, {size:,} devices"
+    passed = sum(check.passed for check in report.checks)
+    failed = "; ".join(c.name for c in report.checks if not c.passed)
+    verdict = f"{'PASS' if report.passed else 'FAIL'}" + (f": {failed}" if failed else "")
+    results.add(group, "scenario", wall, "s", headline=name == "rollout", note=verdict)
+    results.add(
+        group, "checks passed", passed, "count", better="higher", note=f"of {len(report.checks)}"
+    )
+    results.add(group, "RSS per agent", rss * 1024 / size, "KiB")
+    results.add(group, "this process's CPU, share of one core", cpu / wall * 100, "%")
+    numbers = {k: v for k, v in report.figures.items() if isinstance(v, int | float)}
+    produced = None
+    if "windows_produced" in numbers:
+        produced = results.add(group, "windows produced", numbers.pop("windows_produced"), "count")
+    if "windows_stored" in numbers:
+        stored = numbers.pop("windows_stored")
+        results.add(
+            group,
+            "windows stored",
+            stored,
+            "count",
+            baseline=produced,
+            target="≥ 1×",
+            headline=produced is not None,
+        )
+    for key, value in numbers.items():
+        if key.endswith("per_second"):
+            results.add(group, key.replace("_", " "), value, "/s", better="higher")
+        else:
+            unit = "s" if key.endswith("seconds") else "count"
+            results.add(group, key.replace("_", " "), value, unit)
 
 
 if __name__ == "__main__":

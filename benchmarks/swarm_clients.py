@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 import aiomqtt  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from results import Figure, Results, add_json_argument  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from simulator.broker import MosquittoBroker  # noqa: E402
@@ -209,7 +210,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,5000")
     parser.add_argument("--one", nargs=2, metavar=("CLIENT", "N"), help=argparse.SUPPRESS)
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("swarm_clients")
+    sizes = [int(s) for s in args.sizes.split(",")]
     raise_fd_limit(200_000)
     if args.one:  # one measurement in a fresh process: no memory left over from another
         r = one(args.one[0], int(args.one[1]))
@@ -221,7 +225,8 @@ def main() -> None:
         f"{'client':<9}{'sessions':>9}{'wall s':>8}{'CPU s':>7}{'CPU ms/session':>15}"
         f"{'KiB/session':>12}{'idle CPU':>9}"
     )
-    for n in (int(s) for s in args.sizes.split(",")):
+    for n in sizes:
+        aiomqtt_figures: dict[str, Figure] = {}
         for name in ("aiomqtt", "codec"):
             out = subprocess.run(
                 [sys.executable, __file__, "--one", name, str(n)],
@@ -234,6 +239,21 @@ def main() -> None:
                 f"{name:<9}{n:>9}{r['wall']:>8.2f}{r['cpu']:>7.2f}{r['cpu'] / n * 1000:>15.3f}"
                 f"{r['kib']:>12.1f}{r['idle'] * 100:>8.1f}%"
             )
+            for what, value, unit in (
+                ("CPU per session", r["cpu"] / n * 1000, "ms"),
+                ("memory per session", r["kib"], "KiB"),
+                ("idle CPU", r["idle"] * 100, "%"),
+            ):
+                figure = results.add(
+                    f"{n:,} sessions, {what}",
+                    name,
+                    value,
+                    unit,
+                    baseline=aiomqtt_figures.get(what),
+                    headline=name == "codec" and what == "CPU per session" and n == sizes[-1],
+                )
+                aiomqtt_figures.setdefault(what, figure)
+    results.write(args.json)
 
 
 if __name__ == "__main__":

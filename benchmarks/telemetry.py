@@ -19,7 +19,7 @@ Windows are what a device sends for the sensor model (``simulator/rig/models.mak
    and one on the new version after; ``StageTraffic.read`` on the first tick (reads every
    window) and on a later one (running sums: nothing new to read).
 
-    .venv/bin/python benchmarks/telemetry.py [--sizes 10000,100000] [--seconds 3]
+    .venv/bin/python benchmarks/telemetry.py [--sizes 10000,100000] [--ingest 20000]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))  # the checkout's packages, whatever the working d
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from fleet import postgres_database  # noqa: E402
+from results import Results, add_json_argument  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 from sqlmodel import Session  # noqa: E402
 
@@ -298,7 +299,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10000", help="devices, comma-separated")
     parser.add_argument("--ingest", type=int, default=20_000, help="windows per process")
+    add_json_argument(parser)
     args = parser.parse_args()
+    results = Results("telemetry")
     sizes = [int(s) for s in args.sizes.split(",")]
     manifest, _ = make_model(SigningKey.generate(), name="sensor", version=1)
     print(f"# .venv/bin/python benchmarks/telemetry.py --sizes {args.sizes}")
@@ -314,10 +317,20 @@ def main() -> None:
             f"{'CPU µs/window':>14}{'database µs':>14}"
         )
         for label, make in urls:
+            one = None
             for procs in (1, 2) if label == "PostgreSQL" else (1,):
                 url = make()
                 fresh_engine(url).dispose()
-                bench_ingest(url, label, manifest, args.ingest, procs)
+                rate = bench_ingest(url, label, manifest, args.ingest, procs)
+                figure = results.add(
+                    f"ingest, {label}, batches of {BATCH}",
+                    f"{procs} process{'es' if procs > 1 else ''}",
+                    rate,
+                    "windows/s",
+                    better="higher",
+                    baseline=one,
+                )
+                one = one or figure
         print("\n## 2. monitor: a bucket of N windows, judged (read, merge, drift, write)")
         print(
             f"   {'database':<14}{'N':>9}{'first s':>10}{'next s':>10}"
@@ -333,6 +346,17 @@ def main() -> None:
                     f"{before / warm:>7.1f}×"
                 )
                 engine.dispose()
+                group = f"monitor, a bucket of {n:,} windows, {label}"
+                old = results.add(group, "JSON parse + merge_windows (before)", before, "s")
+                results.add(group, "Monitor.tick, first (simulates thresholds)", cold, "s")
+                results.add(
+                    group,
+                    "Monitor.tick, next",
+                    warm,
+                    "s",
+                    baseline=old,
+                    headline=label == urls[-1][0] and n == max(sizes),
+                )
         print("\n## 3. gates: a stage of N devices, one window before and one after each")
         print(f"   {'database':<14}{'N':>9}{'first tick s':>14}{'later tick s':>14}")
         for label, make in urls:
@@ -341,6 +365,17 @@ def main() -> None:
                 first, later = bench_gates(engine, manifest, n)
                 print(f"   {label:<14}{n:>9,}{first:>14.3f}{later:>14.3f}")
                 engine.dispose()
+                group = f"gate reading, a stage of {n:,} devices, {label}"
+                tick = results.add(group, "StageTraffic.read, first tick", first, "s")
+                results.add(
+                    group,
+                    "StageTraffic.read, later tick",
+                    later,
+                    "s",
+                    baseline=tick,
+                    headline=label == urls[-1][0] and n == max(sizes),
+                )
+    results.write(args.json)
 
 
 def recreate(url: str) -> str:
