@@ -3,6 +3,7 @@ onnxruntime sessions, and the handful of checks done before a model may serve.""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -168,9 +169,10 @@ class LoadedModel:
             and len(values) == n * width
             and _PLAIN_NUMBERS.issuperset(map(type, values))
         ):
-            X = _float32_rows(np.asarray(values, dtype=np.float64).reshape(n, width))
-            if X is not None:
-                return X
+            with contextlib.suppress(OverflowError):  # an int past float64: the slow path
+                X = _float32_rows(np.asarray(values, dtype=np.float64).reshape(n, width))
+                if X is not None:
+                    return X
         return self.rows_from_lists([values[i * width : (i + 1) * width] for i in range(n)])
 
     def rows_from_named(self, rows: Sequence[Mapping[str, Any]]) -> npt.NDArray[np.float32]:
@@ -199,7 +201,8 @@ class LoadedModel:
             return math.nan
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise InputError(f"row {row}: {feature} must be a number, got {value!r}")
-        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        # An int has no NaN, and past 1e308 math.isfinite cannot take it (OverflowError).
+        if (isinstance(value, float) and not math.isfinite(value)) or abs(value) > FLOAT32_MAX:
             raise InputError(f"row {row}: {feature}={value} is not a finite float32")
         return float(value)
 
