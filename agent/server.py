@@ -517,7 +517,7 @@ class _Connection(asyncio.Protocol):
         self._reading = True  # False after a refusal: what follows is not parsed
         self._requests: deque[_Request] = deque()  # parsed, not answered yet
         self._busy = False  # a worker thread is answering one of them
-        self._paused = False
+        self._writes_paused = False
         self._last_active = time.monotonic()
 
     # --- asyncio.Protocol ------------------------------------------------------------------
@@ -559,14 +559,21 @@ class _Connection(asyncio.Protocol):
         self._answer()
 
     def pause_writing(self) -> None:  # the client does not read its answers
-        if self.transport is not None:
-            self.transport.pause_reading()
-            self._paused = True
+        self._writes_paused = True
+        self._pace_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and self._paused and not self._busy:
+        self._writes_paused = False
+        self._pace_reading()
+
+    def _pace_reading(self) -> None:
+        """Read while answers are read by the client and no worker answers a request."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._writes_paused or self._busy:
+            self.transport.pause_reading()
+        else:
             self.transport.resume_reading()
-            self._paused = False
 
     # --- httptools callbacks -----------------------------------------------------------------
 
@@ -657,9 +664,8 @@ class _Connection(asyncio.Protocol):
 
     def _offload(self, request: _Request) -> None:
         """Answer ``request`` in a worker thread; reading pauses until it is written."""
-        assert self.transport is not None
         self._busy = True
-        self.transport.pause_reading()
+        self._pace_reading()
         loop = asyncio.get_running_loop()
 
         def answered(done: Future[tuple[_Response, bool]]) -> None:
@@ -677,8 +683,7 @@ class _Connection(asyncio.Protocol):
         else:
             response, body = done.result()
         self._finish(request, response, body)
-        if self.transport is not None and not self._paused:
-            self.transport.resume_reading()
+        self._pace_reading()
         self._answer()
 
     def _finish(self, request: _Request, response: _Response, body: bool) -> None:

@@ -3,6 +3,7 @@ v2 protocol routes, /v1/predict, every refusal, keep-alive, and hot swaps under 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import logging
 import socket
@@ -718,3 +719,61 @@ def test_connections_are_bounded_and_idle_ones_closed(
         finally:
             for sock in kept:
                 sock.close()
+
+
+class FakeTransport(asyncio.Transport):
+    """What a connection writes, and whether it reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+
+def test_reading_resumes_after_a_worker_answers_whatever_writes_did_meanwhile(
+    models: Models,
+) -> None:
+    """A connection stops reading while a worker answers its request, and while its client
+    does not read its answers; when both are over, it reads again, in whichever order they
+    ended."""
+    backend = GatedBackend(models.fault)
+
+    async def scenario() -> None:
+        router = agent.server._Router(backend, backend.model_names, None)
+        connection = agent.server._Connection(router)
+        transport = FakeTransport()
+        connection.connection_made(transport)
+        body = orjson.dumps({"features": named(rows(1)[0])})
+        request = b"POST /v1/predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        router._cost_us[b"/v1/predict"] = 10 * agent.server.OFFLOAD_AFTER_US  # a slow route
+        connection.data_received(request)
+        assert not transport.reading  # a worker answers it
+        connection.pause_writing()
+        connection.resume_writing()  # the client read its answers meanwhile
+        assert not transport.reading
+        backend.gate.set()
+        while b"200 OK" not in transport.written:
+            await asyncio.sleep(0.01)
+        assert transport.reading
+        router.shut_down()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
