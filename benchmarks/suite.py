@@ -138,6 +138,8 @@ class Outcome:
     load_average_before: list[float] | None = None
     tail: str | None = None
     figures: list[dict[str, Any]] | None = None
+    started: str | None = None  # when, and on which commit: a partial run keeps the others'
+    git_commit: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -159,6 +161,8 @@ def run_benchmark(
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(benchmark.script), *args, "--json", str(out)]
     outcome = Outcome(benchmark.name, "failed", shown, log=str(log.relative_to(REPO)))
+    outcome.started = datetime.now(UTC).isoformat(timespec="seconds")
+    outcome.git_commit = git("rev-parse", "HEAD")
     outcome.load_average_before = [round(x, 2) for x in os.getloadavg()]
     began = time.perf_counter()
     with log.open("w") as handle:
@@ -410,14 +414,16 @@ def render(report: dict[str, Any]) -> str:
     if headline:
         lines += ["", "## Headline", "", "| benchmark " + FIGURE_HEADER, "|---" + FIGURE_RULE]
         lines += [figure_row(f, with_benchmark=True) for f in headline]
-    lines += ["", "## Benchmarks", "", "| benchmark | status | time | figures | command |"]
-    lines.append("|---|---|---:|---:|---|")
+    lines += ["", "## Benchmarks", "", "| benchmark | status | time | figures | command | run |"]
+    lines.append("|---|---|---:|---:|---|---|")
     for r in runs:
         status = r["status"] + (f": {r['reason']}" if r.get("reason") else "")
         count = len(r.get("figures") or [])
         shown = f"`{shlex.join(r['command'])}`"
+        run = f"{r.get('started') or ''} {(r.get('git_commit') or '')[:12]}".strip()
         lines.append(
-            f"| {r['name']} | {cell(status)} | {duration(r['seconds'])} | {count} | {cell(shown)} |"
+            f"| {r['name']} | {cell(status)} | {duration(r['seconds'])} | {count} | {cell(shown)} "
+            f"| {run} |"
         )
     for r in runs:
         lines += ["", f"## {r['name']}", ""]
@@ -495,7 +501,8 @@ def main(argv: list[str]) -> int:
             progress(f"[{i}/{len(chosen)}] {benchmark.name}: {said}, {seconds}, {figures} figures")
             if interrupted:
                 break
-    report = {"environment": env, "benchmarks": [o.to_json() for o in outcomes]}
+    runs = merged([o.to_json() for o in outcomes], RESULTS / "latest.json", mode)
+    report = {"environment": env, "benchmarks": runs}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     markdown = render(report)
@@ -505,6 +512,21 @@ def main(argv: list[str]) -> int:
     if interrupted:
         return 130
     return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
+def merged(runs: list[dict[str, Any]], latest: Path, mode: Mode) -> list[dict[str, Any]]:
+    """``runs`` with the other benchmarks of the last run of the same mode (a partial run,
+    ``--only``, replaces its own and keeps theirs), in the suite's order."""
+    by_name = {}
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        last = json.loads(latest.read_text())
+        if last["environment"]["mode"] == mode:
+            by_name = {r["name"]: r for r in last["benchmarks"]}
+    by_name.update({r["name"]: r for r in runs})
+    order = [b.name for b in BENCHMARKS]
+    return sorted(
+        by_name.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order)
+    )
 
 
 def progress(message: str) -> None:

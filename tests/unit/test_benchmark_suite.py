@@ -278,3 +278,18 @@ def test_the_suite_parses_its_command_line() -> None:
     ):
         with pytest.raises(SystemExit):
             suite.parse(wrong)
+
+
+def test_a_partial_run_replaces_its_own_figures_and_keeps_the_others(tmp_path: Path) -> None:
+    latest = tmp_path / "latest.json"
+    before = [{"name": "inference", "seconds": 1.0}, {"name": "chaos", "seconds": 2.0}]
+    latest.write_text(json.dumps({"environment": {"mode": "full"}, "benchmarks": before}))
+    again = [{"name": "chaos", "seconds": 3.0}, {"name": "fleet", "seconds": 4.0}]
+    runs = suite.merged(again, latest, "full")
+    assert [(r["name"], r["seconds"]) for r in runs] == [
+        ("inference", 1.0),
+        ("fleet", 4.0),
+        ("chaos", 3.0),
+    ]
+    other_mode = suite.merged(again, latest, "quick")  # the last run's were full: not kept
+    assert [r["name"] for r in other_mode] == ["fleet", "chaos"]
