@@ -5,9 +5,9 @@ One asyncio event loop in its own thread (uvloop's when it is installed), HTTP/1
 httptools (llhttp, the parser Node.js uses), JSON by orjson: no web framework, and nothing
 the agent's base install does not carry. A request is answered on the loop itself, inference
 included: a small model's ``session.run`` takes microseconds, less than handing the request
-to a thread and back. A route whose answers take longer (``OFFLOAD_AFTER_US``, measured per
-route) or a large body goes to a worker thread instead, so one heavy batch never holds up
-the health checks or another client's small requests. Inference goes through an
+to a thread and back. A route whose answers take more CPU (``OFFLOAD_AFTER_US``, a moving
+average per route) or a large body goes to a worker thread instead, so one heavy batch
+never holds up the health checks or another client's small requests. Inference goes through an
 :class:`InferenceBackend` (the agent's model slots, or the models ``edgefleet serve``
 loaded). The protocol's documents are built in ``agent.open_inference``.
 
@@ -77,7 +77,7 @@ MAX_HEAD_BYTES = 64 * 1024  # request line and headers
 MAX_CONNECTIONS = 512  # beyond: 503 and close (each holds a socket and its buffers)
 IDLE_TIMEOUT_S = 60.0  # an idle keep-alive connection is closed after this
 DRAIN_TIMEOUT_S = 5.0  # stop() waits this long for requests in flight
-# A route whose answers took longer than this (moving average) is answered in a worker
+# A route whose answers took more CPU than this (moving average) is answered in a worker
 # thread from then on; so is a body over OFFLOAD_BODY_BYTES. Below, the loop answers at once.
 OFFLOAD_AFTER_US = 2000.0
 OFFLOAD_BODY_BYTES = 256 * 1024
@@ -260,7 +260,10 @@ class _Router:
         self.stopping = False
         self.connections: set[_Connection] = set()
         self.date = _http_date()
-        self._cost_us: dict[bytes, float] = {}  # per path: moving average of answer time
+        # Per path: moving average of the CPU time an answer took (the thread's, not the
+        # clock's: a busy machine that preempts the loop must not make a route look slow,
+        # which would send it to a thread and make it slower still).
+        self._cost_us: dict[bytes, float] = {}
         self._workers: ThreadPoolExecutor | None = None
         self._paths: dict[bytes, tuple[str, str, re.Match[str] | None]] = {}
 
@@ -280,10 +283,10 @@ class _Router:
 
     def answer(self, request: _Request) -> tuple[_Response, bool]:
         """The response, and whether its body may be sent (not for HEAD)."""
-        started = time.perf_counter_ns()
+        started = time.thread_time_ns()
         response = self.respond(request)
         if response.status is HTTPStatus.OK:
-            cost = (time.perf_counter_ns() - started) / 1000
+            cost = (time.thread_time_ns() - started) / 1000
             cost_us = self._cost_us
             if len(cost_us) > 1024:  # paths name models; a flood of names must not grow it
                 cost_us.clear()

@@ -581,16 +581,21 @@ def test_hot_swap_under_load(models: Models) -> None:
 
 
 class GatedBackend(SlotBackend):
-    """Inference waits for ``gate`` (set by the test); ``running`` is set when it waits."""
+    """Inference waits for ``gate`` (set by the test); ``running`` is set when it waits.
+    With ``burn_seconds``, it first computes for that much of its thread's CPU time."""
 
     def __init__(self, *models: Model) -> None:
         super().__init__(*models)
         self.gate = threading.Event()
         self.running = threading.Event()
+        self.burn_seconds = 0.0
 
     def predict(
         self, name: str, X: npt.NDArray[np.float32], model: LoadedModel | None = None
     ) -> Prediction:
+        until = time.thread_time() + self.burn_seconds
+        while time.thread_time() < until:
+            pass
         self.running.set()
         assert self.gate.wait(30)
         return super().predict(name, X, model)
@@ -615,13 +620,14 @@ def test_a_slow_route_moves_off_the_loop_and_health_checks_go_on(models: Models)
     backend = GatedBackend(models.fault)
     answers: list[int] = []
     with InferenceServer(backend, port=0) as server:
+        backend.burn_seconds = 0.01  # the route's first answer takes 10 ms of CPU: over 2 ms
         first = post_in_thread(server.url, answers)  # answered on the loop: it blocks it
         assert backend.running.wait(10)
-        time.sleep(0.01)  # the route's first answer takes at least 10 ms: over 2 ms
         backend.gate.set()
         first.join(10)
         backend.gate.clear()
         backend.running.clear()
+        backend.burn_seconds = 0.0
         second = post_in_thread(server.url, answers)  # now in a worker thread
         assert backend.running.wait(10)
         with httpx.Client(base_url=server.url, timeout=10) as client:
