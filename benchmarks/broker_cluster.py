@@ -53,7 +53,8 @@ from results import Figure, Results, add_json_argument  # noqa: E402
 
 from shared.broker_address import CONTROL_PLANE_USER  # noqa: E402
 from shared.topics import Channel, Topics  # noqa: E402
-from simulator.rig.cluster import NatsCluster, free_ports, nats_version  # noqa: E402
+from simulator.broker import free_ports  # noqa: E402
+from simulator.rig.cluster import NatsCluster, nats_version  # noqa: E402
 from simulator.rig.procs import proc_rss_mib  # noqa: E402
 
 PASSWORD = "bench-secret"  # a throw-away cluster's account

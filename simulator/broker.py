@@ -95,9 +95,36 @@ def render_mosquitto_conf(auth: str, values: dict[str, object]) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server this process starts (``free_ports``)."""
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports, below the kernel's ephemeral range. A server killed
+    and restarted on its port must find it free: in the ephemeral range, an outgoing
+    connection may take it meanwhile (a NATS node restarted by broker_cluster.py found its
+    route port in use), or a client reconnecting to it get it as its own port and connect
+    to itself."""
+    low = _ephemeral_range_start()
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < count:
+            port = secrets.choice(range(10_000, low))
+            sock = stack.enter_context(socket.socket())
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # taken: draw again
+            ports.append(port)
+        return ports
+
+
+def _ephemeral_range_start() -> int:
+    """Where the kernel's ports for outgoing connections start (Linux; else IANA's 49152)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 49_152
 
 
 def _require_tool(name: str) -> str:

@@ -29,7 +29,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -39,7 +38,7 @@ from types import TracebackType
 
 from shared.broker_address import CONTROL_PLANE_USER
 from shared.topics import DEFAULT_ROOT
-from simulator.broker import connack_code
+from simulator.broker import connack_code, free_ports
 
 RELOAD_MARKER_USER = "edgefleet-test-reload-marker"
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
@@ -47,16 +46,6 @@ _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
 # its state, online status, telemetry and samples.
 DEVICE_READS = ("desired", "ack")
 DEVICE_WRITES = ("state", "online", "telemetry", "samples")
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports (``free_port`` one after another may return the same
-    port twice: each socket is closed before the next is bound)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
 
 
 def nats_server_path() -> str | None:
