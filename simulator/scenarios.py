@@ -335,8 +335,8 @@ async def chaos_scenario(sim: Simulation, rounds: int = 2) -> Outcome:
 
 
 async def _windows(sim: Simulation) -> tuple[int, int, int, int]:
-    """Telemetry windows the agents produced (their outbox sequence), stored (what the
-    control plane's API lists), lost (neither stored nor still waiting in an outbox) and
+    """Telemetry windows the agents produced (their outbox sequence), stored (those of them
+    the control plane's API lists), lost (neither stored nor still waiting in an outbox) and
     stored twice. Agents are read before the API, and an outbox forgets a window only once
     the control plane acknowledged storing it, so a window in flight counts as waiting or
     as stored, never as lost; counted again (for up to a minute) while any is lost."""
@@ -365,7 +365,12 @@ async def _count_windows(sim: Simulation) -> tuple[int, int, int, int]:
         seqs = stored[device_id]
         duplicates += len(seqs) - len(set(seqs))
         lost += len(set(range(1, last + 1)) - set(seqs) - waiting[device_id])
-    return sum(produced.values()), sum(map(len, stored.values())), lost, duplicates
+    # Windows made after ``produced`` was read may be stored by the time the API is read:
+    # counted as stored only those it names.
+    stored_of_produced = sum(
+        len({s for s in stored[d] if s <= last}) for d, last in produced.items()
+    )
+    return sum(produced.values()), stored_of_produced, lost, duplicates
 
 
 # --- churn -------------------------------------------------------------------------------------
