@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+from sqlalchemy import Engine
 
 from control_plane.auth.keys import load_keys
-from control_plane.config import load_settings
+from control_plane.config import ServerSettings, load_settings
 from control_plane.fleet.bridge import MqttBridge
 from control_plane.store.datadir import init_data_dir
 from control_plane.store.db import create_db_engine, migrate
@@ -200,6 +201,17 @@ def test_expiring_desired_states_are_resigned_with_a_new_sequence(make_api: Make
     assert api.get("/devices/dev-d").json()["deployment_seq"] == deployed["seq"] + 1
 
 
+def control_plane_on(broker: MosquittoBroker, data_dir: Path) -> tuple[ServerSettings, Engine]:
+    """A control plane's settings on ``broker`` and its migrated database (no process)."""
+    settings = load_settings(
+        data_dir, mqtt_url=broker.control_plane_url(CP_PASSWORD), broker_accounts=broker.accounts
+    )
+    init_data_dir(settings)
+    engine = create_db_engine(settings.resolved_database_url)
+    migrate(engine)
+    return settings, engine
+
+
 def test_only_the_leader_republishes_desired_states_when_it_connects(
     broker: MosquittoBroker, tmp_path: Path
 ) -> None:
@@ -207,14 +219,7 @@ def test_only_the_leader_republishes_desired_states_when_it_connects(
     follower's does not (at 100,000 devices each joining process republished them all).
     A connect's republish starts before the event loop runs anything else after
     ``connected`` is set, so the wait on it is the event that judges."""
-    settings = load_settings(
-        tmp_path / "cp",
-        mqtt_url=broker.control_plane_url(CP_PASSWORD),
-        broker_accounts=broker.accounts,
-    )
-    init_data_dir(settings)
-    engine = create_db_engine(settings.resolved_database_url)
-    migrate(engine)
+    settings, engine = control_plane_on(broker, tmp_path / "cp")
     republished: list[bool] = []
 
     async def connect(leads: bool) -> None:
@@ -258,14 +263,7 @@ def test_a_republish_never_puts_back_an_older_desired_state(
     from simulator.rig.agents import sign_desired
     from simulator.rig.models import make_model
 
-    settings = load_settings(
-        tmp_path / "cp",
-        mqtt_url=broker.control_plane_url(CP_PASSWORD),
-        broker_accounts=broker.accounts,
-    )
-    init_data_dir(settings)
-    engine = create_db_engine(settings.resolved_database_url)
-    migrate(engine)
+    settings, engine = control_plane_on(broker, tmp_path / "cp")
     keys = load_keys(settings.keys_dir)
     manifest, _ = make_model(keys.model)
 
