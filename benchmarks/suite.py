@@ -199,7 +199,16 @@ def running(command: list[str], log: Any) -> Iterator[subprocess.Popen[bytes]]:
     (a time limit, Ctrl-C): SIGINT first, so its ``finally`` blocks stop what it started."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        command,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+        # A job started in the background by a shell (`benchmarks/run &`), or by a pytest
+        # worker, inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+        # handler: the SIGINT that lets a benchmark stop what it started would do nothing.
+        preexec_fn=_default_sigint,  # noqa: PLW1509  (the runner starts no threads)
     )
     try:
         yield process
@@ -211,6 +220,10 @@ def running(command: list[str], log: Any) -> Iterator[subprocess.Popen[bytes]]:
                 os.killpg(process.pid, sig)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(grace)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def tail(path: Path, lines: int) -> str:
