@@ -175,23 +175,34 @@ class BrokerChaos:
     seconds: float = 0.0
 
 
-class App:
-    """What calls each agent: one single-row request a second per device while it serves,
-    in ticks of 0.2 s (a fifth of the fleet each tick). Counts answers and errors by type."""
+class Background:
+    """A task run beside the scenario: ``start``ed, then cancelled at ``stop``."""
 
-    def __init__(self, sim: Simulation, seed: int) -> None:
-        self.sim = sim
-        self.counts: Counter[str] = Counter()
-        self.rows = sensor_rows(512, seed)[0].astype(np.float32)
-        self._task: asyncio.Task[None] | None = None
+    name = "background"
+    _task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="app")
+        self._task = asyncio.create_task(self._run(), name=self.name)
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+
+class App(Background):
+    """What calls each agent: one single-row request a second per device while it serves,
+    in ticks of 0.2 s (a fifth of the fleet each tick). Counts answers and errors by type."""
+
+    name = "app"
+
+    def __init__(self, sim: Simulation, seed: int) -> None:
+        self.sim = sim
+        self.counts: Counter[str] = Counter()
+        self.rows = sensor_rows(512, seed)[0].astype(np.float32)
 
     async def _run(self) -> None:
         for tick in itertools.count():
@@ -211,25 +222,18 @@ class App:
                     self.counts[type(exc).__name__] += 1
 
 
-class ServingWatch:
+class ServingWatch(Background):
     """Every model an agent serves, checked when it starts serving: the file of the version
     in the agent's store hashes to the signed manifest's sha256 and size, and the manifest's
     signature verifies. Polled every 0.1 s (a swap and back within 0.1 s goes unseen)."""
+
+    name = "serving-watch"
 
     def __init__(self, sim: Simulation, trust: TrustStore) -> None:
         self.sim, self.trust = sim, trust
         self.seen: dict[str, str] = {}  # device → sha256 last checked
         self.checked = 0
         self.bad: list[str] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="serving-watch")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
